@@ -1,0 +1,326 @@
+//! Face detection: letterboxing a frame into the detector's input, decoding the raw output
+//! tensors of SCRFD or YuNet into boxes with five landmarks, score threshold and NMS, and mapping
+//! back to frame coordinates.
+//!
+//! The decoders (`scrfd`, `yunet`) are pure functions over named float tensors, so the same code
+//! decodes ONNX Runtime's outputs here and an NPU's outputs later. Must not: allocate per frame
+//! once warmed up (buffers live in [`Detector`]), or know which backend produced the tensors.
+
+pub mod scrfd;
+pub mod yunet;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::frame::{Filter, ImageView, Resizer};
+use crate::infer::{InferError, OnnxModel, OutputTensor, Preprocess, SessionOptions};
+
+/// Landmarks: image-left eye, image-right eye, nose tip, image-left mouth corner, image-right
+/// mouth corner (the order of InsightFace and OpenCV models alike).
+pub type Landmarks = [[f32; 2]; 5];
+
+/// One detected face in frame pixel coordinates.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Detection {
+    /// `[x1, y1, x2, y2]`.
+    pub bbox: [f32; 4],
+    /// Detector confidence, 0..1.
+    pub score: f32,
+    /// Five landmarks, see [`Landmarks`].
+    pub kps: Landmarks,
+}
+
+impl Detection {
+    /// Distance between the eyes in pixels: the face-size measure used for routing and
+    /// thresholds (robust to how tight each detector draws its box).
+    pub fn eye_distance(&self) -> f32 {
+        let [l, r] = [self.kps[0], self.kps[1]];
+        ((l[0] - r[0]).powi(2) + (l[1] - r[1]).powi(2)).sqrt()
+    }
+
+    /// Box area in square pixels.
+    pub fn area(&self) -> f32 {
+        (self.bbox[2] - self.bbox[0]).max(0.0) * (self.bbox[3] - self.bbox[1]).max(0.0)
+    }
+
+    /// Box centre.
+    pub fn centre(&self) -> [f32; 2] {
+        [(self.bbox[0] + self.bbox[2]) * 0.5, (self.bbox[1] + self.bbox[3]) * 0.5]
+    }
+}
+
+/// Intersection over union of two boxes.
+pub fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
+    let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let h = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = w * h;
+    let union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter;
+    if union <= 0.0 {
+        0.0
+    } else {
+        inter / union
+    }
+}
+
+/// Greedy non-maximum suppression in place: sorts by score (highest first) and drops every box
+/// overlapping a kept one by more than `threshold` IoU. O(n^2) in the worst case, over the few
+/// hundred candidates that pass the score threshold.
+pub fn nms(dets: &mut Vec<Detection>, threshold: f32) {
+    dets.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let mut kept = 0;
+    for i in 0..dets.len() {
+        let candidate = dets[i];
+        if dets[..kept].iter().all(|k| iou(&k.bbox, &candidate.bbox) <= threshold) {
+            dets[kept] = candidate;
+            kept += 1;
+        }
+    }
+    dets.truncate(kept);
+}
+
+/// Which decoder reads the model's outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DetectorKind {
+    /// InsightFace SCRFD with keypoints (`_bnkps`), 2 anchors per cell, strides 8/16/32.
+    Scrfd,
+    /// OpenCV Zoo YuNet 2023mar, 1 anchor per cell, strides 8/16/32, separate objectness.
+    Yunet,
+}
+
+/// Errors from detection.
+#[derive(Debug, thiserror::Error)]
+pub enum DetectError {
+    /// The model could not be run.
+    #[error(transparent)]
+    Infer(#[from] InferError),
+    /// The model's outputs do not fit the configured decoder.
+    #[error("detector {path}: {reason}")]
+    Outputs {
+        /// The model file.
+        path: PathBuf,
+        /// What is missing or mis-shaped.
+        reason: String,
+    },
+}
+
+/// The outputs of one stride, as the decoders consume them.
+#[derive(Debug, Clone, Copy)]
+pub struct StrideOutputs<'a> {
+    /// Stride in input pixels (8, 16 or 32).
+    pub stride: u32,
+    /// Class score per anchor (SCRFD: sigmoid already applied; YuNet: classification).
+    pub score: &'a [f32],
+    /// YuNet's objectness per anchor; `None` for SCRFD.
+    pub obj: Option<&'a [f32]>,
+    /// Box regression, 4 values per anchor.
+    pub bbox: &'a [f32],
+    /// Landmark regression, 10 values per anchor.
+    pub kps: &'a [f32],
+}
+
+/// Settings of the detection stage.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DetectorSettings {
+    /// The model file.
+    pub path: PathBuf,
+    /// Decoder.
+    pub kind: DetectorKind,
+    /// Input width and height in pixels (multiples of 32).
+    pub input_size: [u32; 2],
+    /// Pixel normalisation.
+    pub preprocess: Preprocess,
+    /// Minimum score kept.
+    pub score_threshold: f32,
+    /// NMS IoU threshold.
+    pub nms_threshold: f32,
+    /// How the frame is shrunk into the input.
+    pub filter: Filter,
+    /// ONNX Runtime options.
+    pub session: SessionOptions,
+}
+
+/// Per-stage times of one detection, for benchmarks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DetectTimings {
+    /// Letterbox and normalisation.
+    pub pre: Duration,
+    /// The model itself.
+    pub infer: Duration,
+    /// Decoding, threshold, NMS.
+    pub post: Duration,
+}
+
+/// A face detector on ONNX Runtime with its buffers.
+pub struct Detector {
+    settings: DetectorSettings,
+    model: OnnxModel,
+    resizer: Resizer,
+    letterboxed: Vec<u8>,
+    tensor: Vec<f32>,
+    /// Frame pixels per input pixel of the last letterbox, per axis.
+    scale: [f32; 2],
+}
+
+impl std::fmt::Debug for Detector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Detector").field("settings", &self.settings).finish()
+    }
+}
+
+impl Detector {
+    /// Opens the model and checks that its input and outputs fit the settings.
+    pub fn open(settings: DetectorSettings) -> Result<Self, DetectError> {
+        let model = OnnxModel::open(&settings.path, settings.session)?;
+        let [w, h] = settings.input_size;
+        model.check_input(3, h, w)?;
+        let mut det = Self {
+            model,
+            resizer: Resizer::default(),
+            letterboxed: vec![0; (w * h * 3) as usize],
+            tensor: vec![0.0; (w * h * 3) as usize],
+            scale: [1.0; 2],
+            settings,
+        };
+        // One dry run on a black input proves that the outputs decode (a wrong model file or
+        // kind fails at start-up, not at the first face) and warms the session up.
+        let mut scratch = Vec::new();
+        det.infer_and_decode(&mut scratch)?;
+        Ok(det)
+    }
+
+    /// The settings this detector was opened with.
+    pub fn settings(&self) -> &DetectorSettings {
+        &self.settings
+    }
+
+    /// Detects faces in `frame`, writing them (best first) into `out` in frame coordinates.
+    pub fn detect(
+        &mut self,
+        frame: ImageView<'_>,
+        out: &mut Vec<Detection>,
+    ) -> Result<DetectTimings, DetectError> {
+        let t0 = Instant::now();
+        self.letterbox(frame);
+        let t1 = Instant::now();
+        let infer = self.infer_and_decode(out)?;
+        let t2 = Instant::now();
+        nms(out, self.settings.nms_threshold);
+        // Boxes are not clipped to the frame: a face cut by the edge keeps its true geometry
+        // (its size is the routing signal); consumers clip when they crop.
+        let [sx, sy] = self.scale;
+        for d in out.iter_mut() {
+            d.bbox = [d.bbox[0] * sx, d.bbox[1] * sy, d.bbox[2] * sx, d.bbox[3] * sy];
+            for p in d.kps.iter_mut() {
+                p[0] *= sx;
+                p[1] *= sy;
+            }
+        }
+        let post = t2.elapsed() + (t2 - t1).saturating_sub(infer);
+        Ok(DetectTimings { pre: t1 - t0, infer, post })
+    }
+
+    /// Letterboxes the frame into the input, top-left anchored (the reference pipeline's
+    /// convention: coordinates then map back by one scale factor, no offset).
+    fn letterbox(&mut self, frame: ImageView<'_>) {
+        let [w, h] = self.settings.input_size;
+        // The frame keeps its aspect ratio: scaled to fit, rounded to whole pixels, anchored at
+        // the top-left corner. Each axis maps back by its own exact factor, so rounding the
+        // size never shifts coordinates.
+        let (fw, fh) = (frame.width() as f32, frame.height() as f32);
+        let s = (w as f32 / fw).min(h as f32 / fh);
+        let nw = ((fw * s).round() as u32).clamp(1, w);
+        let nh = ((fh * s).round() as u32).clamp(1, h);
+        self.scale = [fw / nw as f32, fh / nh as f32];
+        self.letterboxed.fill(0);
+        self.resizer.resize_into(frame, &mut self.letterboxed, w as usize, nw, nh, self.settings.filter);
+        self.settings.preprocess.fill_nchw(&self.letterboxed, w as usize, h as usize, &mut self.tensor);
+    }
+
+    /// Runs the model on the prepared tensor and decodes candidates above the score threshold
+    /// (in input coordinates) into `out`. Returns the inference time alone.
+    fn infer_and_decode(&mut self, out: &mut Vec<Detection>) -> Result<Duration, DetectError> {
+        let [w, h] = self.settings.input_size;
+        let t = Instant::now();
+        let outputs = self.model.run(&self.tensor, [1, 3, h as usize, w as usize])?;
+        let infer = t.elapsed();
+        out.clear();
+        decode(self.settings.kind, outputs, [w, h], self.settings.score_threshold, out).map_err(
+            |reason| DetectError::Outputs { path: self.settings.path.clone(), reason },
+        )?;
+        Ok(infer)
+    }
+}
+
+/// Decodes raw outputs of a `kind` detector with input `size` into candidates above
+/// `threshold`, in input pixel coordinates (before NMS). Backend-neutral: the NPU path calls
+/// this with its own output tensors.
+pub fn decode(
+    kind: DetectorKind,
+    outputs: &[OutputTensor],
+    size: [u32; 2],
+    threshold: f32,
+    out: &mut Vec<Detection>,
+) -> Result<(), String> {
+    match kind {
+        DetectorKind::Scrfd => {
+            let strides = scrfd::assign(outputs, size)?;
+            for s in &strides {
+                scrfd::decode_stride(s, size, threshold, out);
+            }
+        }
+        DetectorKind::Yunet => {
+            let strides = yunet::assign(outputs, size)?;
+            for s in &strides {
+                yunet::decode_stride(s, size, threshold, out);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Cells of a stride's feature map for an input of `size`.
+pub(crate) fn grid(size: [u32; 2], stride: u32) -> (usize, usize) {
+    (size[0].div_ceil(stride) as usize, size[1].div_ceil(stride) as usize)
+}
+
+/// The three strides every supported detector uses.
+pub const STRIDES: [u32; 3] = [8, 16, 32];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn det(b: [f32; 4], score: f32) -> Detection {
+        Detection { bbox: b, score, kps: [[0.0; 2]; 5] }
+    }
+
+    #[test]
+    fn iou_basics() {
+        assert_eq!(iou(&[0.0, 0.0, 10.0, 10.0], &[0.0, 0.0, 10.0, 10.0]), 1.0);
+        assert_eq!(iou(&[0.0, 0.0, 10.0, 10.0], &[20.0, 20.0, 30.0, 30.0]), 0.0);
+        let v = iou(&[0.0, 0.0, 10.0, 10.0], &[5.0, 0.0, 15.0, 10.0]);
+        assert!((v - 50.0 / 150.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn nms_keeps_best_of_overlapping_and_all_disjoint() {
+        let mut d = vec![
+            det([0.0, 0.0, 10.0, 10.0], 0.6),
+            det([1.0, 1.0, 11.0, 11.0], 0.9),
+            det([50.0, 50.0, 60.0, 60.0], 0.7),
+            det([0.5, 0.0, 10.5, 10.0], 0.8),
+        ];
+        nms(&mut d, 0.4);
+        let scores: Vec<f32> = d.iter().map(|d| d.score).collect();
+        assert_eq!(scores, vec![0.9, 0.7]);
+    }
+
+    #[test]
+    fn eye_distance_is_euclidean() {
+        let mut d = det([0.0; 4], 1.0);
+        d.kps[0] = [10.0, 10.0];
+        d.kps[1] = [13.0, 14.0];
+        assert_eq!(d.eye_distance(), 5.0);
+    }
+}

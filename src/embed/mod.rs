@@ -1,0 +1,97 @@
+//! Face embedding: the [`Embedder`] trait that every backend (CPU ONNX Runtime here; the NPU and
+//! an emulated INT8 NPU later) implements, and the vector helpers the matcher and the router
+//! share.
+//!
+//! An embedder returns the L2-normalised embedding *and its norm before normalisation*: on INT8
+//! backends a small norm marks an embedding that has collapsed into quantisation noise, the
+//! signal the router (issue 3) uses to fall back to the CPU. Must not: know about galleries or
+//! decisions.
+
+pub mod cpu;
+
+use std::path::PathBuf;
+
+use crate::align::AlignedFace;
+use crate::infer::InferError;
+
+/// Largest embedding dimension supported by fixed-size buffers (ArcFace R50/MBF: 512).
+pub const MAX_DIM: usize = 512;
+
+/// Errors from embedding.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    /// The model could not be run.
+    #[error(transparent)]
+    Infer(#[from] InferError),
+    /// The model's output is not an embedding this code can use.
+    #[error("recognizer {path}: {reason}")]
+    Output {
+        /// The model file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The caller's buffer is shorter than the embedding.
+    #[error("embedding buffer holds {got} values, the model gives {need}")]
+    Buffer {
+        /// Values the caller offered room for.
+        got: usize,
+        /// Values the model produces.
+        need: usize,
+    },
+}
+
+/// Turns an aligned face crop into an embedding.
+pub trait Embedder {
+    /// Identifies the model (and so the embedding space): templates made by one model are only
+    /// ever compared with embeddings from the same model.
+    fn model_id(&self) -> &str;
+
+    /// Embedding dimension.
+    fn dim(&self) -> usize;
+
+    /// Writes the L2-normalised embedding into `out[..dim]` and returns its norm before
+    /// normalisation.
+    fn embed(&mut self, face: &AlignedFace, out: &mut [f32]) -> Result<f32, EmbedError>;
+}
+
+/// Scales `v` to unit length in place and returns its previous length (0 leaves it untouched).
+pub fn l2_normalize(v: &mut [f32]) -> f32 {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 && norm.is_finite() {
+        let inv = 1.0 / norm;
+        v.iter_mut().for_each(|x| *x *= inv);
+    }
+    norm
+}
+
+/// Dot product; the cosine similarity of two unit vectors.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// Cosine similarity of two vectors of any length (0 when either is zero).
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let (na, nb) = (dot(a, a).sqrt(), dot(b, b).sqrt());
+    if na == 0.0 || nb == 0.0 {
+        0.0
+    } else {
+        dot(a, b) / (na * nb)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_and_cosine() {
+        let mut v = [3.0, 4.0];
+        assert_eq!(l2_normalize(&mut v), 5.0);
+        assert!((v[0] - 0.6).abs() < 1e-6 && (v[1] - 0.8).abs() < 1e-6);
+        let mut z = [0.0f32; 3];
+        assert_eq!(l2_normalize(&mut z), 0.0);
+        assert!((cosine(&[1.0, 0.0], &[2.0, 2.0]) - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6);
+        assert_eq!(cosine(&[0.0, 0.0], &[1.0, 0.0]), 0.0);
+    }
+}

@@ -1,0 +1,7 @@
+//! Evaluation and benchmarking behind `portier eval` and `portier bench`: verification and
+//! identification statistics on labelled photos, the LFW protocol, and per-stage timings.
+//!
+//! Must not: be on the appliance's hot path; these are offline tools.
+
+pub mod metrics;
+pub mod pairs;

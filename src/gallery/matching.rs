@@ -1,0 +1,524 @@
+//! 1:N matching of one face embedding against the templates of one model.
+//!
+//! The matcher is a read-only snapshot: templates are copied once into a contiguous row-major
+//! `f32` matrix, rows grouped by person, so a query is a linear scan of dot products with no
+//! allocation and no hashing. Galleries of a door are small (tens to hundreds of people), so a
+//! scan beats any index and its cost is predictable.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use super::{GalleryError, PersonId};
+
+/// In-memory templates of one model, ready for 1:N matching.
+#[derive(Clone)]
+pub struct Matcher {
+    /// Gallery file the templates came from, for error messages.
+    path: PathBuf,
+    /// Model whose templates these are; embeddings of other models are meaningless here.
+    model_id: String,
+    /// Template length; 0 while the matcher is empty.
+    dim: usize,
+    /// Row-major `rows x dim` matrix of L2-normalised templates, grouped by person.
+    data: Vec<f32>,
+    /// Exclusive end row of each person's block of rows; person `i` owns rows
+    /// `person_end[i-1]..person_end[i]` (from 0 for the first). This replaces a per-row person
+    /// index: grouping makes per-person maxima a nested loop without any lookup.
+    person_end: Vec<usize>,
+    /// Gallery id of each person, by person index.
+    person_ids: Vec<PersonId>,
+    /// Name of each person, by person index.
+    person_names: Vec<String>,
+}
+
+/// One person and how similar the query is to them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    /// Gallery id of the person.
+    pub person: PersonId,
+    /// Name of the person.
+    pub name: String,
+    /// Cosine similarity: maximum over the person's templates, in `[-1, 1]` up to rounding.
+    pub similarity: f32,
+}
+
+/// The two most similar people for one query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MatchResult {
+    /// Most similar person; `None` only for an empty matcher.
+    pub best: Option<Candidate>,
+    /// Most similar person other than `best` (never the same person, even if they have several
+    /// templates); `None` if fewer than two people are enrolled for the model.
+    pub second: Option<Candidate>,
+}
+
+/// Acceptance rule applied to a [`MatchResult`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MatchPolicy {
+    /// Minimum cosine similarity of the best person.
+    pub threshold: f32,
+    /// Minimum lead of the best person over the second best; guards against look-alikes
+    /// (siblings) where the best match is high but not distinctive.
+    pub margin: f32,
+}
+
+/// Outcome of applying a [`MatchPolicy`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// The face is this enrolled person.
+    Known(Candidate),
+    /// The face is not accepted as anyone; `best` is kept for logging and tuning.
+    Unknown {
+        /// Best candidate, if any, even though it was not accepted.
+        best: Option<Candidate>,
+        /// Why it was not accepted.
+        reason: UnknownReason,
+    },
+}
+
+/// Why a face was not recognised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownReason {
+    /// Nobody is enrolled for this model.
+    EmptyGallery,
+    /// The best similarity is below the threshold.
+    BelowThreshold,
+    /// The best similarity passes the threshold, but the second-best person is within the margin.
+    AmbiguousMargin,
+}
+
+impl Matcher {
+    /// An empty matcher for `model_id`; rows are added with `push_row`.
+    pub(super) fn empty(path: PathBuf, model_id: String) -> Matcher {
+        Matcher {
+            path,
+            model_id,
+            dim: 0,
+            data: Vec::new(),
+            person_end: Vec::new(),
+            person_ids: Vec::new(),
+            person_names: Vec::new(),
+        }
+    }
+
+    /// Appends one normalised template row. Callers must push all rows of a person
+    /// consecutively and rows of equal length (the store guarantees both via its ORDER BY and
+    /// its dimension check); a row of another length is ignored rather than corrupting the
+    /// matrix layout.
+    pub(super) fn push_row(&mut self, person: PersonId, name: &str, row: &[f32]) {
+        if self.data.is_empty() {
+            self.dim = row.len();
+        }
+        if row.is_empty() || row.len() != self.dim {
+            debug_assert!(
+                false,
+                "template row of length {} in a matcher of dim {}",
+                row.len(),
+                self.dim
+            );
+            return;
+        }
+        if self.person_ids.last() != Some(&person) {
+            self.person_ids.push(person);
+            self.person_names.push(name.to_owned());
+            self.person_end.push(self.len());
+        }
+        self.data.extend_from_slice(row);
+        if let Some(end) = self.person_end.last_mut() {
+            *end += 1;
+        }
+    }
+
+    /// Template length (0 for an empty matcher).
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// Model these templates belong to.
+    pub fn model_id(&self) -> &str {
+        &self.model_id
+    }
+
+    /// Number of templates (rows).
+    pub fn len(&self) -> usize {
+        self.data.len().checked_div(self.dim).unwrap_or(0)
+    }
+
+    /// True if no template is loaded, i.e. nobody is enrolled for this model.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// Number of distinct people.
+    pub fn people(&self) -> usize {
+        self.person_ids.len()
+    }
+
+    /// Name of the person with index `index` (as used by [`Matcher::scores_into`]).
+    ///
+    /// # Panics
+    /// If `index >= self.people()`, like slice indexing.
+    pub fn person_name(&self, index: usize) -> &str {
+        &self.person_names[index]
+    }
+
+    /// Gallery id of the person with index `index` (as used by [`Matcher::scores_into`]).
+    ///
+    /// # Panics
+    /// If `index >= self.people()`, like slice indexing.
+    pub fn person_id(&self, index: usize) -> PersonId {
+        self.person_ids[index]
+    }
+
+    /// The best and second-best person for `embedding`. A person's score is the maximum cosine
+    /// similarity over their templates.
+    ///
+    /// `embedding` should be L2-normalised; it is not required, as scores are divided by its
+    /// norm, so they are true cosines either way. It must have length [`Matcher::dim`]
+    /// ([`GalleryError::DimensionMismatch`] otherwise) and be finite and non-zero
+    /// ([`GalleryError::InvalidEmbedding`]). An empty matcher accepts any embedding and returns
+    /// no candidates. Allocates only the names of the returned candidates.
+    pub fn best_two(&self, embedding: &[f32]) -> Result<MatchResult, GalleryError> {
+        let mut best: Option<(usize, f32)> = None;
+        let mut second: Option<(usize, f32)> = None;
+        self.for_each_score(embedding, |person, score| match best {
+            Some((_, b)) if score <= b => {
+                // Ties keep the earlier person (lower id), so results are deterministic.
+                if second.is_none_or(|(_, s)| score > s) {
+                    second = Some((person, score));
+                }
+            }
+            _ => {
+                second = best;
+                best = Some((person, score));
+            }
+        })?;
+        Ok(MatchResult {
+            best: best.map(|(p, s)| self.candidate(p, s)),
+            second: second.map(|(p, s)| self.candidate(p, s)),
+        })
+    }
+
+    /// Every person's score for `embedding`, written into `scores` (resized to
+    /// [`Matcher::people`]; `scores[i]` belongs to [`Matcher::person_id`]`(i)`). Reusing the
+    /// buffer across calls avoids allocation in evaluation loops. Same validation as
+    /// [`Matcher::best_two`].
+    pub fn scores_into(
+        &self,
+        embedding: &[f32],
+        scores: &mut Vec<f32>,
+    ) -> Result<(), GalleryError> {
+        scores.clear();
+        scores.resize(self.people(), f32::NEG_INFINITY);
+        self.for_each_score(embedding, |person, score| scores[person] = score)
+    }
+
+    /// Builds the public candidate for person index `person`.
+    fn candidate(&self, person: usize, similarity: f32) -> Candidate {
+        Candidate {
+            person: self.person_ids[person],
+            name: self.person_names[person].clone(),
+            similarity,
+        }
+    }
+
+    /// Validates `embedding` and calls `f(person index, cosine)` for every person in order.
+    fn for_each_score(
+        &self,
+        embedding: &[f32],
+        mut f: impl FnMut(usize, f32),
+    ) -> Result<(), GalleryError> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        if embedding.len() != self.dim {
+            return Err(GalleryError::DimensionMismatch {
+                path: self.path.clone(),
+                model_id: self.model_id.clone(),
+                expected: self.dim,
+                found: embedding.len(),
+            });
+        }
+        // NaN would make every comparison false and silently turn a match into "unknown";
+        // an all-zero vector has no direction. Both mean a broken upstream model.
+        let norm = dot(embedding, embedding).sqrt();
+        let reason = if !norm.is_finite() {
+            Some("has a non-finite norm (NaN, infinite or huge values)")
+        } else if norm == 0.0 {
+            Some("is all zeros")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            return Err(GalleryError::InvalidEmbedding {
+                path: self.path.clone(),
+                model_id: self.model_id.clone(),
+                reason,
+            });
+        }
+        let inv_norm = 1.0 / norm;
+        let mut start = 0;
+        for (person, &end) in self.person_end.iter().enumerate() {
+            let block = &self.data[start * self.dim..end * self.dim];
+            let best = block
+                .chunks_exact(self.dim)
+                .map(|row| dot(row, embedding))
+                .fold(f32::NEG_INFINITY, f32::max);
+            f(person, best * inv_norm);
+            start = end;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Matcher {
+    /// Summarises instead of dumping the matrix (hundreds of thousands of floats).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Matcher")
+            .field("path", &self.path)
+            .field("model_id", &self.model_id)
+            .field("dim", &self.dim)
+            .field("templates", &self.len())
+            .field("people", &self.people())
+            .finish()
+    }
+}
+
+impl MatchResult {
+    /// Applies `policy`: [`Decision::Known`] iff `best.similarity >= threshold` and
+    /// (there is no second person or `best - second >= margin`).
+    ///
+    /// When both rules fail, the reason is [`UnknownReason::BelowThreshold`] (the more basic
+    /// one). A NaN similarity never passes.
+    pub fn decide(&self, policy: &MatchPolicy) -> Decision {
+        let Some(best) = &self.best else {
+            return Decision::Unknown { best: None, reason: UnknownReason::EmptyGallery };
+        };
+        // Written as positive comparisons so that NaN falls through to "not accepted".
+        let above_threshold = best.similarity >= policy.threshold;
+        if !above_threshold {
+            return Decision::Unknown {
+                best: Some(best.clone()),
+                reason: UnknownReason::BelowThreshold,
+            };
+        }
+        let distinct =
+            self.second.as_ref().is_none_or(|s| best.similarity - s.similarity >= policy.margin);
+        if !distinct {
+            return Decision::Unknown {
+                best: Some(best.clone()),
+                reason: UnknownReason::AmbiguousMargin,
+            };
+        }
+        Decision::Known(best.clone())
+    }
+}
+
+/// Dot product with eight independent accumulators so the compiler vectorises it (a single
+/// running sum is a serial dependency chain it may not reorder).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    const LANES: usize = 8;
+    let mut acc = [0.0f32; LANES];
+    let a_chunks = a.chunks_exact(LANES);
+    let b_chunks = b.chunks_exact(LANES);
+    let tail: f32 = a_chunks.remainder().iter().zip(b_chunks.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in a_chunks.zip(b_chunks) {
+        for ((acc, x), y) in acc.iter_mut().zip(x).zip(y) {
+            *acc += x * y;
+        }
+    }
+    (acc[0] + acc[4]) + (acc[1] + acc[5]) + (acc[2] + acc[6]) + (acc[3] + acc[7]) + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{EnrollMode, Gallery};
+    use super::*;
+
+    /// Unit vector at `angle` radians in the plane of the first two axes (dim 4).
+    fn at(angle: f32) -> Vec<f32> {
+        vec![angle.cos(), angle.sin(), 0.0, 0.0]
+    }
+
+    /// Alice: templates at 0.0 and 1.0 rad; Bob: 0.5 rad; Carol: 2.0 and 2.2 rad.
+    fn three_people() -> Matcher {
+        let mut g = Gallery::open_in_memory().unwrap();
+        g.enroll("Alice", "m", &[at(0.0), at(1.0)], EnrollMode::New).unwrap();
+        g.enroll("Bob", "m", &[at(0.5)], EnrollMode::New).unwrap();
+        g.enroll("Carol", "m", &[at(2.0), at(2.2)], EnrollMode::New).unwrap();
+        g.matcher("m").unwrap()
+    }
+
+    fn close(a: f32, b: f32) -> bool {
+        (a - b).abs() < 1e-5
+    }
+
+    #[test]
+    fn best_two_takes_per_person_maximum_and_a_different_second() {
+        let m = three_people();
+        assert_eq!((m.len(), m.people(), m.dim()), (5, 3, 4));
+
+        // Near Alice's second template: best Alice via that template, second Bob (not Alice's
+        // other template, which is further away than Bob anyway).
+        let r = m.best_two(&at(0.95)).unwrap();
+        let (best, second) = (r.best.unwrap(), r.second.unwrap());
+        assert_eq!(best.name, "Alice");
+        assert!(close(best.similarity, 0.05f32.cos()), "{best:?}");
+        assert_eq!(second.name, "Bob");
+        assert!(close(second.similarity, 0.45f32.cos()), "{second:?}");
+
+        // Between Alice's two templates at 0.1: Alice's first template wins; Alice's own other
+        // template (0.9 away) must never be reported as second - Bob (0.4 away) is.
+        let r = m.best_two(&at(0.1)).unwrap();
+        assert_eq!(r.best.as_ref().unwrap().name, "Alice");
+        assert_eq!(r.second.as_ref().unwrap().name, "Bob");
+
+        // Near Carol: Carol then Alice (via her 1.0 template, 1.0 away, vs Bob 1.5 away).
+        let r = m.best_two(&at(2.1)).unwrap();
+        let (best, second) = (r.best.unwrap(), r.second.unwrap());
+        assert_eq!((best.name.as_str(), second.name.as_str()), ("Carol", "Alice"));
+        assert!(close(best.similarity, 0.1f32.cos()));
+        assert!(close(second.similarity, 1.1f32.cos()));
+        assert_eq!(best.person, m.person_id(2));
+    }
+
+    #[test]
+    fn query_need_not_be_normalised() {
+        let m = three_people();
+        let scaled: Vec<f32> = at(0.95).iter().map(|x| x * 7.5).collect();
+        let (a, b) = (m.best_two(&scaled).unwrap(), m.best_two(&at(0.95)).unwrap());
+        let (a, b) = (a.best.unwrap(), b.best.unwrap());
+        assert_eq!(a.person, b.person);
+        assert!(close(a.similarity, b.similarity), "{a:?} vs {b:?}");
+    }
+
+    #[test]
+    fn single_person_has_no_second() {
+        let mut g = Gallery::open_in_memory().unwrap();
+        g.enroll("Alice", "m", &[at(0.0), at(1.0)], EnrollMode::New).unwrap();
+        let r = g.matcher("m").unwrap().best_two(&at(0.3)).unwrap();
+        assert_eq!(r.best.unwrap().name, "Alice");
+        assert_eq!(r.second, None);
+    }
+
+    #[test]
+    fn scores_into_agrees_with_best_two() {
+        let m = three_people();
+        let mut scores = vec![123.0; 17];
+        m.scores_into(&at(0.95), &mut scores).unwrap();
+        assert_eq!(scores.len(), 3);
+        let r = m.best_two(&at(0.95)).unwrap();
+        let best = r.best.unwrap();
+        let (i, &s) = scores.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap();
+        assert_eq!(
+            (m.person_name(i), m.person_id(i), s),
+            (best.name.as_str(), best.person, best.similarity)
+        );
+        assert!(close(scores[2], 1.05f32.cos()), "carol {}", scores[2]);
+        assert!(m.person_id(0) < m.person_id(1) && m.person_id(1) < m.person_id(2));
+    }
+
+    #[test]
+    fn bad_queries_are_errors_not_panics() {
+        let m = three_people();
+        let err = m.best_two(&[1.0, 0.0, 0.0]).unwrap_err();
+        assert!(matches!(err, GalleryError::DimensionMismatch { expected: 4, found: 3, .. }));
+        assert_eq!(
+            err.to_string(),
+            "gallery :memory:: embedding has 3 values but templates of model \"m\" have 4"
+        );
+        let mut scores = Vec::new();
+        assert!(m.scores_into(&[], &mut scores).is_err());
+        for bad in [[0.0; 4], [f32::NAN, 0.0, 0.0, 1.0], [f32::INFINITY, 0.0, 0.0, 0.0]] {
+            let err = m.best_two(&bad).unwrap_err();
+            assert!(matches!(err, GalleryError::InvalidEmbedding { .. }), "{err:?}");
+        }
+    }
+
+    #[test]
+    fn empty_matcher_has_no_candidates() {
+        let g = Gallery::open_in_memory().unwrap();
+        let m = g.matcher("m").unwrap();
+        assert!(m.is_empty());
+        let r = m.best_two(&at(0.0)).unwrap();
+        assert_eq!(r, MatchResult { best: None, second: None });
+        let mut scores = vec![1.0];
+        m.scores_into(&at(0.0), &mut scores).unwrap();
+        assert!(scores.is_empty());
+        assert!(format!("{m:?}").contains("people: 0"));
+    }
+
+    fn cand(name: &str, similarity: f32) -> Candidate {
+        Candidate { person: name.len() as PersonId, name: name.to_owned(), similarity }
+    }
+
+    #[test]
+    fn decide_covers_every_outcome() {
+        let policy = MatchPolicy { threshold: 0.5, margin: 0.1 };
+        let empty = MatchResult { best: None, second: None };
+        assert_eq!(
+            empty.decide(&policy),
+            Decision::Unknown { best: None, reason: UnknownReason::EmptyGallery }
+        );
+
+        let low = MatchResult { best: Some(cand("Al", 0.49)), second: Some(cand("Bobby", 0.1)) };
+        assert_eq!(
+            low.decide(&policy),
+            Decision::Unknown {
+                best: Some(cand("Al", 0.49)),
+                reason: UnknownReason::BelowThreshold
+            }
+        );
+        // Below threshold wins over ambiguity when both apply.
+        let both = MatchResult { best: Some(cand("Al", 0.4)), second: Some(cand("Bobby", 0.39)) };
+        assert!(matches!(
+            both.decide(&policy),
+            Decision::Unknown { reason: UnknownReason::BelowThreshold, .. }
+        ));
+
+        let close = MatchResult { best: Some(cand("Al", 0.8)), second: Some(cand("Bobby", 0.75)) };
+        assert_eq!(
+            close.decide(&policy),
+            Decision::Unknown {
+                best: Some(cand("Al", 0.8)),
+                reason: UnknownReason::AmbiguousMargin
+            }
+        );
+
+        let clear = MatchResult { best: Some(cand("Al", 0.8)), second: Some(cand("Bobby", 0.6)) };
+        assert_eq!(clear.decide(&policy), Decision::Known(cand("Al", 0.8)));
+        let alone = MatchResult { best: Some(cand("Al", 0.5)), second: None };
+        assert_eq!(alone.decide(&policy), Decision::Known(cand("Al", 0.5)), "threshold inclusive");
+        let exact = MatchResult { best: Some(cand("Al", 1.0)), second: Some(cand("Bobby", 0.5)) };
+        let half = MatchPolicy { threshold: 0.5, margin: 0.5 };
+        assert_eq!(exact.decide(&half), Decision::Known(cand("Al", 1.0)), "margin inclusive");
+        let nan = MatchResult { best: Some(cand("Al", f32::NAN)), second: None };
+        assert!(matches!(nan.decide(&policy), Decision::Unknown { .. }));
+    }
+
+    #[test]
+    fn decide_on_real_matches() {
+        let m = three_people();
+        let policy = MatchPolicy { threshold: 0.9, margin: 0.05 };
+        match m.best_two(&at(2.1)).unwrap().decide(&policy) {
+            Decision::Known(c) => assert_eq!(c.name, "Carol"),
+            other => panic!("{other:?}"),
+        }
+        // Halfway between Alice (0.0) and Bob (0.5): similar to both.
+        let d = m.best_two(&at(0.25)).unwrap().decide(&policy);
+        assert!(matches!(d, Decision::Unknown { reason: UnknownReason::AmbiguousMargin, .. }));
+        // Orthogonal to everyone.
+        let d = m.best_two(&[0.0, 0.0, 1.0, 0.0]).unwrap().decide(&policy);
+        assert!(matches!(d, Decision::Unknown { reason: UnknownReason::BelowThreshold, .. }));
+    }
+
+    #[test]
+    fn dot_handles_tails_and_matches_naive_sum() {
+        for n in [0, 1, 7, 8, 9, 16, 31, 512] {
+            let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
+            let naive: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+            assert!((dot(&a, &b) - naive).abs() < 1e-4, "n={n}");
+        }
+    }
+}

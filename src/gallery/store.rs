@@ -1,0 +1,1245 @@
+//! The SQLite-backed store of enrolled people and their templates.
+//!
+//! Durability rules that shape this file: every mutation is a single transaction (a power cut
+//! leaves the whole person or nothing), a file that does not look like ours is never written to,
+//! and removed people are scrubbed from the file (secure delete + WAL truncation), because a door
+//! controller that "forgets" someone must not keep their biometric template on disk.
+
+use std::fs::File;
+use std::io::{ErrorKind, Read};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
+
+use super::matching::Matcher;
+use super::{GalleryError, PersonId};
+
+/// Schema version stored in `PRAGMA user_version`; bump with a migration when the schema changes.
+const SCHEMA_VERSION: i64 = 1;
+
+/// `PRAGMA application_id` marking a file as a portier gallery ("PRTR" in ASCII), so that an
+/// unrelated SQLite database handed to us by mistake is recognised and left alone.
+const APPLICATION_ID: i64 = 0x5052_5452;
+
+/// First 16 bytes of every SQLite 3 database file.
+const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
+
+/// How long a writer waits for another connection (e.g. the enrolment CLI while the door daemon
+/// runs) before giving up with "database is locked".
+const BUSY_TIMEOUT: Duration = Duration::from_millis(2000);
+
+/// Longest accepted person name, in characters (not bytes), so non-Latin names get the same room.
+const MAX_NAME_CHARS: usize = 64;
+
+/// Schema version 1. `template.embedding` is `dim` little-endian `f32`s, L2-normalised.
+/// The extra index on `person_id` keeps `ON DELETE CASCADE` and `list` from scanning all templates.
+const SCHEMA: &str = "
+CREATE TABLE person (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    created_unix INTEGER NOT NULL
+);
+CREATE TABLE template (
+    id INTEGER PRIMARY KEY,
+    person_id INTEGER NOT NULL REFERENCES person(id) ON DELETE CASCADE,
+    model_id TEXT NOT NULL,
+    dim INTEGER NOT NULL,
+    embedding BLOB NOT NULL,
+    created_unix INTEGER NOT NULL
+);
+CREATE INDEX template_model_person ON template(model_id, person_id);
+CREATE INDEX template_person ON template(person_id);
+";
+
+/// One enrolled person as shown by `portier gallery list`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PersonSummary {
+    /// Row id; stable across renames.
+    pub id: PersonId,
+    /// Display name (trimmed, unique).
+    pub name: String,
+    /// Enrolment time of the person record, seconds since the Unix epoch.
+    pub created_unix: i64,
+    /// `(model id, template count)` for every model the person has templates for, sorted by
+    /// model id.
+    pub templates: Vec<(String, usize)>,
+}
+
+/// What `enroll` does when the name already exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnrollMode {
+    /// Create a new person; fail with [`GalleryError::NameTaken`] if the name exists, so a typo
+    /// cannot silently merge two people.
+    New,
+    /// Add templates to the existing person of that name (creating them if missing), e.g. to
+    /// add photos with glasses or for a second model.
+    Append,
+}
+
+/// The gallery file: enrolled people and their templates.
+#[derive(Debug)]
+pub struct Gallery {
+    /// Open connection, configured by `configure` (WAL, FULL sync, foreign keys, secure delete).
+    conn: Connection,
+    /// File path (":memory:" for in-memory galleries), kept for error messages.
+    path: PathBuf,
+}
+
+impl Gallery {
+    /// Opens the gallery at `path`, creating the file and schema if the file is missing or empty.
+    ///
+    /// A file that is not an SQLite database, an SQLite database of another application, a
+    /// damaged database (`PRAGMA quick_check` not "ok") or one with a newer schema version is
+    /// refused without being written to.
+    pub fn open(path: &Path) -> Result<Gallery, GalleryError> {
+        // Look at the header ourselves first: SQLite would happily treat some non-database files
+        // as empty and we must never risk writing into someone else's file.
+        check_header(path)?;
+        // No SQLITE_OPEN_URI: a configured path is a path, never a "file:" URI with options.
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags)
+            .map_err(sql_err(path, "cannot open database"))?;
+        Gallery::setup(conn, path.to_path_buf())
+    }
+
+    /// Opens a fresh, empty gallery that lives in memory only (for tests and evaluation runs).
+    pub fn open_in_memory() -> Result<Gallery, GalleryError> {
+        let path = PathBuf::from(":memory:");
+        let conn = Connection::open_in_memory()
+            .map_err(sql_err(&path, "cannot open in-memory database"))?;
+        Gallery::setup(conn, path)
+    }
+
+    /// Path of the gallery file (":memory:" for an in-memory gallery).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Validates, configures and if necessary initialises a freshly opened connection.
+    fn setup(conn: Connection, path: PathBuf) -> Result<Gallery, GalleryError> {
+        let p = path.as_path();
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(sql_err(p, "cannot set busy timeout"))?;
+
+        // Read-only probes first: nothing below writes until the file is known to be ours.
+        let (app_id, version, objects) = probe(&conn, p)?;
+        if !is_ours_or_blank(app_id, version, objects) {
+            return Err(GalleryError::NotAGallery {
+                path,
+                detail: format!(
+                    "application id {app_id:#x}, schema version {version}, {objects} schema objects"
+                ),
+            });
+        }
+        if version > SCHEMA_VERSION {
+            return Err(GalleryError::UnsupportedVersion {
+                path,
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        quick_check(&conn, p)?;
+        configure(&conn, p)?;
+
+        let mut gallery = Gallery { conn, path };
+        if version == 0 {
+            gallery.create_schema()?;
+        }
+        gallery.check_tables()?;
+        Ok(gallery)
+    }
+
+    /// Creates the schema in one transaction, re-checking under the write lock in case another
+    /// process initialised the same new file concurrently.
+    fn create_schema(&mut self) -> Result<(), GalleryError> {
+        let path = self.path.as_path();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql_err(path, "cannot start schema transaction"))?;
+        let (app_id, version, objects) = probe(&tx, path)?;
+        if version == 0 {
+            if objects != 0 || app_id != 0 {
+                return Err(GalleryError::NotAGallery {
+                    path: path.to_path_buf(),
+                    detail: format!("{objects} schema objects but no portier schema version"),
+                });
+            }
+            tx.execute_batch(SCHEMA).map_err(sql_err(path, "cannot create schema"))?;
+            tx.pragma_update(None, "application_id", APPLICATION_ID)
+                .map_err(sql_err(path, "cannot set application id"))?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+                .map_err(sql_err(path, "cannot set schema version"))?;
+            log::info!(
+                "gallery {}: created empty gallery (schema {SCHEMA_VERSION})",
+                path.display()
+            );
+        }
+        tx.commit().map_err(sql_err(path, "cannot commit schema"))
+    }
+
+    /// Makes sure both tables exist, so a half-foreign file fails at open, not at first use.
+    fn check_tables(&self) -> Result<(), GalleryError> {
+        let found: i64 = self
+            .conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' \
+                 AND name IN ('person', 'template')",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(sql_err(&self.path, "cannot read schema"))?;
+        if found == 2 {
+            Ok(())
+        } else {
+            Err(GalleryError::Corrupt {
+                path: self.path.clone(),
+                detail: "tables `person` and `template` are missing".to_owned(),
+            })
+        }
+    }
+
+    /// Enrols one person with templates from one model, in ONE transaction: a kill in the middle
+    /// leaves the whole person or nothing.
+    ///
+    /// [`EnrollMode::New`] fails with [`GalleryError::NameTaken`] if the name exists;
+    /// [`EnrollMode::Append`] adds templates to an existing person (creating it if missing).
+    /// Every template must have the same length `dim` as the model's templates already stored
+    /// (or, for a model new to this gallery, as the first template), be finite and non-zero;
+    /// templates are L2-normalised before storage. An empty `templates` is an error.
+    pub fn enroll(
+        &mut self,
+        name: &str,
+        model_id: &str,
+        templates: &[Vec<f32>],
+        mode: EnrollMode,
+    ) -> Result<PersonId, GalleryError> {
+        let path = self.path.as_path();
+        let name = validate_name(path, name)?;
+        validate_model_id(path, model_id)?;
+        if templates.is_empty() {
+            return Err(GalleryError::NoTemplates { path: path.to_path_buf(), name });
+        }
+
+        // IMMEDIATE takes the write lock up front, so the read-then-write below cannot fail
+        // half-way with SQLITE_BUSY when another process writes concurrently.
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql_err(path, "cannot start enrolment transaction"))?;
+
+        let stored_dim: Option<i64> = tx
+            .query_row("SELECT dim FROM template WHERE model_id = ?1 LIMIT 1", [model_id], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(sql_err(path, "cannot read model dimension"))?;
+        let dim = match stored_dim {
+            Some(d) => usize::try_from(d).map_err(|_| GalleryError::Corrupt {
+                path: path.to_path_buf(),
+                detail: format!("templates of model {model_id:?} have dimension {d}"),
+            })?,
+            None => templates[0].len(),
+        };
+        // Validate everything before the first INSERT: a rejected enrolment writes nothing, and
+        // the scale factors are reused below.
+        let mut scales = Vec::with_capacity(templates.len());
+        for (index, template) in templates.iter().enumerate() {
+            let scale = normalisation_scale(template, dim).map_err(|reason| {
+                GalleryError::InvalidTemplate {
+                    path: path.to_path_buf(),
+                    name: name.clone(),
+                    model_id: model_id.to_owned(),
+                    index,
+                    reason,
+                }
+            })?;
+            scales.push(scale);
+        }
+
+        let existing = find_person(&tx, path, &name)?;
+        let person = match (existing, mode) {
+            (Some(_), EnrollMode::New) => {
+                return Err(GalleryError::NameTaken { path: path.to_path_buf(), name });
+            }
+            (Some(id), EnrollMode::Append) => id,
+            (None, _) => {
+                tx.execute(
+                    "INSERT INTO person (name, created_unix) VALUES (?1, ?2)",
+                    params![name, now_unix()],
+                )
+                .map_err(sql_err(path, "cannot insert person"))?;
+                tx.last_insert_rowid()
+            }
+        };
+
+        {
+            let mut insert = tx
+                .prepare(
+                    "INSERT INTO template (person_id, model_id, dim, embedding, created_unix) \
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(sql_err(path, "cannot prepare template insert"))?;
+            let dim_sql = i64::try_from(dim).unwrap_or(i64::MAX);
+            let now = now_unix();
+            let mut blob = Vec::with_capacity(dim * 4);
+            for (template, &scale) in templates.iter().zip(&scales) {
+                blob.clear();
+                for &x in template {
+                    // Normalise in f64 so tiny-but-valid vectors do not underflow.
+                    let v = (f64::from(x) * scale) as f32;
+                    blob.extend_from_slice(&v.to_le_bytes());
+                }
+                insert
+                    .execute(params![person, model_id, dim_sql, blob, now])
+                    .map_err(sql_err(path, "cannot insert template"))?;
+            }
+        }
+        tx.commit().map_err(sql_err(path, "cannot commit enrolment"))?;
+        log::info!(
+            "gallery {}: enrolled {name:?} (id {person}) with {} template(s) of model {model_id:?}",
+            path.display(),
+            templates.len()
+        );
+        Ok(person)
+    }
+
+    /// All enrolled people with their per-model template counts, ordered by name.
+    pub fn list(&self) -> Result<Vec<PersonSummary>, GalleryError> {
+        let path = self.path.as_path();
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT p.id, p.name, p.created_unix, t.model_id, count(t.id) \
+                 FROM person p LEFT JOIN template t ON t.person_id = p.id \
+                 GROUP BY p.id, t.model_id \
+                 ORDER BY p.name, p.id, t.model_id",
+            )
+            .map_err(sql_err(path, "cannot prepare person list"))?;
+        let mut rows = stmt.query([]).map_err(sql_err(path, "cannot list people"))?;
+        let mut people: Vec<PersonSummary> = Vec::new();
+        while let Some(row) = rows.next().map_err(sql_err(path, "cannot list people"))? {
+            let read = |row: &rusqlite::Row<'_>| -> rusqlite::Result<_> {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, i64>(2)?,
+                    row.get::<_, Option<String>>(3)?,
+                    row.get::<_, i64>(4)?,
+                ))
+            };
+            let (id, name, created_unix, model, count) =
+                read(row).map_err(sql_err(path, "cannot read person row"))?;
+            if people.last().map(|p| p.id) != Some(id) {
+                people.push(PersonSummary { id, name, created_unix, templates: Vec::new() });
+            }
+            // A person without templates yields one row with a NULL model (LEFT JOIN).
+            if let (Some(model), Some(person)) = (model, people.last_mut()) {
+                person.templates.push((model, usize::try_from(count).unwrap_or(0)));
+            }
+        }
+        Ok(people)
+    }
+
+    /// Renames a person, keeping their id and templates.
+    ///
+    /// Errors: [`GalleryError::UnknownPerson`] if `old` is not enrolled,
+    /// [`GalleryError::NameTaken`] if `new` belongs to someone else,
+    /// [`GalleryError::InvalidName`] if `new` breaks the name rules.
+    pub fn rename(&mut self, old: &str, new: &str) -> Result<(), GalleryError> {
+        let path = self.path.as_path();
+        let new = validate_name(path, new)?;
+        let old = old.trim();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql_err(path, "cannot start rename transaction"))?;
+        let Some(id) = find_person(&tx, path, old)? else {
+            return Err(GalleryError::UnknownPerson {
+                path: path.to_path_buf(),
+                name: old.to_owned(),
+            });
+        };
+        if old == new {
+            return Ok(());
+        }
+        if find_person(&tx, path, &new)?.is_some() {
+            return Err(GalleryError::NameTaken { path: path.to_path_buf(), name: new });
+        }
+        tx.execute("UPDATE person SET name = ?1 WHERE id = ?2", params![new, id])
+            .map_err(sql_err(path, "cannot rename person"))?;
+        tx.commit().map_err(sql_err(path, "cannot commit rename"))?;
+        log::info!("gallery {}: renamed {old:?} (id {id}) to {new:?}", path.display());
+        Ok(())
+    }
+
+    /// Removes a person and all their templates, and scrubs them from the file.
+    ///
+    /// `secure_delete` (set at open) zeroes the freed cells and pages; the WAL is then
+    /// checkpointed and truncated so the old page images do not linger in the `-wal` file.
+    pub fn remove(&mut self, name: &str) -> Result<(), GalleryError> {
+        let path = self.path.as_path();
+        let name = name.trim();
+        // A single statement is its own transaction; templates go with it via ON DELETE CASCADE.
+        let removed = self
+            .conn
+            .execute("DELETE FROM person WHERE name = ?1", [name])
+            .map_err(sql_err(path, "cannot remove person"))?;
+        if removed == 0 {
+            return Err(GalleryError::UnknownPerson {
+                path: path.to_path_buf(),
+                name: name.to_owned(),
+            });
+        }
+        log::info!("gallery {}: removed {name:?} and their templates", path.display());
+        // Columns: busy flag, WAL frames, checkpointed frames. Busy means a reader (another
+        // process) pinned old frames; the data is still deleted, only the scrub is deferred to
+        // the next checkpoint, so this is a warning rather than an error.
+        let busy: i64 = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+            .map_err(sql_err(path, "cannot checkpoint after removal"))?;
+        if busy != 0 {
+            log::warn!(
+                "gallery {}: another connection blocked the checkpoint after removing {name:?}; \
+                 old pages stay in the -wal file until the next checkpoint",
+                path.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Runs the full `PRAGMA integrity_check` and `PRAGMA foreign_key_check`.
+    pub fn integrity_check(&self) -> Result<(), GalleryError> {
+        let path = self.path.as_path();
+        let problems = pragma_rows(&self.conn, path, "PRAGMA integrity_check")?;
+        if problems != ["ok"] {
+            return Err(GalleryError::Corrupt {
+                path: path.to_path_buf(),
+                detail: problems.join("; "),
+            });
+        }
+        let orphans: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| r.get(0))
+            .map_err(sql_err(path, "cannot run foreign key check"))?;
+        if orphans != 0 {
+            return Err(GalleryError::Corrupt {
+                path: path.to_path_buf(),
+                detail: format!("{orphans} template(s) belong to no person"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Loads every template of `model_id` into an in-memory matcher (contiguous `f32` matrix).
+    ///
+    /// An unknown model gives an empty matcher (every query is then "unknown, empty gallery").
+    /// A stored template with a wrong blob length, inconsistent dimension or non-finite values
+    /// fails with [`GalleryError::CorruptTemplate`] naming the person.
+    pub fn matcher(&self, model_id: &str) -> Result<Matcher, GalleryError> {
+        let path = self.path.as_path();
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT t.id, t.person_id, p.name, t.dim, t.embedding \
+                 FROM template t JOIN person p ON p.id = t.person_id \
+                 WHERE t.model_id = ?1 ORDER BY t.person_id, t.id",
+            )
+            .map_err(sql_err(path, "cannot prepare template query"))?;
+        let mut rows = stmt.query([model_id]).map_err(sql_err(path, "cannot load templates"))?;
+        let mut matcher = Matcher::empty(path.to_path_buf(), model_id.to_owned());
+        let mut row_buf: Vec<f32> = Vec::new();
+        let mut dim: Option<usize> = None;
+        while let Some(row) = rows.next().map_err(sql_err(path, "cannot load templates"))? {
+            let read = |row: &rusqlite::Row<'_>| -> rusqlite::Result<_> {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, i64>(3)?,
+                ))
+            };
+            let (template_id, person, name, row_dim) =
+                read(row).map_err(sql_err(path, "cannot read template row"))?;
+            let corrupt = |detail: String| GalleryError::CorruptTemplate {
+                path: path.to_path_buf(),
+                person: name.clone(),
+                model_id: model_id.to_owned(),
+                template_id,
+                detail,
+            };
+            let row_dim = usize::try_from(row_dim)
+                .ok()
+                .filter(|&d| d > 0)
+                .ok_or_else(|| corrupt(format!("dimension {row_dim} is not positive")))?;
+            let dim = *dim.get_or_insert(row_dim);
+            if row_dim != dim {
+                return Err(corrupt(format!(
+                    "dimension {row_dim} differs from {dim} of the model's other templates"
+                )));
+            }
+            let blob = match row.get_ref(4).map_err(sql_err(path, "cannot read template row"))? {
+                rusqlite::types::ValueRef::Blob(b) => b,
+                other => {
+                    return Err(corrupt(format!(
+                        "embedding is stored as {:?}, not a blob",
+                        other.data_type()
+                    )))
+                }
+            };
+            if blob.len() != dim * 4 {
+                return Err(corrupt(format!(
+                    "embedding blob has {} bytes, expected {} ({dim} f32)",
+                    blob.len(),
+                    dim * 4
+                )));
+            }
+            row_buf.clear();
+            row_buf
+                .extend(blob.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+            // Re-normalise on load: cheap, and keeps "similarity = cosine" exact even if a row
+            // was written by an older tool with slightly different rounding.
+            let scale = normalisation_scale(&row_buf, dim).map_err(corrupt)?;
+            for x in &mut row_buf {
+                *x = (f64::from(*x) * scale) as f32;
+            }
+            matcher.push_row(person, &name, &row_buf);
+        }
+        log::debug!(
+            "gallery {}: loaded {} template(s) of {} person(s) for model {model_id:?}",
+            path.display(),
+            matcher.len(),
+            matcher.people()
+        );
+        Ok(matcher)
+    }
+}
+
+/// Refuses an existing, non-empty file that does not start with the SQLite magic, before SQLite
+/// gets a chance to touch it. A missing or empty file is fine: it becomes a new gallery.
+fn check_header(path: &Path) -> Result<(), GalleryError> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(GalleryError::Io {
+                path: path.to_path_buf(),
+                context: "cannot open file",
+                source,
+            })
+        }
+    };
+    let mut header = Vec::with_capacity(SQLITE_MAGIC.len());
+    file.take(SQLITE_MAGIC.len() as u64).read_to_end(&mut header).map_err(|source| {
+        GalleryError::Io { path: path.to_path_buf(), context: "cannot read file header", source }
+    })?;
+    if header.is_empty() || header == SQLITE_MAGIC {
+        Ok(())
+    } else {
+        Err(GalleryError::NotADatabase { path: path.to_path_buf() })
+    }
+}
+
+/// Reads `(application_id, user_version, number of schema objects)` without writing.
+fn probe(conn: &Connection, path: &Path) -> Result<(i64, i64, i64), GalleryError> {
+    let app_id: i64 = conn
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .map_err(sql_err(path, "cannot read application id"))?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(sql_err(path, "cannot read schema version"))?;
+    let objects: i64 = conn
+        .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
+        .map_err(sql_err(path, "cannot read schema"))?;
+    Ok((app_id, version, objects))
+}
+
+/// True for a portier gallery, or for a blank database (no id, no version, no objects) that we
+/// may initialise.
+fn is_ours_or_blank(app_id: i64, version: i64, objects: i64) -> bool {
+    app_id == APPLICATION_ID || (app_id == 0 && version == 0 && objects == 0)
+}
+
+/// `PRAGMA quick_check`: catches damaged pages at open, before the door trusts the data.
+fn quick_check(conn: &Connection, path: &Path) -> Result<(), GalleryError> {
+    let result = pragma_rows(conn, path, "PRAGMA quick_check")?;
+    if result == ["ok"] {
+        Ok(())
+    } else {
+        Err(GalleryError::Corrupt {
+            path: path.to_path_buf(),
+            detail: format!("quick_check failed: {}", result.join("; ")),
+        })
+    }
+}
+
+/// Applies the per-connection settings: WAL (readers never block the writer), synchronous=FULL
+/// (a committed enrolment survives a power cut), foreign keys (for ON DELETE CASCADE) and
+/// secure_delete (removed templates are zeroed, not just unlinked).
+fn configure(conn: &Connection, path: &Path) -> Result<(), GalleryError> {
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(sql_err(path, "cannot enable WAL journal"))?;
+    // In-memory databases report "memory"; any other answer means WAL is unavailable (e.g. a
+    // filesystem without shared memory). Transactions stay atomic with a rollback journal.
+    if !mode.eq_ignore_ascii_case("wal") && !mode.eq_ignore_ascii_case("memory") {
+        log::warn!("gallery {}: WAL unavailable, journal mode is {mode:?}", path.display());
+    }
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(sql_err(path, "cannot set synchronous=FULL"))?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(sql_err(path, "cannot enable foreign keys"))?;
+    let secure: i64 = conn
+        .query_row("PRAGMA secure_delete = ON", [], |r| r.get(0))
+        .map_err(sql_err(path, "cannot enable secure_delete"))?;
+    let foreign_keys: i64 = conn
+        .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+        .map_err(sql_err(path, "cannot read foreign_keys"))?;
+    // Both silently stay off if SQLite was built without them; removal would then leave
+    // templates (or their bytes) behind, so refuse rather than pretend.
+    if secure != 1 || foreign_keys != 1 {
+        return Err(GalleryError::Unsupported {
+            path: path.to_path_buf(),
+            detail: format!(
+                "sqlite build ignores secure_delete ({secure}) or foreign_keys ({foreign_keys})"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Collects the single text column of a check pragma (at most 20 rows, enough to diagnose).
+fn pragma_rows(conn: &Connection, path: &Path, sql: &str) -> Result<Vec<String>, GalleryError> {
+    let mut stmt = conn.prepare(sql).map_err(sql_err(path, "cannot run integrity check"))?;
+    let rows = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .map_err(sql_err(path, "cannot run integrity check"))?;
+    rows.take(20)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(sql_err(path, "cannot run integrity check"))
+}
+
+/// Looks a person up by exact (already trimmed) name.
+fn find_person(
+    conn: &Connection,
+    path: &Path,
+    name: &str,
+) -> Result<Option<PersonId>, GalleryError> {
+    conn.query_row("SELECT id FROM person WHERE name = ?1", [name], |r| r.get(0))
+        .optional()
+        .map_err(sql_err(path, "cannot look up person"))
+}
+
+/// Name rules: trimmed, 1..=64 characters, no control characters (they would garble logs and
+/// the display). Returns the trimmed name.
+fn validate_name(path: &Path, name: &str) -> Result<String, GalleryError> {
+    let trimmed = name.trim();
+    let reason = if trimmed.is_empty() {
+        Some("name is empty")
+    } else if trimmed.chars().count() > MAX_NAME_CHARS {
+        Some("name is longer than 64 characters")
+    } else if trimmed.chars().any(char::is_control) {
+        Some("name contains control characters")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(GalleryError::InvalidName {
+            path: path.to_path_buf(),
+            name: name.to_owned(),
+            reason,
+        }),
+        None => Ok(trimmed.to_owned()),
+    }
+}
+
+/// Model ids are stored verbatim and compared exactly, so reject the ones that can only be bugs.
+fn validate_model_id(path: &Path, model_id: &str) -> Result<(), GalleryError> {
+    let reason = if model_id.trim().is_empty() {
+        Some("model id is empty")
+    } else if model_id.chars().any(char::is_control) {
+        Some("model id contains control characters")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(GalleryError::InvalidModelId {
+            path: path.to_path_buf(),
+            model_id: model_id.to_owned(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Checks a template (length `dim`, finite, non-zero) and returns `1 / ||t||` in f64.
+fn normalisation_scale(template: &[f32], dim: usize) -> Result<f64, String> {
+    if template.len() != dim {
+        return Err(format!("has {} values, expected {dim}", template.len()));
+    }
+    if dim == 0 {
+        return Err("is empty".to_owned());
+    }
+    if let Some(i) = template.iter().position(|x| !x.is_finite()) {
+        return Err(format!("value {i} is not finite ({})", template[i]));
+    }
+    let norm = template.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
+    if norm > 0.0 && norm.is_finite() {
+        Ok(1.0 / norm)
+    } else {
+        Err("is all zeros".to_owned())
+    }
+}
+
+/// Seconds since the Unix epoch; 0 if the clock is before 1970 (an unset RTC on first boot),
+/// which only affects the informational `created_unix`.
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Maps an SQLite error to a [`GalleryError`], turning "not a database" and "corrupt" codes into
+/// their dedicated variants so callers and users see the real problem.
+///
+/// Borrows `path` so the success path (the closure is built for every call) does not allocate.
+fn sql_err<'a>(
+    path: &'a Path,
+    context: &'static str,
+) -> impl FnOnce(rusqlite::Error) -> GalleryError + 'a {
+    move |source| {
+        let path = path.to_path_buf();
+        if let rusqlite::Error::SqliteFailure(failure, message) = &source {
+            match failure.code {
+                ErrorCode::NotADatabase => return GalleryError::NotADatabase { path },
+                ErrorCode::DatabaseCorrupt => {
+                    let detail = message.clone().unwrap_or_else(|| failure.to_string());
+                    return GalleryError::Corrupt { path, detail: format!("{context}: {detail}") };
+                }
+                _ => {}
+            }
+        }
+        GalleryError::Sqlite { path, context, source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    /// Deterministic pseudo-random templates (xorshift), never all-zero.
+    fn templates(seed: u64, count: usize, dim: usize) -> Vec<Vec<f32>> {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..count)
+            .map(|_| {
+                (0..dim)
+                    .map(|_| {
+                        state ^= state << 13;
+                        state ^= state >> 7;
+                        state ^= state << 17;
+                        ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn names(g: &Gallery) -> Vec<String> {
+        g.list().unwrap().into_iter().map(|p| p.name).collect()
+    }
+
+    fn template_count(g: &Gallery) -> i64 {
+        g.conn.query_row("SELECT count(*) FROM template", [], |r| r.get(0)).unwrap()
+    }
+
+    #[test]
+    fn enroll_list_rename_remove_roundtrip() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gallery.db");
+        let mut g = Gallery::open(&path).unwrap();
+        assert_eq!(g.path(), path);
+        assert!(g.list().unwrap().is_empty());
+
+        let bob = g.enroll("Bob", "arcface", &templates(1, 3, 8), EnrollMode::New).unwrap();
+        let alice = g.enroll("  Alice ", "arcface", &templates(2, 2, 8), EnrollMode::New).unwrap();
+        assert_ne!(alice, bob);
+        let list = g.list().unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[0].name, "Alice", "names are trimmed and listed by name");
+        assert_eq!(list[0].id, alice);
+        assert_eq!(list[0].templates, vec![("arcface".to_owned(), 2)]);
+        assert_eq!(list[1].name, "Bob");
+        assert_eq!(list[1].templates, vec![("arcface".to_owned(), 3)]);
+        assert!(list[0].created_unix > 1_600_000_000);
+
+        g.rename("Bob", "Robert").unwrap();
+        g.rename("Robert", " Robert ").unwrap(); // same name after trimming: a no-op
+        assert_eq!(names(&g), ["Alice", "Robert"]);
+        assert_eq!(g.list().unwrap()[1].id, bob, "rename keeps the id");
+
+        g.remove(" Alice").unwrap();
+        assert_eq!(names(&g), ["Robert"]);
+        assert_eq!(template_count(&g), 3, "alice's templates cascade away");
+        drop(g);
+
+        // Everything persisted.
+        let g = Gallery::open(&path).unwrap();
+        let list = g.list().unwrap();
+        assert_eq!(list.len(), 1);
+        assert_eq!((list[0].id, list[0].name.as_str()), (bob, "Robert"));
+        assert_eq!(list[0].templates, vec![("arcface".to_owned(), 3)]);
+        g.integrity_check().unwrap();
+    }
+
+    #[test]
+    fn open_sets_connection_pragmas_and_schema_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = Gallery::open(&dir.path().join("g.db")).unwrap();
+        let get = |sql: &str| -> String {
+            g.conn
+                .query_row(sql, [], |r| r.get::<_, rusqlite::types::Value>(0))
+                .map(|v| match v {
+                    rusqlite::types::Value::Integer(i) => i.to_string(),
+                    rusqlite::types::Value::Text(t) => t,
+                    other => format!("{other:?}"),
+                })
+                .unwrap()
+        };
+        assert_eq!(get("PRAGMA journal_mode"), "wal");
+        assert_eq!(get("PRAGMA synchronous"), "2"); // FULL
+        assert_eq!(get("PRAGMA foreign_keys"), "1");
+        assert_eq!(get("PRAGMA secure_delete"), "1");
+        assert_eq!(get("PRAGMA busy_timeout"), "2000");
+        assert_eq!(get("PRAGMA user_version"), "1");
+        assert_eq!(get("PRAGMA application_id"), APPLICATION_ID.to_string());
+    }
+
+    #[test]
+    fn new_mode_refuses_taken_name() {
+        let mut g = Gallery::open_in_memory().unwrap();
+        g.enroll("Alice", "m", &templates(1, 2, 4), EnrollMode::New).unwrap();
+        let err = g.enroll(" Alice ", "m", &templates(2, 1, 4), EnrollMode::New).unwrap_err();
+        assert!(matches!(&err, GalleryError::NameTaken { name, .. } if name == "Alice"), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "gallery :memory:: a person named \"Alice\" is already enrolled"
+        );
+        assert_eq!(template_count(&g), 2, "the refused enrolment wrote nothing");
+    }
+
+    #[test]
+    fn append_adds_templates_and_creates_missing_person() {
+        let mut g = Gallery::open_in_memory().unwrap();
+        let alice = g.enroll("Alice", "m1", &templates(1, 2, 4), EnrollMode::New).unwrap();
+        let again = g.enroll("Alice", "m1", &templates(2, 3, 4), EnrollMode::Append).unwrap();
+        assert_eq!(again, alice);
+        let with_other_model =
+            g.enroll("Alice", "m2", &templates(3, 1, 16), EnrollMode::Append).unwrap();
+        assert_eq!(with_other_model, alice);
+        let carol = g.enroll("Carol", "m1", &templates(4, 1, 4), EnrollMode::Append).unwrap();
+        assert_ne!(carol, alice);
+        let list = g.list().unwrap();
+        assert_eq!(list[0].templates, vec![("m1".to_owned(), 5), ("m2".to_owned(), 1)]);
+        assert_eq!(list[1].name, "Carol");
+        assert_eq!(list[1].templates, vec![("m1".to_owned(), 1)]);
+    }
+
+    #[test]
+    fn rename_and_remove_errors() {
+        let mut g = Gallery::open_in_memory().unwrap();
+        g.enroll("Alice", "m", &templates(1, 1, 4), EnrollMode::New).unwrap();
+        g.enroll("Bob", "m", &templates(2, 1, 4), EnrollMode::New).unwrap();
+
+        let err = g.rename("Zoe", "Zed").unwrap_err();
+        assert!(matches!(&err, GalleryError::UnknownPerson { name, .. } if name == "Zoe"), "{err}");
+        let err = g.rename("Alice", "Bob").unwrap_err();
+        assert!(matches!(&err, GalleryError::NameTaken { name, .. } if name == "Bob"), "{err}");
+        let err = g.rename("Alice", " \t").unwrap_err();
+        assert!(matches!(err, GalleryError::InvalidName { .. }), "{err}");
+        let err = g.remove("Zoe").unwrap_err();
+        assert!(matches!(&err, GalleryError::UnknownPerson { name, .. } if name == "Zoe"), "{err}");
+        assert_eq!(err.to_string(), "gallery :memory:: no person named \"Zoe\" is enrolled");
+        assert_eq!(names(&g), ["Alice", "Bob"]);
+    }
+
+    #[test]
+    fn invalid_names_are_rejected() {
+        let mut g = Gallery::open_in_memory().unwrap();
+        let t = templates(1, 1, 4);
+        let too_long = "a".repeat(65);
+        for bad in ["", "   ", "Al\nice", "Bob\u{7}", "Eve\u{7f}", "x\u{85}y", too_long.as_str()] {
+            let err = g.enroll(bad, "m", &t, EnrollMode::New).unwrap_err();
+            assert!(matches!(&err, GalleryError::InvalidName { name, .. } if name == bad), "{err}");
+            assert!(err.to_string().starts_with("gallery :memory:: invalid person name"), "{err}");
+        }
+        // The limit counts characters, not bytes; inner spaces are fine.
+        let long_unicode = "é".repeat(64);
+        g.enroll(&long_unicode, "m", &t, EnrollMode::New).unwrap();
+        g.enroll(&"a".repeat(64), "m", &t, EnrollMode::New).unwrap();
+        g.enroll("Jean Luc", "m", &t, EnrollMode::New).unwrap();
+        assert_eq!(g.list().unwrap().len(), 3);
+        let err = g.enroll("Zed", " ", &t, EnrollMode::New).unwrap_err();
+        assert!(matches!(err, GalleryError::InvalidModelId { .. }), "{err}");
+    }
+
+    #[test]
+    fn templates_are_validated_and_a_rejected_enrolment_writes_nothing() {
+        let mut g = Gallery::open_in_memory().unwrap();
+        let err = g.enroll("Alice", "m", &[], EnrollMode::New).unwrap_err();
+        assert!(matches!(err, GalleryError::NoTemplates { .. }), "{err}");
+
+        let mut bad = templates(1, 3, 4);
+        bad[2][1] = f32::NAN;
+        let err = g.enroll("Alice", "m", &bad, EnrollMode::New).unwrap_err();
+        assert!(matches!(err, GalleryError::InvalidTemplate { index: 2, .. }), "{err}");
+        bad[2] = vec![0.0; 4];
+        let err = g.enroll("Alice", "m", &bad, EnrollMode::New).unwrap_err();
+        assert!(err.to_string().contains("all zeros"), "{err}");
+        bad[2] = vec![1.0; 5];
+        let err = g.enroll("Alice", "m", &bad, EnrollMode::New).unwrap_err();
+        assert!(matches!(err, GalleryError::InvalidTemplate { index: 2, .. }), "{err}");
+        let err = g.enroll("Alice", "m", &[vec![]], EnrollMode::New).unwrap_err();
+        assert!(matches!(err, GalleryError::InvalidTemplate { index: 0, .. }), "{err}");
+        assert!(g.list().unwrap().is_empty(), "no person row left behind");
+
+        // Once a model has templates, its dimension is fixed for the whole gallery.
+        g.enroll("Alice", "m", &templates(1, 1, 4), EnrollMode::New).unwrap();
+        let err = g.enroll("Bob", "m", &templates(2, 1, 8), EnrollMode::New).unwrap_err();
+        assert!(err.to_string().contains("has 8 values, expected 4"), "{err}");
+        assert_eq!(names(&g), ["Alice"]);
+        assert_eq!(template_count(&g), 1);
+    }
+
+    #[test]
+    fn templates_are_normalised_before_storage() {
+        let mut g = Gallery::open_in_memory().unwrap();
+        // Tiny values would underflow a naive f32 sum of squares.
+        g.enroll("Alice", "m", &[vec![3.0, 4.0], vec![3e-30, -4e-30]], EnrollMode::New).unwrap();
+        let blobs: Vec<Vec<u8>> = g
+            .conn
+            .prepare("SELECT embedding FROM template ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let decode = |b: &[u8]| -> Vec<f32> {
+            b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+        };
+        assert_eq!(decode(&blobs[0]), [0.6, 0.8]);
+        assert_eq!(decode(&blobs[1]), [0.6, -0.8]);
+        let m = g.matcher("m").unwrap();
+        let r = m.best_two(&[0.6, 0.8]).unwrap();
+        assert!((r.best.unwrap().similarity - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn models_are_kept_apart() {
+        let mut g = Gallery::open_in_memory().unwrap();
+        g.enroll("Alice", "model-a", &templates(1, 3, 8), EnrollMode::New).unwrap();
+        g.enroll("Bob", "model-b", &templates(2, 2, 16), EnrollMode::New).unwrap();
+        g.enroll("Alice", "model-b", &templates(3, 1, 16), EnrollMode::Append).unwrap();
+
+        let a = g.matcher("model-a").unwrap();
+        assert_eq!((a.model_id(), a.dim(), a.len(), a.people()), ("model-a", 8, 3, 1));
+        assert_eq!(a.person_name(0), "Alice");
+        let b = g.matcher("model-b").unwrap();
+        assert_eq!((b.dim(), b.len(), b.people()), (16, 3, 2));
+        // Person order follows ids (enrolment order), not names.
+        assert_eq!((b.person_name(0), b.person_name(1)), ("Alice", "Bob"));
+        // A model-a embedding cannot be matched against model-b templates.
+        let err = b.best_two(&templates(1, 1, 8)[0]).unwrap_err();
+        assert!(matches!(err, GalleryError::DimensionMismatch { expected: 16, found: 8, .. }));
+        let none = g.matcher("model-c").unwrap();
+        assert!(none.is_empty());
+        assert_eq!((none.len(), none.people(), none.dim()), (0, 0, 0));
+    }
+
+    #[test]
+    fn corrupt_template_row_names_the_person() {
+        let mut g = Gallery::open_in_memory().unwrap();
+        let alice = g.enroll("Alice", "m", &templates(1, 2, 4), EnrollMode::New).unwrap();
+        g.conn
+            .execute(
+                "INSERT INTO template (person_id, model_id, dim, embedding, created_unix) \
+                 VALUES (?1, 'm', 4, x'00112233445566', 0)",
+                [alice],
+            )
+            .unwrap();
+        let err = g.matcher("m").unwrap_err();
+        assert!(matches!(&err, GalleryError::CorruptTemplate { person, .. } if person == "Alice"));
+        assert!(err.to_string().contains("\"Alice\""), "{err}");
+        assert!(err.to_string().contains("7 bytes, expected 16"), "{err}");
+
+        // Inconsistent dimensions within one model are corruption too.
+        g.conn.execute("DELETE FROM template WHERE length(embedding) = 7", []).unwrap();
+        g.conn
+            .execute("UPDATE template SET dim = 3 WHERE id = (SELECT max(id) FROM template)", [])
+            .unwrap();
+        let err = g.matcher("m").unwrap_err();
+        assert!(err.to_string().contains("dimension 3 differs from 4"), "{err}");
+    }
+
+    #[test]
+    fn garbage_file_is_refused_and_left_byte_identical() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gallery.db");
+        let garbage: Vec<u8> =
+            templates(7, 1, 2048)[0].iter().flat_map(|x| x.to_le_bytes()).collect();
+        // Also garbage behind a valid magic, and a short file.
+        let mut behind_magic = SQLITE_MAGIC.to_vec();
+        behind_magic.extend_from_slice(&garbage);
+        for bytes in [garbage.clone(), behind_magic, b"hello".to_vec()] {
+            std::fs::write(&path, &bytes).unwrap();
+            let err = Gallery::open(&path).unwrap_err();
+            assert!(
+                matches!(err, GalleryError::NotADatabase { .. } | GalleryError::Corrupt { .. }),
+                "{err:?}"
+            );
+            let msg = err.to_string();
+            assert!(msg.starts_with(&format!("gallery {}: ", path.display())), "{msg}");
+            assert_eq!(std::fs::read(&path).unwrap(), bytes, "file must be left untouched");
+        }
+        let err = {
+            std::fs::write(&path, &garbage).unwrap();
+            Gallery::open(&path).unwrap_err()
+        };
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "gallery {}: file is not a database (corrupt or not a portier gallery)",
+                path.display()
+            )
+        );
+        let siblings: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(siblings.len(), 1, "no -wal/-shm/-journal files created next to it");
+    }
+
+    #[test]
+    fn foreign_sqlite_database_is_refused_and_left_byte_identical() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("other.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch("CREATE TABLE notes(body TEXT); INSERT INTO notes VALUES ('mine');")
+                .unwrap();
+        }
+        let before = std::fs::read(&path).unwrap();
+        let err = Gallery::open(&path).unwrap_err();
+        assert!(matches!(err, GalleryError::NotAGallery { .. }), "{err:?}");
+        assert!(err.to_string().contains("not a portier gallery"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+    }
+
+    #[test]
+    fn newer_schema_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gallery.db");
+        let mut g = Gallery::open(&path).unwrap();
+        g.enroll("Alice", "m", &templates(1, 1, 4), EnrollMode::New).unwrap();
+        g.conn.pragma_update(None, "user_version", 2).unwrap();
+        drop(g);
+        let before = std::fs::read(&path).unwrap();
+        let err = Gallery::open(&path).unwrap_err();
+        assert!(
+            matches!(err, GalleryError::UnsupportedVersion { found: 2, supported: 1, .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("schema version 2 is newer"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+    }
+
+    #[test]
+    fn damaged_page_fails_quick_check_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gallery.db");
+        let mut g = Gallery::open(&path).unwrap();
+        for i in 0..8 {
+            g.enroll(&format!("p{i}"), "m", &templates(i, 20, 128), EnrollMode::New).unwrap();
+        }
+        drop(g); // last connection: checkpoints the WAL into the main file
+        let mut bytes = std::fs::read(&path).unwrap();
+        let page = 4096;
+        let pages = bytes.len() / page;
+        assert!(pages > 8, "{pages} pages");
+        // Smash a b-tree page in the middle of the file (page 1 is left intact).
+        for b in &mut bytes[(pages / 2) * page..(pages / 2 + 1) * page] {
+            *b = 0xA5;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let err = Gallery::open(&path).unwrap_err();
+        assert!(matches!(err, GalleryError::Corrupt { .. }), "{err:?}");
+        assert!(err
+            .to_string()
+            .starts_with(&format!("gallery {}: database is corrupt", path.display())));
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "a damaged file is not written to");
+    }
+
+    #[test]
+    fn empty_file_becomes_a_gallery() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gallery.db");
+        std::fs::write(&path, b"").unwrap();
+        let mut g = Gallery::open(&path).unwrap();
+        g.enroll("Alice", "m", &templates(1, 1, 4), EnrollMode::New).unwrap();
+        let err = Gallery::open(&dir.path().join("missing-dir/gallery.db")).unwrap_err();
+        assert!(err.to_string().contains("missing-dir"), "{err}");
+    }
+
+    #[test]
+    fn remove_erases_name_and_templates_from_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gallery.db");
+        let mut g = Gallery::open(&path).unwrap();
+        g.enroll("Keeper", "m", &templates(1, 4, 64), EnrollMode::New).unwrap();
+        let secret = "Zebulon Quintessence";
+        // All-equal components normalise to exactly 1/8 for dim 64: an easy byte pattern.
+        let pattern: Vec<u8> = std::iter::repeat_n(0.125f32.to_le_bytes(), 8).flatten().collect();
+        g.enroll(secret, "m", &vec![vec![0.5; 64]; 3], EnrollMode::New).unwrap();
+        g.remove(secret).unwrap();
+
+        let on_disk = |p: &Path| std::fs::read(p).unwrap_or_default();
+        let mut files = on_disk(&path);
+        files.extend(on_disk(&dir.path().join("gallery.db-wal")));
+        let contains = |needle: &[u8]| files.windows(needle.len()).any(|w| w == needle);
+        assert!(!contains(secret.as_bytes()), "removed name still on disk");
+        assert!(!contains(&pattern), "removed template still on disk");
+        assert!(contains(b"Keeper"));
+        assert_eq!(names(&g), ["Keeper"]);
+    }
+
+    #[test]
+    fn integrity_check_reports_orphan_templates() {
+        let g = Gallery::open_in_memory().unwrap();
+        g.integrity_check().unwrap();
+        g.conn.pragma_update(None, "foreign_keys", "OFF").unwrap();
+        g.conn
+            .execute(
+                "INSERT INTO template (person_id, model_id, dim, embedding, created_unix) \
+                 VALUES (42, 'm', 1, x'0000803f', 0)",
+                [],
+            )
+            .unwrap();
+        let err = g.integrity_check().unwrap_err();
+        assert!(err.to_string().contains("1 template(s) belong to no person"), "{err}");
+    }
+
+    /// Env var naming the gallery file; set only when the crash test re-executes this binary.
+    const CRASH_DB_ENV: &str = "PORTIER_GALLERY_CRASH_CHILD_DB";
+    /// Env var with the run number, so each child's people get distinct names.
+    const CRASH_RUN_ENV: &str = "PORTIER_GALLERY_CRASH_CHILD_RUN";
+    /// Model id used by the crash child.
+    const CRASH_MODEL: &str = "crash-model";
+
+    /// Child half of `kill_during_enrolment_leaves_whole_person_or_nothing`; does nothing in a
+    /// normal test run. Enrols people with 200..2000 templates of dim 512 until killed, printing
+    /// a line before and after each enrolment so the parent knows where the kill landed. Only
+    /// the last three people are kept so the file stays small across runs.
+    #[test]
+    fn crash_child_enrol_loop() {
+        let Some(db) = std::env::var_os(CRASH_DB_ENV) else { return };
+        let run: usize = std::env::var(CRASH_RUN_ENV).unwrap().parse().unwrap();
+        let pool = templates(run as u64, 2000, 512);
+        let mut g = Gallery::open(Path::new(&db)).unwrap();
+        for p in g.list().unwrap() {
+            println!("removing {}", p.name);
+            g.remove(&p.name).unwrap();
+            println!("removed {}", p.name);
+        }
+        let mut enrolled: Vec<String> = Vec::new();
+        // Bounded, so a child that is somehow never killed cannot fill the disk.
+        for i in 0..300 {
+            let count = 200 + (run * 389 + i * 631) % 1800;
+            let name = format!("r{run}-p{i}-n{count}");
+            println!("enrolling {name}");
+            g.enroll(&name, CRASH_MODEL, &pool[..count], EnrollMode::New).unwrap();
+            println!("enrolled {name}");
+            enrolled.push(name);
+            if enrolled.len() > 3 {
+                let old = enrolled.remove(0);
+                println!("removing {old}");
+                g.remove(&old).unwrap();
+                println!("removed {old}");
+            }
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn kill_during_enrolment_leaves_whole_person_or_nothing() {
+        use std::os::unix::process::ExitStatusExt;
+
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("gallery.db");
+        let exe = std::env::current_exe().unwrap();
+        let mut killed_mid_enrolment = 0;
+        let mut people_seen = 0;
+        for run in 0..20u64 {
+            let mut child = Command::new(&exe)
+                .args(["crash_child_enrol_loop", "--nocapture", "--test-threads=1"])
+                .env(CRASH_DB_ENV, &db)
+                .env(CRASH_RUN_ENV, run.to_string())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(40 + (run * 137) % 900));
+            child.kill().unwrap();
+            let status = child.wait().unwrap();
+            let lines: Vec<String> = BufReader::new(child.stdout.take().unwrap())
+                .lines()
+                .map_while(Result::ok)
+                .collect();
+            assert_eq!(status.signal(), Some(9), "run {run}: child ended by itself: {lines:?}");
+
+            // The last completed enrolment must be durable; one in flight may or may not be.
+            let last = lines
+                .iter()
+                .rev()
+                .find(|l| l.starts_with("enrolling ") || l.starts_with("enrolled "));
+            let must_exist = match last {
+                Some(l) if l.starts_with("enrolling ") => {
+                    killed_mid_enrolment += 1;
+                    lines.iter().rev().find_map(|l| l.strip_prefix("enrolled "))
+                }
+                Some(l) => l.strip_prefix("enrolled "),
+                None => None,
+            };
+
+            let g = Gallery::open(&db).unwrap();
+            g.integrity_check().unwrap();
+            let people = g.list().unwrap();
+            for p in &people {
+                let expected: usize = p.name.rsplit("-n").next().unwrap().parse().unwrap();
+                assert_eq!(
+                    p.templates,
+                    vec![(CRASH_MODEL.to_owned(), expected)],
+                    "run {run}: partial person {}",
+                    p.name
+                );
+            }
+            if let Some(name) = must_exist {
+                let removed_later = lines.iter().any(|l| l == &format!("removing {name}"));
+                assert!(
+                    removed_later || people.iter().any(|p| p.name == name),
+                    "run {run}: committed {name} lost"
+                );
+            }
+            let m = g.matcher(CRASH_MODEL).unwrap();
+            assert_eq!(m.people(), people.len());
+            people_seen += people.len();
+        }
+        println!("{killed_mid_enrolment}/20 kills landed mid-enrolment; {people_seen} people seen");
+        assert!(people_seen > 0, "no child ever committed an enrolment");
+        assert!(
+            killed_mid_enrolment >= 3,
+            "only {killed_mid_enrolment} kills landed mid-enrolment"
+        );
+    }
+}

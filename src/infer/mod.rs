@@ -1,0 +1,392 @@
+//! The ONNX Runtime seam: finds and loads `libonnxruntime.so` once per process, opens a model
+//! file as a session, checks its input against what the configuration promised, and runs one
+//! float32 tensor through it into caller-owned output buffers.
+//!
+//! Must not: know what a model means (detector, recognizer): the stages above decode outputs.
+//! Hardware NPUs live beside this (`infer::hailo`, issue 3) and hand the same kind of raw
+//! output tensors to the same decoders.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+use ort::value::TensorRef;
+
+/// The ONNX Runtime release that the pinned `ort` crate was built against; the library fetched
+/// for development machines (scripts/fetch-onnxruntime) is this version.
+pub const ORT_VERSION: &str = "1.31.1";
+
+/// Errors from loading ONNX Runtime or running a model.
+#[derive(Debug, thiserror::Error)]
+pub enum InferError {
+    /// `libonnxruntime.so` was not found anywhere we look.
+    #[error(
+        "onnx runtime library not found (looked in: {searched}); run scripts/fetch-onnxruntime \
+         or set ORT_DYLIB_PATH to libonnxruntime.so"
+    )]
+    LibraryNotFound {
+        /// The places searched, for the message.
+        searched: String,
+    },
+    /// The library exists but could not be loaded or initialised.
+    #[error("onnx runtime library {path}: cannot load: {reason}")]
+    LibraryLoad {
+        /// The library file.
+        path: PathBuf,
+        /// What the loader said.
+        reason: String,
+    },
+    /// The model file does not exist or is not readable.
+    #[error("model {path}: cannot read: {reason}")]
+    ModelMissing {
+        /// The model file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// ONNX Runtime refused the model file.
+    #[error("model {path}: onnx runtime cannot load it: {reason}")]
+    ModelLoad {
+        /// The model file.
+        path: PathBuf,
+        /// What ONNX Runtime said.
+        reason: String,
+    },
+    /// The model's input or output does not have the shape the configuration describes.
+    #[error("model {path}: {reason}")]
+    Shape {
+        /// The model file.
+        path: PathBuf,
+        /// What does not fit.
+        reason: String,
+    },
+    /// Running the model failed.
+    #[error("model {path}: inference failed: {reason}")]
+    Run {
+        /// The model file.
+        path: PathBuf,
+        /// What ONNX Runtime said.
+        reason: String,
+    },
+}
+
+static LOADED: OnceLock<Result<(PathBuf, ort::environment::Environment), String>> = OnceLock::new();
+
+/// Where the library was looked for, in order.
+fn candidates(explicit: Option<&Path>) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Some(p) = explicit {
+        out.push(p.to_path_buf());
+    }
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        out.push(PathBuf::from(p));
+    }
+    let cache = std::env::var_os("PORTIER_CACHE_DIR").map(PathBuf::from).or_else(|| {
+        std::env::var_os("XDG_CACHE_HOME")
+            .map(|c| PathBuf::from(c).join("portier"))
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/portier")))
+    });
+    if let Some(c) = cache {
+        out.push(
+            c.join("onnxruntime").join(ORT_VERSION).join(std::env::consts::ARCH).join(LIB_NAME),
+        );
+    }
+    // Where an image (Yocto, Debian) installs it.
+    for dir in ["/usr/lib", "/usr/local/lib", "/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu"]
+    {
+        out.push(Path::new(dir).join(LIB_NAME));
+    }
+    out
+}
+
+const LIB_NAME: &str = "libonnxruntime.so";
+
+/// Loads ONNX Runtime once per process. `explicit` (from the config) wins, then
+/// `ORT_DYLIB_PATH`, then the development cache, then the system library directories.
+/// Later calls return the first call's outcome.
+pub fn init(explicit: Option<&Path>) -> Result<PathBuf, InferError> {
+    let outcome = LOADED.get_or_init(|| {
+        let list = candidates(explicit);
+        let Some(path) = list.iter().find(|p| p.is_file()) else {
+            return Err(format!(
+                "not found|{}",
+                list.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            ));
+        };
+        let env = ort::init_from(path)
+            .map_err(|e| format!("{}|{e}", path.display()))?
+            .with_name("portier")
+            .build()
+            .map_err(|e| format!("{}|{e}", path.display()))?;
+        log::debug!("onnx runtime loaded from {}", path.display());
+        Ok((path.clone(), env))
+    });
+    match outcome {
+        Ok((p, _)) => Ok(p.clone()),
+        Err(e) => match e.split_once('|') {
+            Some(("not found", searched)) => {
+                Err(InferError::LibraryNotFound { searched: searched.to_string() })
+            }
+            Some((path, reason)) => {
+                Err(InferError::LibraryLoad { path: path.into(), reason: reason.to_string() })
+            }
+            None => Err(InferError::LibraryLoad { path: PathBuf::new(), reason: e.clone() }),
+        },
+    }
+}
+
+/// How hard ONNX Runtime may rewrite the graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Optimization {
+    /// Every rewrite (the default).
+    #[default]
+    All,
+    /// Only semantics-preserving basic rewrites.
+    Basic,
+    /// None: needed to compare INT8 QDQ models with float32 on x86, where fused integer
+    /// kernels can saturate (see the assets' README).
+    Disabled,
+}
+
+/// Options for opening a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionOptions {
+    /// Threads inside one operator; 0 lets ONNX Runtime decide (one per core).
+    pub intra_threads: usize,
+    /// Graph optimisation level.
+    pub optimization: Optimization,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        Self { intra_threads: 0, optimization: Optimization::All }
+    }
+}
+
+/// A tensor's name and shape as declared by the model (-1 for a free dimension).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorInfo {
+    /// Name in the graph.
+    pub name: String,
+    /// Declared shape, -1 where symbolic.
+    pub shape: Vec<i64>,
+}
+
+/// One output of a run, copied into a buffer that lives as long as the model and is reused.
+#[derive(Debug, Clone, Default)]
+pub struct OutputTensor {
+    /// Name in the graph.
+    pub name: String,
+    /// Actual shape of this run.
+    pub shape: Vec<i64>,
+    /// Row-major values.
+    pub data: Vec<f32>,
+}
+
+/// An opened ONNX model with one float32 NCHW input.
+pub struct OnnxModel {
+    session: Session,
+    path: PathBuf,
+    input: TensorInfo,
+    outputs: Vec<TensorInfo>,
+    results: Vec<OutputTensor>,
+}
+
+impl std::fmt::Debug for OnnxModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnnxModel").field("path", &self.path).field("input", &self.input).finish()
+    }
+}
+
+fn info(outlet: &ort::value::Outlet) -> TensorInfo {
+    let shape = outlet.dtype().tensor_shape().map(|s| s.to_vec()).unwrap_or_default();
+    TensorInfo { name: outlet.name().to_string(), shape }
+}
+
+impl OnnxModel {
+    /// Opens `path`. ONNX Runtime must have been [`init`]ialised.
+    pub fn open(path: &Path, options: SessionOptions) -> Result<Self, InferError> {
+        match std::fs::metadata(path) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => {
+                return Err(InferError::ModelMissing {
+                    path: path.into(),
+                    reason: "not a regular file".into(),
+                })
+            }
+            Err(e) => {
+                return Err(InferError::ModelMissing { path: path.into(), reason: e.to_string() })
+            }
+        }
+        let load = |e: ort::Error| InferError::ModelLoad { path: path.into(), reason: e.to_string() };
+        let level = match options.optimization {
+            Optimization::All => GraphOptimizationLevel::Level3,
+            Optimization::Basic => GraphOptimizationLevel::Level1,
+            Optimization::Disabled => GraphOptimizationLevel::Disable,
+        };
+        let env = match LOADED.get() {
+            Some(Ok((_, env))) => env,
+            _ => {
+                return Err(InferError::ModelLoad {
+                    path: path.into(),
+                    reason: "onnx runtime is not loaded (internal: infer::init was not called)"
+                        .into(),
+                })
+            }
+        };
+        let mut builder = Session::builder(env)
+            .map_err(load)?
+            .with_optimization_level(level)
+            .map_err(|e| load(e.into()))?;
+        if options.intra_threads > 0 {
+            builder =
+                builder.with_intra_threads(options.intra_threads).map_err(|e| load(e.into()))?;
+        }
+        let session = builder.commit_from_file(path).map_err(load)?;
+        let inputs: Vec<TensorInfo> = session.inputs().iter().map(info).collect();
+        let outputs: Vec<TensorInfo> = session.outputs().iter().map(info).collect();
+        let [input] = inputs.as_slice() else {
+            return Err(InferError::Shape {
+                path: path.into(),
+                reason: format!("expected one input tensor, the model has {}", inputs.len()),
+            });
+        };
+        if input.shape.len() != 4 {
+            return Err(InferError::Shape {
+                path: path.into(),
+                reason: format!("expected a 4-d NCHW input, `{}` is {:?}", input.name, input.shape),
+            });
+        }
+        let results = outputs
+            .iter()
+            .map(|o| OutputTensor { name: o.name.clone(), ..Default::default() })
+            .collect();
+        Ok(Self { session, path: path.into(), input: input.clone(), outputs, results })
+    }
+
+    /// The model file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The input as declared.
+    pub fn input(&self) -> &TensorInfo {
+        &self.input
+    }
+
+    /// The outputs as declared.
+    pub fn outputs(&self) -> &[TensorInfo] {
+        &self.outputs
+    }
+
+    /// Checks that an NCHW input of `channels x height x width` is accepted: declared dimensions
+    /// must match, symbolic ones accept anything.
+    pub fn check_input(&self, channels: u32, height: u32, width: u32) -> Result<(), InferError> {
+        let want = [1, i64::from(channels), i64::from(height), i64::from(width)];
+        let ok = self.input.shape.iter().zip(want).all(|(&d, w)| d < 0 || d == w);
+        if ok {
+            Ok(())
+        } else {
+            Err(InferError::Shape {
+                path: self.path.clone(),
+                reason: format!(
+                    "input `{}` is {:?}, the configuration feeds {:?}",
+                    self.input.name, self.input.shape, want
+                ),
+            })
+        }
+    }
+
+    /// Runs one NCHW float32 tensor and returns the outputs, in the model's declared order, in
+    /// buffers owned by this model (reused from run to run).
+    pub fn run(&mut self, input: &[f32], shape: [usize; 4]) -> Result<&[OutputTensor], InferError> {
+        let run_err = |e: ort::Error| InferError::Run { path: self.path.clone(), reason: e.to_string() };
+        let tensor = TensorRef::from_array_view((shape, input)).map_err(run_err)?;
+        let outputs = self.session.run(ort::inputs![tensor]).map_err(|e| InferError::Run {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })?;
+        for (slot, (_, value)) in self.results.iter_mut().zip(outputs.iter()) {
+            let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| InferError::Run {
+                path: self.path.clone(),
+                reason: format!("output `{}`: {e}", slot.name),
+            })?;
+            slot.shape.clear();
+            slot.shape.extend_from_slice(shape);
+            slot.data.clear();
+            slot.data.extend_from_slice(data);
+        }
+        Ok(&self.results)
+    }
+}
+
+/// Colour order a model expects in its input channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelOrder {
+    /// Red, green, blue (InsightFace SCRFD and ArcFace models).
+    Rgb,
+    /// Blue, green, red (OpenCV-trained models: YuNet, PaddleX).
+    Bgr,
+}
+
+/// How 8-bit pixels become a model's float input: `(x - mean) / std` per channel, in `order`.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Preprocess {
+    /// Channel order of the input tensor.
+    pub order: ChannelOrder,
+    /// Subtracted per input channel (in the model's channel order).
+    pub mean: [f32; 3],
+    /// Divisor per input channel (in the model's channel order).
+    pub std: [f32; 3],
+}
+
+impl Preprocess {
+    /// Writes an interleaved RGB image of `width * height` pixels into planar NCHW floats.
+    /// `out` must hold `3 * width * height` values.
+    pub fn fill_nchw(&self, rgb: &[u8], width: usize, height: usize, out: &mut [f32]) {
+        let plane = width * height;
+        let src_channel = match self.order {
+            ChannelOrder::Rgb => [0, 1, 2],
+            ChannelOrder::Bgr => [2, 1, 0],
+        };
+        // A per-channel lookup table turns the division into one load per value.
+        let mut lut = [[0f32; 256]; 3];
+        for (c, table) in lut.iter_mut().enumerate() {
+            for (v, slot) in table.iter_mut().enumerate() {
+                *slot = (v as f32 - self.mean[c]) / self.std[c];
+            }
+        }
+        let (p0, rest) = out[..3 * plane].split_at_mut(plane);
+        let (p1, p2) = rest.split_at_mut(plane);
+        for (i, px) in rgb[..3 * plane].chunks_exact(3).enumerate() {
+            p0[i] = lut[0][usize::from(px[src_channel[0]])];
+            p1[i] = lut[1][usize::from(px[src_channel[1]])];
+            p2[i] = lut[2][usize::from(px[src_channel[2]])];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fill_nchw_orders_and_normalises() {
+        let rgb = [10u8, 20, 30, 40, 50, 60];
+        let pre = Preprocess { order: ChannelOrder::Bgr, mean: [0.0; 3], std: [1.0, 2.0, 10.0] };
+        let mut out = [0f32; 6];
+        pre.fill_nchw(&rgb, 2, 1, &mut out);
+        assert_eq!(out, [30.0, 60.0, 10.0, 25.0, 1.0, 4.0]);
+    }
+
+    #[test]
+    fn missing_library_is_a_clear_error() {
+        let c = candidates(Some(Path::new("/nonexistent/libonnxruntime.so")));
+        assert_eq!(c[0], Path::new("/nonexistent/libonnxruntime.so"));
+        assert!(c.iter().any(|p| p.ends_with("libonnxruntime.so")));
+    }
+}

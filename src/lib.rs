@@ -1,0 +1,28 @@
+//! portier: face-recognition door access for a Raspberry Pi 5 with a Hailo-8 NPU.
+//!
+//! The crate is the appliance's library; `src/main.rs` is only its command line. One frame
+//! flows through the modules in this order, each handing a plain value to the next:
+//!
+//! ```text
+//! frame ─▶ detect ─▶ align (112x112) ─▶ embed (cpu | npu) ─▶ gallery match ─▶ decision
+//! ```
+//!
+//! - [`frame`]: image types, decoding, resampling.
+//! - [`infer`]: ONNX Runtime loading and sessions.
+//! - [`detect`]: SCRFD / YuNet decoding, letterbox, NMS.
+//! - [`align`]: 5-point similarity transform and warp.
+//! - [`embed`]: the `Embedder` trait and the CPU backend.
+//! - [`gallery`]: enrolled people in SQLite, 1:N matching.
+//! - [`pipeline`]: detect → align → embed for a still image, with stage timings.
+//! - [`config`]: the TOML configuration.
+//! - [`eval`]: verification statistics, LFW protocol, benchmarks.
+
+pub mod align;
+pub mod config;
+pub mod detect;
+pub mod embed;
+pub mod eval;
+pub mod frame;
+pub mod gallery;
+pub mod infer;
+pub mod pipeline;

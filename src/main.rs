@@ -1,0 +1,2 @@
+//! The `portier` command line.
+fn main() {}
