@@ -64,8 +64,9 @@ pub fn similarity(src: &[[f32; 2]], dst: &[[f32; 2]]) -> Option<Affine> {
     }
     let nf = n as f64;
     let mean = |pts: &[[f32; 2]]| {
-        let (sx, sy) =
-            pts[..n].iter().fold((0.0, 0.0), |(x, y), p| (x + f64::from(p[0]), y + f64::from(p[1])));
+        let (sx, sy) = pts[..n]
+            .iter()
+            .fold((0.0, 0.0), |(x, y), p| (x + f64::from(p[0]), y + f64::from(p[1])));
         [sx / nf, sy / nf]
     };
     let (ms, md) = (mean(src), mean(dst));
@@ -123,7 +124,13 @@ pub fn align_face(frame: ImageView<'_>, kps: &Landmarks, out: &mut AlignedFace) 
 /// bilinearly (pixel centres at +0.5, as Pillow's affine transform does, which the reference
 /// crops were made with). Points outside the frame are black; the two pixels of an edge
 /// neighbourhood are clamped to the border.
-pub fn warp_bilinear(src: ImageView<'_>, inverse: &Affine, out: &mut [u8], width: usize, height: usize) {
+pub fn warp_bilinear(
+    src: ImageView<'_>,
+    inverse: &Affine,
+    out: &mut [u8],
+    width: usize,
+    height: usize,
+) {
     let (sw, sh) = (src.width() as usize, src.height() as usize);
     let data = src.as_bytes();
     let [[a, b, c], [d, e, f]] = inverse.0;

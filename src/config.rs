@@ -201,10 +201,14 @@ impl Config {
         };
 
         let d = &raw.detector;
-        for (key, v) in [("detector.input_width", d.input_width), ("detector.input_height", d.input_height)]
+        for (key, v) in
+            [("detector.input_width", d.input_width), ("detector.input_height", d.input_height)]
         {
             if v == 0 || v % 32 != 0 || v > 4096 {
-                return Err(invalid(key, format!("must be a multiple of 32 in 32..=4096, got {v}")));
+                return Err(invalid(
+                    key,
+                    format!("must be a multiple of 32 in 32..=4096, got {v}"),
+                ));
             }
         }
         // Each detector family's own normalisation (model cards: InsightFace scrfd.py; OpenCV
@@ -238,10 +242,15 @@ impl Config {
         let model_path = resolve(&r.model);
         let model_id = match &r.id {
             Some(id) => id.trim().to_string(),
-            None => model_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
+            None => {
+                model_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+            }
         };
         if model_id.is_empty() || model_id.len() > 128 || model_id.chars().any(char::is_control) {
-            return Err(invalid("recognizer.id", format!("must be 1..=128 printable characters, got {model_id:?}")));
+            return Err(invalid(
+                "recognizer.id",
+                format!("must be 1..=128 printable characters, got {model_id:?}"),
+            ));
         }
         check_std(&invalid, "recognizer.std", r.std)?;
         let recognizer = RecognizerSettings {
@@ -254,7 +263,10 @@ impl Config {
 
         let m = &raw.matching;
         if !(-1.0..=1.0).contains(&m.threshold) {
-            return Err(invalid("matching.threshold", format!("a cosine similarity in -1..=1, got {}", m.threshold)));
+            return Err(invalid(
+                "matching.threshold",
+                format!("a cosine similarity in -1..=1, got {}", m.threshold),
+            ));
         }
         if !(0.0..=1.0).contains(&m.margin) {
             return Err(invalid("matching.margin", format!("must be in 0..=1, got {}", m.margin)));

@@ -1,2 +1,711 @@
-//! The `portier` command line.
-fn main() {}
+//! The `portier` command line: parses arguments, opens what the command needs, prints results,
+//! and maps errors to exit codes (sysexits: 65 bad input data, 66 missing input, 69 runtime
+//! unavailable, 78 bad configuration). No logic lives here.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+
+use portier::config::{Config, ConfigError};
+use portier::eval::{bench, lfw, verify};
+use portier::frame::load_image;
+use portier::gallery::{Decision, EnrollMode, Gallery, GalleryError, Matcher, UnknownReason};
+use portier::pipeline::{Pipeline, PipelineError, Select};
+
+/// Face-recognition door access.
+#[derive(Parser, Debug)]
+#[command(name = "portier", version, about)]
+struct Cli {
+    /// Configuration file.
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "PORTIER_CONFIG",
+        default_value = "/etc/portier/portier.toml"
+    )]
+    config: PathBuf,
+    /// More log output (-v: debug, -vv: trace).
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Enrol a person from photos that each show exactly that one face.
+    Enroll {
+        /// The person's name.
+        #[arg(long)]
+        name: String,
+        /// Add the photos to an existing person instead of refusing a taken name.
+        #[arg(long)]
+        append: bool,
+        /// Photos (JPEG, PNG, WebP).
+        #[arg(required = true)]
+        photos: Vec<PathBuf>,
+    },
+    /// Find every face in photos and say who it is.
+    Identify {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Photos.
+        #[arg(required = true)]
+        photos: Vec<PathBuf>,
+    },
+    /// Manage enrolled people.
+    Gallery {
+        #[command(subcommand)]
+        command: GalleryCommand,
+    },
+    /// Measure recognition accuracy.
+    Eval {
+        #[command(subcommand)]
+        command: EvalCommand,
+    },
+    /// Measure speed.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+    /// Validate a configuration file and exit (0 valid, 78 invalid).
+    CheckConfig {
+        /// The file (default: --config).
+        file: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum GalleryCommand {
+    /// List enrolled people and their templates.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a person and all their templates.
+    Remove {
+        /// Name.
+        name: String,
+    },
+    /// Rename a person.
+    Rename {
+        /// Current name.
+        old: String,
+        /// New name.
+        new: String,
+    },
+    /// Run a full integrity check of the gallery database.
+    Check,
+}
+
+#[derive(Subcommand, Debug)]
+enum EvalCommand {
+    /// Verification and identification statistics on labelled photos.
+    Verify {
+        /// CSV with `path` and `identity` columns.
+        #[arg(long)]
+        labels: PathBuf,
+        /// Folder the CSV's paths are relative to (default: `full/` beside the CSV if it
+        /// exists, else the CSV's folder).
+        #[arg(long)]
+        root: Option<PathBuf>,
+        #[command(flatten)]
+        out: OutArgs,
+    },
+    /// The LFW verification protocol on pair files in LFW's format.
+    Lfw {
+        /// Pairs to measure (`pairs.txt` of View 2, or `pairsDevTest.txt`).
+        #[arg(long)]
+        pairs: PathBuf,
+        /// Choose the threshold on these pairs instead of by k-fold.
+        #[arg(long)]
+        train_pairs: Option<PathBuf>,
+        /// The LFW image folder (`<root>/<Name>/<Name>_0001.jpg`).
+        #[arg(long)]
+        root: PathBuf,
+        /// Detector input side for these 250x250 photos (detect near native scale).
+        #[arg(long, default_value_t = 320)]
+        det_size: u32,
+        /// Add the mirrored crop's embedding (twice the work).
+        #[arg(long)]
+        flip: bool,
+        #[command(flatten)]
+        out: OutArgs,
+    },
+}
+
+#[derive(Args, Debug)]
+struct OutArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCommand {
+    /// Per-stage time of detect → align → embed → match on photos.
+    Pipeline {
+        /// Measured runs per photo.
+        #[arg(long, default_value_t = 30)]
+        repeat: usize,
+        /// Unmeasured runs first.
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        /// Synthetic people in the gallery matched against (3 templates each).
+        #[arg(long, default_value_t = 1000)]
+        gallery_people: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Photos.
+        #[arg(required = true)]
+        photos: Vec<PathBuf>,
+    },
+}
+
+/// An error with its exit code.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn new(code: u8, message: impl std::fmt::Display) -> Self {
+        Self { code, message: message.to_string() }
+    }
+}
+
+const EX_DATAERR: u8 = 65;
+const EX_NOINPUT: u8 = 66;
+const EX_UNAVAILABLE: u8 = 69;
+const EX_SOFTWARE: u8 = 70;
+const EX_CANTCREAT: u8 = 73;
+const EX_CONFIG: u8 = 78;
+
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Self {
+        Failure::new(EX_CONFIG, e)
+    }
+}
+
+impl From<GalleryError> for Failure {
+    fn from(e: GalleryError) -> Self {
+        let code = match e {
+            GalleryError::NameTaken { .. }
+            | GalleryError::UnknownPerson { .. }
+            | GalleryError::InvalidName { .. } => EX_DATAERR,
+            _ => EX_SOFTWARE,
+        };
+        Failure::new(code, e)
+    }
+}
+
+impl From<PipelineError> for Failure {
+    fn from(e: PipelineError) -> Self {
+        use portier::infer::InferError as I;
+        let inner = match &e {
+            PipelineError::Runtime(i) => Some(i),
+            PipelineError::Detect(portier::detect::DetectError::Infer(i)) => Some(i),
+            PipelineError::Embed(portier::embed::EmbedError::Infer(i)) => Some(i),
+            _ => None,
+        };
+        let code = match inner {
+            Some(I::LibraryNotFound { .. } | I::LibraryLoad { .. }) => EX_UNAVAILABLE,
+            Some(I::ModelMissing { .. }) => EX_NOINPUT,
+            Some(I::ModelLoad { .. } | I::Shape { .. }) => EX_CONFIG,
+            _ => match e {
+                PipelineError::Detect(portier::detect::DetectError::Outputs { .. }) => EX_CONFIG,
+                _ => EX_SOFTWARE,
+            },
+        };
+        Failure::new(code, e)
+    }
+}
+
+impl From<verify::EvalError> for Failure {
+    fn from(e: verify::EvalError) -> Self {
+        match e {
+            verify::EvalError::Pipeline(p) => p.into(),
+            other => Failure::new(EX_DATAERR, other),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => log::LevelFilter::Info,
+        1 => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    };
+    env_logger::Builder::new()
+        .filter_level(level)
+        .parse_env("PORTIER_LOG")
+        .format_target(false)
+        .init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(f) => {
+            eprintln!("portier: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode, Failure> {
+    match cli.command {
+        Command::CheckConfig { file } => {
+            let path = file.unwrap_or(cli.config);
+            let c = Config::load(&path)?;
+            println!(
+                "{}: ok (detector {}, recognizer {} as `{}`, gallery {})",
+                path.display(),
+                c.detector.path.display(),
+                c.recognizer.path.display(),
+                c.recognizer.model_id,
+                c.gallery_path.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Enroll { name, append, photos } => {
+            let config = Config::load(&cli.config)?;
+            enroll(&config, &name, append, &photos)
+        }
+        Command::Identify { json, photos } => {
+            let config = Config::load(&cli.config)?;
+            identify(&config, json, &photos)
+        }
+        Command::Gallery { command } => {
+            let config = Config::load(&cli.config)?;
+            gallery(&config, command)
+        }
+        Command::Eval { command } => {
+            let config = Config::load(&cli.config)?;
+            eval(config, command)
+        }
+        Command::Bench {
+            command: BenchCommand::Pipeline { repeat, warmup, gallery_people, json, photos },
+        } => {
+            let config = Config::load(&cli.config)?;
+            let mut p = Pipeline::open(&config)?;
+            let report = bench::run(&mut p, &photos, repeat.max(1), warmup, gallery_people)?;
+            if json {
+                print_json(&report);
+            } else {
+                print_bench(&report, &config);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print_json(v: &impl Serialize) {
+    match serde_json::to_string_pretty(v) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("portier: cannot encode JSON: {e}"),
+    }
+}
+
+fn progress_bar(total: usize, what: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total as u64);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{msg} [{bar:40}] {pos}/{len} ({per_sec}, {eta} left)",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what.to_string());
+    bar
+}
+
+fn enroll(
+    config: &Config,
+    name: &str,
+    append: bool,
+    photos: &[PathBuf],
+) -> Result<ExitCode, Failure> {
+    // The gallery is opened (and checked) first: a corrupt file is reported before any work.
+    if let Some(dir) = config.gallery_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Failure::new(
+                EX_CANTCREAT,
+                format!("gallery folder {}: cannot create: {e}", dir.display()),
+            )
+        })?;
+    }
+    let mut gallery = Gallery::open(&config.gallery_path)?;
+    let mut pipeline = Pipeline::open(config)?;
+    let mut templates = Vec::with_capacity(photos.len());
+    for photo in photos {
+        let img = load_image(photo).map_err(|e| Failure::new(EX_DATAERR, e))?;
+        let mut faces = pipeline.faces(img.view(), Select::All, None)?;
+        match faces.len() {
+            0 => return Err(Failure::new(EX_DATAERR, format!(
+                "photo {}: no face found; nothing was enrolled", photo.display()))),
+            1 => {}
+            n => return Err(Failure::new(EX_DATAERR, format!(
+                "photo {}: {n} faces found; enrol from photos showing only this person; nothing was enrolled",
+                photo.display()))),
+        }
+        let face = faces.remove(0);
+        log::info!(
+            "{}: face at {:?}, eye distance {:.0} px, norm {:.2}",
+            photo.display(),
+            face.detection.bbox.map(|v| v.round()),
+            face.detection.eye_distance(),
+            face.norm
+        );
+        templates.push(face.embedding);
+    }
+    let model_id = pipeline.embedder_model_id();
+    // Warn when the new templates already look like someone else: a likely duplicate or a
+    // look-alike who will need a margin.
+    let matcher = gallery.matcher(&model_id)?;
+    for t in &templates {
+        if let Some(best) = matcher.best_two(t)?.best {
+            if best.name != name.trim() && best.similarity >= config.matching.threshold {
+                log::warn!(
+                    "{name} resembles enrolled {} (similarity {:.3})",
+                    best.name,
+                    best.similarity
+                );
+            }
+        }
+    }
+    let mode = if append { EnrollMode::Append } else { EnrollMode::New };
+    gallery.enroll(name, &model_id, &templates, mode)?;
+    println!(
+        "enrolled {} with {} template(s) for model `{}` in {}",
+        name.trim(),
+        templates.len(),
+        model_id,
+        config.gallery_path.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Serialize)]
+struct FaceReport {
+    bbox: [f32; 4],
+    score: f32,
+    kps: [[f32; 2]; 5],
+    eye_distance: f32,
+    norm: f32,
+    known: bool,
+    name: Option<String>,
+    similarity: Option<f32>,
+    second: Option<(String, f32)>,
+    reason: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct PhotoReport {
+    photo: String,
+    faces: Vec<FaceReport>,
+    error: Option<String>,
+}
+
+fn open_matcher(config: &Config, model_id: &str) -> Result<Option<Matcher>, Failure> {
+    // A missing gallery is an empty one; identify never creates it.
+    if !config.gallery_path.exists() {
+        log::warn!(
+            "gallery {} does not exist yet: every face is unknown",
+            config.gallery_path.display()
+        );
+        return Ok(None);
+    }
+    Ok(Some(Gallery::open(&config.gallery_path)?.matcher(model_id)?))
+}
+
+fn identify(config: &Config, json: bool, photos: &[PathBuf]) -> Result<ExitCode, Failure> {
+    let mut pipeline = Pipeline::open(config)?;
+    let matcher = open_matcher(config, &pipeline.embedder_model_id())?;
+    let mut reports = Vec::new();
+    let mut failed = false;
+    for photo in photos {
+        let mut report =
+            PhotoReport { photo: photo.display().to_string(), faces: Vec::new(), error: None };
+        match load_image(photo) {
+            Err(e) => {
+                failed = true;
+                eprintln!("portier: {e}");
+                report.error = Some(e.to_string());
+            }
+            Ok(img) => {
+                for f in pipeline.faces(img.view(), Select::All, None)? {
+                    let result = match &matcher {
+                        Some(m) => m.best_two(&f.embedding)?,
+                        None => portier::gallery::MatchResult { best: None, second: None },
+                    };
+                    let second = result.second.as_ref().map(|c| (c.name.clone(), c.similarity));
+                    let (known, name, similarity, reason) = match result.decide(&config.matching) {
+                        Decision::Known(c) => (true, Some(c.name), Some(c.similarity), None),
+                        Decision::Unknown { best, reason } => (
+                            false,
+                            best.as_ref().map(|c| c.name.clone()),
+                            best.map(|c| c.similarity),
+                            Some(match reason {
+                                UnknownReason::EmptyGallery => "empty gallery",
+                                UnknownReason::BelowThreshold => "below threshold",
+                                UnknownReason::AmbiguousMargin => {
+                                    "ambiguous: second best too close"
+                                }
+                            }),
+                        ),
+                    };
+                    report.faces.push(FaceReport {
+                        bbox: f.detection.bbox,
+                        score: f.detection.score,
+                        kps: f.detection.kps,
+                        eye_distance: f.detection.eye_distance(),
+                        norm: f.norm,
+                        known,
+                        name,
+                        similarity,
+                        second,
+                        reason,
+                    });
+                }
+            }
+        }
+        reports.push(report);
+    }
+    if json {
+        print_json(&reports);
+    } else {
+        for r in &reports {
+            if r.error.is_some() {
+                continue;
+            }
+            if r.faces.is_empty() {
+                println!("{}: no face", r.photo);
+            }
+            for (i, f) in r.faces.iter().enumerate() {
+                let who = if f.known {
+                    f.name.clone().unwrap_or_default()
+                } else {
+                    match (&f.name, f.reason) {
+                        (Some(n), Some(why)) => format!("unknown ({why}; nearest {n})"),
+                        (_, Some(why)) => format!("unknown ({why})"),
+                        _ => "unknown".into(),
+                    }
+                };
+                let b = f.bbox.map(|v| v.round() as i64);
+                println!(
+                    "{}: face {} box [{}, {}, {}, {}] eyes {:.0} px: {} similarity {} norm {:.2}",
+                    r.photo,
+                    i + 1,
+                    b[0],
+                    b[1],
+                    b[2],
+                    b[3],
+                    f.eye_distance,
+                    who,
+                    f.similarity.map_or("-".into(), |s| format!("{s:.3}")),
+                    f.norm
+                );
+            }
+        }
+    }
+    Ok(if failed { ExitCode::from(EX_DATAERR) } else { ExitCode::SUCCESS })
+}
+
+fn gallery(config: &Config, command: GalleryCommand) -> Result<ExitCode, Failure> {
+    let mut g = Gallery::open(&config.gallery_path)?;
+    match command {
+        GalleryCommand::List { json } => {
+            let people = g.list()?;
+            if json {
+                #[derive(Serialize)]
+                struct P {
+                    id: i64,
+                    name: String,
+                    created_unix: i64,
+                    templates: Vec<(String, usize)>,
+                }
+                print_json(
+                    &people
+                        .into_iter()
+                        .map(|p| P {
+                            id: p.id,
+                            name: p.name,
+                            created_unix: p.created_unix,
+                            templates: p.templates,
+                        })
+                        .collect::<Vec<_>>(),
+                );
+            } else if people.is_empty() {
+                println!("no one enrolled in {}", config.gallery_path.display());
+            } else {
+                for p in people {
+                    let t: Vec<String> =
+                        p.templates.iter().map(|(m, n)| format!("{n} for {m}")).collect();
+                    println!("{}\t{}", p.name, t.join(", "));
+                }
+            }
+        }
+        GalleryCommand::Remove { name } => {
+            g.remove(&name)?;
+            println!("removed {name}");
+        }
+        GalleryCommand::Rename { old, new } => {
+            g.rename(&old, &new)?;
+            println!("renamed {old} to {new}");
+        }
+        GalleryCommand::Check => {
+            g.integrity_check()?;
+            println!("{}: ok", config.gallery_path.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn eval(mut config: Config, command: EvalCommand) -> Result<ExitCode, Failure> {
+    match command {
+        EvalCommand::Verify { labels, root, out } => {
+            let root = root.unwrap_or_else(|| {
+                let dir = labels.parent().map(Path::to_path_buf).unwrap_or_default();
+                if dir.join("full").is_dir() {
+                    dir.join("full")
+                } else {
+                    dir
+                }
+            });
+            let photos = verify::read_labels(&labels, &root)?;
+            let mut pipeline = Pipeline::open(&config)?;
+            let bar = progress_bar(photos.len(), "embedding photos");
+            let paths: Vec<PathBuf> = photos.iter().map(|p| p.path.clone()).collect();
+            let emb = verify::embed_photos(&mut pipeline, &paths, Select::All, |d| {
+                bar.set_position(d as u64)
+            })?;
+            bar.finish_and_clear();
+            let r = verify::verify_report(&photos, &emb, config.matching.threshold);
+            if out.json {
+                print_json(&r);
+            } else {
+                print_verify(&r);
+            }
+        }
+        EvalCommand::Lfw { pairs, train_pairs, root, det_size, flip, out } => {
+            config.detector.input_size = [det_size, det_size];
+            config.recognizer.flip = flip;
+            if det_size == 0 || det_size % 32 != 0 {
+                return Err(Failure::new(
+                    64,
+                    format!("--det-size {det_size}: must be a multiple of 32"),
+                ));
+            }
+            let mut pipeline = Pipeline::open(&config)?;
+            let bar = progress_bar(0, "embedding LFW images");
+            let r = lfw::run(&mut pipeline, &pairs, train_pairs.as_deref(), &root, |d, n| {
+                bar.set_length(n as u64);
+                bar.set_position(d as u64);
+            })?;
+            bar.finish_and_clear();
+            if out.json {
+                print_json(&r);
+            } else {
+                println!(
+                    "LFW verification: {} pairs, {} fold(s){}",
+                    r.pairs,
+                    r.folds,
+                    if r.train_pairs > 0 {
+                        format!(", threshold from {} training pairs", r.train_pairs)
+                    } else {
+                        String::new()
+                    }
+                );
+                println!("  accuracy   {:.2}% ± {:.2}", r.accuracy * 100.0, r.accuracy_std * 100.0);
+                println!("  threshold  {:.4}", r.threshold);
+                if let Some(t) = r.train_accuracy {
+                    println!("  train acc  {:.2}%", t * 100.0);
+                }
+                println!(
+                    "  no face    {} image(s){}",
+                    r.failed_detections,
+                    if r.failed_images.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", r.failed_images.join(", "))
+                    }
+                );
+                if let (Some(g), Some(i)) = (&r.genuine, &r.impostor) {
+                    println!(
+                        "  genuine    mean {:.3} min {:.3}   impostor mean {:.3} max {:.3}",
+                        g.mean, g.min, i.mean, i.max
+                    );
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_verify(r: &verify::VerifyReport) {
+    println!("{} photos, {} identities", r.photos, r.identities);
+    if !r.failed_detections.is_empty() {
+        println!("no face found in: {}", r.failed_detections.join(", "));
+    }
+    for (what, s) in [("genuine", &r.genuine), ("impostor", &r.impostor)] {
+        if let Some(s) = s {
+            println!("{what:9} pairs {:6}  mean {:.3}  std {:.3}  min {:.3}  p01 {:.3}  p50 {:.3}  p99 {:.3}  max {:.3}",
+                s.count, s.mean, s.std, s.min, s.p01, s.p50, s.p99, s.max);
+        }
+    }
+    for t in &r.tar_at_far {
+        println!(
+            "TAR {:.4} at FAR {:.0e} (threshold {:.3}, achieved FAR {:.1e}{})",
+            t.tar,
+            t.far_target,
+            t.threshold,
+            t.far_achieved,
+            if t.supported { "" } else { ", too few impostor pairs to measure this FAR" }
+        );
+    }
+    println!("EER {:.4}", r.eer);
+    println!(
+        "rank-1 identification {:.2}% over {} probes (leave-one-out)",
+        r.rank1 * 100.0,
+        r.rank1_probes
+    );
+    println!("at the operating threshold {:.3}: {} impostor pair(s) accepted, {} genuine pair(s) rejected",
+        r.threshold, r.impostors_above_threshold, r.genuine_below_threshold);
+}
+
+fn print_bench(r: &bench::BenchReport, config: &Config) {
+    println!(
+        "machine: {} ({} logical cores); detector {} at {}x{}; recognizer {}",
+        r.cpu,
+        r.cores,
+        config.detector.path.display(),
+        config.detector.input_size[0],
+        config.detector.input_size[1],
+        config.recognizer.path.display()
+    );
+    println!(
+        "{} runs after {} warm-up; matching against {} templates; times in ms, median (p90)",
+        r.repeat, r.warmup, r.gallery_templates
+    );
+    for p in &r.photos {
+        println!("\n{} ({}x{}, {} face(s))", p.photo, p.width, p.height, p.faces);
+        for (name, s) in [
+            ("decode", p.decode),
+            ("detect: pre", p.detect_pre),
+            ("detect: infer", p.detect_infer),
+            ("detect: post", p.detect_post),
+            ("align", p.align),
+            ("embed", p.embed),
+            ("match", p.matching),
+            ("frame (detect..match)", p.frame),
+            ("frame + decode", p.frame_with_decode),
+            ("models only", p.models_only),
+        ] {
+            println!("  {name:22} {:8.2} ({:.2})", s.median_ms, s.p90_ms);
+        }
+        println!("  frame / models only    {:8.3}", p.overhead_ratio);
+    }
+}

@@ -64,7 +64,10 @@ pub struct Pipeline {
 
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pipeline").field("detector", &self.detector).field("embedder", &self.embedder).finish()
+        f.debug_struct("Pipeline")
+            .field("detector", &self.detector)
+            .field("embedder", &self.embedder)
+            .finish()
     }
 }
 
@@ -106,7 +109,9 @@ impl Pipeline {
                 let m = d.centre();
                 (m[0] - c[0]).powi(2) + (m[1] - c[1]).powi(2)
             };
-            if let Some(best) = self.detections.iter().copied().min_by(|a, b| dist(a).total_cmp(&dist(b))) {
+            if let Some(best) =
+                self.detections.iter().copied().min_by(|a, b| dist(a).total_cmp(&dist(b)))
+            {
                 self.detections.clear();
                 self.detections.push(best);
             }
@@ -125,13 +130,18 @@ impl Pipeline {
             let t2 = Instant::now();
             t.align += t1 - t0;
             t.embed += t2 - t1;
+            t.embed_infer += self.embedder.last_infer();
             faces.push(Face { detection: *det, embedding, norm });
         }
-        t.embed_infer = t.embed;
         if let Some(out) = timings {
             *out = t;
         }
         Ok(faces)
+    }
+
+    /// The recognizer's model id (the embedding space templates are tagged with).
+    pub fn embedder_model_id(&self) -> String {
+        self.embedder.model_id().to_string()
     }
 
     /// The last aligned crop (for debugging and parity tests).

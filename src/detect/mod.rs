@@ -233,8 +233,20 @@ impl Detector {
         let nh = ((fh * s).round() as u32).clamp(1, h);
         self.scale = [fw / nw as f32, fh / nh as f32];
         self.letterboxed.fill(0);
-        self.resizer.resize_into(frame, &mut self.letterboxed, w as usize, nw, nh, self.settings.filter);
-        self.settings.preprocess.fill_nchw(&self.letterboxed, w as usize, h as usize, &mut self.tensor);
+        self.resizer.resize_into(
+            frame,
+            &mut self.letterboxed,
+            w as usize,
+            nw,
+            nh,
+            self.settings.filter,
+        );
+        self.settings.preprocess.fill_nchw(
+            &self.letterboxed,
+            w as usize,
+            h as usize,
+            &mut self.tensor,
+        );
     }
 
     /// Runs the model on the prepared tensor and decodes candidates above the score threshold
@@ -245,9 +257,8 @@ impl Detector {
         let outputs = self.model.run(&self.tensor, [1, 3, h as usize, w as usize])?;
         let infer = t.elapsed();
         out.clear();
-        decode(self.settings.kind, outputs, [w, h], self.settings.score_threshold, out).map_err(
-            |reason| DetectError::Outputs { path: self.settings.path.clone(), reason },
-        )?;
+        decode(self.settings.kind, outputs, [w, h], self.settings.score_threshold, out)
+            .map_err(|reason| DetectError::Outputs { path: self.settings.path.clone(), reason })?;
         Ok(infer)
     }
 }

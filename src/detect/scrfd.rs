@@ -75,7 +75,12 @@ pub fn assign(outputs: &[OutputTensor], size: [u32; 2]) -> Result<[StrideOutputs
 }
 
 /// Decodes one stride's anchors whose score reaches `threshold` into `out` (input coordinates).
-pub fn decode_stride(s: &StrideOutputs<'_>, size: [u32; 2], threshold: f32, out: &mut Vec<Detection>) {
+pub fn decode_stride(
+    s: &StrideOutputs<'_>,
+    size: [u32; 2],
+    threshold: f32,
+    out: &mut Vec<Detection>,
+) {
     let (gw, gh) = grid(size, s.stride);
     let anchors = (s.score.len() / (gw * gh)).max(1);
     let st = s.stride as f32;

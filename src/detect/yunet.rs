@@ -43,7 +43,12 @@ pub fn assign(outputs: &[OutputTensor], size: [u32; 2]) -> Result<[StrideOutputs
 }
 
 /// Decodes one stride's cells whose score reaches `threshold` into `out` (input coordinates).
-pub fn decode_stride(s: &StrideOutputs<'_>, size: [u32; 2], threshold: f32, out: &mut Vec<Detection>) {
+pub fn decode_stride(
+    s: &StrideOutputs<'_>,
+    size: [u32; 2],
+    threshold: f32,
+    out: &mut Vec<Detection>,
+) {
     let (gw, _) = grid(size, s.stride);
     let st = s.stride as f32;
     let obj = s.obj.unwrap_or(s.score);

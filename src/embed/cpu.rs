@@ -31,11 +31,15 @@ pub struct CpuEmbedder {
     tensor: Vec<f32>,
     mirrored: Box<AlignedFace>,
     dim: usize,
+    last_infer: std::time::Duration,
 }
 
 impl std::fmt::Debug for CpuEmbedder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CpuEmbedder").field("settings", &self.settings).field("dim", &self.dim).finish()
+        f.debug_struct("CpuEmbedder")
+            .field("settings", &self.settings)
+            .field("dim", &self.dim)
+            .finish()
     }
 }
 
@@ -50,6 +54,7 @@ impl CpuEmbedder {
             tensor: vec![0.0; 3 * CROP * CROP],
             mirrored: Box::default(),
             dim: 0,
+            last_infer: std::time::Duration::ZERO,
             settings,
         };
         let outputs = this.model.run(&this.tensor, [1, 3, CROP, CROP])?;
@@ -72,9 +77,21 @@ impl CpuEmbedder {
         &self.settings.path
     }
 
+    /// Time the model itself took in the last [`Embedder::embed`] call (both passes with
+    /// `flip`), for benchmarks.
+    pub fn last_infer(&self) -> std::time::Duration {
+        self.last_infer
+    }
+
     /// Runs the prepared tensor; writes (or, with `add`, adds) the raw output into `out`.
     fn run_raw(&mut self, out: &mut [f32], add: bool) -> Result<(), EmbedError> {
+        let t = std::time::Instant::now();
         let outputs = self.model.run(&self.tensor, [1, 3, CROP, CROP])?;
+        if add {
+            self.last_infer += t.elapsed();
+        } else {
+            self.last_infer = t.elapsed();
+        }
         let data = outputs.first().map(|o| o.data.as_slice()).unwrap_or_default();
         if data.len() != self.dim {
             return Err(EmbedError::Output {

@@ -3,5 +3,8 @@
 //!
 //! Must not: be on the appliance's hot path; these are offline tools.
 
+pub mod bench;
+pub mod lfw;
 pub mod metrics;
 pub mod pairs;
+pub mod verify;

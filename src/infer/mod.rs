@@ -93,7 +93,8 @@ fn candidates(explicit: Option<&Path>) -> Vec<PathBuf> {
         );
     }
     // Where an image (Yocto, Debian) installs it.
-    for dir in ["/usr/lib", "/usr/local/lib", "/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu"]
+    for dir in
+        ["/usr/lib", "/usr/local/lib", "/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu"]
     {
         out.push(Path::new(dir).join(LIB_NAME));
     }
@@ -220,7 +221,8 @@ impl OnnxModel {
                 return Err(InferError::ModelMissing { path: path.into(), reason: e.to_string() })
             }
         }
-        let load = |e: ort::Error| InferError::ModelLoad { path: path.into(), reason: e.to_string() };
+        let load =
+            |e: ort::Error| InferError::ModelLoad { path: path.into(), reason: e.to_string() };
         let level = match options.optimization {
             Optimization::All => GraphOptimizationLevel::Level3,
             Optimization::Basic => GraphOptimizationLevel::Level1,
@@ -302,12 +304,13 @@ impl OnnxModel {
     /// Runs one NCHW float32 tensor and returns the outputs, in the model's declared order, in
     /// buffers owned by this model (reused from run to run).
     pub fn run(&mut self, input: &[f32], shape: [usize; 4]) -> Result<&[OutputTensor], InferError> {
-        let run_err = |e: ort::Error| InferError::Run { path: self.path.clone(), reason: e.to_string() };
+        let run_err =
+            |e: ort::Error| InferError::Run { path: self.path.clone(), reason: e.to_string() };
         let tensor = TensorRef::from_array_view((shape, input)).map_err(run_err)?;
-        let outputs = self.session.run(ort::inputs![tensor]).map_err(|e| InferError::Run {
-            path: self.path.clone(),
-            reason: e.to_string(),
-        })?;
+        let outputs = self
+            .session
+            .run(ort::inputs![tensor])
+            .map_err(|e| InferError::Run { path: self.path.clone(), reason: e.to_string() })?;
         for (slot, (_, value)) in self.results.iter_mut().zip(outputs.iter()) {
             let (shape, data) = value.try_extract_tensor::<f32>().map_err(|e| InferError::Run {
                 path: self.path.clone(),

@@ -22,14 +22,23 @@ fn detection_parity(det: Det, key: &str) {
             continue;
         }
         for w in want {
-            let b: Vec<f32> = w["box"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
-            let k: Vec<[f32; 2]> = w["kps"].as_array().unwrap().iter().map(|p| [p[0].as_f64().unwrap() as f32, p[1].as_f64().unwrap() as f32]).collect();
+            let b: Vec<f32> =
+                w["box"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+            let k: Vec<[f32; 2]> = w["kps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| [p[0].as_f64().unwrap() as f32, p[1].as_f64().unwrap() as f32])
+                .collect();
             // Pair with our detection of the nearest box.
-            let o = ours.iter().min_by(|a, c| {
-                let da: f32 = (0..4).map(|i| (a.bbox[i] - b[i]).abs()).sum();
-                let dc: f32 = (0..4).map(|i| (c.bbox[i] - b[i]).abs()).sum();
-                da.total_cmp(&dc)
-            }).unwrap();
+            let o = ours
+                .iter()
+                .min_by(|a, c| {
+                    let da: f32 = (0..4).map(|i| (a.bbox[i] - b[i]).abs()).sum();
+                    let dc: f32 = (0..4).map(|i| (c.bbox[i] - b[i]).abs()).sum();
+                    da.total_cmp(&dc)
+                })
+                .unwrap();
             let mut err = 0f32;
             for i in 0..4 {
                 err = err.max((o.bbox[i] - b[i]).abs());
@@ -39,7 +48,10 @@ fn detection_parity(det: Det, key: &str) {
             }
             worst = worst.max(err);
             if err > 2.0 {
-                failures.push(format!("{rel}: max deviation {err:.2} px: ours {:?} {:?} {}, golden {b:?} {k:?}", o.bbox, o.kps, o.score));
+                failures.push(format!(
+                    "{rel}: max deviation {err:.2} px: ours {:?} {:?} {}, golden {b:?} {k:?}",
+                    o.bbox, o.kps, o.score
+                ));
             }
         }
     }
@@ -85,7 +97,12 @@ fn aligned_crops_match_golden() {
         let img = load_image(&assets.join("faces/full").join(rel)).unwrap();
         align_face(img.view(), &golden_kps(g), &mut crop).unwrap();
         let want = load_image(&assets.join("golden/aligned_112").join(crop_name(rel))).unwrap();
-        let mad = crop.pixels.iter().zip(want.as_bytes()).map(|(a, b)| (f64::from(*a) - f64::from(*b)).abs()).sum::<f64>()
+        let mad = crop
+            .pixels
+            .iter()
+            .zip(want.as_bytes())
+            .map(|(a, b)| (f64::from(*a) - f64::from(*b)).abs())
+            .sum::<f64>()
             / crop.pixels.len() as f64;
         worst = worst.max(mad);
         if mad > 2.0 {
@@ -111,7 +128,8 @@ fn embedding_parity(rec: Rec, key: &str) {
     let mut emb = vec![0f32; p.embedder.dim()];
     for (rel, _) in dets["images"].as_object().unwrap() {
         let name = crop_name(rel);
-        let want: Vec<f32> = table[&name].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        let want: Vec<f32> =
+            table[&name].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
         assert_eq!(want.len(), p.embedder.dim());
         // 1. The model and its preprocessing on the golden crop.
         let crop = load_image(&assets.join("golden/aligned_112").join(&name)).unwrap();
@@ -125,10 +143,14 @@ fn embedding_parity(rec: Rec, key: &str) {
         worst_crop = worst_crop.min(c1);
         worst_full = worst_full.min(c2);
         if c1 < 0.99 || c2 < 0.99 {
-            failures.push(format!("{rel}: cosine on golden crop {c1:.4}, through our pipeline {c2:.4}"));
+            failures.push(format!(
+                "{rel}: cosine on golden crop {c1:.4}, through our pipeline {c2:.4}"
+            ));
         }
     }
-    eprintln!("{key}: worst cosine {worst_crop:.4} (golden crops), {worst_full:.4} (full pipeline)");
+    eprintln!(
+        "{key}: worst cosine {worst_crop:.4} (golden crops), {worst_full:.4} (full pipeline)"
+    );
     assert!(failures.is_empty(), "{key}: {failures:#?}");
 }
 

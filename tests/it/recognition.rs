@@ -1,0 +1,61 @@
+//! Recognition quality on the shared labelled photos and on LFW's development pairs.
+
+use std::path::Path;
+
+use crate::common::{self, Det, Rec};
+use portier::config::Config;
+use portier::eval::{lfw, verify};
+use portier::pipeline::{Pipeline, Select};
+
+/// The operating threshold documented for SCRFD + w600k in the board config.
+fn w600k_threshold() -> f32 {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("board/laptop-insightface.toml");
+    Config::load(&path).unwrap().matching.threshold
+}
+
+#[test]
+fn labelled_photos_rank1_and_no_impostor_above_threshold() {
+    let Some(assets) = common::assets() else { return };
+    let cfg = common::config(&assets, Det::Scrfd500m, Rec::W600kFp32, Path::new("/unused.db"));
+    let mut p = Pipeline::open(&cfg).unwrap();
+    let photos =
+        verify::read_labels(&assets.join("faces/labels.csv"), &assets.join("faces/full")).unwrap();
+    assert_eq!(photos.len(), 77);
+    let paths: Vec<_> = photos.iter().map(|l| l.path.clone()).collect();
+    let emb = verify::embed_photos(&mut p, &paths, Select::All, |_| {}).unwrap();
+    let threshold = w600k_threshold();
+    let r = verify::verify_report(&photos, &emb, threshold);
+    assert!(r.failed_detections.is_empty(), "{:?}", r.failed_detections);
+    assert_eq!(r.genuine.unwrap().count, 158);
+    assert_eq!(r.impostor.unwrap().count, 2768);
+    assert_eq!(r.rank1, 1.0, "rank-1 over {} probes", r.rank1_probes);
+    assert_eq!(r.impostors_above_threshold, 0, "impostor max {}", r.impostor.unwrap().max);
+    // The reference pipeline's statistics (assets README): genuine mean 0.667, impostor 0.013.
+    assert!((r.genuine.unwrap().mean - 0.667).abs() < 0.01, "{:?}", r.genuine);
+    assert!((r.impostor.unwrap().mean - 0.013).abs() < 0.01, "{:?}", r.impostor);
+}
+
+#[test]
+fn lfw_dev_protocol_accuracy() {
+    let Some(assets) = common::assets() else { return };
+    let mut cfg = common::config(&assets, Det::Scrfd500m, Rec::W600kFp32, Path::new("/unused.db"));
+    // LFW photos are 250x250: detect near native scale (as `portier eval lfw` does by default).
+    cfg.detector.input_size = [320, 320];
+    let mut p = Pipeline::open(&cfg).unwrap();
+    let lfw_dir = assets.join("lfw-dev");
+    let r = lfw::run(
+        &mut p,
+        &lfw_dir.join("pairsDevTest.txt"),
+        Some(&lfw_dir.join("pairsDevTrain.txt")),
+        &lfw_dir.join("images"),
+        |_, _| {},
+    )
+    .unwrap();
+    eprintln!(
+        "LFW dev: accuracy {:.4}, threshold {:.4}, failed {}",
+        r.accuracy, r.threshold, r.failed_detections
+    );
+    assert_eq!(r.pairs, 1000);
+    assert_eq!(r.train_pairs, 2200);
+    assert!(r.accuracy >= 0.993, "accuracy {}", r.accuracy);
+}
