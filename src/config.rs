@@ -172,7 +172,7 @@ impl Config {
     /// Parses and validates config text; `path` names it in errors and anchors relative paths.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let parse_err = |e: toml::de::Error, key: String| {
-            let line = e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+            let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
             let mut location = String::new();
             if !key.is_empty() && key != "." {
                 location.push_str(&format!("key `{key}`: "));

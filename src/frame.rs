@@ -162,7 +162,38 @@ pub fn load_image(path: &Path) -> Result<RgbImage, FrameError> {
 }
 
 /// Decodes an encoded image held in memory; `label` names it in errors.
+///
+/// JPEG goes through libjpeg-turbo's decoder (accurate integer IDCT, fancy upsampling: the
+/// pixels OpenCV and Pillow produce); everything else through the `image` crate.
 pub fn decode_image(bytes: &[u8], label: &Path) -> Result<RgbImage, FrameError> {
+    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        let mut img = jpeg::decode(bytes, label)?;
+        let orientation = exif_orientation(bytes);
+        if orientation != image::metadata::Orientation::NoTransforms {
+            let buf =
+                image::RgbImage::from_raw(img.width, img.height, std::mem::take(&mut img.data))
+                    .ok_or(FrameError::Size { len: 0, width: img.width, height: img.height })?;
+            let mut dynamic = image::DynamicImage::ImageRgb8(buf);
+            dynamic.apply_orientation(orientation);
+            let rgb = dynamic.into_rgb8();
+            let (w, h) = rgb.dimensions();
+            return RgbImage::from_raw(w, h, rgb.into_raw());
+        }
+        return Ok(img);
+    }
+    decode_with_image_crate(bytes, label)
+}
+
+/// The EXIF orientation of a JPEG, from its APP1 segment (none when absent or unreadable).
+fn exif_orientation(bytes: &[u8]) -> image::metadata::Orientation {
+    use image::ImageDecoder;
+    image::codecs::jpeg::JpegDecoder::new(std::io::Cursor::new(bytes))
+        .ok()
+        .and_then(|mut d| d.orientation().ok())
+        .unwrap_or(image::metadata::Orientation::NoTransforms)
+}
+
+fn decode_with_image_crate(bytes: &[u8], label: &Path) -> Result<RgbImage, FrameError> {
     use image::ImageDecoder;
     let decode_err =
         |e: image::ImageError| FrameError::Decode { path: label.into(), reason: e.to_string() };
@@ -182,17 +213,106 @@ pub fn decode_image(bytes: &[u8], label: &Path) -> Result<RgbImage, FrameError> 
     RgbImage::from_raw(width, height, rgb.into_raw())
 }
 
+mod jpeg {
+    //! libjpeg-turbo (as vendored by mozjpeg) behind a strict error manager: corrupt data is
+    //! an error, never a silently grey-filled picture.
+
+    use std::os::raw::c_int;
+    use std::path::Path;
+
+    use mozjpeg_sys::{jpeg_common_struct, jpeg_error_mgr, jpeg_std_error};
+
+    use super::{FrameError, RgbImage, MAX_SIDE};
+
+    /// The text libjpeg has for the message in `cinfo.err`.
+    fn message(cinfo: &mut jpeg_common_struct) -> String {
+        type Format = unsafe extern "C-unwind" fn(&mut jpeg_common_struct, &[u8; 80]);
+        type FormatMut = unsafe extern "C-unwind" fn(&mut jpeg_common_struct, &mut [u8; 80]);
+        let mut buffer = [0u8; 80];
+        // SAFETY: `cinfo.err` points at the error manager libjpeg is reporting through, set up
+        // by `jpeg_std_error`. Its `format_message` writes at most 80 bytes, NUL-terminated, into
+        // the buffer; the binding declares that buffer `&[u8; 80]`, so the function pointer is
+        // re-typed to take it mutably (same ABI, a pointer either way) rather than writing
+        // through a shared reference.
+        unsafe {
+            if let Some(format) = cinfo.err.as_ref().and_then(|e| e.format_message) {
+                let format = std::mem::transmute::<Format, FormatMut>(format);
+                format(cinfo, &mut buffer);
+            }
+        }
+        let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
+        String::from_utf8_lossy(&buffer[..end]).into_owned()
+    }
+
+    /// Fatal errors unwind out of the C decoder (compiled with -fexceptions) to
+    /// `catch_unwind` below, without running the panic hook.
+    extern "C-unwind" fn error_exit(cinfo: &mut jpeg_common_struct) {
+        std::panic::resume_unwind(Box::new(message(cinfo)));
+    }
+
+    /// Warnings (level -1: corrupt or truncated data) are errors too; trace messages are not.
+    extern "C-unwind" fn emit_message(cinfo: &mut jpeg_common_struct, level: c_int) {
+        if level < 0 {
+            std::panic::resume_unwind(Box::new(message(cinfo)));
+        }
+    }
+
+    fn strict_error_manager() -> jpeg_error_mgr {
+        // SAFETY: jpeg_error_mgr is a plain C struct for which all-zero is a valid value, and
+        // jpeg_std_error initialises every field before we replace two handlers.
+        let mut err: jpeg_error_mgr = unsafe { std::mem::zeroed() };
+        // SAFETY: `err` is a valid, exclusively borrowed error manager.
+        unsafe { jpeg_std_error(&mut err) };
+        err.error_exit = Some(error_exit);
+        err.emit_message = Some(emit_message);
+        err
+    }
+
+    /// Decodes a baseline or progressive JPEG into RGB.
+    pub(super) fn decode(bytes: &[u8], label: &Path) -> Result<RgbImage, FrameError> {
+        let run = || -> std::io::Result<RgbImage> {
+            let d =
+                mozjpeg::Decompress::builder().with_err(strict_error_manager()).from_mem(bytes)?;
+            let (w, h) = (d.width() as u32, d.height() as u32);
+            if w == 0 || h == 0 || w > MAX_SIDE || h > MAX_SIDE {
+                return Err(std::io::Error::other(format!("unusable size {w}x{h}")));
+            }
+            let mut started = d.rgb()?;
+            let mut img = RgbImage::new(w, h);
+            started.read_scanlines_into(img.as_bytes_mut())?;
+            started.finish()?;
+            Ok(img)
+        };
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+            Ok(Ok(img)) => Ok(img),
+            Ok(Err(e)) => Err(FrameError::Decode { path: label.into(), reason: e.to_string() }),
+            Err(payload) => {
+                let reason = payload
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .unwrap_or_else(|| "libjpeg failed".into());
+                Err(FrameError::Decode { path: label.into(), reason: reason.to_lowercase() })
+            }
+        }
+    }
+}
+
 /// How to filter when resampling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Filter {
-    /// Plain bilinear from the four nearest pixels (OpenCV `INTER_LINEAR`). Aliases when
-    /// shrinking by more than 2x.
+    /// Plain bilinear from the two nearest pixels per axis. Aliases when shrinking by more
+    /// than 2x.
     Bilinear,
-    /// Triangle filter widened by the shrink factor (Pillow's `BILINEAR`): averages every
-    /// source pixel under the footprint, so a 1080p frame shrunk to 640 keeps small faces
-    /// intact instead of sampling a sparse grid.
+    /// Triangle filter widened by the shrink factor: averages every source pixel under the
+    /// footprint, so a 1080p frame shrunk to 640 keeps small faces intact instead of sampling
+    /// a sparse grid. Bit-exact with Pillow's `Image.resize(..., BILINEAR)`, which the
+    /// reference pipeline used.
     Antialiased,
 }
+
+/// Fixed-point precision of the filter weights (Pillow's `PRECISION_BITS` for 8-bit images:
+/// 32 - 8 - 2, so a sum of weighted bytes never overflows an i32).
+const WEIGHT_BITS: u32 = 22;
 
 /// Precomputed taps of a 1-D resampling filter, kept by the caller so that resizing a stream of
 /// frames of one size computes them once.
@@ -205,73 +325,51 @@ pub struct ResampleTaps {
     starts: Vec<u32>,
     /// For each output index, the number of taps.
     counts: Vec<u32>,
-    /// Weights in 1/2^14 fixed point, `max_taps` per output index.
+    /// Weights in 1/2^22 fixed point, `max_taps` per output index.
     weights: Vec<i32>,
     max_taps: usize,
 }
 
-const WEIGHT_BITS: u32 = 14;
-
 impl ResampleTaps {
-    /// Recomputes the taps unless they already fit these lengths and filter.
+    /// Recomputes the taps unless they already fit these lengths and filter. Follows Pillow's
+    /// `precompute_coeffs` and `normalize_coeffs_8bpc` step by step (the same truncations), so
+    /// that the pixels match the reference pipeline's.
     pub fn prepare(&mut self, src_len: u32, dst_len: u32, filter: Filter) {
         if self.src_len == src_len && self.dst_len == dst_len && self.filter == Some(filter) {
             return;
         }
         let scale = f64::from(src_len) / f64::from(dst_len);
-        let support = match filter {
+        let filterscale = match filter {
             Filter::Bilinear => 1.0,
             Filter::Antialiased => scale.max(1.0),
         };
-        let max_taps = (support * 2.0).ceil() as usize + 1;
+        let support = filterscale; // the triangle's support is 1
+        let max_taps = support.ceil() as usize * 2 + 1;
         self.starts.clear();
         self.counts.clear();
         self.weights.clear();
         self.weights.resize(max_taps * dst_len as usize, 0);
-        let mut tmp = vec![0f64; max_taps];
-        for i in 0..dst_len as usize {
-            // Pixel centres at +0.5: the convention of OpenCV and Pillow.
-            let centre = (i as f64 + 0.5) * scale;
-            let (lo, hi) = match filter {
-                Filter::Bilinear => {
-                    let c = (centre - 0.5).max(0.0);
-                    let lo = (c.floor() as i64).min(i64::from(src_len) - 1);
-                    (lo, (lo + 2).min(i64::from(src_len)))
-                }
-                Filter::Antialiased => {
-                    let lo = ((centre - support).floor() as i64).max(0);
-                    let hi = ((centre + support).ceil() as i64).min(i64::from(src_len));
-                    (lo, hi)
-                }
-            };
-            let n = ((hi - lo) as usize).min(max_taps);
-            let mut sum = 0.0;
-            for (k, t) in tmp.iter_mut().enumerate().take(n) {
-                let x = lo as f64 + k as f64 + 0.5;
-                let w = match filter {
-                    Filter::Bilinear => {
-                        let c = (centre - 0.5).max(0.0).min(f64::from(src_len) - 1.0);
-                        (1.0 - (x - 0.5 - c).abs()).max(0.0)
-                    }
-                    Filter::Antialiased => (1.0 - ((x - centre) / support).abs()).max(0.0),
-                };
-                *t = w;
-                sum += w;
+        let mut k = vec![0f64; max_taps];
+        for xx in 0..dst_len as usize {
+            let center = (xx as f64 + 0.5) * scale;
+            // `as i64` truncates toward zero, like C's (int) cast.
+            let xmin = ((center - support + 0.5) as i64).max(0);
+            let xmax = ((center + support + 0.5) as i64).min(i64::from(src_len)) - xmin;
+            let n = (xmax.max(0) as usize).min(max_taps);
+            let mut ww = 0.0;
+            for (x, kx) in k.iter_mut().enumerate().take(n) {
+                let t = ((x as i64 + xmin) as f64 - center + 0.5) / filterscale;
+                let w = (1.0 - t.abs()).max(0.0);
+                *kx = w;
+                ww += w;
             }
-            // Normalise in fixed point so the taps add up to exactly 1 << WEIGHT_BITS.
-            let row = &mut self.weights[i * max_taps..i * max_taps + max_taps];
-            let mut acc = 0i32;
-            let mut largest = 0;
-            for k in 0..n {
-                let w = if sum > 0.0 { tmp[k] / sum } else { 0.0 };
-                row[k] = (w * f64::from(1u32 << WEIGHT_BITS)).round() as i32;
-                acc += row[k];
-                if row[k] > row[largest] {
-                    largest = k;
-                }
+            let row = &mut self.weights[xx * max_taps..(xx + 1) * max_taps];
+            for (x, slot) in row.iter_mut().enumerate().take(n) {
+                let w = if ww != 0.0 { k[x] / ww } else { 0.0 };
+                let fixed = w * f64::from(1u32 << WEIGHT_BITS);
+                *slot = if w < 0.0 { (fixed - 0.5) as i32 } else { (fixed + 0.5) as i32 };
             }
-            row[largest] += (1 << WEIGHT_BITS) - acc;
-            self.starts.push(lo as u32);
+            self.starts.push(xmin as u32);
             self.counts.push(n as u32);
         }
         self.src_len = src_len;
@@ -281,13 +379,19 @@ impl ResampleTaps {
     }
 }
 
-/// Caller-owned state for [`resize_into`]: the filter taps and the intermediate row buffer.
+/// Rounds a fixed-point sum back to a byte, as Pillow's `clip8`.
+#[inline]
+fn clip8(acc: i32) -> u8 {
+    (acc >> WEIGHT_BITS).clamp(0, 255) as u8
+}
+
+/// Caller-owned state for resizing: the filter taps and the intermediate image.
 #[derive(Debug, Default)]
 pub struct Resizer {
     horizontal: ResampleTaps,
     vertical: ResampleTaps,
-    /// Horizontally filtered rows, 3 channels, 1/2^14 fixed point kept as i32 for precision.
-    tmp: Vec<i32>,
+    /// Horizontally resampled rows, 8-bit RGB (rounded between passes, as Pillow does).
+    tmp: Vec<u8>,
 }
 
 impl Resizer {
@@ -310,10 +414,9 @@ impl Resizer {
         let (sw, sh, dw) = (src.width as usize, src.height as usize, dst_w as usize);
         self.tmp.resize(sh * dw * 3, 0);
         let h = &self.horizontal;
-        let s = src.data;
-        // Only the source rows some output row needs are filtered horizontally.
         let v = &self.vertical;
-        let first_row = v.starts.first().copied().unwrap_or(0) as usize;
+        // Only the source rows that some output row reads are resampled horizontally.
+        let first_row = v.starts.iter().copied().min().unwrap_or(0) as usize;
         let last_row = v
             .starts
             .iter()
@@ -322,37 +425,36 @@ impl Resizer {
             .max()
             .unwrap_or(sh)
             .min(sh);
+        let half = 1i32 << (WEIGHT_BITS - 1);
         for y in first_row..last_row {
-            let src_row = &s[y * sw * 3..(y + 1) * sw * 3];
+            let src_row = &src.data[y * sw * 3..(y + 1) * sw * 3];
             let out = &mut self.tmp[y * dw * 3..(y + 1) * dw * 3];
-            for x in 0..dw {
+            for (x, o) in out.chunks_exact_mut(3).enumerate() {
                 let start = h.starts[x] as usize;
                 let n = h.counts[x] as usize;
                 let w = &h.weights[x * h.max_taps..x * h.max_taps + n];
-                let (mut r, mut g, mut b) = (0i32, 0i32, 0i32);
-                for (k, &wk) in w.iter().enumerate() {
-                    let p = (start + k) * 3;
-                    r += i32::from(src_row[p]) * wk;
-                    g += i32::from(src_row[p + 1]) * wk;
-                    b += i32::from(src_row[p + 2]) * wk;
+                let (mut r, mut g, mut b) = (half, half, half);
+                for (p, &wk) in src_row[start * 3..(start + n) * 3].chunks_exact(3).zip(w) {
+                    r += i32::from(p[0]) * wk;
+                    g += i32::from(p[1]) * wk;
+                    b += i32::from(p[2]) * wk;
                 }
-                out[x * 3] = r;
-                out[x * 3 + 1] = g;
-                out[x * 3 + 2] = b;
+                o[0] = clip8(r);
+                o[1] = clip8(g);
+                o[2] = clip8(b);
             }
         }
-        let round = 1i64 << (2 * WEIGHT_BITS - 1);
         for y in 0..dst_h as usize {
             let start = v.starts[y] as usize;
             let n = v.counts[y] as usize;
             let w = &v.weights[y * v.max_taps..y * v.max_taps + n];
             let out = &mut dst[y * dst_stride_px * 3..y * dst_stride_px * 3 + dw * 3];
             for (x3, o) in out.iter_mut().enumerate() {
-                let mut acc = 0i64;
+                let mut acc = half;
                 for (k, &wk) in w.iter().enumerate() {
-                    acc += i64::from(self.tmp[(start + k) * dw * 3 + x3]) * i64::from(wk);
+                    acc += i32::from(self.tmp[(start + k) * dw * 3 + x3]) * wk;
                 }
-                *o = ((acc + round) >> (2 * WEIGHT_BITS)).clamp(0, 255) as u8;
+                *o = clip8(acc);
             }
         }
     }

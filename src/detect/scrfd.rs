@@ -10,7 +10,7 @@ use crate::infer::OutputTensor;
 
 fn rows_and_width(t: &OutputTensor) -> (usize, usize) {
     let width = t.shape.last().copied().unwrap_or(0).max(0) as usize;
-    let rows = if width == 0 { 0 } else { t.data.len() / width };
+    let rows = t.data.len().checked_div(width).unwrap_or(0);
     (rows, width)
 }
 

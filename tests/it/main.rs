@@ -1,6 +1,9 @@
 //! Integration tests: the real pipeline and the real binary on the real models and photos of
 //! `../shared/assets` (or `$PORTIER_ASSETS`). One test binary, modules by subject.
 
+// Tests fail loudly on the first unexpected value: unwrap is the point here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod cli;
 mod common;
 mod parity;

@@ -14,7 +14,7 @@ fn detection_parity(det: Det, key: &str) {
     let mut failures = Vec::new();
     for (rel, g) in images {
         let img = load_image(&assets.join("faces/full").join(rel)).unwrap();
-        assert_eq!(img.width() as u64, g["width"].as_u64().unwrap(), "{rel}");
+        assert_eq!(u64::from(img.width()), g["width"].as_u64().unwrap(), "{rel}");
         let ours = p.detect(img.view()).unwrap().to_vec();
         let want = g[key].as_array().unwrap();
         if ours.len() != want.len() {
@@ -39,10 +39,7 @@ fn detection_parity(det: Det, key: &str) {
                     da.total_cmp(&dc)
                 })
                 .unwrap();
-            let mut err = 0f32;
-            for i in 0..4 {
-                err = err.max((o.bbox[i] - b[i]).abs());
-            }
+            let mut err = o.bbox.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
             for (i, kk) in k.iter().enumerate() {
                 err = err.max((o.kps[i][0] - kk[0]).abs()).max((o.kps[i][1] - kk[1]).abs());
             }
