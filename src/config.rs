@@ -54,7 +54,7 @@ pub struct OnnxRuntimeConfig {
     /// Path of `libonnxruntime.so`; default: `ORT_DYLIB_PATH`, the development cache, then the
     /// system library directories.
     pub library: Option<PathBuf>,
-    /// Threads per model; 0 = one per core.
+    /// Threads of the one pool all models share; 0 = one per core.
     #[serde(default)]
     pub intra_threads: usize,
 }
@@ -77,6 +77,8 @@ struct RawDetector {
     resize_filter: FilterName,
     #[serde(default)]
     optimization: Optimization,
+    #[serde(default)]
+    fit_input: bool,
 }
 
 fn default_input() -> u32 {
@@ -195,10 +197,7 @@ impl Config {
             key: key.into(),
             reason,
         };
-        let session = |optimization| SessionOptions {
-            intra_threads: raw.onnxruntime.intra_threads,
-            optimization,
-        };
+        let session = |optimization| SessionOptions { optimization };
 
         let d = &raw.detector;
         for (key, v) in
@@ -221,6 +220,7 @@ impl Config {
             path: resolve(&d.model),
             kind: d.kind,
             input_size: [d.input_width, d.input_height],
+            fit_input: d.fit_input,
             preprocess: Preprocess {
                 order: d.channel_order.unwrap_or(order),
                 mean: d.mean.unwrap_or(mean),

@@ -157,7 +157,7 @@ enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         warmup: usize,
         /// Synthetic people in the gallery matched against (3 templates each).
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, default_value_t = 100)]
         gallery_people: usize,
         /// Print JSON.
         #[arg(long)]

@@ -83,7 +83,7 @@ pub enum Select {
 impl Pipeline {
     /// Loads ONNX Runtime and opens both models of `config`.
     pub fn open(config: &Config) -> Result<Self, PipelineError> {
-        infer::init(config.onnxruntime.library.as_deref())?;
+        infer::init(config.onnxruntime.library.as_deref(), config.onnxruntime.intra_threads)?;
         let detector = Detector::open(config.detector.clone())?;
         let embedder = CpuEmbedder::open(config.recognizer.clone())?;
         Ok(Self { detector, embedder, detections: Vec::new(), crop: Box::default() })

@@ -126,8 +126,12 @@ pub struct DetectorSettings {
     pub path: PathBuf,
     /// Decoder.
     pub kind: DetectorKind,
-    /// Input width and height in pixels (multiples of 32).
+    /// Input width and height in pixels (multiples of 32); with `fit_input`, the largest.
     pub input_size: [u32; 2],
+    /// Shrink the input to the frame's aspect ratio (rounded up to a multiple of 32) instead
+    /// of padding to `input_size`, when the model accepts any input size (SCRFD's dynamic
+    /// export): a 16:9 frame then costs 640x384 instead of 640x640, 40% less detector work.
+    pub fit_input: bool,
     /// Pixel normalisation.
     pub preprocess: Preprocess,
     /// Minimum score kept.
@@ -160,6 +164,12 @@ pub struct Detector {
     tensor: Vec<f32>,
     /// Frame pixels per input pixel of the last letterbox.
     scale: f32,
+    /// Size of the frame's area in the input at the last letterbox (the rest is padding).
+    fitted: [u32; 2],
+    /// Input size of the last letterbox.
+    input: [u32; 2],
+    /// Whether the model's input height and width are free.
+    dynamic_input: bool,
 }
 
 impl std::fmt::Debug for Detector {
@@ -174,14 +184,19 @@ impl Detector {
         let model = OnnxModel::open(&settings.path, settings.session)?;
         let [w, h] = settings.input_size;
         model.check_input(3, h, w)?;
+        let dynamic_input = model.input().shape.get(2..4).is_some_and(|d| d.iter().all(|&v| v < 0));
         let mut det = Self {
             model,
             resizer: Resizer::default(),
             letterboxed: vec![0; (w * h * 3) as usize],
             tensor: vec![0.0; (w * h * 3) as usize],
             scale: 1.0,
+            fitted: [0; 2],
+            input: [w, h],
+            dynamic_input: false,
             settings,
         };
+        det.dynamic_input = dynamic_input;
         // One dry run on a black input proves that the outputs decode (a wrong model file or
         // kind fails at start-up, not at the first face) and warms the session up.
         let mut scratch = Vec::new();
@@ -235,17 +250,33 @@ impl Detector {
         let nw = ((f64::from(frame.width()) * s).round_ties_even() as u32).clamp(1, w);
         let nh = ((f64::from(frame.height()) * s).round_ties_even() as u32).clamp(1, h);
         self.scale = (1.0 / s) as f32;
-        self.letterboxed.fill(0);
+        let (w, h) = if self.settings.fit_input && self.dynamic_input {
+            (nw.div_ceil(32) * 32, nh.div_ceil(32) * 32)
+        } else {
+            (w, h)
+        };
+        if self.input != [w, h] {
+            self.input = [w, h];
+            self.fitted = [0; 2];
+        }
+        // The frame is resized into a compact buffer, and only its area of the input tensor is
+        // rewritten; the padding (black, normalised) is written when the geometry changes.
         self.resizer.resize_into(
             frame,
             &mut self.letterboxed,
-            w as usize,
+            nw as usize,
             nw,
             nh,
             self.settings.filter,
         );
-        self.settings.preprocess.fill_nchw(
-            &self.letterboxed,
+        if self.fitted != [nw, nh] {
+            self.settings.preprocess.fill_constant(0, &mut self.tensor[..(3 * w * h) as usize]);
+            self.fitted = [nw, nh];
+        }
+        self.settings.preprocess.fill_nchw_region(
+            &self.letterboxed[..(nw * nh * 3) as usize],
+            nw as usize,
+            nh as usize,
             w as usize,
             h as usize,
             &mut self.tensor,
@@ -255,9 +286,10 @@ impl Detector {
     /// Runs the model on the prepared tensor and decodes candidates above the score threshold
     /// (in input coordinates) into `out`. Returns the inference time alone.
     fn infer_and_decode(&mut self, out: &mut Vec<Detection>) -> Result<Duration, DetectError> {
-        let [w, h] = self.settings.input_size;
+        let [w, h] = self.input;
         let t = Instant::now();
-        let outputs = self.model.run(&self.tensor, [1, 3, h as usize, w as usize])?;
+        let len = (3 * w * h) as usize;
+        let outputs = self.model.run(&self.tensor[..len], [1, 3, h as usize, w as usize])?;
         let infer = t.elapsed();
         out.clear();
         decode(self.settings.kind, outputs, [w, h], self.settings.score_threshold, out)

@@ -160,3 +160,30 @@ fn w600k_embeddings_match_golden() {
 fn paddlex_embeddings_match_golden() {
     embedding_parity(Rec::Paddlex, "paddlex_mobilefacenet_128d");
 }
+
+#[test]
+fn fitted_input_finds_the_same_faces_with_less_padding() {
+    let Some(assets) = common::assets() else { return };
+    let mut cfg =
+        common::config(&assets, Det::Scrfd500m, Rec::W600kFp32, std::path::Path::new("/unused.db"));
+    let mut padded = Pipeline::open(&cfg).unwrap();
+    cfg.detector.fit_input = true;
+    let mut fitted = Pipeline::open(&cfg).unwrap();
+    for name in
+        ["face_recognition/obama-1080p.jpg", "face_recognition/two_people.jpg", "deepface/img1.jpg"]
+    {
+        let img = load_image(&assets.join("faces/full").join(name)).unwrap();
+        let a = padded.detect(img.view()).unwrap().to_vec();
+        let b = fitted.detect(img.view()).unwrap().to_vec();
+        assert_eq!(a.len(), b.len(), "{name}");
+        for (x, y) in a.iter().zip(&b) {
+            let d = x
+                .kps
+                .iter()
+                .zip(&y.kps)
+                .map(|(p, q)| (p[0] - q[0]).abs().max((p[1] - q[1]).abs()))
+                .fold(0f32, f32::max);
+            assert!(d < 1.0, "{name}: landmarks moved {d} px");
+        }
+    }
+}
