@@ -333,6 +333,13 @@ pub(crate) fn grid(size: [u32; 2], stride: u32) -> (usize, usize) {
 /// The three strides every supported detector uses.
 pub const STRIDES: [u32; 3] = [8, 16, 32];
 
+/// Builds the outputs of every stride with `f`, in stride order.
+pub(crate) fn per_stride<'a>(
+    mut f: impl FnMut(usize, u32) -> Result<StrideOutputs<'a>, String>,
+) -> Result<[StrideOutputs<'a>; 3], String> {
+    Ok([f(0, STRIDES[0])?, f(1, STRIDES[1])?, f(2, STRIDES[2])?])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,7 @@
 //! Both exports are read: the dynamic-input one whose outputs have numeric names and are
 //! recognised by shape, and the static 640x640 one with outputs named `score_8`, `bbox_16`, ...
 
-use super::{grid, Detection, StrideOutputs, STRIDES};
+use super::{grid, per_stride, Detection, StrideOutputs, STRIDES};
 use crate::infer::OutputTensor;
 
 fn rows_and_width(t: &OutputTensor) -> (usize, usize) {
@@ -47,8 +47,7 @@ pub fn assign(outputs: &[OutputTensor], size: [u32; 2]) -> Result<[StrideOutputs
             found[i][role] = Some(o);
         }
     }
-    let mut out = Vec::with_capacity(3);
-    for (i, &stride) in STRIDES.iter().enumerate() {
+    per_stride(|i, stride| {
         let [Some(score), Some(bbox), Some(kps)] = found[i] else {
             return Err(format!(
                 "no score/bbox/kps outputs for stride {stride} at input {}x{}: is this an SCRFD \
@@ -60,18 +59,14 @@ pub fn assign(outputs: &[OutputTensor], size: [u32; 2]) -> Result<[StrideOutputs
         if rows_and_width(bbox).0 != n || rows_and_width(kps).0 != n {
             return Err(format!("stride {stride}: score, bbox and kps row counts differ"));
         }
-        out.push(StrideOutputs {
+        Ok(StrideOutputs {
             stride,
             score: &score.data,
             obj: None,
             bbox: &bbox.data,
             kps: &kps.data,
-        });
-    }
-    match <[StrideOutputs<'_>; 3]>::try_from(out) {
-        Ok(a) => Ok(a),
-        Err(_) => Err("internal: stride count".into()),
-    }
+        })
+    })
 }
 
 /// Decodes one stride's anchors whose score reaches `threshold` into `out` (input coordinates).

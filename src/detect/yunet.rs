@@ -3,7 +3,7 @@
 //! `(cell + d) * stride`, its size `exp(d) * stride`; landmarks are `(cell + d) * stride`.
 //! One anchor per cell. Outputs are found by name (`cls_8`, `obj_8`, `bbox_8`, `kps_8`, ...).
 
-use super::{grid, Detection, StrideOutputs, STRIDES};
+use super::{grid, per_stride, Detection, StrideOutputs};
 use crate::infer::OutputTensor;
 
 /// Finds each stride's `cls`, `obj`, `bbox` and `kps` outputs by name and checks their sizes.
@@ -26,20 +26,15 @@ pub fn assign(outputs: &[OutputTensor], size: [u32; 2]) -> Result<[StrideOutputs
         }
         Ok(&t.data)
     };
-    let mut out = Vec::with_capacity(3);
-    for stride in STRIDES {
-        out.push(StrideOutputs {
+    per_stride(|_, stride| {
+        Ok(StrideOutputs {
             stride,
             score: get("cls", stride, 1)?,
             obj: Some(get("obj", stride, 1)?),
             bbox: get("bbox", stride, 4)?,
             kps: get("kps", stride, 10)?,
-        });
-    }
-    match <[StrideOutputs<'_>; 3]>::try_from(out) {
-        Ok(a) => Ok(a),
-        Err(_) => Err("internal: stride count".into()),
-    }
+        })
+    })
 }
 
 /// Decodes one stride's cells whose score reaches `threshold` into `out` (input coordinates).

@@ -9,6 +9,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use super::{GalleryError, PersonId};
+use crate::embed::dot;
 
 /// In-memory templates of one model, ready for 1:N matching.
 #[derive(Clone)]
@@ -314,22 +315,6 @@ impl MatchResult {
     }
 }
 
-/// Dot product with eight independent accumulators so the compiler vectorises it (a single
-/// running sum is a serial dependency chain it may not reorder).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    const LANES: usize = 8;
-    let mut acc = [0.0f32; LANES];
-    let a_chunks = a.chunks_exact(LANES);
-    let b_chunks = b.chunks_exact(LANES);
-    let tail: f32 = a_chunks.remainder().iter().zip(b_chunks.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in a_chunks.zip(b_chunks) {
-        for ((acc, x), y) in acc.iter_mut().zip(x).zip(y) {
-            *acc += x * y;
-        }
-    }
-    (acc[0] + acc[4]) + (acc[1] + acc[5]) + (acc[2] + acc[6]) + (acc[3] + acc[7]) + tail
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::{EnrollMode, Gallery};
@@ -510,15 +495,5 @@ mod tests {
         // Orthogonal to everyone.
         let d = m.best_two(&[0.0, 0.0, 1.0, 0.0]).unwrap().decide(&policy);
         assert!(matches!(d, Decision::Unknown { reason: UnknownReason::BelowThreshold, .. }));
-    }
-
-    #[test]
-    fn dot_handles_tails_and_matches_naive_sum() {
-        for n in [0, 1, 7, 8, 9, 16, 31, 512] {
-            let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
-            let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
-            let naive: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
-            assert!((dot(&a, &b) - naive).abs() < 1e-4, "n={n}");
-        }
     }
 }
