@@ -678,12 +678,13 @@ fn print_verify(r: &verify::VerifyReport) {
 
 fn print_bench(r: &bench::BenchReport, config: &Config) {
     println!(
-        "machine: {} ({} logical cores); detector {} at {}x{}; recognizer {}",
+        "machine: {} ({} logical cores); detector {} at {}x{}{}; recognizer {}",
         r.cpu,
         r.cores,
         config.detector.path.display(),
         config.detector.input_size[0],
         config.detector.input_size[1],
+        if config.detector.fit_input { " at most, fitted to the frame" } else { "" },
         config.recognizer.path.display()
     );
     println!(
