@@ -80,6 +80,14 @@ pub fn run(
         ),
         None => None,
     };
+    if train.is_none() && test.folds < 2 {
+        return Err(EvalError::Input {
+            path: pairs_path.into(),
+            reason: "one fold only: give --train-pairs to choose the threshold on other pairs \
+                     (choosing it on the test pairs themselves would overstate accuracy)"
+                .into(),
+        });
+    }
     let mut images = test.images();
     if let Some(t) = &train {
         images.extend(t.images());
@@ -123,20 +131,13 @@ pub fn run(
         report.train_accuracy = Some(train_acc);
         report.accuracy = metrics::accuracy_at(&scores, &same, threshold);
         report.fold_accuracies = vec![report.accuracy];
-    } else if test.folds >= 2 {
+    } else {
         let folds: Vec<usize> = test.pairs.iter().map(|p| p.fold).collect();
         let k = metrics::kfold_accuracy(&scores, &same, &folds);
         report.accuracy = k.accuracy;
         report.accuracy_std = k.accuracy_std;
         report.threshold = k.threshold;
         report.fold_accuracies = k.fold_accuracies;
-    } else {
-        return Err(EvalError::Input {
-            path: pairs_path.into(),
-            reason: "one fold only: give --train-pairs to choose the threshold on other pairs \
-                     (choosing it on the test pairs themselves would overstate accuracy)"
-                .into(),
-        });
     }
     Ok(report)
 }

@@ -59,3 +59,43 @@ fn lfw_dev_protocol_accuracy() {
     assert_eq!(r.train_pairs, 2200);
     assert!(r.accuracy >= 0.993, "accuracy {}", r.accuracy);
 }
+
+/// The View 2 path (k folds, threshold chosen on the other folds) on a two-fold file built
+/// from the first pairs of each kind of DevTest.
+#[test]
+fn lfw_kfold_protocol_on_a_two_fold_file() {
+    let Some(assets) = common::assets() else { return };
+    let lfw_dir = assets.join("lfw-dev");
+    let text = std::fs::read_to_string(lfw_dir.join("pairsDevTest.txt")).unwrap();
+    let lines: Vec<&str> = text.lines().skip(1).collect();
+    let (same, diff) = lines.split_at(500);
+    let mut view2 = String::from("2\t20\n");
+    for fold in 0..2 {
+        for l in &same[fold * 20..fold * 20 + 20] {
+            view2 += &format!("{l}\n");
+        }
+        for l in &diff[fold * 20..fold * 20 + 20] {
+            view2 += &format!("{l}\n");
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pairs = dir.path().join("pairs.txt");
+    std::fs::write(&pairs, view2).unwrap();
+    let mut cfg = common::config(&assets, Det::Scrfd500m, Rec::W600kFp32, Path::new("/unused.db"));
+    cfg.detector.input_size = [320, 320];
+    let mut p = Pipeline::open(&cfg).unwrap();
+    let r = lfw::run(&mut p, &pairs, None, &lfw_dir.join("images"), |_, _| {}).unwrap();
+    assert_eq!((r.pairs, r.folds, r.fold_accuracies.len()), (80, 2, 2));
+    assert!(r.accuracy >= 0.95, "{r:?}");
+    assert!(r.threshold > 0.1 && r.threshold < 0.5, "{r:?}");
+    // One fold without a training file is refused rather than scored on itself.
+    let err = lfw::run(
+        &mut p,
+        &lfw_dir.join("pairsDevTest.txt"),
+        None,
+        &lfw_dir.join("images"),
+        |_, _| {},
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("--train-pairs"), "{err}");
+}
