@@ -192,6 +192,23 @@ fn bad_input_gives_one_line_errors_and_loses_nothing() {
     assert_eq!(o.status.code(), Some(78));
     let e = error_line(&o);
     assert!(e.contains("paddlex_mobilefacenet_128d.onnx") && e.contains("input"), "{e}");
+    // ONNX Runtime missing: exit 69 and where it was looked for.
+    let o = Command::new(env!("CARGO_BIN_EXE_portier"))
+        .arg("-c")
+        .arg(&env.config)
+        .args(["identify", &photo(&env, "obama.jpg")])
+        .env_remove("ORT_DYLIB_PATH")
+        .env("PORTIER_CACHE_DIR", env.dir.path().join("no-cache"))
+        .output()
+        .unwrap();
+    let system_copy =
+        ["/usr/lib", "/usr/local/lib", "/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu"]
+            .iter()
+            .any(|d| Path::new(d).join("libonnxruntime.so").exists());
+    if !system_copy {
+        assert_eq!(o.status.code(), Some(69), "{}", stderr(&o));
+        assert!(error_line(&o).contains("onnx runtime library not found"), "{}", stderr(&o));
+    }
     // Bad config key.
     let bad = env.dir.path().join("bad.toml");
     std::fs::write(&bad, text.replace("margin = 0.05", "margin = 0.05\nmargn = 1")).unwrap();
