@@ -446,51 +446,73 @@ mod simd {
     /// `h.split` is filled).
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn horizontal_row_avx2(h: &ResampleTaps, src_row: &[u8], out: &mut [u8]) {
+        // Two output pixels per iteration, one in each 128-bit lane (byte shuffles, multiply-
+        // adds and horizontal adds all work within lanes).
         let load = |m: &[i8; 16]| {
             // SAFETY: reads 16 bytes from a 16-byte array.
-            unsafe { _mm_loadu_si128(m.as_ptr().cast()) }
+            let m = unsafe { _mm_loadu_si128(m.as_ptr().cast()) };
+            _mm256_broadcastsi128_si256(m)
         };
         let (lo, hi) = (
             [load(&LO[0]), load(&LO[1]), load(&LO[2])],
             [load(&HI[0]), load(&HI[1]), load(&HI[2])],
         );
-        let half = _mm_set1_epi32(1 << (WEIGHT_BITS - 1));
+        let half = _mm256_set1_epi32(1 << (WEIGHT_BITS - 1));
+        let zero = _mm256_setzero_si256();
         let dw = out.len() / 3;
         let mut x = 0;
-        while x < dw {
-            let start = h.starts[x] as usize * 3;
-            if start + 24 > src_row.len() {
+        while x + 1 < dw {
+            let (s0, s1) = (h.starts[x] as usize * 3, h.starts[x + 1] as usize * 3);
+            // Starts never decrease, so the second window reaching past the row's end is the
+            // only case to check.
+            if s1 + 24 > src_row.len() || s0 > s1 {
                 break;
             }
-            // SAFETY: bytes start..start+24 lie inside `src_row` (checked above).
+            // SAFETY: bytes s0..s0+24 and s1..s1+24 lie inside `src_row` (checked above).
             let (a, b) = unsafe {
-                let p = src_row.as_ptr().add(start);
-                (_mm_loadu_si128(p.cast()), _mm_loadl_epi64(p.add(16).cast()))
-            };
-            let lanes = &h.split[x];
-            // SAFETY: reads 2 x 16 bytes from a 16-element i16 array.
-            let (whi, wlo) = unsafe {
+                let p0 = src_row.as_ptr().add(s0);
+                let p1 = src_row.as_ptr().add(s1);
                 (
-                    _mm_loadu_si128(lanes.as_ptr().cast()),
-                    _mm_loadu_si128(lanes.as_ptr().add(8).cast()),
+                    _mm256_set_m128i(_mm_loadu_si128(p1.cast()), _mm_loadu_si128(p0.cast())),
+                    _mm256_set_m128i(
+                        _mm_loadl_epi64(p1.add(16).cast()),
+                        _mm_loadl_epi64(p0.add(16).cast()),
+                    ),
                 )
             };
-            let mut sums = [_mm_setzero_si128(); 3];
+            let (l0, l1) = (&h.split[x], &h.split[x + 1]);
+            // SAFETY: reads 16 bytes at offsets 0 and 8 (i16 units) of 16-element i16 arrays.
+            let (whi, wlo) = unsafe {
+                (
+                    _mm256_set_m128i(
+                        _mm_loadu_si128(l1.as_ptr().cast()),
+                        _mm_loadu_si128(l0.as_ptr().cast()),
+                    ),
+                    _mm256_set_m128i(
+                        _mm_loadu_si128(l1.as_ptr().add(8).cast()),
+                        _mm_loadu_si128(l0.as_ptr().add(8).cast()),
+                    ),
+                )
+            };
+            let mut sums = [zero; 3];
             for (c, sum) in sums.iter_mut().enumerate() {
-                let ch = _mm_or_si128(_mm_shuffle_epi8(a, lo[c]), _mm_shuffle_epi8(b, hi[c]));
-                let s_hi = _mm_madd_epi16(ch, whi);
-                let s_lo = _mm_madd_epi16(ch, wlo);
-                *sum = _mm_add_epi32(_mm_slli_epi32(s_hi, 11), s_lo);
+                let ch =
+                    _mm256_or_si256(_mm256_shuffle_epi8(a, lo[c]), _mm256_shuffle_epi8(b, hi[c]));
+                let s_hi = _mm256_madd_epi16(ch, whi);
+                let s_lo = _mm256_madd_epi16(ch, wlo);
+                *sum = _mm256_add_epi32(_mm256_slli_epi32(s_hi, 11), s_lo);
             }
-            // [R01 R23 G01 G23] and [B01 B23 0 0] → [R G B 0].
-            let rg = _mm_hadd_epi32(sums[0], sums[1]);
-            let b0 = _mm_hadd_epi32(sums[2], _mm_setzero_si128());
-            let rgb = _mm_add_epi32(_mm_hadd_epi32(rg, b0), half);
-            let shifted = _mm_srai_epi32(rgb, WEIGHT_BITS as i32);
-            let bytes = _mm_packus_epi16(_mm_packs_epi32(shifted, shifted), _mm_setzero_si128());
-            let v = _mm_cvtsi128_si32(bytes).to_le_bytes();
-            out[x * 3..x * 3 + 3].copy_from_slice(&v[..3]);
-            x += 1;
+            // Per lane: [R01 R23 G01 G23] and [B01 B23 0 0] → [R G B 0].
+            let rg = _mm256_hadd_epi32(sums[0], sums[1]);
+            let b0 = _mm256_hadd_epi32(sums[2], zero);
+            let rgb = _mm256_add_epi32(_mm256_hadd_epi32(rg, b0), half);
+            let shifted = _mm256_srai_epi32(rgb, WEIGHT_BITS as i32);
+            let bytes = _mm256_packus_epi16(_mm256_packs_epi32(shifted, shifted), zero);
+            let v0 = _mm256_extract_epi32::<0>(bytes).to_le_bytes();
+            let v1 = _mm256_extract_epi32::<4>(bytes).to_le_bytes();
+            out[x * 3..x * 3 + 3].copy_from_slice(&v0[..3]);
+            out[x * 3 + 3..x * 3 + 6].copy_from_slice(&v1[..3]);
+            x += 2;
         }
         horizontal_row(h, src_row, out, x);
     }
