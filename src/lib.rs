@@ -16,6 +16,7 @@
 //! - [`pipeline`]: detect → align → embed for a still image, with stage timings.
 //! - [`config`]: the TOML configuration.
 //! - [`eval`]: verification statistics, LFW protocol, benchmarks.
+//! - [`mqtt`]: MQTT payloads, Home Assistant discovery, signed commands (issue 4, partial).
 
 pub mod align;
 pub mod config;
@@ -25,4 +26,5 @@ pub mod eval;
 pub mod frame;
 pub mod gallery;
 pub mod infer;
+pub mod mqtt;
 pub mod pipeline;

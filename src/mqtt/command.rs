@@ -267,9 +267,13 @@ impl Verifier {
     /// A verifier for commands addressed to `device`.
     ///
     /// `key` must be at least [`MIN_KEY_LEN`] bytes; `device` 1..[`DEVICE_MAX_LEN`] chars of
-    /// `[0-9a-zA-Z_.-]`; `window_s` > 0 is the largest accepted `abs(now - ts)`; `max_nonces`
-    /// > 0 bounds the nonce cache (see the module doc for sizing). The error text never
-    /// contains the key.
+    /// `[0-9a-zA-Z_.-]`; `window_s` (at least 1) is the largest accepted `abs(now - ts)`;
+    /// `max_nonces` (at least 1) bounds the nonce cache (see the module doc for sizing). The
+    /// error text never contains the key.
+    ///
+    /// # Errors
+    ///
+    /// A text explaining which argument is out of range.
     pub fn new(
         key: Vec<u8>,
         device: &str,
@@ -307,6 +311,10 @@ impl Verifier {
     /// refused ([`Refusal::Retained`]) so that nothing is replayed by the broker at reconnect.
     /// `now_unix` is the door's unix time in seconds (injected so tests use a synthetic clock).
     /// On success the nonce is remembered, so the same payload is refused next time.
+    ///
+    /// # Errors
+    ///
+    /// The first failed check, in the order listed in the module doc.
     pub fn verify(
         &mut self,
         payload: &[u8],
