@@ -28,9 +28,13 @@ fn setup(assets: &Path) -> Env {
 }
 
 fn portier(env: &Env, args: &[&str]) -> Output {
+    portier_with(&env.config, args)
+}
+
+fn portier_with(config: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_portier"))
         .arg("--config")
-        .arg(&env.config)
+        .arg(config)
         .args(args)
         .env("PORTIER_LOG", "warn")
         .output()
@@ -169,12 +173,7 @@ fn bad_input_gives_one_line_errors_and_loses_nothing() {
     let text = std::fs::read_to_string(&env.config).unwrap();
     let missing = env.dir.path().join("missing.toml");
     std::fs::write(&missing, text.replace("paddlex_mobilefacenet_128d.onnx", "nope.onnx")).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_portier"))
-        .arg("-c")
-        .arg(&missing)
-        .args(["identify", &photo(&env, "obama.jpg")])
-        .output()
-        .unwrap();
+    let o = portier_with(&missing, &["identify", &photo(&env, "obama.jpg")]);
     assert_eq!(o.status.code(), Some(66));
     let e = error_line(&o);
     assert!(e.contains("nope.onnx") && e.contains("cannot read"), "{e}");
@@ -183,12 +182,7 @@ fn bad_input_gives_one_line_errors_and_loses_nothing() {
     let rec = assets.join("models/recognizers/paddlex_mobilefacenet_128d.onnx");
     let det = assets.join("models/detectors/face_detection_yunet_2023mar.onnx");
     std::fs::write(&wrong, text.replace(det.to_str().unwrap(), rec.to_str().unwrap())).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_portier"))
-        .arg("-c")
-        .arg(&wrong)
-        .args(["identify", &photo(&env, "obama.jpg")])
-        .output()
-        .unwrap();
+    let o = portier_with(&wrong, &["identify", &photo(&env, "obama.jpg")]);
     assert_eq!(o.status.code(), Some(78));
     let e = error_line(&o);
     assert!(e.contains("paddlex_mobilefacenet_128d.onnx") && e.contains("input"), "{e}");
@@ -212,12 +206,7 @@ fn bad_input_gives_one_line_errors_and_loses_nothing() {
     // Bad config key.
     let bad = env.dir.path().join("bad.toml");
     std::fs::write(&bad, text.replace("margin = 0.05", "margin = 0.05\nmargn = 1")).unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_portier"))
-        .arg("-c")
-        .arg(&bad)
-        .arg("check-config")
-        .output()
-        .unwrap();
+    let o = portier_with(&bad, &["check-config"]);
     assert_eq!(o.status.code(), Some(78));
     assert!(error_line(&o).contains("margn"), "{}", stderr(&o));
 
