@@ -13,6 +13,7 @@
 //! - [`align`]: 5-point similarity transform and warp.
 //! - [`embed`]: the `Embedder` trait and the CPU backend.
 //! - [`gallery`]: enrolled people in SQLite, 1:N matching.
+//! - [`door`]: the door controller state machine over embedded-hal pins (issue 9, not wired).
 //! - [`pipeline`]: detect → align → embed for a still image, with stage timings.
 //! - [`config`]: the TOML configuration.
 //! - [`eval`]: verification statistics, LFW protocol, benchmarks.
@@ -21,6 +22,7 @@
 pub mod align;
 pub mod config;
 pub mod detect;
+pub mod door;
 pub mod embed;
 pub mod eval;
 pub mod frame;
