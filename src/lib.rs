@@ -14,6 +14,7 @@
 //! - [`embed`]: the `Embedder` trait and the CPU backend.
 //! - [`gallery`]: enrolled people in SQLite, 1:N matching.
 //! - [`door`]: the door controller state machine over embedded-hal pins (issue 9, not wired).
+//! - [`track`]: faces across frames and each track's best-quality face (issue 9, not wired).
 //! - [`pipeline`]: detect → align → embed for a still image, with stage timings.
 //! - [`config`]: the TOML configuration.
 //! - [`eval`]: verification statistics, LFW protocol, benchmarks.
@@ -30,3 +31,4 @@ pub mod gallery;
 pub mod infer;
 pub mod mqtt;
 pub mod pipeline;
+pub mod track;
