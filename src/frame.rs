@@ -167,21 +167,31 @@ pub fn load_image(path: &Path) -> Result<RgbImage, FrameError> {
 /// pixels OpenCV and Pillow produce); everything else through the `image` crate.
 pub fn decode_image(bytes: &[u8], label: &Path) -> Result<RgbImage, FrameError> {
     if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
-        let mut img = jpeg::decode(bytes, label)?;
+        let img = jpeg::decode(bytes, label)?;
         let orientation = exif_orientation(bytes);
-        if orientation != image::metadata::Orientation::NoTransforms {
-            let buf =
-                image::RgbImage::from_raw(img.width, img.height, std::mem::take(&mut img.data))
-                    .ok_or(FrameError::Size { len: 0, width: img.width, height: img.height })?;
-            let mut dynamic = image::DynamicImage::ImageRgb8(buf);
-            dynamic.apply_orientation(orientation);
-            let rgb = dynamic.into_rgb8();
-            let (w, h) = rgb.dimensions();
-            return RgbImage::from_raw(w, h, rgb.into_raw());
+        if orientation == image::metadata::Orientation::NoTransforms {
+            return Ok(img);
         }
-        return Ok(img);
+        let (width, height, data) = (img.width, img.height, img.data);
+        let buf = image::RgbImage::from_raw(width, height, data).ok_or(FrameError::Size {
+            len: 0,
+            width,
+            height,
+        })?;
+        return oriented(image::DynamicImage::ImageRgb8(buf), orientation);
     }
     decode_with_image_crate(bytes, label)
+}
+
+/// Turns a decoded picture upright and into our RGB type.
+fn oriented(
+    mut img: image::DynamicImage,
+    orientation: image::metadata::Orientation,
+) -> Result<RgbImage, FrameError> {
+    img.apply_orientation(orientation);
+    let rgb = img.into_rgb8();
+    let (width, height) = rgb.dimensions();
+    RgbImage::from_raw(width, height, rgb.into_raw())
 }
 
 /// The EXIF orientation of a JPEG, from its APP1 segment (none when absent or unreadable).
@@ -206,11 +216,7 @@ fn decode_with_image_crate(bytes: &[u8], label: &Path) -> Result<RgbImage, Frame
         return Err(FrameError::Dimensions { path: label.into(), width, height });
     }
     let orientation = decoder.orientation().unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img = image::DynamicImage::from_decoder(decoder).map_err(decode_err)?;
-    img.apply_orientation(orientation);
-    let rgb = img.into_rgb8();
-    let (width, height) = rgb.dimensions();
-    RgbImage::from_raw(width, height, rgb.into_raw())
+    oriented(image::DynamicImage::from_decoder(decoder).map_err(decode_err)?, orientation)
 }
 
 mod jpeg {
@@ -559,7 +565,7 @@ impl Resizer {
             unsafe { self.passes_avx2(src, dst, dst_stride_px, dst_w, dst_h) };
             return;
         }
-        self.passes(src, dst, dst_stride_px, dst_w, dst_h);
+        self.passes(src, dst, dst_stride_px, dst_w, dst_h, false);
     }
 
     /// The two passes compiled for AVX2, where 32-bit multiplies vectorise (x86-64's baseline,
@@ -574,11 +580,13 @@ impl Resizer {
         dst_w: u32,
         dst_h: u32,
     ) {
-        self.passes(src, dst, dst_stride_px, dst_w, dst_h);
+        self.passes(src, dst, dst_stride_px, dst_w, dst_h, true);
     }
 
-    /// Horizontal then vertical pass with the taps already prepared.
+    /// Horizontal then vertical pass with the taps already prepared. `avx2`: the caller has
+    /// checked that the CPU has AVX2 (always false off x86-64).
     #[inline(always)]
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
     fn passes(
         &mut self,
         src: ImageView<'_>,
@@ -586,6 +594,7 @@ impl Resizer {
         dst_stride_px: usize,
         dst_w: u32,
         dst_h: u32,
+        avx2: bool,
     ) {
         let (sw, sh, dw) = (src.width as usize, src.height as usize, dst_w as usize);
         self.tmp.resize(sh * dw * 3, 0);
@@ -606,8 +615,8 @@ impl Resizer {
             let src_row = &src.data[y * sw * 3..(y + 1) * sw * 3];
             let out = &mut self.tmp[y * dw * 3..(y + 1) * dw * 3];
             #[cfg(target_arch = "x86_64")]
-            if h.max_taps <= 8 && std::is_x86_feature_detected!("avx2") {
-                // SAFETY: AVX2 is present (checked just above).
+            if avx2 && h.max_taps <= 8 {
+                // SAFETY: AVX2 is present (checked by the caller of `passes`).
                 unsafe { simd::horizontal_row_avx2(h, src_row, out) };
                 continue;
             }

@@ -193,10 +193,9 @@ impl Detector {
             scale: 1.0,
             fitted: [0; 2],
             input: [w, h],
-            dynamic_input: false,
+            dynamic_input,
             settings,
         };
-        det.dynamic_input = dynamic_input;
         // One dry run on a black input proves that the outputs decode (a wrong model file or
         // kind fails at start-up, not at the first face) and warms the session up.
         let mut scratch = Vec::new();
