@@ -226,7 +226,12 @@ mod jpeg {
     use std::os::raw::c_int;
     use std::path::Path;
 
-    use mozjpeg_sys::{jpeg_common_struct, jpeg_error_mgr, jpeg_std_error};
+    use mozjpeg_sys::{
+        jpeg_abort_decompress, jpeg_common_struct, jpeg_create_decompress, jpeg_decompress_struct,
+        jpeg_destroy_decompress, jpeg_error_mgr, jpeg_finish_decompress, jpeg_mem_src,
+        jpeg_read_header, jpeg_read_scanlines, jpeg_start_decompress, jpeg_std_error,
+        J_COLOR_SPACE,
+    };
 
     use super::{FrameError, RgbImage, MAX_SIDE};
 
@@ -263,44 +268,229 @@ mod jpeg {
         }
     }
 
-    fn strict_error_manager() -> jpeg_error_mgr {
-        // SAFETY: jpeg_error_mgr is a plain C struct for which all-zero is a valid value, and
-        // jpeg_std_error initialises every field before we replace two handlers.
-        let mut err: jpeg_error_mgr = unsafe { std::mem::zeroed() };
-        // SAFETY: `err` is a valid, exclusively borrowed error manager.
-        unsafe { jpeg_std_error(&mut err) };
-        err.error_exit = Some(error_exit);
-        err.emit_message = Some(emit_message);
-        err
+    /// A libjpeg decompressor kept for a stream of images: created once, reused for every
+    /// frame (libjpeg's own per-image pool aside, decoding a frame allocates nothing), reset
+    /// after an error so the next frame decodes normally. Missing Huffman tables (UVC cameras
+    /// omit them) are supplied by libjpeg-turbo's standard tables.
+    pub(super) struct Decoder {
+        /// Boxed: `cinfo.common.err` points at `err`, so neither may move.
+        inner: Box<Inner>,
     }
 
-    /// Decodes a baseline or progressive JPEG into RGB.
-    pub(super) fn decode(bytes: &[u8], label: &Path) -> Result<RgbImage, FrameError> {
-        let run = || -> std::io::Result<RgbImage> {
-            let d =
-                mozjpeg::Decompress::builder().with_err(strict_error_manager()).from_mem(bytes)?;
-            let (w, h) = (d.width() as u32, d.height() as u32);
-            if w == 0 || h == 0 || w > MAX_SIDE || h > MAX_SIDE {
-                return Err(std::io::Error::other(format!("unusable size {w}x{h}")));
+    struct Inner {
+        cinfo: jpeg_decompress_struct,
+        err: jpeg_error_mgr,
+    }
+
+    // SAFETY: the decompressor is plain C state with no thread affinity; `&mut self` on every
+    // use keeps it single-threaded.
+    unsafe impl Send for Decoder {}
+
+    impl Decoder {
+        pub(super) fn new() -> Self {
+            // SAFETY: both are plain C structs for which all-zero is a valid starting value;
+            // `jpeg_std_error` initialises the error manager before use.
+            let mut inner: Box<Inner> = Box::new(unsafe { std::mem::zeroed() });
+            // SAFETY: `inner.err` is a valid, exclusively borrowed error manager.
+            unsafe { jpeg_std_error(&mut inner.err) };
+            inner.err.error_exit = Some(error_exit);
+            inner.err.emit_message = Some(emit_message);
+            inner.cinfo.common.err = &mut inner.err;
+            // SAFETY: `cinfo.common.err` points at an initialised error manager that lives as
+            // long as `cinfo` (same box); jpeg_CreateDecompress keeps `err` and zeroes the rest.
+            // Creation only fails on out-of-memory or a version mismatch, both fatal anyway.
+            unsafe { jpeg_create_decompress(&mut inner.cinfo) };
+            Self { inner }
+        }
+
+        /// Decodes one JPEG into `out` (resized to the picture, reusing its allocation).
+        pub(super) fn decode_into(
+            &mut self,
+            bytes: &[u8],
+            out: &mut RgbImage,
+            label: &Path,
+        ) -> Result<(), FrameError> {
+            let cinfo = &mut self.inner.cinfo;
+            let run = std::panic::AssertUnwindSafe(|| -> Result<(), (u32, u32)> {
+                // SAFETY: `bytes` outlives this call, in which libjpeg reads it; the
+                // decompressor was created in `new` and is idle (every frame ends with finish
+                // or abort). Errors unwind out of these calls to the catch_unwind below.
+                unsafe {
+                    jpeg_mem_src(cinfo, bytes.as_ptr(), bytes.len() as std::os::raw::c_ulong);
+                    jpeg_read_header(cinfo, 1);
+                    cinfo.out_color_space = J_COLOR_SPACE::JCS_RGB;
+                    let (w, h) = (cinfo.image_width, cinfo.image_height);
+                    if w == 0 || h == 0 || w > MAX_SIDE || h > MAX_SIDE {
+                        return Err((w, h));
+                    }
+                    jpeg_start_decompress(cinfo);
+                    let (w, h) = (cinfo.output_width, cinfo.output_height);
+                    out.reshape(w, h);
+                    let row = w as usize * 3;
+                    let data = out.as_bytes_mut();
+                    while cinfo.output_scanline < h {
+                        let mut rows = [std::ptr::null_mut::<u8>(); 16];
+                        let first = cinfo.output_scanline as usize;
+                        let n = (h as usize - first).min(rows.len());
+                        for (i, r) in rows.iter_mut().take(n).enumerate() {
+                            *r = data[(first + i) * row..].as_mut_ptr();
+                        }
+                        if jpeg_read_scanlines(cinfo, rows.as_mut_ptr(), n as u32) == 0 {
+                            // Only a suspending data source returns 0; ours cannot.
+                            break;
+                        }
+                    }
+                    jpeg_finish_decompress(cinfo);
+                }
+                Ok(())
+            });
+            let result = std::panic::catch_unwind(run);
+            let failed = !matches!(result, Ok(Ok(())));
+            if failed {
+                // SAFETY: returns the decompressor to its idle state after an error at any
+                // point, keeping its tables and memory for the next frame.
+                unsafe { jpeg_abort_decompress(&mut self.inner.cinfo) };
             }
-            let mut started = d.rgb()?;
-            let mut img = RgbImage::new(w, h);
-            started.read_scanlines_into(img.as_bytes_mut())?;
-            started.finish()?;
-            Ok(img)
-        };
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
-            Ok(Ok(img)) => Ok(img),
-            Ok(Err(e)) => Err(FrameError::Decode { path: label.into(), reason: e.to_string() }),
-            Err(payload) => {
-                let reason = payload
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .unwrap_or_else(|| "libjpeg failed".into());
-                Err(FrameError::Decode { path: label.into(), reason: reason.to_lowercase() })
+            match result {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err((width, height))) => {
+                    Err(FrameError::Dimensions { path: label.into(), width, height })
+                }
+                Err(payload) => {
+                    let reason = payload
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .unwrap_or_else(|| "libjpeg failed".into());
+                    Err(FrameError::Decode { path: label.into(), reason: reason.to_lowercase() })
+                }
             }
         }
     }
+
+    impl Drop for Decoder {
+        fn drop(&mut self) {
+            // SAFETY: the decompressor was created in `new` and is not used afterwards.
+            unsafe { jpeg_destroy_decompress(&mut self.inner.cinfo) };
+        }
+    }
+
+    /// Decodes a baseline or progressive JPEG into a new RGB image.
+    pub(super) fn decode(bytes: &[u8], label: &Path) -> Result<RgbImage, FrameError> {
+        let mut img = RgbImage::new(0, 0);
+        Decoder::new().decode_into(bytes, &mut img, label)?;
+        Ok(img)
+    }
+}
+
+/// Decodes camera frames ([`crate::camera::RawFrame`]: MJPEG or YUYV) into one reused RGB
+/// buffer. Create one per stream: the JPEG decompressor and the output keep their memory.
+pub struct FrameDecoder {
+    jpeg: jpeg::Decoder,
+}
+
+impl std::fmt::Debug for FrameDecoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FrameDecoder")
+    }
+}
+
+impl Default for FrameDecoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FrameDecoder {
+    /// A decoder with its JPEG decompressor created.
+    pub fn new() -> Self {
+        Self { jpeg: jpeg::Decoder::new() }
+    }
+
+    /// Decodes `frame` into `out`. A corrupt or truncated JPEG, a YUYV buffer shorter than its
+    /// declared size, or an odd YUYV width is an error; `out` is then unspecified (but valid).
+    pub fn decode(
+        &mut self,
+        frame: &crate::camera::RawFrame<'_>,
+        out: &mut RgbImage,
+    ) -> Result<(), FrameError> {
+        const LABEL: &str = "camera frame";
+        match frame.format {
+            crate::camera::PixelFormat::Mjpeg => {
+                self.jpeg.decode_into(frame.data, out, Path::new(LABEL))
+            }
+            crate::camera::PixelFormat::Yuyv => {
+                yuyv_to_rgb(frame.data, frame.width, frame.height, frame.stride as usize, out)
+            }
+            crate::camera::PixelFormat::Rgb24 => {
+                let (w, h) = (frame.width, frame.height);
+                let line = w as usize * 3;
+                let stride = (frame.stride as usize).max(line);
+                if w == 0 || h == 0 || frame.data.len() < stride * (h as usize - 1) + line {
+                    return Err(FrameError::Size { len: frame.data.len(), width: w, height: h });
+                }
+                out.reshape(w, h);
+                for (y, dst) in out.as_bytes_mut().chunks_exact_mut(line).enumerate() {
+                    dst.copy_from_slice(&frame.data[y * stride..y * stride + line]);
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Converts packed YUYV 4:2:2 (Y0 U Y1 V, BT.601 limited range, as V4L2_PIX_FMT_YUYV) into
+/// RGB, `stride` bytes per source line (0 = packed, `2 * width`). The chroma of each pixel pair
+/// is shared (no interpolation), as libv4lconvert and OpenCV's COLOR_YUV2RGB_YUYV do; integer
+/// coefficients are OpenCV's, so the result is cv2.cvtColor's.
+pub fn yuyv_to_rgb(
+    src: &[u8],
+    width: u32,
+    height: u32,
+    stride: usize,
+    out: &mut RgbImage,
+) -> Result<(), FrameError> {
+    let label = || PathBuf::from("yuyv frame");
+    if width == 0 || height == 0 || width > MAX_SIDE || height > MAX_SIDE || width % 2 != 0 {
+        return Err(FrameError::Dimensions { path: label(), width, height });
+    }
+    let line = width as usize * 2;
+    let stride = if stride == 0 { line } else { stride };
+    let need = stride * (height as usize - 1) + line;
+    if stride < line || src.len() < need {
+        return Err(FrameError::Decode {
+            path: label(),
+            reason: format!("{} bytes for {width}x{height} with stride {stride}", src.len()),
+        });
+    }
+    out.reshape(width, height);
+    // ITU-R BT.601 limited range: R = 1.164(Y-16) + 1.596(V-128), G = 1.164(Y-16) - 0.391(U-128)
+    // - 0.813(V-128), B = 1.164(Y-16) + 2.018(U-128); OpenCV's ITUR_BT_601_* fixed-point
+    // constants (20 fractional bits), so results equal cv2.cvtColor(..., COLOR_YUV2RGB_YUYV).
+    const SHIFT: u32 = 20;
+    const CY: i32 = 1_220_542;
+    const CVR: i32 = 1_673_527;
+    const CUG: i32 = -409_993;
+    const CVG: i32 = -852_492;
+    const CUB: i32 = 2_116_026;
+    const HALF: i32 = 1 << (SHIFT - 1);
+    let clamp = |v: i32| (v >> SHIFT).clamp(0, 255) as u8;
+    for (y, dst) in out.as_bytes_mut().chunks_exact_mut(width as usize * 3).enumerate() {
+        let row = &src[y * stride..y * stride + line];
+        for (quad, px) in row.chunks_exact(4).zip(dst.chunks_exact_mut(6)) {
+            let u = i32::from(quad[1]) - 128;
+            let v = i32::from(quad[3]) - 128;
+            let r = CVR * v + HALF;
+            let g = CUG * u + CVG * v + HALF;
+            let b = CUB * u + HALF;
+            for (k, luma) in [quad[0], quad[2]].into_iter().enumerate() {
+                let yy = (i32::from(luma) - 16).max(0) * CY;
+                px[k * 3] = clamp(yy + r);
+                px[k * 3 + 1] = clamp(yy + g);
+                px[k * 3 + 2] = clamp(yy + b);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// How to filter when resampling.

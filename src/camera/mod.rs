@@ -1,0 +1,91 @@
+//! Frame sources: where camera frames come from.
+//!
+//! A [`FrameSource`] hands out one encoded or raw frame at a time ([`RawFrame`], borrowed from
+//! the source's own buffers) and never decodes: decoding happens in the loop through
+//! [`crate::frame::FrameDecoder`], so a corrupt frame is counted and dropped in one place
+//! whatever delivered it. Backends: [`replay`] (MJPEG stream files, image folders, one image;
+//! what runs without a camera and in tests) and `v4l2` (feature `v4l2`, a UVC camera).
+//!
+//! Must not: decode, allocate per frame once streaming, block longer than the timeout it is
+//! given, or panic on anything a camera or a file can deliver.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub mod replay;
+#[cfg(feature = "v4l2")]
+pub mod v4l2;
+
+/// How a frame's bytes are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PixelFormat {
+    /// One JPEG image (baseline; the Huffman tables may be omitted, as UVC cameras do).
+    Mjpeg,
+    /// Packed YUV 4:2:2, Y0 U Y1 V (V4L2_PIX_FMT_YUYV), BT.601 limited range.
+    Yuyv,
+    /// Packed 8-bit RGB, `stride` bytes per line (replayed stills that are not JPEG).
+    Rgb24,
+}
+
+/// One frame as the source delivered it, borrowed until the next call to
+/// [`FrameSource::next_frame`].
+#[derive(Debug, Clone, Copy)]
+pub struct RawFrame<'a> {
+    /// Layout of `data`.
+    pub format: PixelFormat,
+    /// Width in pixels (from the negotiated format; a JPEG's own header is authoritative).
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Bytes per line for raw formats (0 for MJPEG).
+    pub stride: u32,
+    /// The frame's bytes.
+    pub data: &'a [u8],
+    /// Frame counter of the source, from 0 (gaps mean the source dropped frames).
+    pub sequence: u64,
+    /// When the frame was captured, on the source's clock (time since the source opened; for a
+    /// replay, the frame's place in the stream at its nominal rate).
+    pub timestamp: Duration,
+}
+
+/// Why no frame came.
+#[derive(Debug, thiserror::Error)]
+pub enum CameraError {
+    /// No frame within the timeout; the source is still usable.
+    #[error("no frame within {0:?}")]
+    Timeout(Duration),
+    /// A replay reached its end (never for a looping replay or a camera).
+    #[error("end of stream")]
+    EndOfStream,
+    /// The device went away or failed; the source reconnects with backoff on later calls and
+    /// reports this once per loss.
+    #[error("camera {device}: {reason}")]
+    Disconnected {
+        /// Device path or name.
+        device: String,
+        /// What happened.
+        reason: String,
+    },
+    /// The source cannot be opened or configured at all (wrong path, no usable format).
+    #[error("camera {device}: {reason}")]
+    Open {
+        /// Device path, file or folder.
+        device: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Where frames come from.
+pub trait FrameSource {
+    /// Waits at most `timeout` for the next frame.
+    fn next_frame(&mut self, timeout: Duration) -> Result<RawFrame<'_>, CameraError>;
+
+    /// One line for logs: backend, device or file, format, size, rate.
+    fn describe(&self) -> String;
+
+    /// The frame rate the source delivers (nominal), when known.
+    fn fps(&self) -> Option<f64> {
+        None
+    }
+}
