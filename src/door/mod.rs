@@ -26,6 +26,12 @@ use std::time::Duration;
 
 use embedded_hal::digital::{InputPin, OutputPin, PinState};
 
+pub mod fake;
+#[cfg(feature = "gpio-cdev")]
+pub mod gpio;
+#[cfg(feature = "rppal")]
+pub mod rppal;
+
 /// Longest accepted relay pulse.
 const MAX_PULSE: Duration = Duration::from_secs(60);
 /// Longest accepted held-open delay.
@@ -110,6 +116,53 @@ impl DoorConfig {
             ));
         }
         Ok(())
+    }
+}
+
+/// The relay level that keeps the door locked under `config` (de-energised for fail-secure
+/// wiring, energised for fail-safe), for backends that must drive it without a [`Door`].
+pub fn secure_level(config: &DoorConfig) -> PinState {
+    let energised = match config.lock {
+        LockWiring::FailSecure => false,
+        LockWiring::FailSafe => true,
+    };
+    PinState::from(energised == config.relay_active_high)
+}
+
+/// Drives a relay to its secure level from outside the loop: from the panic hook, or when the
+/// loop thread is stuck. Implemented by each relay backend over its own handle (a duplicated
+/// GPIO line descriptor, the fake relay's shared state); must be async-signal-tolerant in
+/// practice: no locks that the loop might hold, no allocation.
+pub trait EmergencySecure: Send + Sync {
+    /// Drives the relay to its secure level now; errors are ignored (there is no one left to
+    /// tell), but the attempt is made every time.
+    fn secure_now(&self);
+}
+
+/// The relays the panic hook secures (see [`install_panic_hook`]).
+static EMERGENCY: std::sync::OnceLock<Box<dyn EmergencySecure>> = std::sync::OnceLock::new();
+
+/// Registers the relay to secure on panic and installs a panic hook (chained before the
+/// previous one, so the door is secured before anything is printed). Only the first call
+/// registers; later calls return false. A panic on any thread secures the relay: the loop may
+/// be the thread that died.
+pub fn install_panic_hook(relay: Box<dyn EmergencySecure>) -> bool {
+    if EMERGENCY.set(relay).is_err() {
+        return false;
+    }
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        secure_on_emergency();
+        previous(info);
+    }));
+    true
+}
+
+/// Secures the relay registered with [`install_panic_hook`], if any (panic hook, fatal
+/// error path).
+pub fn secure_on_emergency() {
+    if let Some(relay) = EMERGENCY.get() {
+        relay.secure_now();
     }
 }
 
@@ -212,6 +265,43 @@ impl Debounced {
         } else {
             None
         }
+    }
+}
+
+/// The door as the loop sees it, whatever its pins: [`Door`] over any embedded-hal pins
+/// implements it, so the loop holds one `Box<dyn DoorControl>` chosen in `main`.
+pub trait DoorControl {
+    /// See [`Door::unlock`].
+    fn unlock(&mut self, reason: UnlockReason, now: Duration) -> Result<(), DoorError>;
+    /// See [`Door::poll`].
+    fn poll(&mut self, now: Duration, events: &mut Vec<DoorEvent>) -> Result<(), DoorError>;
+    /// See [`Door::secure`].
+    fn secure(&mut self) -> Result<(), DoorError>;
+    /// See [`Door::state`].
+    fn state(&self) -> DoorState;
+    /// The configuration the door runs with.
+    fn config(&self) -> &DoorConfig;
+}
+
+impl<R: OutputPin, C: InputPin, B: InputPin> DoorControl for Door<R, C, B> {
+    fn unlock(&mut self, reason: UnlockReason, now: Duration) -> Result<(), DoorError> {
+        Door::unlock(self, reason, now)
+    }
+
+    fn poll(&mut self, now: Duration, events: &mut Vec<DoorEvent>) -> Result<(), DoorError> {
+        Door::poll(self, now, events)
+    }
+
+    fn secure(&mut self) -> Result<(), DoorError> {
+        Door::secure(self)
+    }
+
+    fn state(&self) -> DoorState {
+        Door::state(self)
+    }
+
+    fn config(&self) -> &DoorConfig {
+        &self.config
     }
 }
 
@@ -383,11 +473,12 @@ impl<R: OutputPin, C: InputPin, B: InputPin> Door<R, C, B> {
 
     /// The relay level for the commanded lock state.
     fn relay_level(&self, unlocked: bool) -> PinState {
-        let energised = match self.config.lock {
-            LockWiring::FailSecure => unlocked,
-            LockWiring::FailSafe => !unlocked,
-        };
-        PinState::from(energised == self.config.relay_active_high)
+        let secure = secure_level(&self.config);
+        if unlocked {
+            !secure
+        } else {
+            secure
+        }
     }
 
     /// Raw "door open" from the contact.

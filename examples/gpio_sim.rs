@@ -1,0 +1,361 @@
+//! Checks the GPIO character-device door backend against the kernel's `gpio-sim` module.
+//!
+//! Needs root, `gpio-sim` loaded and configfs mounted at /sys/kernel/config (run it in a VM:
+//! see scripts/vivid-test). It creates a simulated device with two banks through configfs, opens
+//! the door lines through `door::gpio`, and drives the simulated switches through the sim's
+//! sysfs `pull` attributes. Prints one line per check and a closing "N passed, N failed"; exits
+//! 1 when a check failed, 77 when gpio-sim is not available.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use embedded_hal::digital::{InputPin, OutputPin};
+use gpiocdev::line::{Bias, Direction};
+use portier::door::gpio::{open_door_pins, GpioError, GpioSettings, LineSpec};
+use portier::door::{install_panic_hook, Door, DoorConfig, DoorEvent, LockWiring, UnlockReason};
+
+const CONFIGFS: &str = "/sys/kernel/config/gpio-sim";
+
+type Check = Result<(), String>;
+
+/// The simulated device: bank0 has lines 0..8 (3 = GPIO17, 4 = GPIO27, 5 = GPIO22, 6 = GPIO4),
+/// bank1 lines 0..4 (0 = GPIO4, a name that is not unique across chips).
+struct Sim {
+    chip0: String,
+    chip1: String,
+}
+
+fn write(path: impl AsRef<Path>, value: &str) -> Check {
+    let path = path.as_ref();
+    fs::write(path, value).map_err(|e| format!("write {value:?} to {}: {e}", path.display()))
+}
+
+fn mkdir(path: impl AsRef<Path>) -> Check {
+    let path = path.as_ref();
+    fs::create_dir(path).map_err(|e| format!("mkdir {}: {e}", path.display()))
+}
+
+fn read(path: impl AsRef<Path>) -> Result<String, String> {
+    let path = path.as_ref();
+    fs::read_to_string(path)
+        .map(|s| s.trim().to_owned())
+        .map_err(|e| format!("read {}: {e}", path.display()))
+}
+
+impl Sim {
+    fn create() -> Result<Self, String> {
+        let dev = PathBuf::from(CONFIGFS).join("portier-door");
+        mkdir(&dev)?;
+        let bank = |n: &str, lines: &str, names: &[(u32, &str)]| -> Check {
+            let bank = dev.join(n);
+            mkdir(&bank)?;
+            write(bank.join("num_lines"), lines)?;
+            for (offset, name) in names {
+                let line = bank.join(format!("line{offset}"));
+                mkdir(&line)?;
+                write(line.join("name"), name)?;
+            }
+            Ok(())
+        };
+        bank("bank0", "8", &[(3, "GPIO17"), (4, "GPIO27"), (5, "GPIO22"), (6, "GPIO4")])?;
+        bank("bank1", "4", &[(0, "GPIO4")])?;
+        write(dev.join("live"), "1")?;
+        Ok(Self {
+            chip0: read(dev.join("bank0/chip_name"))?,
+            chip1: read(dev.join("bank1/chip_name"))?,
+        })
+    }
+
+    fn attr(chip: &str, offset: u32, name: &str) -> PathBuf {
+        PathBuf::from(format!("/sys/bus/gpio/devices/{chip}/sim_gpio{offset}/{name}"))
+    }
+
+    /// The level the simulated line is driven to (for outputs: what we wrote).
+    fn value(chip: &str, offset: u32) -> Result<bool, String> {
+        Ok(read(Self::attr(chip, offset, "value"))? == "1")
+    }
+
+    /// Pulls a simulated input up (switch open) or down (switch closed to ground).
+    fn pull(chip: &str, offset: u32, up: bool) -> Check {
+        write(Self::attr(chip, offset, "pull"), if up { "pull-up" } else { "pull-down" })
+    }
+}
+
+fn expect<T: PartialEq + std::fmt::Debug>(what: &str, got: T, want: T) -> Check {
+    if got == want {
+        Ok(())
+    } else {
+        Err(format!("{what}: got {got:?}, want {want:?}"))
+    }
+}
+
+fn pin<T, E: std::fmt::Debug>(what: &str, r: Result<T, E>) -> Result<T, String> {
+    r.map_err(|e| format!("{what}: {e:?}"))
+}
+
+fn name(n: &str) -> LineSpec {
+    LineSpec::Name(n.to_owned())
+}
+
+fn main() {
+    env_logger_lite();
+    if !Path::new(CONFIGFS).is_dir() {
+        println!("gpio-sim: {CONFIGFS} missing (modprobe gpio-sim; mount -t configfs)");
+        std::process::exit(77);
+    }
+    let sim = match Sim::create() {
+        Ok(sim) => sim,
+        Err(e) => {
+            println!("gpio-sim: cannot create the simulated chips: {e}");
+            std::process::exit(1);
+        }
+    };
+    println!("gpio-sim: bank0 = {}, bank1 = {}", sim.chip0, sim.chip1);
+    let (c0, c1) = (sim.chip0.clone(), sim.chip1.clone());
+    let chip0_dev = format!("/dev/{c0}");
+
+    let mut passed = 0;
+    let mut failed = 0;
+    let mut report = |what: &str, result: Check| match result {
+        Ok(()) => {
+            passed += 1;
+            println!("ok - {what}");
+        }
+        Err(e) => {
+            failed += 1;
+            println!("FAIL - {what}: {e}");
+        }
+    };
+
+    // 1. Lines by name on any chip; fail-secure active-high relay starts low; inputs pulled up.
+    let default = DoorConfig::default();
+    let settings =
+        GpioSettings::new(None, name("GPIO17"), name("GPIO27"), name("GPIO22"), &default);
+    let opened = open_door_pins(&settings);
+    let (mut relay, mut contact, mut button, emergency) = match opened {
+        Ok(pins) => pins,
+        Err(e) => {
+            report("open lines by name", Err(e.to_string()));
+            println!("{passed} passed, {failed} failed");
+            std::process::exit(1);
+        }
+    };
+    report(
+        "open by name: relay starts at the secure level (low), inputs read high (pull-up)",
+        (|| {
+            expect("relay level", Sim::value(&c0, 3)?, false)?;
+            expect("contact high", pin("contact", contact.is_high())?, true)?;
+            expect("button high", pin("button", button.is_high())?, true)
+        })(),
+    );
+    report(
+        "line requests: consumer, direction, bias, no edge detection, no kernel debounce",
+        (|| {
+            let chip = pin("open chip", gpiocdev::Chip::from_path(&chip0_dev))?;
+            let relay = pin("relay info", chip.line_info(3))?;
+            expect("relay consumer", relay.consumer.as_str(), "portier")?;
+            expect("relay direction", relay.direction, Direction::Output)?;
+            for offset in [4, 5] {
+                let info = pin("input info", chip.line_info(offset))?;
+                expect("input consumer", info.consumer.as_str(), "portier")?;
+                expect("input direction", info.direction, Direction::Input)?;
+                expect("input bias", info.bias, Some(Bias::PullUp))?;
+                expect("input edge detection", info.edge_detection, None)?;
+                expect("input debounce", info.debounce_period, None)?;
+            }
+            Ok(())
+        })(),
+    );
+
+    // 2. Inputs follow the simulated switches.
+    report(
+        "inputs follow the simulated pulls",
+        (|| {
+            Sim::pull(&c0, 4, false)?;
+            expect("contact low after pull-down", pin("contact", contact.is_low())?, true)?;
+            Sim::pull(&c0, 5, false)?;
+            expect("button high after pull-down", pin("button", button.is_high())?, false)?;
+            Sim::pull(&c0, 5, true)?;
+            expect("button high after pull-up", pin("button", button.is_high())?, true)
+        })(),
+    );
+
+    // 3. The relay toggles; the emergency handle releases it.
+    report(
+        "relay toggles and EmergencySecure releases it",
+        (|| {
+            pin("relay high", relay.set_high())?;
+            expect("relay after set_high", Sim::value(&c0, 3)?, true)?;
+            pin("relay low", relay.set_low())?;
+            expect("relay after set_low", Sim::value(&c0, 3)?, false)?;
+            pin("relay high", relay.set_high())?;
+            emergency.secure_now();
+            expect("relay after secure_now", Sim::value(&c0, 3)?, false)
+        })(),
+    );
+
+    // 4. The door state machine over the real lines (contact closed = low, button released).
+    report(
+        "door: unlock pulse, exit button, opening, secure_now mid-pulse",
+        (|| {
+            Sim::pull(&c0, 4, false)?;
+            Sim::pull(&c0, 5, true)?;
+            let ms = Duration::from_millis;
+            let mut door = Door::new(default.clone(), relay, contact, button, ms(0))
+                .map_err(|e| e.to_string())?;
+            let mut events = Vec::new();
+            door.unlock(UnlockReason::Remote, ms(0)).map_err(|e| e.to_string())?;
+            expect("relay while unlocked", Sim::value(&c0, 3)?, true)?;
+            door.poll(ms(2999), &mut events).map_err(|e| e.to_string())?;
+            door.poll(ms(3000), &mut events).map_err(|e| e.to_string())?;
+            expect("relay after the pulse", Sim::value(&c0, 3)?, false)?;
+            Sim::pull(&c0, 5, false)?; // button pressed
+            door.poll(ms(3100), &mut events).map_err(|e| e.to_string())?;
+            door.poll(ms(3200), &mut events).map_err(|e| e.to_string())?;
+            expect("relay after the exit button", Sim::value(&c0, 3)?, true)?;
+            Sim::pull(&c0, 5, true)?;
+            Sim::pull(&c0, 4, true)?; // door opens
+            door.poll(ms(3300), &mut events).map_err(|e| e.to_string())?;
+            door.poll(ms(3400), &mut events).map_err(|e| e.to_string())?;
+            let want = vec![
+                DoorEvent::Unlocked { reason: UnlockReason::Remote },
+                DoorEvent::Locked,
+                DoorEvent::ExitRequested,
+                DoorEvent::Unlocked { reason: UnlockReason::ExitButton },
+                DoorEvent::Opened,
+            ];
+            expect("events", events, want)?;
+            emergency.secure_now();
+            expect("relay after secure_now mid-pulse", Sim::value(&c0, 3)?, false)?;
+            drop(door);
+            // The emergency handle's duplicate keeps the request (and the line) ours.
+            let chip = pin("open chip", gpiocdev::Chip::from_path(&chip0_dev))?;
+            let info = pin("relay info", chip.line_info(3))?;
+            expect("relay still requested after drop", info.used, true)?;
+            emergency.secure_now();
+            expect("relay after secure_now on a dropped pin", Sim::value(&c0, 3)?, false)
+        })(),
+    );
+
+    // 5. Errors against the real chips.
+    report(
+        "errors: ambiguous name, name on another chip, busy line, offset out of range",
+        (|| {
+            let s = |chip: Option<&str>, relay: LineSpec, contact: u32, button: u32| {
+                let mut s = GpioSettings::new(
+                    chip.map(str::to_owned),
+                    relay,
+                    LineSpec::Offset(contact),
+                    LineSpec::Offset(button),
+                    &default,
+                );
+                if chip.is_none() {
+                    s.contact = name("GPIO27");
+                    s.exit_button = name("GPIO22");
+                }
+                s
+            };
+            let err = |s: GpioSettings| match open_door_pins(&s) {
+                Ok(_) => Err("opened, want an error".to_owned()),
+                Err(e) => Ok(e),
+            };
+            let e = err(s(None, name("GPIO4"), 0, 0))?;
+            println!("  {e}");
+            if !matches!(e, GpioError::AmbiguousName { .. }) {
+                return Err(format!("GPIO4 anywhere: {e}"));
+            }
+            let e = err(s(Some(&c1), name("GPIO17"), 1, 2))?;
+            println!("  {e}");
+            if !matches!(&e, GpioError::NameOnOtherChip { found, offset: 3, .. } if *found == chip0_dev)
+            {
+                return Err(format!("GPIO17 on bank1: {e}"));
+            }
+            let e = err(s(Some(&c0), LineSpec::Offset(3), 1, 2))?;
+            println!("  {e}");
+            if !matches!(e, GpioError::Request { offset: 3, .. }) || !e.to_string().contains("busy")
+            {
+                return Err(format!("busy relay line: {e}"));
+            }
+            let e = err(s(Some(&c1), LineSpec::Offset(9), 1, 2))?;
+            println!("  {e}");
+            if !matches!(e, GpioError::OffsetOutOfRange { lines: 4, .. }) {
+                return Err(format!("offset 9 on bank1: {e}"));
+            }
+            Ok(())
+        })(),
+    );
+
+    // 6. A name on the configured chip wins over the same name elsewhere.
+    report(
+        "name on the configured chip (bank1 GPIO4), inputs by offset",
+        (|| {
+            let s = GpioSettings::new(
+                Some(c1.clone()),
+                name("GPIO4"),
+                LineSpec::Offset(1),
+                LineSpec::Offset(2),
+                &default,
+            );
+            let (_relay, _contact, _button, _emergency) =
+                open_door_pins(&s).map_err(|e| e.to_string())?;
+            let chip = pin("open chip", gpiocdev::Chip::from_path(format!("/dev/{c1}")))?;
+            expect("bank1 line 0 used", pin("info", chip.line_info(0))?.used, true)?;
+            expect("bank1 line 0 level", Sim::value(&c1, 0)?, false)
+        })(),
+    );
+
+    // 7. The panic hook secures a fail-safe relay (secure = energised = high) when the thread
+    //    that owns it panics mid-unlock.
+    report(
+        "panic hook: fail-safe relay by offset starts high, panic mid-unlock drives it high",
+        (|| {
+            let failsafe = DoorConfig { lock: LockWiring::FailSafe, ..DoorConfig::default() };
+            let s = GpioSettings::new(
+                Some(c0.clone()),
+                LineSpec::Offset(0),
+                LineSpec::Offset(1),
+                LineSpec::Offset(2),
+                &failsafe,
+            );
+            let (mut relay, _contact, _button, emergency) =
+                open_door_pins(&s).map_err(|e| e.to_string())?;
+            expect("fail-safe relay initial", Sim::value(&c0, 0)?, true)?;
+            if !install_panic_hook(emergency) {
+                return Err("panic hook already installed".to_owned());
+            }
+            let c0t = c0.clone();
+            let joined = std::thread::spawn(move || {
+                let _ = relay.set_low(); // unlock
+                let unlocked = Sim::value(&c0t, 0);
+                println!("  (expected panic follows)");
+                panic!("simulated loop panic mid-unlock (relay level {unlocked:?})");
+            })
+            .join();
+            expect("thread panicked", joined.is_err(), true)?;
+            expect("relay after the panic", Sim::value(&c0, 0)?, true)
+        })(),
+    );
+
+    println!("{passed} passed, {failed} failed");
+    std::process::exit(if failed == 0 { 0 } else { 1 });
+}
+
+/// Prints `log` records to stderr at info level (the example has no logger dependency).
+fn env_logger_lite() {
+    struct Stderr;
+    impl log::Log for Stderr {
+        fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+            m.level() <= log::Level::Info
+        }
+        fn log(&self, r: &log::Record<'_>) {
+            if self.enabled(r.metadata()) {
+                eprintln!("[{}] {}", r.level(), r.args());
+            }
+        }
+        fn flush(&self) {}
+    }
+    static LOGGER: Stderr = Stderr;
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(log::LevelFilter::Info);
+}
