@@ -8,6 +8,8 @@
 //! decisions.
 
 pub mod cpu;
+#[cfg(feature = "hailo")]
+pub mod npu;
 
 use std::path::PathBuf;
 
@@ -30,6 +32,16 @@ pub enum EmbedError {
         path: PathBuf,
         /// What is wrong.
         reason: String,
+    },
+    /// The accelerator or its runtime failed while embedding (a timeout, a driver error, a lost
+    /// device): not the face's fault. The router switches every face to the CPU and raises an
+    /// event.
+    #[error("{backend} device failed: {source}")]
+    Device {
+        /// Which backend ("hailo").
+        backend: &'static str,
+        /// The backend's own typed error (`infer::hailo::HailoError`), for logs and downcasting.
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// The caller's buffer is shorter than the embedding.
     #[error("embedding buffer holds {got} values, the model gives {need}")]

@@ -6,6 +6,9 @@
 //! Hardware NPUs live beside this (`infer::hailo`, issue 3) and hand the same kind of raw
 //! output tensors to the same decoders.
 
+#[cfg(feature = "hailo")]
+pub mod hailo;
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
