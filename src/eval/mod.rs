@@ -4,7 +4,11 @@
 //! Must not: be on the appliance's hot path; these are offline tools.
 
 pub mod bench;
+pub mod calibrate;
+pub mod distance;
+pub mod export_calib;
 pub mod lfw;
 pub mod metrics;
 pub mod pairs;
+pub mod plot;
 pub mod verify;

@@ -1,0 +1,1044 @@
+//! `portier eval distance`: recognition against face size, per backend.
+//!
+//! Every labelled photo is shrunk (with the exact resizer of `frame.rs`) so that its face's eye
+//! distance spans a sweep (8 to 64 px by default, and the original), pasted 1:1 into a canvas of
+//! the detector's input size (so the detector sees the face at exactly that size, as in a camera
+//! frame), detected, aligned and embedded by every backend: the float32 reference (the
+//! configuration's recognizer) and any number of emulated NPUs (INT8 or A16W8 QDQ models run on
+//! ONNX Runtime's CPU provider). Probes at each size are matched against a gallery made of the
+//! other photos at their original size by the same backend (templates are per model; like is
+//! compared with like).
+//!
+//! Two landmark modes, both reported:
+//! - `detected`: the detector's own landmarks on the small face: what the appliance sees, with
+//!   detection misses counted per band ("not detected") rather than hidden.
+//! - `reference`: the full-size photo's landmarks scaled down: recognition only, so that the
+//!   recognizer's loss with size is measured apart from the detector's misses and landmark noise.
+//!
+//! The appliance's thresholds are calibrated on `detected` (what the router will see); the
+//! `reference` curve explains how much of the loss is the recognizer's.
+//!
+//! A backend is *reliable* in a band when the median cosine of its embeddings to float32's on
+//! the same crops is at least [`RELIABLE_MEDIAN_COSINE`] and its match rate (TAR at FAR 1e-3,
+//! misses counted) is at most [`RELIABLE_RATE_LOSS`] below float32's; it is *reliable from* the smallest size from which
+//! every larger band (and the original) passes, and *unreliable* when even the original fails.
+//!
+//! Must not: be on the appliance's hot path, or compute statistics itself: scores go to
+//! `eval::metrics`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use serde::Serialize;
+
+use super::metrics::{self, Probe, ScoreStats, TarAtFar};
+use super::verify::{read_labels, EvalError, Labelled};
+use crate::align::{align_face, AlignedFace};
+use crate::config::Config;
+use crate::detect::{iou, DetectError, Detection, Detector, Landmarks};
+use crate::embed::cpu::{CpuEmbedder, RecognizerSettings};
+use crate::embed::{dot, EmbedError, Embedder};
+use crate::frame::{load_image, Filter, ImageView, Resizer, RgbImage};
+use crate::infer::{self, InferError, Optimization, SessionOptions};
+use crate::route::{Route, Router, RoutingConfig};
+
+/// The default sweep of eye distances in pixels (the original size is always added).
+pub const DEFAULT_SIZES: [u32; 7] = [8, 12, 16, 24, 32, 48, 64];
+
+/// A band passes when the median cosine to float32 on the same crops is at least this. INT8
+/// that works stays near 0.98 (assets README); a collapsed model sits near 0.6.
+pub const RELIABLE_MEDIAN_COSINE: f64 = 0.95;
+
+/// A band passes when the match rate (TAR at FAR 1e-3) is at most this much below float32's.
+pub const RELIABLE_RATE_LOSS: f64 = 0.05;
+
+/// Bands with fewer embedded faces than this are not judged.
+pub const MIN_FACES_TO_JUDGE: usize = 10;
+
+/// The false-accept rates reported (a door's security budget: 1e-3 at least).
+pub const FARS: [f64; 2] = [1e-3, 1e-4];
+
+/// Errors of the distance evaluation, calibration and calibration-set export.
+#[derive(Debug, thiserror::Error)]
+pub enum DistanceError {
+    /// The labels file or a photo is unreadable.
+    #[error(transparent)]
+    Input(#[from] EvalError),
+    /// ONNX Runtime could not be loaded.
+    #[error(transparent)]
+    Runtime(#[from] InferError),
+    /// The detector failed.
+    #[error(transparent)]
+    Detect(#[from] DetectError),
+    /// A recognizer failed.
+    #[error(transparent)]
+    Embed(#[from] EmbedError),
+    /// A command-line value is unusable.
+    #[error("{0}")]
+    Usage(String),
+    /// The routing file is unreadable or invalid.
+    #[error("routing file {path}: {reason}")]
+    Routing {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The measurements do not support a decision (e.g. a backend unreliable at every size).
+    #[error("calibration: {0}")]
+    Calibration(String),
+    /// An output file could not be written.
+    #[error("{path}: cannot write: {reason}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl DistanceError {
+    /// The sysexits code `main` exits with: 64 usage, 65 data, 66 missing input, 69 runtime
+    /// unavailable, 70 software, 73 cannot create, 78 configuration.
+    pub fn exit_code(&self) -> u8 {
+        let infer = match self {
+            Self::Runtime(i)
+            | Self::Detect(DetectError::Infer(i))
+            | Self::Embed(EmbedError::Infer(i)) => Some(i),
+            Self::Input(EvalError::Pipeline(_)) => return 70,
+            _ => None,
+        };
+        match (self, infer) {
+            (_, Some(InferError::LibraryNotFound { .. } | InferError::LibraryLoad { .. })) => 69,
+            (_, Some(InferError::ModelMissing { .. })) => 66,
+            (_, Some(InferError::ModelLoad { .. } | InferError::Shape { .. })) => 78,
+            (Self::Detect(DetectError::Outputs { .. }), _) => 78,
+            (Self::Usage(_), _) => 64,
+            (Self::Routing { .. }, _) => 78,
+            (Self::Input(_) | Self::Calibration(_), _) => 65,
+            (Self::Write { .. }, _) => 73,
+            _ => 70,
+        }
+    }
+}
+
+/// Arguments of `portier eval distance` (and the sweep part of `calibrate`).
+#[derive(Args, Debug, Clone)]
+pub struct SweepArgs {
+    /// CSV with `path` and `identity` columns.
+    #[arg(long)]
+    pub labels: PathBuf,
+    /// Folder the CSV's paths are relative to (default: `full/` beside the CSV if it exists,
+    /// else the CSV's folder).
+    #[arg(long)]
+    pub root: Option<PathBuf>,
+    /// An emulated NPU backend, `NAME=MODEL.onnx` (repeatable): a QDQ model run on the CPU with
+    /// the configured recognizer's preprocessing and graph optimisation off (ONNX Runtime's
+    /// fused integer kernels can saturate on x86).
+    #[arg(long = "backend", value_parser = parse_backend)]
+    pub backends: Vec<(String, PathBuf)>,
+    /// Eye distances of the sweep in pixels (the original size is always added).
+    #[arg(long, value_delimiter = ',', default_values_t = DEFAULT_SIZES)]
+    pub sizes: Vec<u32>,
+    /// Only the first N photos (quick runs).
+    #[arg(long)]
+    pub limit: Option<usize>,
+}
+
+/// Arguments of `portier eval distance`.
+#[derive(Args, Debug, Clone)]
+pub struct DistanceArgs {
+    #[command(flatten)]
+    /// The sweep.
+    pub sweep: SweepArgs,
+    /// A TOML file with a `[routing]` table (as `portier calibrate` writes): adds a "routed"
+    /// line, and its per-band thresholds become the operating thresholds.
+    #[arg(long)]
+    pub routing: Option<PathBuf>,
+    /// The backend the router treats as the NPU (default: the first `--backend`).
+    #[arg(long)]
+    pub npu: Option<String>,
+    /// Write a PNG plot of identification rate against face size here.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_backend(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((name, path)) if !name.trim().is_empty() && !path.is_empty() => {
+            Ok((name.trim().to_string(), PathBuf::from(path)))
+        }
+        _ => Err(format!("expected NAME=MODEL.onnx, got `{s}`")),
+    }
+}
+
+/// The photo folder for a labels CSV: `full/` beside it if present, else its folder.
+pub fn default_root(labels: &Path) -> PathBuf {
+    let dir = labels.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.join("full").is_dir() {
+        dir.join("full")
+    } else {
+        dir
+    }
+}
+
+/// How the small face's landmarks were obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// The detector's landmarks on the shrunk face (end to end).
+    Detected,
+    /// The full-size photo's landmarks scaled down (recognition only).
+    Reference,
+}
+
+/// The two modes, in report order.
+pub const MODES: [Mode; 2] = [Mode::Detected, Mode::Reference];
+
+/// One face embedded by every backend.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// Eye distance the router would see: the detection's (detected) or the nominal (reference).
+    pub eye_px: f32,
+    /// Per backend: the L2-normalised embedding.
+    pub embeddings: Vec<Vec<f32>>,
+    /// Per backend: the norm before normalisation.
+    pub norms: Vec<f32>,
+}
+
+/// What happened to one photo at one size.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Embedded.
+    Embedded(Sample),
+    /// The detector found no face where the face is.
+    NotDetected,
+    /// The photo's face is already smaller than this size (it is never enlarged).
+    SourceTooSmall,
+    /// No face at all in the full-size photo.
+    NoFace,
+}
+
+/// The raw measurements of a sweep: `outcomes[mode][size][photo]`; sizes in ascending order,
+/// `None` (the original) last.
+#[derive(Debug, Clone)]
+pub struct Sweep {
+    /// The photos.
+    pub photos: Vec<Labelled>,
+    /// Backend names; index 0 is the float32 reference.
+    pub backends: Vec<String>,
+    /// Eye distances of the sweep; `None` is the original size.
+    pub sizes: Vec<Option<u32>>,
+    /// See the type's docs.
+    pub outcomes: Vec<Vec<Vec<Outcome>>>,
+    /// Class index per photo.
+    pub classes: Vec<usize>,
+    /// Number of identities.
+    pub identities: usize,
+}
+
+/// The detector and every backend, opened once.
+pub struct Backends {
+    detector: Detector,
+    embedders: Vec<CpuEmbedder>,
+    names: Vec<String>,
+    resizer: Resizer,
+    detections: Vec<Detection>,
+    crop: Box<AlignedFace>,
+}
+
+impl std::fmt::Debug for Backends {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backends").field("names", &self.names).finish()
+    }
+}
+
+/// Settings of an emulated NPU: the configured recognizer's preprocessing on a QDQ model, with
+/// graph optimisation off (the assets README: ONNX Runtime's fused integer kernels saturate on
+/// the non-reduce-range QDQ model on x86).
+pub fn emulated_settings(
+    reference: &RecognizerSettings,
+    name: &str,
+    model: &Path,
+) -> RecognizerSettings {
+    RecognizerSettings {
+        path: model.to_path_buf(),
+        model_id: name.to_string(),
+        preprocess: reference.preprocess,
+        flip: false,
+        session: SessionOptions { optimization: Optimization::Disabled },
+    }
+}
+
+impl Backends {
+    /// Loads ONNX Runtime and opens the detector, the float32 reference (named `float32`) and
+    /// the emulated backends.
+    pub fn open(config: &Config, extra: &[(String, PathBuf)]) -> Result<Self, DistanceError> {
+        infer::init(config.onnxruntime.library.as_deref(), config.onnxruntime.intra_threads)?;
+        let detector = Detector::open(config.detector.clone())?;
+        let mut names = vec!["float32".to_string()];
+        let mut embedders = vec![CpuEmbedder::open(config.recognizer.clone())?];
+        for (name, path) in extra {
+            if names.contains(name) {
+                return Err(DistanceError::Usage(format!("backend name `{name}` given twice")));
+            }
+            embedders.push(CpuEmbedder::open(emulated_settings(&config.recognizer, name, path))?);
+            names.push(name.clone());
+        }
+        let dim = embedders[0].dim();
+        if let Some(e) = embedders.iter().find(|e| e.dim() != dim) {
+            return Err(DistanceError::Usage(format!(
+                "backend {} gives {}-d embeddings, the reference {dim}-d: not the same model",
+                e.path().display(),
+                e.dim()
+            )));
+        }
+        Ok(Self {
+            detector,
+            embedders,
+            names,
+            resizer: Resizer::default(),
+            detections: Vec::new(),
+            crop: Box::default(),
+        })
+    }
+
+    /// Backend names; index 0 is the reference.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// The largest face of a full-size image.
+    fn largest_face(&mut self, image: ImageView<'_>) -> Result<Option<Detection>, DistanceError> {
+        self.detector.detect(image, &mut self.detections)?;
+        Ok(self.detections.iter().copied().max_by(|a, b| a.area().total_cmp(&b.area())))
+    }
+
+    /// Aligns with `kps` and embeds with every backend.
+    fn embed_all(
+        &mut self,
+        image: ImageView<'_>,
+        kps: &Landmarks,
+        eye_px: f32,
+    ) -> Result<Option<Sample>, DistanceError> {
+        if align_face(image, kps, &mut self.crop).is_none() {
+            return Ok(None);
+        }
+        let mut sample = Sample { eye_px, embeddings: Vec::new(), norms: Vec::new() };
+        for e in &mut self.embedders {
+            let mut v = vec![0.0; e.dim()];
+            let norm = e.embed(&self.crop, &mut v)?;
+            sample.embeddings.push(v);
+            sample.norms.push(norm);
+        }
+        Ok(Some(sample))
+    }
+}
+
+/// A shrunk face placed 1:1 in a canvas of the detector's input size.
+#[derive(Debug, Clone)]
+pub struct Shrunk {
+    /// The canvas (black outside the photo).
+    pub canvas: RgbImage,
+    /// Where the face's box is expected in the canvas.
+    pub expected_box: [f32; 4],
+    /// The full-size landmarks mapped into the canvas.
+    pub reference_kps: Landmarks,
+}
+
+/// Shrinks `image` by `factor` (< 1) with the exact antialiased resizer and copies the
+/// `canvas_size` window centred on the face into a black canvas of that size, so that a
+/// detector with that input sees the face at its shrunk size without any further scaling.
+pub fn shrink_into_canvas(
+    resizer: &mut Resizer,
+    image: ImageView<'_>,
+    face: &Detection,
+    factor: f64,
+    canvas_size: [u32; 2],
+) -> Shrunk {
+    let nw = ((f64::from(image.width()) * factor).round_ties_even() as u32).max(1);
+    let nh = ((f64::from(image.height()) * factor).round_ties_even() as u32).max(1);
+    let mut small = vec![0u8; nw as usize * nh as usize * 3];
+    resizer.resize_into(image, &mut small, nw as usize, nw, nh, Filter::Antialiased);
+    // Map with the per-axis factors the resizer used, so landmarks land on the same pixels.
+    let (fx, fy) =
+        (f64::from(nw) / f64::from(image.width()), f64::from(nh) / f64::from(image.height()));
+    let c = face.centre();
+    let [cw, ch] = canvas_size;
+    let x0 = window_start(f64::from(c[0]) * fx, cw, nw);
+    let y0 = window_start(f64::from(c[1]) * fy, ch, nh);
+    let (w, h) = (cw.min(nw - x0), ch.min(nh - y0));
+    let mut canvas = RgbImage::new(cw, ch);
+    for y in 0..h as usize {
+        let src = ((y0 as usize + y) * nw as usize + x0 as usize) * 3;
+        let dst = y * cw as usize * 3;
+        canvas.as_bytes_mut()[dst..dst + w as usize * 3]
+            .copy_from_slice(&small[src..src + w as usize * 3]);
+    }
+    let map = |p: [f32; 2]| {
+        [
+            (f64::from(p[0]) * fx - f64::from(x0)) as f32,
+            (f64::from(p[1]) * fy - f64::from(y0)) as f32,
+        ]
+    };
+    let [a, b] = [map([face.bbox[0], face.bbox[1]]), map([face.bbox[2], face.bbox[3]])];
+    Shrunk { canvas, expected_box: [a[0], a[1], b[0], b[1]], reference_kps: face.kps.map(map) }
+}
+
+/// First column (or row) of a `window`-wide window centred on `centre` inside `0..len`.
+fn window_start(centre: f64, window: u32, len: u32) -> u32 {
+    if len <= window {
+        return 0;
+    }
+    let start = (centre - f64::from(window) / 2.0).round().max(0.0) as u32;
+    start.min(len - window)
+}
+
+/// The detection that is the expected face: best IoU with the expected box (at least 0.3), or
+/// failing that the nearest whose centre lies within half the expected box's width.
+pub fn find_expected(detections: &[Detection], expected: &[f32; 4]) -> Option<Detection> {
+    let by_iou = detections
+        .iter()
+        .map(|d| (iou(&d.bbox, expected), d))
+        .filter(|(v, _)| *v >= 0.3)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, d)| *d);
+    by_iou.or_else(|| {
+        let e = [(expected[0] + expected[2]) / 2.0, (expected[1] + expected[3]) / 2.0];
+        let reach = (expected[2] - expected[0]).abs() / 2.0;
+        let dist = |d: &Detection| {
+            let c = d.centre();
+            ((c[0] - e[0]).powi(2) + (c[1] - e[1]).powi(2)).sqrt()
+        };
+        detections
+            .iter()
+            .filter(|d| dist(d) <= reach)
+            .min_by(|a, b| dist(a).total_cmp(&dist(b)))
+            .copied()
+    })
+}
+
+/// Runs the sweep over the labelled photos. `progress(done, total)` after each photo.
+pub fn run_sweep(
+    backends: &mut Backends,
+    photos: Vec<Labelled>,
+    sizes: &[u32],
+    mut progress: impl FnMut(usize, usize),
+) -> Result<Sweep, DistanceError> {
+    let mut sizes: Vec<Option<u32>> = sizes.iter().map(|&s| Some(s)).collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    if sizes.iter().any(|s| s.is_some_and(|v| v < 2)) {
+        return Err(DistanceError::Usage("--sizes: eye distances must be at least 2 px".into()));
+    }
+    sizes.push(None);
+    let canvas_size = backends.detector.settings().input_size;
+    let mut outcomes = vec![vec![Vec::with_capacity(photos.len()); sizes.len()]; MODES.len()];
+    for (i, photo) in photos.iter().enumerate() {
+        let img = load_image(&photo.path).map_err(|e| {
+            DistanceError::Input(EvalError::Input {
+                path: photo.path.clone(),
+                reason: e.to_string(),
+            })
+        })?;
+        let Some(face) = backends.largest_face(img.view())? else {
+            log::warn!("{}: no face at full size", photo.path.display());
+            for mode in &mut outcomes {
+                for per_size in mode.iter_mut() {
+                    per_size.push(Outcome::NoFace);
+                }
+            }
+            progress(i + 1, photos.len());
+            continue;
+        };
+        let e0 = face.eye_distance();
+        for (si, size) in sizes.iter().enumerate() {
+            let Some(s) = *size else {
+                let out = match backends.embed_all(img.view(), &face.kps, e0)? {
+                    Some(sample) => Outcome::Embedded(sample),
+                    None => Outcome::NotDetected,
+                };
+                outcomes[0][si].push(out.clone());
+                outcomes[1][si].push(out);
+                continue;
+            };
+            let factor = f64::from(s) / f64::from(e0);
+            if factor >= 1.0 {
+                outcomes[0][si].push(Outcome::SourceTooSmall);
+                outcomes[1][si].push(Outcome::SourceTooSmall);
+                continue;
+            }
+            let shrunk =
+                shrink_into_canvas(&mut backends.resizer, img.view(), &face, factor, canvas_size);
+            backends.detector.detect(shrunk.canvas.view(), &mut backends.detections)?;
+            let detected = match find_expected(&backends.detections, &shrunk.expected_box) {
+                Some(d) => {
+                    match backends.embed_all(shrunk.canvas.view(), &d.kps, d.eye_distance())? {
+                        Some(sample) => Outcome::Embedded(sample),
+                        None => Outcome::NotDetected,
+                    }
+                }
+                None => Outcome::NotDetected,
+            };
+            let reference =
+                match backends.embed_all(shrunk.canvas.view(), &shrunk.reference_kps, s as f32)? {
+                    Some(sample) => Outcome::Embedded(sample),
+                    None => Outcome::NotDetected,
+                };
+            outcomes[0][si].push(detected);
+            outcomes[1][si].push(reference);
+        }
+        progress(i + 1, photos.len());
+    }
+    let mut ids: Vec<&str> = photos.iter().map(|p| p.identity.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let classes =
+        photos.iter().map(|p| ids.binary_search(&p.identity.as_str()).unwrap_or(0)).collect();
+    let identities = ids.len();
+    Ok(Sweep { photos, backends: backends.names().to_vec(), sizes, outcomes, classes, identities })
+}
+
+/// How the operating threshold is chosen for a face.
+#[derive(Debug, Clone)]
+pub enum Thresholds {
+    /// One threshold for every size (`matching.threshold`).
+    Fixed(f32),
+    /// By size band (a routing configuration).
+    Bands(RoutingConfig),
+}
+
+impl Thresholds {
+    fn at(&self, eye_px: f32) -> f32 {
+        match self {
+            Self::Fixed(t) => *t,
+            Self::Bands(r) => r.threshold(eye_px),
+        }
+    }
+}
+
+/// Which embedding of a sample a line uses, and against which gallery.
+#[derive(Debug, Clone, Copy)]
+pub enum Line {
+    /// One backend for every face.
+    Backend(usize),
+    /// The router's choice between the reference (CPU) and `npu` per face.
+    Routed {
+        /// Index of the backend acting as the NPU.
+        npu: usize,
+    },
+}
+
+impl Sweep {
+    /// The gallery of backend `b`: each photo's original-size embedding.
+    fn gallery(&self, b: usize) -> Vec<Option<&[f32]>> {
+        let original = self.sizes.len() - 1;
+        self.outcomes[0][original]
+            .iter()
+            .map(|o| match o {
+                Outcome::Embedded(s) => Some(s.embeddings[b].as_slice()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Which backend embeds this sample on `line`, with the router's rules.
+    pub fn backend_for(&self, line: Line, sample: &Sample, router: Option<&mut Router>) -> usize {
+        match (line, router) {
+            (Line::Backend(b), _) => b,
+            (Line::Routed { npu }, Some(r)) => {
+                // No NPU failures in an evaluation: `now` does not matter.
+                match r.route(sample.eye_px, Duration::ZERO) {
+                    Route::Npu => match r.check_norm(sample.norms[npu]) {
+                        Route::Npu => npu,
+                        Route::Cpu(_) => 0,
+                    },
+                    Route::Cpu(_) => 0,
+                }
+            }
+            (Line::Routed { .. }, None) => 0,
+        }
+    }
+
+    /// Statistics of one line at one size in one mode.
+    pub fn band_stats(
+        &self,
+        mode: usize,
+        size: usize,
+        line: Line,
+        thresholds: &Thresholds,
+        mut router: Option<&mut Router>,
+    ) -> LineBand {
+        let galleries: Vec<Vec<Option<&[f32]>>> =
+            (0..self.backends.len()).map(|b| self.gallery(b)).collect();
+        let (mut genuine, mut impostor) = (Vec::new(), Vec::new());
+        let (mut tar_hits, mut far_hits) = (0usize, 0usize);
+        let (mut closed, mut open) = (Vec::new(), Vec::new());
+        let (mut norms, mut cosines) = (Vec::new(), Vec::new());
+        let (mut faces, mut npu_faces, mut missed) = (0usize, 0usize, 0usize);
+        for (i, outcome) in self.outcomes[mode][size].iter().enumerate() {
+            let class = self.classes[i];
+            let has_mate = self
+                .classes
+                .iter()
+                .enumerate()
+                .any(|(j, &c)| j != i && c == class && galleries[0][j].is_some());
+            let Outcome::Embedded(sample) = outcome else {
+                missed += usize::from(matches!(outcome, Outcome::NotDetected));
+                if has_mate && matches!(outcome, Outcome::NotDetected) {
+                    // A missed face is a missed identification.
+                    closed.push(Probe { class, candidates: Vec::new() });
+                    open.push(Probe { class, candidates: Vec::new() });
+                }
+                continue;
+            };
+            let b = self.backend_for(line, sample, router.as_deref_mut());
+            faces += 1;
+            npu_faces += usize::from(b != 0);
+            let emb = &sample.embeddings[b];
+            norms.push(sample.norms[b]);
+            cosines.push(dot(emb, &sample.embeddings[0]));
+            let t = thresholds.at(sample.eye_px);
+            let mut candidates = Vec::new();
+            for (j, g) in galleries[b].iter().enumerate() {
+                let Some(g) = g else { continue };
+                if j == i {
+                    continue;
+                }
+                let s = dot(emb, g);
+                candidates.push((self.classes[j], s));
+                if self.classes[j] == class {
+                    genuine.push(s);
+                    tar_hits += usize::from(s >= t);
+                } else {
+                    impostor.push(s);
+                    far_hits += usize::from(s >= t);
+                }
+            }
+            if has_mate {
+                let above = candidates.iter().copied().filter(|c| c.1 >= t).collect();
+                closed.push(Probe { class, candidates });
+                open.push(Probe { class, candidates: above });
+            }
+        }
+        let rate = |hits: usize, n: usize| if n == 0 { f64::NAN } else { hits as f64 / n as f64 };
+        let tar_at_far: Vec<TarAtFar> =
+            FARS.iter().filter_map(|&f| metrics::tar_at_far(&genuine, &impostor, f)).collect();
+        LineBand {
+            match_rate: tar_at_far.first().map_or(f64::NAN, |t| t.tar)
+                * rate(faces, faces + missed),
+            faces,
+            npu_share: matches!(line, Line::Routed { .. }).then(|| rate(npu_faces, faces)),
+            tar_at_far,
+            tar_at_threshold: rate(tar_hits, genuine.len()),
+            far_at_threshold: rate(far_hits, impostor.len()),
+            identification_rate: metrics::rank1_accuracy(&open),
+            rank1: metrics::rank1_accuracy(&closed),
+            probes: open.len(),
+            genuine: metrics::score_stats(&genuine),
+            impostor: metrics::score_stats(&impostor),
+            norm: metrics::score_stats(&norms),
+            cosine_to_float32: metrics::score_stats(&cosines),
+        }
+    }
+
+    /// (norm, cosine to float32) of every face backend `b` embedded in `mode`, all sizes.
+    pub fn norm_and_cosine(&self, mode: usize, b: usize) -> Vec<(f32, f32)> {
+        self.outcomes[mode]
+            .iter()
+            .flatten()
+            .filter_map(|o| match o {
+                Outcome::Embedded(s) => Some((s.norms[b], dot(&s.embeddings[b], &s.embeddings[0]))),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The full report; `routed`: the router and the NPU backend's index for a "routed" line.
+    pub fn report(
+        &self,
+        thresholds: &Thresholds,
+        routed: Option<(RoutingConfig, usize)>,
+    ) -> DistanceReport {
+        let mut lines: Vec<(String, Line)> =
+            self.backends.iter().enumerate().map(|(b, n)| (n.clone(), Line::Backend(b))).collect();
+        if let Some((_, npu)) = &routed {
+            lines.push((format!("routed({})", self.backends[*npu]), Line::Routed { npu: *npu }));
+        }
+        let mut modes = Vec::new();
+        for (mi, mode) in MODES.iter().enumerate() {
+            let mut bands = Vec::new();
+            for (si, size) in self.sizes.iter().enumerate() {
+                let count =
+                    |f: fn(&Outcome) -> bool| self.outcomes[mi][si].iter().filter(|o| f(o)).count();
+                let mut band = BandReport {
+                    eye_distance_px: *size,
+                    label: size.map_or("original".into(), |s| s.to_string()),
+                    embedded: count(|o| matches!(o, Outcome::Embedded(_))),
+                    not_detected: count(|o| matches!(o, Outcome::NotDetected)),
+                    source_too_small: count(|o| matches!(o, Outcome::SourceTooSmall)),
+                    no_face: count(|o| matches!(o, Outcome::NoFace)),
+                    lines: Vec::new(),
+                };
+                for (name, line) in &lines {
+                    let mut router =
+                        routed.as_ref().and_then(|(cfg, _)| Router::new(cfg.clone(), true).ok());
+                    let stats = self.band_stats(mi, si, *line, thresholds, router.as_mut());
+                    band.lines.push(NamedLine { backend: name.clone(), stats });
+                }
+                bands.push(band);
+            }
+            modes.push(ModeReport { mode: *mode, bands });
+        }
+        let verdicts = (1..self.backends.len()).map(|b| self.verdict(&modes, b)).collect();
+        DistanceReport {
+            photos: self.photos.len(),
+            identities: self.identities,
+            backends: lines.iter().map(|(n, _)| n.clone()).collect(),
+            thresholds: match thresholds {
+                Thresholds::Fixed(t) => format!("matching.threshold {t}"),
+                Thresholds::Bands(_) => "routing bands".into(),
+            },
+            criterion: format!(
+                "reliable in a band: median cosine to float32 >= {RELIABLE_MEDIAN_COSINE} and \
+                 match rate (TAR at FAR 1e-3) at most {RELIABLE_RATE_LOSS} below float32's (bands with \
+                 >= {MIN_FACES_TO_JUDGE} faces, detected landmarks)"
+            ),
+            verdicts,
+            modes,
+        }
+    }
+
+    /// Judges backend `b` band by band in the `detected` mode.
+    fn verdict(&self, modes: &[ModeReport], b: usize) -> Verdict {
+        let bands = &modes[0].bands;
+        let mut passes = Vec::new();
+        for band in bands {
+            let (Some(r), Some(x)) = (band.lines.first(), band.lines.get(b)) else { continue };
+            if x.stats.faces < MIN_FACES_TO_JUDGE {
+                passes.push((band.eye_distance_px, None));
+                continue;
+            }
+            let cos = x.stats.cosine_to_float32.map_or(0.0, |c| c.p50);
+            let loss = r.stats.match_rate - x.stats.match_rate;
+            passes.push((
+                band.eye_distance_px,
+                Some(
+                    cos >= RELIABLE_MEDIAN_COSINE && (loss.is_nan() || loss <= RELIABLE_RATE_LOSS),
+                ),
+            ));
+        }
+        // Smallest size from which every judged band passes.
+        let mut from: Option<Option<u32>> = None;
+        for (size, pass) in passes.iter().rev() {
+            match pass {
+                Some(true) => from = Some(*size),
+                Some(false) => break,
+                None => {}
+            }
+        }
+        let original_passes = passes.last().and_then(|p| p.1) == Some(true);
+        let reliable_from_px =
+            if original_passes { from.flatten().or(Some(u32::MAX)) } else { None };
+        let text = match reliable_from_px {
+            None => "unreliable: fails at the original size".to_string(),
+            Some(u32::MAX) => "reliable at the original size only".to_string(),
+            Some(px) => format!("reliable from {px} px"),
+        };
+        Verdict { backend: self.backends[b].clone(), reliable_from_px, verdict: text }
+    }
+}
+
+/// Statistics of one line (backend or routed) in one band.
+#[derive(Debug, Clone, Serialize)]
+pub struct LineBand {
+    /// Faces embedded.
+    pub faces: usize,
+    /// Routed line only: the fraction of faces the router kept on the NPU.
+    pub npu_share: Option<f64>,
+    /// The match rate plotted and judged: TAR at FAR 1e-3 (each line at its own threshold for
+    /// this band, so a backend whose similarities are all inflated gains nothing), times the
+    /// fraction of faces detected (a missed face is a missed match).
+    pub match_rate: f64,
+    /// TAR at FAR 1e-3 and 1e-4 (probe at this size against the original-size gallery).
+    pub tar_at_far: Vec<TarAtFar>,
+    /// Fraction of genuine pairs at or above the operating threshold.
+    pub tar_at_threshold: f64,
+    /// Fraction of impostor pairs at or above the operating threshold.
+    pub far_at_threshold: f64,
+    /// Identification rate: the best match is the right person and at or above the operating
+    /// threshold; faces not detected count as misses.
+    pub identification_rate: f64,
+    /// Closed-set rank-1 (no threshold; misses count).
+    pub rank1: f64,
+    /// Probes in the identification rates.
+    pub probes: usize,
+    /// Same-person similarities.
+    pub genuine: Option<ScoreStats>,
+    /// Different-person similarities.
+    pub impostor: Option<ScoreStats>,
+    /// The embedding's norm before normalisation.
+    pub norm: Option<ScoreStats>,
+    /// Cosine to the float32 embedding of the same crop.
+    pub cosine_to_float32: Option<ScoreStats>,
+}
+
+/// A line's statistics with its name.
+#[derive(Debug, Clone, Serialize)]
+pub struct NamedLine {
+    /// Backend name, or `routed(NPU)`.
+    pub backend: String,
+    /// Its statistics.
+    pub stats: LineBand,
+}
+
+/// One size band.
+#[derive(Debug, Clone, Serialize)]
+pub struct BandReport {
+    /// Eye distance in pixels; `None` for the original size.
+    pub eye_distance_px: Option<u32>,
+    /// `8`, ..., `original`.
+    pub label: String,
+    /// Faces embedded.
+    pub embedded: usize,
+    /// Faces the detector missed at this size.
+    pub not_detected: usize,
+    /// Photos whose face is already smaller than this size.
+    pub source_too_small: usize,
+    /// Photos with no face at full size.
+    pub no_face: usize,
+    /// Per line.
+    pub lines: Vec<NamedLine>,
+}
+
+/// All bands in one landmark mode.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModeReport {
+    /// How landmarks were obtained.
+    pub mode: Mode,
+    /// Bands in ascending size, the original last.
+    pub bands: Vec<BandReport>,
+}
+
+/// The reliability verdict on one backend.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verdict {
+    /// Backend name.
+    pub backend: String,
+    /// Smallest size from which it is reliable (`u32::MAX`: the original only); `None`:
+    /// unreliable.
+    pub reliable_from_px: Option<u32>,
+    /// In words.
+    pub verdict: String,
+}
+
+/// The report of `portier eval distance`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DistanceReport {
+    /// Photos listed.
+    pub photos: usize,
+    /// Identities.
+    pub identities: usize,
+    /// Lines, in order.
+    pub backends: Vec<String>,
+    /// Where the operating thresholds come from.
+    pub thresholds: String,
+    /// The reliability criterion in words.
+    pub criterion: String,
+    /// Per non-reference backend.
+    pub verdicts: Vec<Verdict>,
+    /// Per landmark mode.
+    pub modes: Vec<ModeReport>,
+}
+
+/// Reads the `[routing]` table of a TOML file and validates it.
+pub fn read_routing(path: &Path) -> Result<RoutingConfig, DistanceError> {
+    let bad = |reason: String| DistanceError::Routing { path: path.into(), reason };
+    let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read: {e}")))?;
+    #[derive(serde::Deserialize)]
+    struct File {
+        routing: RoutingConfig,
+    }
+    let f: File = toml::from_str(&text).map_err(|e| bad(e.message().replace('\n', " ")))?;
+    f.routing.validate().map_err(|e| bad(e.to_string()))?;
+    Ok(f.routing)
+}
+
+/// Reads the labels and runs the sweep with a progress bar on standard error.
+pub fn sweep(config: &Config, args: &SweepArgs) -> Result<(Sweep, Backends), DistanceError> {
+    let root = args.root.clone().unwrap_or_else(|| default_root(&args.labels));
+    let mut photos = read_labels(&args.labels, &root)?;
+    if let Some(n) = args.limit {
+        photos.truncate(n.max(1));
+    }
+    let mut backends = Backends::open(config, &args.backends)?;
+    let bar = indicatif::ProgressBar::new(photos.len() as u64);
+    bar.set_message("shrinking and embedding photos");
+    let sweep = run_sweep(&mut backends, photos, &args.sizes, |d, _| bar.set_position(d as u64))?;
+    bar.finish_and_clear();
+    Ok((sweep, backends))
+}
+
+/// The index of the NPU backend: `name`, or the first emulated one.
+pub fn npu_index(backends: &[String], name: Option<&str>) -> Result<usize, DistanceError> {
+    match name {
+        Some(n) => backends.iter().position(|b| b == n).filter(|&i| i > 0).ok_or_else(|| {
+            DistanceError::Usage(format!("--npu {n}: no such --backend (have {backends:?})"))
+        }),
+        None if backends.len() > 1 => Ok(1),
+        None => Err(DistanceError::Usage("give at least one --backend NAME=MODEL.onnx".into())),
+    }
+}
+
+/// `portier eval distance`: runs the sweep, prints the table or JSON, writes the plot.
+pub fn command(config: &Config, args: &DistanceArgs) -> Result<DistanceReport, DistanceError> {
+    let routing = args.routing.as_deref().map(read_routing).transpose()?;
+    let (sweep, _) = sweep(config, &args.sweep)?;
+    let routed = match &routing {
+        Some(r) => Some((r.clone(), npu_index(&sweep.backends, args.npu.as_deref())?)),
+        None => None,
+    };
+    let thresholds = match &routing {
+        Some(r) => Thresholds::Bands(r.clone()),
+        None => Thresholds::Fixed(config.matching.threshold),
+    };
+    let report = sweep.report(&thresholds, routed);
+    if args.json {
+        let text = serde_json::to_string_pretty(&report)
+            .map_err(|e| DistanceError::Usage(format!("cannot encode JSON: {e}")))?;
+        println!("{text}");
+    } else {
+        print!("{}", table(&report));
+    }
+    if let Some(path) = &args.plot {
+        super::plot::identification_vs_size(&report, path)?;
+        if !args.json {
+            println!("plot: {}", path.display());
+        }
+    }
+    Ok(report)
+}
+
+/// The report as a text table: per mode, per band, one row per line.
+pub fn table(r: &DistanceReport) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{} photos, {} identities; probes at each size against the other photos at full size; \
+         operating thresholds: {}",
+        r.photos, r.identities, r.thresholds
+    );
+    let f =
+        |v: Option<f64>| v.filter(|x| x.is_finite()).map_or("    -".into(), |x| format!("{x:5.3}"));
+    for m in &r.modes {
+        let _ = writeln!(
+            s,
+            "\n[{}] eye px | found/missed/small | backend        | genuine mean  p01 | impostor mean   max | TAR@1e-3 TAR@1e-4 | TAR@thr FAR@thr | ident  rank1 | norm  p01   p50   p99 | cos32 p01  p50",
+            match m.mode {
+                Mode::Detected => "detected landmarks",
+                Mode::Reference => "reference landmarks (recognition only)",
+            }
+        );
+        for b in &m.bands {
+            for (k, l) in b.lines.iter().enumerate() {
+                let head = if k == 0 {
+                    format!(
+                        "{:>8} | {:>5}/{:>3}/{:>3}     ",
+                        b.label, b.embedded, b.not_detected, b.source_too_small
+                    )
+                } else {
+                    format!("{:>8} | {:>17}", "", "")
+                };
+                let st = &l.stats;
+                let tar = |i: usize| {
+                    st.tar_at_far.get(i).map_or("    -".into(), |t| {
+                        format!("{:5.3}{}", t.tar, if t.supported { " " } else { "*" })
+                    })
+                };
+                let _ = writeln!(
+                    s,
+                    "{head} | {:14} | {} {} | {} {} | {}    {} | {}   {} | {} {} | {:5.1} {:5.1} {:5.1} | {} {}{}",
+                    l.backend,
+                    f(st.genuine.map(|g| g.mean)),
+                    f(st.genuine.map(|g| g.p01)),
+                    f(st.impostor.map(|g| g.mean)),
+                    f(st.impostor.map(|g| g.max)),
+                    tar(0),
+                    tar(1),
+                    f(Some(st.tar_at_threshold)),
+                    f(Some(st.far_at_threshold)),
+                    f(Some(st.identification_rate)),
+                    f(Some(st.rank1)),
+                    st.norm.map_or(f64::NAN, |n| n.p01),
+                    st.norm.map_or(f64::NAN, |n| n.p50),
+                    st.norm.map_or(f64::NAN, |n| n.p99),
+                    f(st.cosine_to_float32.map(|c| c.p01)),
+                    f(st.cosine_to_float32.map(|c| c.p50)),
+                    st.npu_share.map_or(String::new(), |x| format!("  npu {:.0}%", x * 100.0)),
+                );
+            }
+        }
+    }
+    let _ = writeln!(s, "\n* fewer than 1/FAR impostor pairs: that FAR cannot be measured, the threshold only sits above every impostor seen");
+    let _ = writeln!(s, "criterion: {}", r.criterion);
+    for v in &r.verdicts {
+        let _ = writeln!(s, "  {}: {}", v.backend, v.verdict);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn det(bbox: [f32; 4]) -> Detection {
+        Detection { bbox, score: 0.9, kps: [[0.0; 2]; 5] }
+    }
+
+    #[test]
+    fn window_is_centred_and_clamped() {
+        assert_eq!(window_start(100.0, 640, 500), 0);
+        assert_eq!(window_start(1000.0, 640, 1920), 680);
+        assert_eq!(window_start(100.0, 640, 1920), 0);
+        assert_eq!(window_start(1900.0, 640, 1920), 1280);
+    }
+
+    #[test]
+    fn expected_face_by_iou_then_by_centre() {
+        let want = [10.0, 10.0, 30.0, 30.0];
+        let dets = [det([200.0, 200.0, 220.0, 220.0]), det([11.0, 11.0, 31.0, 31.0])];
+        assert_eq!(find_expected(&dets, &want).unwrap().bbox, dets[1].bbox);
+        // A box of a different size around the same centre: low IoU, near centre.
+        let loose = [det([0.0, 0.0, 42.0, 42.0])];
+        assert!(find_expected(&loose, &want).is_some());
+        assert!(find_expected(&dets[..1], &want).is_none());
+    }
+
+    #[test]
+    fn shrink_maps_the_face_into_the_canvas() {
+        let mut img = RgbImage::new(400, 300);
+        img.as_bytes_mut().fill(255);
+        let mut face = det([200.0, 100.0, 300.0, 220.0]);
+        face.kps = [[230.0, 150.0], [270.0, 150.0], [250.0, 175.0], [235.0, 195.0], [265.0, 195.0]];
+        let s = shrink_into_canvas(&mut Resizer::default(), img.view(), &face, 0.25, [64, 64]);
+        assert_eq!((s.canvas.width(), s.canvas.height()), (64, 64));
+        // 400x300 → 100x75; the 64-wide window centred on x = 62.5 starts at 31.
+        assert_eq!(s.expected_box[0], 50.0 - 31.0);
+        let eye = s.reference_kps[1][0] - s.reference_kps[0][0];
+        assert!((eye - 10.0).abs() < 1e-4, "{eye}");
+        // Inside the photo white, outside black.
+        assert_eq!(s.canvas.as_bytes()[0], 255);
+    }
+
+    #[test]
+    fn backend_argument() {
+        assert_eq!(parse_backend("int8=/m/a.onnx").unwrap(), ("int8".into(), "/m/a.onnx".into()));
+        assert!(parse_backend("int8").is_err());
+        assert!(parse_backend("=a.onnx").is_err());
+    }
+}

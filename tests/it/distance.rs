@@ -1,0 +1,88 @@
+//! Face size against recognition, per backend, on the 77 shared labelled photos: the emulated
+//! NPUs (QDQ models on the CPU), the reliability verdict of `eval distance`, `calibrate`, and the
+//! router against CPU-only and NPU-only. Sizes are subsampled to keep the suite under two
+//! minutes on two cores.
+
+use std::path::Path;
+
+use crate::common::{self, Det, Rec};
+use portier::eval::calibrate;
+use portier::eval::distance::{run_sweep, Backends, Line, Sweep, Thresholds};
+use portier::eval::verify::read_labels;
+use portier::route::Router;
+
+fn sweep(assets: &Path, rec: Rec, backends: &[(&str, &str)], sizes: &[u32]) -> Sweep {
+    let cfg = common::config(assets, Det::Scrfd500m, rec, Path::new("/unused.db"));
+    let extra: Vec<_> = backends
+        .iter()
+        .map(|(n, f)| (n.to_string(), assets.join("models/derived").join(f)))
+        .collect();
+    let mut b = Backends::open(&cfg, &extra).unwrap();
+    let photos = read_labels(&assets.join("faces/labels.csv"), &assets.join("faces/full")).unwrap();
+    assert_eq!(photos.len(), 77);
+    run_sweep(&mut b, photos, sizes, |_, _| {}).unwrap()
+}
+
+/// Match rate (TAR at FAR 1e-3, misses counted) of `line` at each size of the sweep.
+fn rates(s: &Sweep, line: Line, router: Option<&portier::route::RoutingConfig>) -> Vec<f64> {
+    (0..s.sizes.len())
+        .map(|si| {
+            let mut r = router.map(|c| Router::new(c.clone(), true).unwrap());
+            s.band_stats(0, si, line, &Thresholds::Fixed(0.32), r.as_mut()).match_rate
+        })
+        .collect()
+}
+
+#[test]
+fn emulated_int8_w600k_and_the_router() {
+    let Some(assets) = common::assets() else { return };
+    let s = sweep(&assets, Rec::W600kFp32, &[("int8", "w600k_mbf_int8_qdq_pct.onnx")], &[8, 16]);
+    let original = s.sizes.len() - 1;
+    // The emulated INT8 NPU stays at cosine >= 0.95 to float32 on every photo at full size.
+    let st = s.band_stats(0, original, Line::Backend(1), &Thresholds::Fixed(0.32), None);
+    assert_eq!(st.faces, 77);
+    let cos = st.cosine_to_float32.unwrap();
+    assert!(cos.min >= 0.95, "{cos:?}");
+
+    // Calibrate on the sweep, then compare routed, CPU-only and NPU-only.
+    let c = calibrate::calibrate(&s, 1).unwrap();
+    eprintln!("{}", c.toml);
+    let cpu = rates(&s, Line::Backend(0), None);
+    let npu = rates(&s, Line::Backend(1), None);
+    let routed = rates(&s, Line::Routed { npu: 1 }, Some(&c.routing));
+    eprintln!("sizes {:?}\ncpu {cpu:?}\nnpu {npu:?}\nrouted {routed:?}", s.sizes);
+    for (k, size) in s.sizes.iter().enumerate() {
+        assert!(
+            routed[k] >= cpu[k] - calibrate::ROUTE_MAX_LOSS,
+            "{size:?}: routed {} vs cpu {}",
+            routed[k],
+            cpu[k]
+        );
+        assert!(routed[k] >= npu[k], "{size:?}: routed {} vs npu {}", routed[k], npu[k]);
+    }
+    // Small faces: the router keeps them on the CPU and does better than the NPU alone.
+    assert!(routed[0] > npu[0], "8 px: routed {routed:?} npu {npu:?}");
+}
+
+#[test]
+fn paddlex_int8_is_flagged_unreliable_and_a16w8_accepted() {
+    let Some(assets) = common::assets() else { return };
+    let s = sweep(
+        &assets,
+        Rec::Paddlex,
+        &[
+            ("int8", "paddlex_mfn_int8_qdq_pct.onnx"),
+            ("a16w8", "paddlex_mfn_a16w8_qdq_minmax.onnx"),
+        ],
+        &[16],
+    );
+    let report = s.report(&Thresholds::Fixed(0.47), None);
+    let int8 = &report.verdicts[0];
+    let a16w8 = &report.verdicts[1];
+    assert_eq!((int8.backend.as_str(), a16w8.backend.as_str()), ("int8", "a16w8"));
+    assert_eq!(int8.reliable_from_px, None, "{int8:?}");
+    assert!(a16w8.reliable_from_px.is_some_and(|px| px <= 16), "{a16w8:?}");
+    // Calibration refuses to route faces to the collapsed model.
+    let err = calibrate::calibrate(&s, 1).unwrap_err().to_string();
+    assert!(err.contains("int8") && err.contains("unreliable"), "{err}");
+}
