@@ -1,4 +1,4 @@
-//! MQTT for home automation (issue 4, in progress): what the appliance publishes and accepts.
+//! MQTT for home automation : what the appliance publishes and accepts.
 //!
 //! - [`events`]: topics and JSON payloads of access, door and system events, counters and
 //!   entity states, each event in an envelope with a unique id.
@@ -6,10 +6,14 @@
 //! - [`command`]: verification of signed remote commands (HMAC-SHA256, time window, nonces).
 //! - [`outbox`]: the durable, bounded on-disk queue events wait in until the broker
 //!   acknowledges them.
+//! - [`bridge`]: the loop's events as MQTT messages.
+//! - [`client`]: the MQTT client thread (rumqttc, blocking API): outbox-backed QoS 1
+//!   publishing, availability, retained states, discovery, verified commands.
 //!
-//! Must not: block the frame loop. The MQTT client thread that will use these is not written
-//! yet.
+//! Must not: block the frame loop: the loop only ever `try_send`s to the client thread.
 
+pub mod bridge;
+pub mod client;
 pub mod command;
 pub mod discovery;
 pub mod events;

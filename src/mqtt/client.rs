@@ -1,0 +1,1303 @@
+//! The MQTT client thread: publishes what the appliance does and receives signed commands, over
+//! `rumqttc`'s blocking API on a thread of its own.
+//!
+//! The frame loop hands messages to [`MqttClient::send`], which stamps the time and `try_send`s
+//! them into a bounded channel: it never blocks, and a full channel is counted
+//! ([`MqttStats::channel_full`]), never waited on. The thread owns everything else:
+//!
+//! - **Events** (access, door, system) are wrapped in an [`Envelope`](super::events::Envelope)
+//!   by one [`Sequencer`], pushed to the durable [`Outbox`] *before* they are published with
+//!   QoS 1, and acknowledged in the outbox when the broker's PUBACK arrives. rumqttc chooses the
+//!   packet ids, so the thread remembers the order of its publish requests and pairs each with
+//!   the packet id that rumqttc reports in `Outgoing::Publish(pkid)` (requests are handled in
+//!   order); the PUBACK's packet id then names the outbox entry. After every (re)connect, and so
+//!   after a restart of portier too, everything still pending is sent again, oldest first, at
+//!   most [`SEND_WINDOW`] at a time: at least once and in order, a duplicate recognisable by its
+//!   envelope id.
+//! - **Availability**: `online` (retained) right after every CONNACK, `offline` (retained) as
+//!   the last will, and published before a clean [`MqttClient::shutdown`].
+//! - **Retained states** (lock, door contact, last person, similarity, backend, counters):
+//!   published when they change, and all of them again after every reconnect. The last person,
+//!   similarity and backend sensors follow the access events.
+//! - **Home Assistant discovery**: published retained after every CONNACK, and again when
+//!   `<prefix>/status` says `online` (a restarted Home Assistant).
+//! - **Commands** on `<base>/command` and `<base>/lock/set` go through the command module's
+//!   [`Verifier`]; accepted ones come out of [`MqttClient::commands`] (the loop polls it with
+//!   `try_recv`), refusals are published as `command_refused` system events saying why (at most
+//!   [`REFUSAL_EVENTS_PER_MINUTE`], the rest counted). A retained command is always refused,
+//!   so the broker can never replay an unlock at reconnect.
+//!
+//! The session is clean (`clean_session = true`): the broker keeps nothing for us between
+//! connections (so it cannot queue commands for a door that was away), and rumqttc drops its own
+//! in-flight copies at each new session; the outbox is the one place that resends. A broker that
+//! is down at start-up does not fail [`MqttClient::start`]: the thread retries with exponential
+//! backoff ([`BACKOFF_MIN`] to [`BACKOFF_MAX`]) while events wait in the outbox.
+//!
+//! TLS uses rustls with the *ring* provider chosen explicitly (rumqttc's
+//! `use-rustls-no-provider` feature): rustls' default provider, aws-lc-rs, builds C and
+//! assembly with CMake, which the aarch64 cross build does not have; ring needs only the C cross
+//! compiler that is there already.
+//!
+//! Must not: block the caller (every call on [`MqttClient`] returns at once except
+//! [`MqttClient::shutdown`], which waits at most its timeout), execute commands (it only hands
+//! verified ones to the loop), log or publish the command key or the password, or publish an
+//! empty payload on a discovery topic (that deletes the entity).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rumqttc::{
+    Client, Connection, ConnectionError, Event, Incoming, LastWill, MqttOptions, Outgoing, QoS,
+    SubscribeFilter, TlsConfiguration, Transport,
+};
+use serde::Deserialize;
+
+use super::command::{Command, Verifier};
+use super::discovery::{self, DeviceInfo, DiscoveryMessage};
+use super::events::{
+    self, AccessEvent, Counters, DoorEvent, LockState, Sequencer, SystemEvent, Topics,
+};
+use super::outbox::{self, Outbox, OutboxError};
+
+/// Messages the loop can queue before [`MqttClient::send`] refuses (and counts) more. The loop
+/// makes a few events a second; this covers minutes of a thread stalled on a slow disk.
+pub const CHANNEL_CAPACITY: usize = 1024;
+/// Verified commands waiting for the loop; more are refused (`busy`) rather than queued.
+pub const COMMAND_CAPACITY: usize = 16;
+/// Outbox events sent and not yet acknowledged at once. Below rumqttc's in-flight limit (100),
+/// so rumqttc never holds a request back and its request channel never fills.
+pub const SEND_WINDOW: usize = 64;
+/// First wait after a failed connection attempt.
+pub const BACKOFF_MIN: Duration = Duration::from_millis(500);
+/// Longest wait between connection attempts: a restarted broker is found within this.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// `command_refused` events published per minute at most; the rest are counted only, so that a
+/// flood on the command topic cannot wear out the SD card through the outbox.
+pub const REFUSAL_EVENTS_PER_MINUTE: u32 = 30;
+
+/// How long one wait for network events lasts while connected: the latency of a loop message.
+const TICK: Duration = Duration::from_millis(20);
+/// rumqttc's limit for TCP connect, TLS handshake and CONNACK, in seconds.
+const CONNECT_TIMEOUT_S: u64 = 3;
+/// Our wait for a connection attempt: a little longer than rumqttc's own limit, so that the
+/// attempt is never cut off half-way (which would only restart it).
+const CONNECT_WAIT: Duration = Duration::from_millis(CONNECT_TIMEOUT_S * 1000 + 500);
+/// Longest wait for messages while waiting to reconnect (keeps shutdown prompt).
+const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// How long a clean shutdown waits for the broker to acknowledge `offline` and pending events.
+const FINISH_BUDGET: Duration = Duration::from_secs(2);
+/// rumqttc's request channel: far above what the thread ever has outstanding (the send window,
+/// the discovery and state messages, two subscriptions).
+const REQUEST_CAPACITY: usize = 512;
+/// Largest incoming and outgoing packet: the outbox's largest entry plus the MQTT header. An
+/// oversized incoming packet makes rumqttc drop the connection, so this is generous.
+const MAX_PACKET: usize = outbox::MAX_PAYLOAD_LEN + outbox::MAX_TOPIC_LEN + 64;
+/// Nonces the command verifier remembers: above the legitimate command rate for any window
+/// (the command module's sizing advice: 256 for a 30 s window).
+const MAX_NONCES: usize = 256;
+/// Longest accepted key file, in bytes (a key is 16 to a few dozen bytes).
+const MAX_KEY_FILE: u64 = 4096;
+
+/// The `[mqtt]` configuration section. Units are in the key names.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// Whether the appliance talks MQTT at all.
+    pub enabled: bool,
+    /// Broker host name or IP address.
+    pub host: String,
+    /// Broker port (1883 plain, 8883 TLS by convention).
+    pub port: u16,
+    /// MQTT client id; `portier-<device_id>` when unset.
+    pub client_id: Option<String>,
+    /// User name, if the broker wants one.
+    pub username: Option<String>,
+    /// Password in the config file (prefer `password_file`); needs `username`.
+    pub password: Option<String>,
+    /// File whose first line is the password; needs `username`.
+    pub password_file: Option<PathBuf>,
+    /// TLS to the broker; plain TCP when absent.
+    pub tls: Option<MqttTlsConfig>,
+    /// Topic base; `portier/<device_id>` when unset.
+    pub base_topic: Option<String>,
+    /// Home Assistant discovery prefix.
+    pub discovery_prefix: String,
+    /// MQTT keep-alive, in seconds: a dead connection is noticed after about 1.5 times this.
+    pub keep_alive_s: u16,
+    /// Directory of the durable outbox.
+    pub outbox_dir: PathBuf,
+    /// Most events the outbox holds; beyond it the oldest are dropped and counted.
+    pub outbox_max_events: usize,
+    /// Most bytes (topics plus payloads) the outbox holds.
+    pub outbox_max_bytes: u64,
+    /// File holding the shared command key (its bytes, without trailing whitespace; e.g. the
+    /// 64 characters of `openssl rand -hex 32`). Without it every command is refused.
+    pub command_key_file: Option<PathBuf>,
+    /// Largest accepted `abs(now - ts)` of a command, in seconds.
+    pub command_window_s: u32,
+    /// Device id: discovery topics, unique ids, and the `device` of commands and envelopes.
+    pub device_id: String,
+}
+
+/// The `[mqtt.tls]` section: the broker's CA and an optional client certificate (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttTlsConfig {
+    /// CA certificate(s) that signed the broker's certificate.
+    pub ca_file: PathBuf,
+    /// Client certificate chain, for brokers that require one (with `client_key_file`).
+    pub client_cert_file: Option<PathBuf>,
+    /// Client private key (PKCS#8, PKCS#1 or SEC1), with `client_cert_file`.
+    pub client_key_file: Option<PathBuf>,
+}
+
+impl Default for MqttConfig {
+    fn default() -> MqttConfig {
+        MqttConfig {
+            enabled: false,
+            host: "localhost".to_owned(),
+            port: 1883,
+            client_id: None,
+            username: None,
+            password: None,
+            password_file: None,
+            tls: None,
+            base_topic: None,
+            discovery_prefix: discovery::DEFAULT_PREFIX.to_owned(),
+            keep_alive_s: 30,
+            outbox_dir: PathBuf::from("/var/lib/portier/outbox"),
+            outbox_max_events: 10_000,
+            outbox_max_bytes: 16 * 1024 * 1024,
+            command_key_file: None,
+            command_window_s: 30,
+            device_id: "portier".to_owned(),
+        }
+    }
+}
+
+impl fmt::Debug for MqttConfig {
+    /// Everything but the password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MqttConfig")
+            .field("enabled", &self.enabled)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("client_id", &self.client_id)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("password_file", &self.password_file)
+            .field("tls", &self.tls)
+            .field("base_topic", &self.base_topic)
+            .field("discovery_prefix", &self.discovery_prefix)
+            .field("keep_alive_s", &self.keep_alive_s)
+            .field("outbox_dir", &self.outbox_dir)
+            .field("outbox_max_events", &self.outbox_max_events)
+            .field("outbox_max_bytes", &self.outbox_max_bytes)
+            .field("command_key_file", &self.command_key_file)
+            .field("command_window_s", &self.command_window_s)
+            .field("device_id", &self.device_id)
+            .finish()
+    }
+}
+
+impl MqttConfig {
+    /// The client id in use: the configured one or `portier-<device_id>`.
+    pub fn effective_client_id(&self) -> String {
+        self.client_id.clone().unwrap_or_else(|| format!("portier-{}", self.device_id))
+    }
+
+    /// The topic base in use: the configured one or `portier/<device_id>`.
+    pub fn effective_base_topic(&self) -> String {
+        self.base_topic.clone().unwrap_or_else(|| format!("portier/{}", self.device_id))
+    }
+
+    /// Makes every relative path absolute against `base` (the config file's folder).
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut self.outbox_dir);
+        for p in [&mut self.password_file, &mut self.command_key_file].into_iter().flatten() {
+            resolve(p);
+        }
+        if let Some(tls) = &mut self.tls {
+            resolve(&mut tls.ca_file);
+            for p in [&mut tls.client_cert_file, &mut tls.client_key_file].into_iter().flatten() {
+                resolve(p);
+            }
+        }
+    }
+
+    /// Checks every value; the error is the first bad key (`mqtt.port`) and why. Files are not
+    /// read here ([`MqttClient::start`] reads them).
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if !discovery::valid_device_id(&self.device_id) {
+            return Err((
+                "mqtt.device_id",
+                format!(
+                    "must be 1 to {} characters from A-Z, a-z, 0-9, '_' and '-', got {:?}",
+                    discovery::MAX_DEVICE_ID_LEN,
+                    self.device_id
+                ),
+            ));
+        }
+        if self.host.is_empty() || self.host.contains(|c: char| c.is_whitespace() || c == '/') {
+            return Err((
+                "mqtt.host",
+                format!("must be a host name or address, got {:?}", self.host),
+            ));
+        }
+        if self.port == 0 {
+            return Err(("mqtt.port", "must be in 1..=65535, got 0".to_owned()));
+        }
+        let client_id = self.effective_client_id();
+        // MQTT 3.1.1 (3.1.3.1) only guarantees 23 characters; brokers such as mosquitto take
+        // more, and a printable id of a sane length keeps logs readable.
+        if client_id.is_empty() || client_id.len() > 128 || client_id.contains(char::is_control) {
+            return Err((
+                "mqtt.client_id",
+                format!("must be 1 to 128 printable characters, got {client_id:?}"),
+            ));
+        }
+        if self.password.is_some() && self.password_file.is_some() {
+            return Err(("mqtt.password", "set either password or password_file, not both".into()));
+        }
+        if (self.password.is_some() || self.password_file.is_some()) && self.username.is_none() {
+            return Err(("mqtt.username", "a password needs a username".to_owned()));
+        }
+        if self.username.as_deref().is_some_and(|u| u.is_empty() || u.contains(char::is_control)) {
+            return Err(("mqtt.username", "must be non-empty and printable".to_owned()));
+        }
+        if let Some(tls) = &self.tls {
+            if tls.client_cert_file.is_some() != tls.client_key_file.is_some() {
+                return Err((
+                    "mqtt.tls.client_key_file",
+                    "client_cert_file and client_key_file go together".to_owned(),
+                ));
+            }
+        }
+        events::validate_base(&self.effective_base_topic()).map_err(|e| ("mqtt.base_topic", e))?;
+        discovery::check_prefix(&self.discovery_prefix)
+            .map_err(|e| ("mqtt.discovery_prefix", e.to_string()))?;
+        if !(5..=3600).contains(&self.keep_alive_s) {
+            return Err((
+                "mqtt.keep_alive_s",
+                format!("must be in 5..=3600, got {}", self.keep_alive_s),
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.outbox_max_events) {
+            return Err((
+                "mqtt.outbox_max_events",
+                format!("must be in 1..=1000000, got {}", self.outbox_max_events),
+            ));
+        }
+        // Below 64 KiB a single large event could not be held; above 1 GiB is a typo on an SD
+        // card appliance.
+        if !(64 * 1024..=1 << 30).contains(&self.outbox_max_bytes) {
+            return Err((
+                "mqtt.outbox_max_bytes",
+                format!("must be in 65536..=1073741824, got {}", self.outbox_max_bytes),
+            ));
+        }
+        if !(1..=3600).contains(&self.command_window_s) {
+            return Err((
+                "mqtt.command_window_s",
+                format!("must be in 1..=3600, got {}", self.command_window_s),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What can go wrong starting or stopping the MQTT client.
+#[derive(Debug, thiserror::Error)]
+pub enum MqttError {
+    /// A configuration value is invalid (exit 78).
+    #[error("config key `{key}`: {reason}")]
+    Config {
+        /// The key, e.g. `mqtt.port`.
+        key: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// A file named by the configuration cannot be read (exit 66).
+    #[error("mqtt {what} {path}: {source}")]
+    ReadFile {
+        /// What the file is for ("password file", "command key file", "TLS CA file", ...).
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file was read but its content is unusable (a short key, a PEM file without a
+    /// certificate, a key rustls refuses) (exit 78).
+    #[error("mqtt {what} {path}: {reason}")]
+    BadFile {
+        /// What the file is for.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why it is unusable.
+        reason: String,
+    },
+    /// The outbox cannot be opened (exit 73).
+    #[error("mqtt: {0}")]
+    Outbox(#[from] OutboxError),
+    /// The thread could not be started.
+    #[error("mqtt: starting the client thread: {0}")]
+    Spawn(#[source] std::io::Error),
+    /// The thread did not finish within the shutdown timeout; it was left to finish alone.
+    #[error("mqtt: client thread still running {0:?} after shutdown was asked")]
+    ShutdownTimeout(Duration),
+    /// The thread panicked.
+    #[error("mqtt: client thread panicked")]
+    Panicked,
+}
+
+/// What the loop hands to the MQTT thread.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    /// An access decision: an event, and the last person, similarity and backend sensors.
+    Access(AccessEvent),
+    /// A door event.
+    Door(DoorEvent),
+    /// A system event.
+    System(SystemEvent),
+    /// The running totals (retained). `dropped_events` is replaced by the thread's own count:
+    /// messages refused by a full channel plus events dropped by the outbox's bound.
+    Counters(Counters),
+    /// The lock state (retained, published when it changes).
+    Lock(LockState),
+    /// The door contact: `true` when open (retained, published when it changes).
+    Contact(bool),
+}
+
+/// A message and when the loop sent it.
+struct Stamped {
+    unix_ms: i64,
+    message: Message,
+}
+
+/// Counters of the MQTT client, read with [`MqttClient::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MqttStats {
+    /// Whether a broker connection is up now.
+    pub connected: bool,
+    /// Successful connections (CONNACKs) since start.
+    pub connects: u64,
+    /// Messages [`MqttClient::send`] refused because the channel was full.
+    pub channel_full: u64,
+    /// Events the broker acknowledged (PUBACK), duplicates after a reconnect included.
+    pub acked: u64,
+    /// Events waiting in the outbox (pending acknowledgement).
+    pub outbox_pending: u64,
+    /// Events the outbox dropped over its whole life (bound reached, damaged records).
+    pub outbox_dropped: u64,
+    /// Events that could not be written to the outbox (published without durability).
+    pub outbox_errors: u64,
+    /// Commands verified and handed to the loop.
+    pub commands_accepted: u64,
+    /// Commands refused (every refusal, published or not).
+    pub commands_refused: u64,
+    /// Refusals not published because of [`REFUSAL_EVENTS_PER_MINUTE`].
+    pub refusals_unpublished: u64,
+}
+
+/// State shared by the handle and the thread.
+#[derive(Default)]
+struct Shared {
+    stop: AtomicBool,
+    connected: AtomicBool,
+    connects: AtomicU64,
+    channel_full: AtomicU64,
+    acked: AtomicU64,
+    outbox_pending: AtomicU64,
+    outbox_dropped: AtomicU64,
+    outbox_errors: AtomicU64,
+    commands_accepted: AtomicU64,
+    commands_refused: AtomicU64,
+    refusals_unpublished: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The running MQTT client: a handle to its thread. Dropping it asks the thread to shut down
+/// cleanly (as [`MqttClient::shutdown`] does) without waiting for it.
+pub struct MqttClient {
+    tx: Option<SyncSender<Stamped>>,
+    commands: Receiver<Command>,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+    done: Receiver<()>,
+}
+
+impl fmt::Debug for MqttClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MqttClient").field("stats", &self.stats()).finish_non_exhaustive()
+    }
+}
+
+impl MqttClient {
+    /// Validates `config`, reads its files (password, command key, TLS), opens the outbox and
+    /// starts the thread. Does not wait for the broker: a broker that is down is retried in the
+    /// background.
+    ///
+    /// `device` describes the appliance in Home Assistant; its id must be `config.device_id`.
+    /// `run_id` prefixes every envelope id (`<run_id>-<seq>`) and must differ on every start of
+    /// the process (see [`run_id`]), so that ids stay unique when the sequence restarts at 1.
+    pub fn start(
+        config: &MqttConfig,
+        device: DeviceInfo,
+        run_id: &str,
+    ) -> Result<MqttClient, MqttError> {
+        config.validate().map_err(|(key, reason)| MqttError::Config { key, reason })?;
+        if device.device_id != config.device_id {
+            return Err(MqttError::Config {
+                key: "mqtt.device_id",
+                reason: format!(
+                    "the device description says {:?}, the configuration {:?}",
+                    device.device_id, config.device_id
+                ),
+            });
+        }
+        device
+            .validate()
+            .map_err(|e| MqttError::Config { key: "mqtt.device_id", reason: e.to_string() })?;
+        let topics = Topics::new(&config.effective_base_topic())
+            .map_err(|reason| MqttError::Config { key: "mqtt.base_topic", reason })?;
+
+        let options = mqtt_options(config, &topics)?;
+        let verifier = match &config.command_key_file {
+            Some(path) => {
+                let key = read_key(path)?;
+                let verifier =
+                    Verifier::new(key, &config.device_id, config.command_window_s, MAX_NONCES)
+                        .map_err(|reason| MqttError::BadFile {
+                            what: "command key file",
+                            path: path.clone(),
+                            reason,
+                        })?;
+                Some(verifier)
+            }
+            None => {
+                log::warn!("mqtt: no command_key_file: every remote command will be refused");
+                None
+            }
+        };
+        let outbox =
+            Outbox::open(&config.outbox_dir, config.outbox_max_events, config.outbox_max_bytes)?;
+
+        let (tx, rx) = mpsc::sync_channel(CHANNEL_CAPACITY);
+        let (cmd_tx, commands) = mpsc::sync_channel(COMMAND_CAPACITY);
+        let (done_tx, done) = mpsc::channel();
+        let shared = Arc::new(Shared::default());
+        let (client, mut connection) = Client::new(options, REQUEST_CAPACITY);
+        let mut network = connection.eventloop.network_options();
+        network.set_connection_timeout(CONNECT_TIMEOUT_S);
+        connection.eventloop.set_network_options(network);
+
+        let discovery = discovery::discovery_messages(&config.discovery_prefix, &topics, &device);
+        let worker = Worker {
+            prefix: config.discovery_prefix.clone(),
+            sequencer: Sequencer::new(run_id, &config.device_id),
+            topics,
+            discovery,
+            client,
+            connection,
+            outbox,
+            verifier,
+            rx,
+            cmd_tx,
+            shared: Arc::clone(&shared),
+            connected: false,
+            retry_at: Instant::now(),
+            backoff: BACKOFF_MIN,
+            failures: 0,
+            next_send: 0,
+            unrouted: VecDeque::new(),
+            inflight: HashMap::new(),
+            outbox_outstanding: 0,
+            states: BTreeMap::new(),
+            to_publish: VecDeque::new(),
+            subscribed: false,
+            refusal_window: (Instant::now(), 0),
+        };
+        worker.update_outbox_stats();
+        let thread = std::thread::Builder::new()
+            .name("mqtt".to_owned())
+            .spawn(move || {
+                worker.run();
+                // The receiver may be gone (handle dropped): nobody to tell then.
+                let _ = done_tx.send(());
+            })
+            .map_err(MqttError::Spawn)?;
+        Ok(MqttClient { tx: Some(tx), commands, shared, thread: Some(thread), done })
+    }
+
+    /// Queues `message` for the thread without blocking. Returns `false` (and counts it in
+    /// [`MqttStats::channel_full`]) when the channel is full or the thread is gone.
+    pub fn send(&self, message: Message) -> bool {
+        let Some(tx) = &self.tx else { return false };
+        match tx.try_send(Stamped { unix_ms: unix_ms(), message }) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                bump(&self.shared.channel_full);
+                false
+            }
+        }
+    }
+
+    /// Verified commands, oldest first: the loop polls this with `try_recv` and carries them
+    /// out (an unlock pulses the door like a recognised face).
+    pub fn commands(&self) -> &Receiver<Command> {
+        &self.commands
+    }
+
+    /// The client's counters now.
+    pub fn stats(&self) -> MqttStats {
+        let s = &self.shared;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        MqttStats {
+            connected: s.connected.load(Ordering::Relaxed),
+            connects: get(&s.connects),
+            channel_full: get(&s.channel_full),
+            acked: get(&s.acked),
+            outbox_pending: get(&s.outbox_pending),
+            outbox_dropped: get(&s.outbox_dropped),
+            outbox_errors: get(&s.outbox_errors),
+            commands_accepted: get(&s.commands_accepted),
+            commands_refused: get(&s.commands_refused),
+            refusals_unpublished: get(&s.refusals_unpublished),
+        }
+    }
+
+    /// Stops the thread cleanly: queued messages go to the outbox, `offline` is published
+    /// (retained) and the connection closed with DISCONNECT (so the broker discards the last
+    /// will). Events the broker has not acknowledged stay in the outbox for the next start.
+    ///
+    /// Waits at most `timeout`; the thread itself needs up to about 6 s in the worst case (a
+    /// connection attempt under way, then 2 s for the broker's acknowledgements). On timeout the
+    /// thread is left to finish alone and [`MqttError::ShutdownTimeout`] is returned.
+    pub fn shutdown(mut self, timeout: Duration) -> Result<(), MqttError> {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        // Dropping the sender also wakes a thread waiting for messages.
+        self.tx = None;
+        match self.done.recv_timeout(timeout) {
+            // Disconnected: the thread ended without saying so, i.e. it panicked.
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => {}
+            Err(RecvTimeoutError::Timeout) => return Err(MqttError::ShutdownTimeout(timeout)),
+        }
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Err(_)) => Err(MqttError::Panicked),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for MqttClient {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A run id for [`MqttClient::start`]: the first 8 hex digits of the kernel's boot id and the
+/// start time in milliseconds (hex), e.g. `3f9a1c0d18c2a3b4f00`. Unique per start of the
+/// process, also when the clock is reset at boot (the boot id differs then).
+pub fn run_id() -> String {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    let boot: String = boot.chars().filter(char::is_ascii_hexdigit).take(8).collect();
+    format!("{boot}{:x}", unix_ms())
+}
+
+fn unix_ms() -> i64 {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn unix_s() -> i64 {
+    unix_ms().div_euclid(1000)
+}
+
+/// Broker address, identity, will, keep-alive, credentials and TLS.
+fn mqtt_options(config: &MqttConfig, topics: &Topics) -> Result<MqttOptions, MqttError> {
+    let mut options =
+        MqttOptions::new(config.effective_client_id(), config.host.clone(), config.port);
+    options
+        .set_keep_alive(Duration::from_secs(u64::from(config.keep_alive_s)))
+        .set_clean_session(true)
+        .set_max_packet_size(MAX_PACKET, MAX_PACKET)
+        .set_request_channel_capacity(REQUEST_CAPACITY)
+        .set_last_will(LastWill::new(
+            topics.availability(),
+            events::AVAILABILITY_OFFLINE,
+            QoS::AtLeastOnce,
+            true,
+        ));
+    if let Some(user) = &config.username {
+        let password = match (&config.password, &config.password_file) {
+            (Some(p), _) => p.clone(),
+            (None, Some(path)) => read_password(path)?,
+            (None, None) => String::new(),
+        };
+        options.set_credentials(user.clone(), password);
+    }
+    if let Some(tls) = &config.tls {
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(
+            rustls_config(tls)?,
+        ))));
+    }
+    Ok(options)
+}
+
+fn read_password(path: &Path) -> Result<String, MqttError> {
+    let text = std::fs::read_to_string(path).map_err(|source| MqttError::ReadFile {
+        what: "password file",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(text.lines().next().unwrap_or_default().to_owned())
+}
+
+fn read_key(path: &Path) -> Result<Vec<u8>, MqttError> {
+    let read_err =
+        |source| MqttError::ReadFile { what: "command key file", path: path.into(), source };
+    let len = std::fs::metadata(path).map_err(read_err)?.len();
+    if len > MAX_KEY_FILE {
+        return Err(MqttError::BadFile {
+            what: "command key file",
+            path: path.into(),
+            reason: format!("{len} bytes; a key file holds at most {MAX_KEY_FILE}"),
+        });
+    }
+    let mut key = std::fs::read(path).map_err(read_err)?;
+    // Editors and `echo` add a newline; whitespace is never part of a key.
+    while key.last().is_some_and(u8::is_ascii_whitespace) {
+        key.pop();
+    }
+    Ok(key)
+}
+
+/// rustls with the ring provider, the given CA as the only trust anchor, and the client
+/// certificate if configured.
+fn rustls_config(tls: &MqttTlsConfig) -> Result<rustls::ClientConfig, MqttError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    fn bad(what: &'static str, path: &Path, reason: impl fmt::Display) -> MqttError {
+        MqttError::BadFile { what, path: path.to_path_buf(), reason: reason.to_string() }
+    }
+    fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, MqttError> {
+        std::fs::read(path).map_err(|source| MqttError::ReadFile {
+            what,
+            path: path.into(),
+            source,
+        })
+    }
+    fn certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, MqttError> {
+        let pem = read(what, path)?;
+        let certs = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(what, path, format!("not PEM certificates: {e}")))?;
+        if certs.is_empty() {
+            return Err(bad(what, path, "holds no PEM certificate"));
+        }
+        Ok(certs)
+    }
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certs("TLS CA file", &tls.ca_file)? {
+        roots.add(cert).map_err(|e| bad("TLS CA file", &tls.ca_file, e))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad("TLS CA file", &tls.ca_file, e))?
+        .with_root_certificates(roots);
+    match (&tls.client_cert_file, &tls.client_key_file) {
+        (Some(cert_path), Some(key_path)) => {
+            let chain = certs("TLS client certificate file", cert_path)?;
+            let key_pem = read("TLS client key file", key_path)?;
+            let key = PrivateKeyDer::from_pem_slice(&key_pem)
+                .map_err(|e| bad("TLS client key file", key_path, format!("no PEM key: {e}")))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| bad("TLS client key file", key_path, e))
+        }
+        _ => Ok(builder.with_no_client_auth()),
+    }
+}
+
+/// The thread's state. Per-connection fields are reset at every CONNACK.
+struct Worker {
+    prefix: String,
+    topics: Topics,
+    sequencer: Sequencer,
+    discovery: Vec<DiscoveryMessage>,
+    client: Client,
+    connection: Connection,
+    outbox: Outbox,
+    verifier: Option<Verifier>,
+    rx: Receiver<Stamped>,
+    cmd_tx: SyncSender<Command>,
+    shared: Arc<Shared>,
+    connected: bool,
+    /// When the next connection attempt may start.
+    retry_at: Instant,
+    backoff: Duration,
+    /// Failed attempts since the last connection, to log the first one only.
+    failures: u64,
+    /// Lowest outbox seq not yet sent on this connection.
+    next_send: u64,
+    /// Our publish requests in order, not yet given a packet id by rumqttc: the outbox seq, or
+    /// `None` for a publication outside the outbox.
+    unrouted: VecDeque<Option<u64>>,
+    /// Packet id of each publication awaiting its PUBACK.
+    inflight: HashMap<u16, Option<u64>>,
+    /// Outbox entries in `unrouted` and `inflight`.
+    outbox_outstanding: usize,
+    /// Last payload of every retained state topic, republished at each connection.
+    states: BTreeMap<String, Vec<u8>>,
+    /// Retained publications (availability, discovery, states) waiting for room in rumqttc's
+    /// request channel.
+    to_publish: VecDeque<(String, Vec<u8>)>,
+    subscribed: bool,
+    /// Start of the current minute of refusal events and how many were published in it.
+    refusal_window: (Instant, u32),
+}
+
+impl Worker {
+    fn run(mut self) {
+        loop {
+            self.drain_messages();
+            if self.shared.stop.load(Ordering::SeqCst) {
+                self.finish();
+                return;
+            }
+            if self.connected {
+                self.flush_requests();
+                self.pump_outbox();
+                match self.connection.recv_timeout(TICK) {
+                    Ok(Ok(event)) => self.on_event(event),
+                    Ok(Err(e)) => self.on_connection_error(&e),
+                    Err(rumqttc::RecvTimeoutError::Timeout) => {}
+                    // Only when every `Client` is gone, and the worker holds one.
+                    Err(rumqttc::RecvTimeoutError::Disconnected) => return,
+                }
+            } else if Instant::now() >= self.retry_at {
+                match self.connection.recv_timeout(CONNECT_WAIT) {
+                    Ok(Ok(event)) => self.on_event(event),
+                    Ok(Err(e)) => self.on_connection_error(&e),
+                    Err(rumqttc::RecvTimeoutError::Timeout) => {
+                        self.schedule_retry("connection attempt timed out")
+                    }
+                    Err(rumqttc::RecvTimeoutError::Disconnected) => return,
+                }
+            } else {
+                let wait = self.retry_at.saturating_duration_since(Instant::now()).min(IDLE_WAIT);
+                match self.rx.recv_timeout(wait) {
+                    Ok(stamped) => self.handle(stamped),
+                    // The handle is gone: the loop of the next turn sees the stop flag.
+                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
+                }
+            }
+        }
+    }
+
+    /// Handles every message queued by the loop.
+    fn drain_messages(&mut self) {
+        loop {
+            match self.rx.try_recv() {
+                Ok(stamped) => self.handle(stamped),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return,
+            }
+        }
+    }
+
+    fn handle(&mut self, stamped: Stamped) {
+        let Stamped { unix_ms, message } = stamped;
+        match message {
+            Message::Access(event) => {
+                self.set_state(
+                    self.topics.last_person(),
+                    events::last_person_payload(event.person.as_deref()).into_bytes(),
+                );
+                self.set_state(
+                    self.topics.last_similarity(),
+                    events::similarity_payload(event.similarity).into_bytes(),
+                );
+                self.set_state(
+                    self.topics.last_backend(),
+                    event.backend.as_str().as_bytes().to_vec(),
+                );
+                let payload = events::to_payload(&self.sequencer.wrap(unix_ms, event));
+                self.push_event(self.topics.access(), &payload);
+            }
+            Message::Door(event) => {
+                let payload = events::to_payload(&self.sequencer.wrap(unix_ms, event));
+                self.push_event(self.topics.door(), &payload);
+            }
+            Message::System(event) => self.push_system(unix_ms, event),
+            Message::Counters(mut counters) => {
+                counters.dropped_events = self
+                    .shared
+                    .channel_full
+                    .load(Ordering::Relaxed)
+                    .saturating_add(self.outbox.stats().dropped_total);
+                let payload = events::to_payload(&self.sequencer.wrap(unix_ms, counters));
+                self.set_state(self.topics.counters(), payload);
+            }
+            Message::Lock(state) => {
+                self.set_state(self.topics.lock_state(), state.payload().as_bytes().to_vec());
+            }
+            Message::Contact(open) => {
+                self.set_state(
+                    self.topics.contact_state(),
+                    events::contact_payload(open).as_bytes().to_vec(),
+                );
+            }
+        }
+    }
+
+    fn push_system(&mut self, unix_ms: i64, event: SystemEvent) {
+        let payload = events::to_payload(&self.sequencer.wrap(unix_ms, event));
+        self.push_event(self.topics.system(), &payload);
+    }
+
+    /// Makes an event durable, then lets [`Worker::pump_outbox`] send it.
+    fn push_event(&mut self, topic: String, payload: &[u8]) {
+        if let Err(e) = self.outbox.push(&topic, payload) {
+            // A failing disk must not silence the door: publish without durability.
+            if self.shared.outbox_errors.fetch_add(1, Ordering::Relaxed) % 100 == 0 {
+                log::error!("{e}; publishing the event without the outbox");
+            }
+            if self.connected {
+                self.request(&topic, payload, false, None);
+            }
+        }
+        self.update_outbox_stats();
+    }
+
+    /// Records a retained state; publishes it now if it changed and a connection is up.
+    fn set_state(&mut self, topic: String, payload: Vec<u8>) {
+        if self.states.get(&topic) == Some(&payload) {
+            return;
+        }
+        self.states.insert(topic.clone(), payload.clone());
+        if self.connected {
+            self.to_publish.push_back((topic, payload));
+        }
+    }
+
+    fn update_outbox_stats(&self) {
+        let stats = self.outbox.stats();
+        self.shared.outbox_pending.store(stats.pending as u64, Ordering::Relaxed);
+        self.shared.outbox_dropped.store(stats.dropped_total, Ordering::Relaxed);
+    }
+
+    /// Hands one QoS 1 publication to rumqttc without blocking; `false` if its channel is full.
+    fn request(&mut self, topic: &str, payload: &[u8], retain: bool, seq: Option<u64>) -> bool {
+        match self.client.try_publish(topic, QoS::AtLeastOnce, retain, payload) {
+            Ok(()) => {
+                self.unrouted.push_back(seq);
+                if seq.is_some() {
+                    self.outbox_outstanding += 1;
+                }
+                true
+            }
+            Err(e) => {
+                log::debug!("mqtt: publish to {topic} deferred: {e}");
+                false
+            }
+        }
+    }
+
+    /// Subscriptions and retained publications, as far as rumqttc's channel takes them.
+    fn flush_requests(&mut self) {
+        if !self.subscribed {
+            let filters = [
+                self.topics.command(),
+                self.topics.lock_command(),
+                discovery::status_topic(&self.prefix),
+            ]
+            .map(|path| SubscribeFilter::new(path, QoS::AtLeastOnce));
+            match self.client.try_subscribe_many(filters) {
+                Ok(()) => self.subscribed = true,
+                Err(e) => log::debug!("mqtt: subscription deferred: {e}"),
+            }
+        }
+        while let Some((topic, payload)) = self.to_publish.pop_front() {
+            if !self.request(&topic, &payload, true, None) {
+                self.to_publish.push_front((topic, payload));
+                break;
+            }
+        }
+    }
+
+    /// Sends the next pending outbox entries, oldest first, keeping at most [`SEND_WINDOW`]
+    /// unacknowledged.
+    fn pump_outbox(&mut self) {
+        let budget = SEND_WINDOW.saturating_sub(self.outbox_outstanding);
+        if budget == 0 || self.next_send >= self.outbox.stats().next_seq || self.outbox.is_empty() {
+            return;
+        }
+        // Pending entries below `next_send` are exactly those in flight on this connection, so
+        // this many from the oldest always includes `budget` unsent ones if there are any.
+        let entries = self.outbox.peek(self.outbox_outstanding + budget);
+        let from = self.next_send;
+        for entry in entries.into_iter().filter(|e| e.seq >= from).take(budget) {
+            if !self.request(&entry.topic, &entry.payload, false, Some(entry.seq)) {
+                return;
+            }
+            self.next_send = entry.seq + 1;
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Incoming(Incoming::ConnAck(_)) => self.on_connack(),
+            Event::Incoming(Incoming::PubAck(ack)) => {
+                if let Some(seq) = self.inflight.remove(&ack.pkid) {
+                    self.acked(seq);
+                }
+            }
+            Event::Incoming(Incoming::Publish(publish)) => {
+                if publish.topic == self.topics.command()
+                    || publish.topic == self.topics.lock_command()
+                {
+                    self.on_command(&publish.payload, publish.retain);
+                } else if publish.topic == discovery::status_topic(&self.prefix)
+                    && discovery::is_ha_birth(&publish.payload)
+                    // A retained birth comes with the subscription, right after the discovery
+                    // of this connection went out.
+                    && !publish.retain
+                {
+                    log::info!("mqtt: Home Assistant came online; announcing the entities again");
+                    self.queue_discovery();
+                }
+            }
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                // rumqttc handles our requests in order, so this is the oldest unrouted one.
+                if let Some(seq) = self.unrouted.pop_front() {
+                    if pkid == 0 {
+                        // Only QoS 0 gets packet id 0, and every request here is QoS 1.
+                        self.acked(seq);
+                    } else {
+                        self.inflight.insert(pkid, seq);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn acked(&mut self, seq: Option<u64>) {
+        let Some(seq) = seq else { return };
+        self.outbox_outstanding = self.outbox_outstanding.saturating_sub(1);
+        bump(&self.shared.acked);
+        if let Err(e) = self.outbox.ack(seq) {
+            log::error!("{e}");
+        }
+        self.update_outbox_stats();
+    }
+
+    fn on_connack(&mut self) {
+        self.connected = true;
+        self.shared.connected.store(true, Ordering::Relaxed);
+        bump(&self.shared.connects);
+        log::info!("mqtt: connected; {} events pending in the outbox", self.outbox.stats().pending);
+        self.backoff = BACKOFF_MIN;
+        self.failures = 0;
+        // A new session: rumqttc dropped its in-flight copies, the outbox sends them again.
+        self.next_send = 0;
+        self.unrouted.clear();
+        self.inflight.clear();
+        self.outbox_outstanding = 0;
+        self.subscribed = false;
+        self.to_publish.clear();
+        self.to_publish.push_back((self.topics.availability(), events::AVAILABILITY_ONLINE.into()));
+        self.queue_discovery();
+        let states: Vec<_> = self.states.iter().map(|(t, p)| (t.clone(), p.clone())).collect();
+        self.to_publish.extend(states);
+    }
+
+    fn queue_discovery(&mut self) {
+        let messages = self.discovery.iter().filter(|m| !m.payload.is_empty());
+        self.to_publish.extend(messages.map(|m| (m.topic.clone(), m.payload.clone())));
+    }
+
+    fn on_connection_error(&mut self, error: &ConnectionError) {
+        if self.connected {
+            log::warn!("mqtt: connection lost: {error}; reconnecting");
+        } else if self.failures == 0 {
+            log::warn!("mqtt: cannot connect: {error}; retrying in the background");
+        } else {
+            log::debug!("mqtt: cannot connect: {error}");
+        }
+        self.schedule_retry("connection error");
+    }
+
+    fn schedule_retry(&mut self, why: &str) {
+        if self.connected {
+            self.connected = false;
+            self.shared.connected.store(false, Ordering::Relaxed);
+            self.to_publish.clear();
+        }
+        self.failures += 1;
+        log::debug!("mqtt: {why}; next attempt in {:?}", self.backoff);
+        self.retry_at = Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+    }
+
+    fn on_command(&mut self, payload: &[u8], retained: bool) {
+        let result = match &mut self.verifier {
+            Some(verifier) => verifier
+                .verify(payload, retained, unix_s())
+                .map_err(|r| (r.reason().to_owned(), r.to_string())),
+            None => Err(("disabled".to_owned(), "no command key is configured".to_owned())),
+        };
+        let refusal = match result {
+            Ok(command) => {
+                let action = command.action;
+                // Counted before the loop can see the command, so the stats never lag behind.
+                bump(&self.shared.commands_accepted);
+                match self.cmd_tx.try_send(command) {
+                    Ok(()) => {
+                        log::info!("mqtt: accepted remote command {action}");
+                        return;
+                    }
+                    Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                        self.shared.commands_accepted.fetch_sub(1, Ordering::Relaxed);
+                        ("busy".to_owned(), format!("{action}: the command queue is full"))
+                    }
+                }
+            }
+            Err(refusal) => refusal,
+        };
+        bump(&self.shared.commands_refused);
+        let (reason, detail) = refusal;
+        let now = Instant::now();
+        if now.duration_since(self.refusal_window.0) >= Duration::from_secs(60) {
+            self.refusal_window = (now, 0);
+        }
+        if self.refusal_window.1 >= REFUSAL_EVENTS_PER_MINUTE {
+            bump(&self.shared.refusals_unpublished);
+            return;
+        }
+        self.refusal_window.1 += 1;
+        log::warn!("mqtt: refused a remote command ({reason}): {detail}");
+        self.push_system(unix_ms(), SystemEvent::CommandRefused { reason, detail });
+    }
+
+    /// Clean shutdown: `offline`, the last acknowledgements, DISCONNECT.
+    fn finish(&mut self) {
+        self.drain_messages();
+        if !self.connected {
+            return;
+        }
+        let deadline = Instant::now() + FINISH_BUDGET;
+        self.flush_requests();
+        self.pump_outbox();
+        let offline_sent = self.request(
+            &self.topics.availability(),
+            events::AVAILABILITY_OFFLINE.as_bytes(),
+            true,
+            None,
+        );
+        // Wait until everything requested (`offline` last) is acknowledged, or the budget ends.
+        while offline_sent && Instant::now() < deadline {
+            if self.unrouted.is_empty() && self.inflight.is_empty() {
+                break;
+            }
+            match self.connection.recv_timeout(TICK) {
+                Ok(Ok(event)) => self.on_event(event),
+                Ok(Err(_)) | Err(rumqttc::RecvTimeoutError::Disconnected) => return,
+                Err(rumqttc::RecvTimeoutError::Timeout) => {}
+            }
+        }
+        if self.client.try_disconnect().is_err() {
+            return;
+        }
+        while Instant::now() < deadline + Duration::from_millis(500) {
+            match self.connection.recv_timeout(TICK) {
+                Ok(Ok(Event::Outgoing(Outgoing::Disconnect)))
+                | Ok(Err(_))
+                | Err(rumqttc::RecvTimeoutError::Disconnected) => break,
+                Ok(Ok(event)) => self.on_event(event),
+                Err(rumqttc::RecvTimeoutError::Timeout) => {}
+            }
+        }
+        self.shared.connected.store(false, Ordering::Relaxed);
+        log::info!("mqtt: disconnected; {} events left in the outbox", self.outbox.stats().pending);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_derive_ids_from_the_device() {
+        let config = MqttConfig { device_id: "front-door".to_owned(), ..MqttConfig::default() };
+        assert_eq!(config.validate(), Ok(()));
+        assert_eq!(config.effective_client_id(), "portier-front-door");
+        assert_eq!(config.effective_base_topic(), "portier/front-door");
+    }
+
+    #[test]
+    fn validate_names_the_bad_key() {
+        let tls = MqttTlsConfig {
+            ca_file: "ca.pem".into(),
+            client_cert_file: Some("c.pem".into()),
+            client_key_file: None,
+        };
+        let cases: Vec<(&str, MqttConfig)> = vec![
+            ("mqtt.device_id", MqttConfig { device_id: "front door".into(), ..Default::default() }),
+            ("mqtt.host", MqttConfig { host: String::new(), ..Default::default() }),
+            ("mqtt.port", MqttConfig { port: 0, ..Default::default() }),
+            ("mqtt.client_id", MqttConfig { client_id: Some(String::new()), ..Default::default() }),
+            ("mqtt.username", MqttConfig { password: Some("x".into()), ..Default::default() }),
+            (
+                "mqtt.password",
+                MqttConfig {
+                    username: Some("u".into()),
+                    password: Some("x".into()),
+                    password_file: Some("p".into()),
+                    ..Default::default()
+                },
+            ),
+            ("mqtt.tls.client_key_file", MqttConfig { tls: Some(tls), ..Default::default() }),
+            (
+                "mqtt.base_topic",
+                MqttConfig { base_topic: Some("a/#".into()), ..Default::default() },
+            ),
+            (
+                "mqtt.discovery_prefix",
+                MqttConfig { discovery_prefix: "/ha".into(), ..Default::default() },
+            ),
+            ("mqtt.keep_alive_s", MqttConfig { keep_alive_s: 1, ..Default::default() }),
+            ("mqtt.outbox_max_events", MqttConfig { outbox_max_events: 0, ..Default::default() }),
+            ("mqtt.outbox_max_bytes", MqttConfig { outbox_max_bytes: 10, ..Default::default() }),
+            ("mqtt.command_window_s", MqttConfig { command_window_s: 0, ..Default::default() }),
+        ];
+        for (key, config) in cases {
+            let (got, reason) = config.validate().unwrap_err();
+            assert_eq!(got, key, "{reason}");
+            assert!(!reason.is_empty());
+        }
+    }
+
+    #[test]
+    fn deserialises_with_units_in_key_names_and_refuses_unknown_keys() {
+        let config: MqttConfig = serde_json::from_value(serde_json::json!({
+            "enabled": true,
+            "host": "broker.lan",
+            "port": 8883,
+            "keep_alive_s": 20,
+            "tls": { "ca_file": "ca.pem" },
+            "device_id": "frontdoor",
+        }))
+        .unwrap();
+        assert!(config.enabled && config.port == 8883 && config.keep_alive_s == 20);
+        assert_eq!(config.tls.as_ref().unwrap().client_cert_file, None);
+        assert!(
+            serde_json::from_value::<MqttConfig>(serde_json::json!({ "keep_alive": 5 })).is_err()
+        );
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_folder_and_debug_hides_the_password() {
+        let mut config = MqttConfig {
+            outbox_dir: "state/outbox".into(),
+            command_key_file: Some("/etc/portier/key".into()),
+            password: Some("hunter2".into()),
+            tls: Some(MqttTlsConfig {
+                ca_file: "ca.pem".into(),
+                client_cert_file: None,
+                client_key_file: None,
+            }),
+            ..MqttConfig::default()
+        };
+        config.resolve_paths(Path::new("/etc/portier"));
+        assert_eq!(config.outbox_dir, Path::new("/etc/portier/state/outbox"));
+        assert_eq!(config.command_key_file.as_deref(), Some(Path::new("/etc/portier/key")));
+        assert_eq!(config.tls.as_ref().unwrap().ca_file, Path::new("/etc/portier/ca.pem"));
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn start_fails_on_bad_config_and_unreadable_files_but_not_on_a_missing_broker() {
+        let dir = std::env::temp_dir().join(format!("portier-mqtt-unit-{}", std::process::id()));
+        let device = DeviceInfo::new("frontdoor", "Front door", "0", "m", None).unwrap();
+        let base = MqttConfig {
+            device_id: "frontdoor".into(),
+            // Port 1 on loopback: nothing listens there, connecting fails at once.
+            host: "127.0.0.1".into(),
+            port: 1,
+            outbox_dir: dir.join("outbox"),
+            ..MqttConfig::default()
+        };
+        let bad = MqttConfig { port: 0, ..base.clone() };
+        assert!(matches!(
+            MqttClient::start(&bad, device.clone(), "r"),
+            Err(MqttError::Config { key: "mqtt.port", .. })
+        ));
+        let other = DeviceInfo::new("backdoor", "Back door", "0", "m", None).unwrap();
+        assert!(matches!(
+            MqttClient::start(&base, other, "r"),
+            Err(MqttError::Config { key: "mqtt.device_id", .. })
+        ));
+        let no_key = MqttConfig { command_key_file: Some(dir.join("missing")), ..base.clone() };
+        assert!(matches!(
+            MqttClient::start(&no_key, device.clone(), "r"),
+            Err(MqttError::ReadFile { what: "command key file", .. })
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("short.key"), "too short\n").unwrap();
+        let short = MqttConfig { command_key_file: Some(dir.join("short.key")), ..base.clone() };
+        assert!(matches!(
+            MqttClient::start(&short, device.clone(), "r"),
+            Err(MqttError::BadFile { what: "command key file", .. })
+        ));
+        std::fs::write(dir.join("ca.pem"), "not a certificate").unwrap();
+        let tls = MqttConfig {
+            tls: Some(MqttTlsConfig {
+                ca_file: dir.join("ca.pem"),
+                client_cert_file: None,
+                client_key_file: None,
+            }),
+            ..base.clone()
+        };
+        assert!(matches!(
+            MqttClient::start(&tls, device.clone(), "r"),
+            Err(MqttError::BadFile { what: "TLS CA file", .. })
+        ));
+
+        let client = MqttClient::start(&base, device, "r").unwrap();
+        assert!(client.send(Message::Lock(LockState::Locked)));
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!client.stats().connected);
+        client.shutdown(Duration::from_secs(10)).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn run_ids_differ_between_starts() {
+        let a = run_id();
+        std::thread::sleep(Duration::from_millis(2));
+        assert_ne!(a, run_id());
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()), "{a}");
+    }
+}
