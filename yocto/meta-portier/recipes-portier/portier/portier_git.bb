@@ -1,0 +1,93 @@
+SUMMARY = "portier: face-recognition door access"
+DESCRIPTION = "One Rust binary that finds faces in a camera stream, embeds them on a Hailo-8 \
+NPU or on the CPU (ONNX Runtime), matches them against an enrolled gallery, pulses the door \
+relay, drives a status display and reports to Home Assistant over MQTT; with its hardened \
+systemd unit, system user, udev rules and board files for a Raspberry Pi 5."
+HOMEPAGE = "https://example.invalid/portier"
+BUGTRACKER = "https://example.invalid/portier/issues"
+SECTION = "security"
+# portier itself is Apache-2.0; the crates linked into the binary (portier-crates.inc) are
+# MIT/Apache-2.0 dual-licensed (MIT chosen), Zlib, ISC, BSD-3-Clause, Unicode-3.0, and
+# libjpeg-turbo (IJG & Zlib & BSD-3-Clause, vendored by mozjpeg-sys); SQLite is public domain.
+LICENSE = "Apache-2.0 & MIT & Zlib & ISC & BSD-3-Clause & IJG & Unicode-3.0"
+LIC_FILES_CHKSUM = "file://Cargo.toml;beginline=7;endline=7;md5=2507bd5f0713f05419cd2f22fa06fe62"
+
+# Release builds fetch a pinned commit of the portier repository (set PORTIER_GIT_URI and
+# SRCREV in the kas file or local.conf). Development builds take the checkout that contains
+# this layer instead, through externalsrc (yocto/kas/portier-pi5.yml does this by default).
+PV = "0.1.0+git"
+PORTIER_GIT_URI ?= "git://example.invalid/portier.git;protocol=https;branch=main"
+SRC_URI = "${PORTIER_GIT_URI}"
+SRCREV = "0000000000000000000000000000000000000000"
+
+S = "${WORKDIR}/git"
+
+# Every crate from Cargo.lock, fetched by bitbake and built offline. Regenerate with
+# scripts/gen-crates-inc after any Cargo.lock change (CI checks that it matches).
+require ${BPN}-crates.inc
+
+# cargo: OE-core's offline Cargo build (needs Rust >= 1.92 for ort 2.0.0-rc.15: see the
+# meta-lts-mixins scarthgap/rust layer in the kas file). systemd: enable the unit.
+# useradd: the portier user and its device groups must exist when the image is assembled
+# (udev rules and tmpfiles name them at first boot); the sysusers.d file is installed as well
+# so the system describes itself.
+inherit cargo systemd useradd
+
+# No default features: each hardware backend is a Cargo feature of its own; name the ones the
+# appliance needs as they land, e.g. PORTIER_FEATURES = "v4l2 hailo gpio" in local.conf.
+PORTIER_FEATURES ??= ""
+CARGO_BUILD_FLAGS:append = " ${@'--features ' + ','.join(d.getVar('PORTIER_FEATURES').split()) if d.getVar('PORTIER_FEATURES') else ''}"
+
+USERADD_PACKAGES = "${PN}"
+GROUPADD_PARAM:${PN} = "--system gpio; --system hailo; --system spi"
+USERADD_PARAM:${PN} = "--system --no-create-home --home-dir ${localstatedir}/lib/portier \
+    --shell /sbin/nologin --user-group --groups video,gpio,hailo,spi portier"
+
+SYSTEMD_SERVICE:${PN} = "portier.service"
+SYSTEMD_AUTO_ENABLE:${PN} = "enable"
+
+do_install:append() {
+    # cargo_do_install has put the binary in ${bindir}.
+    install -d ${D}${systemd_system_unitdir}
+    install -m 0644 ${S}/systemd/portier.service ${D}${systemd_system_unitdir}/
+
+    install -d ${D}${nonarch_libdir}/sysusers.d ${D}${nonarch_libdir}/tmpfiles.d
+    install -m 0644 ${S}/systemd/sysusers.d/portier.conf ${D}${nonarch_libdir}/sysusers.d/portier.conf
+    install -m 0644 ${S}/systemd/tmpfiles.d/portier.conf ${D}${nonarch_libdir}/tmpfiles.d/portier.conf
+
+    install -d ${D}${nonarch_base_libdir}/udev/rules.d
+    install -m 0644 ${S}/board/pi5-hailo8/60-portier.rules ${D}${nonarch_base_libdir}/udev/rules.d/
+
+    # The default configuration: the Pi 5 + Hailo-8 board file. A technician edits it in
+    # place; package upgrades keep the edited copy (CONFFILES).
+    install -d ${D}${sysconfdir}/portier
+    install -m 0644 ${S}/board/pi5-hailo8.toml ${D}${sysconfdir}/portier/portier.toml
+
+    # Board files for reference on the device: wiring notes, config.txt fragment, configs.
+    install -d ${D}${datadir}/portier/board/pi5-hailo8 ${D}${datadir}/portier/models
+    install -m 0644 ${S}/board/pi5-hailo8/WIRING.md ${S}/board/pi5-hailo8/config.txt \
+        ${S}/board/pi5-hailo8/60-portier.rules ${D}${datadir}/portier/board/pi5-hailo8/
+    install -m 0644 ${S}/board/*.toml ${D}${datadir}/portier/board/
+
+    install -d ${D}${docdir}/portier
+    install -m 0644 ${S}/README.md ${D}${docdir}/portier/README.md
+    install -m 0644 ${S}/yocto/README.md ${D}${docdir}/portier/FIELD.md
+
+    install -d -m 0700 -o portier -g portier ${D}${localstatedir}/lib/portier
+}
+
+CONFFILES:${PN} = "${sysconfdir}/portier/portier.toml"
+
+# ${datadir}/portier is in FILES:${PN} by default.
+FILES:${PN} += "${systemd_system_unitdir}/portier.service \
+                ${nonarch_libdir}/sysusers.d/portier.conf \
+                ${nonarch_libdir}/tmpfiles.d/portier.conf \
+                ${nonarch_base_libdir}/udev/rules.d/60-portier.rules \
+                ${localstatedir}/lib/portier"
+
+# libonnxruntime.so is dlopen()ed (no DT_NEEDED), so name it; HailoRT and the Hailo-8 PCIe
+# driver and firmware come from meta-hailo's Hailo-8 branch.
+RDEPENDS:${PN} += "hailo-firmware \
+                   hailo-pci \
+                   libhailort \
+                   onnxruntime"
