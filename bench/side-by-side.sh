@@ -13,8 +13,8 @@ export ORT_DYLIB_PATH
 cargo build --locked --release --quiet
 py=$(bench/install.sh)
 echo "== $(date -u +%FT%TZ) on $(uname -srm)"
-echo "== portier: target/release/portier -c board/laptop-insightface.toml bench pipeline --repeat 30 $*"
-target/release/portier -c board/laptop-insightface.toml bench pipeline --repeat 30 "$@"
+echo "== portier: target/release/portier -c board/laptop.toml bench pipeline --repeat 30 $*"
+target/release/portier -c board/laptop.toml bench pipeline --repeat 30 "$@"
 echo
 echo "== InsightFace: $py bench/insightface_bench.py --repeat 30 $*"
 "$py" bench/insightface_bench.py --repeat 30 "$@"

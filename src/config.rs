@@ -5,6 +5,7 @@
 //! its models can move together. Must not: open models or devices; it only describes them.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -137,6 +138,208 @@ struct RawMatching {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawCamera {
+    source: CameraKind,
+    path: Option<PathBuf>,
+    #[serde(default = "default_fps")]
+    fps: f64,
+    #[serde(default, rename = "loop")]
+    looped: bool,
+    #[serde(default = "default_true")]
+    real_time: bool,
+    device: Option<PathBuf>,
+    #[serde(default = "default_width")]
+    width: u32,
+    #[serde(default = "default_height")]
+    height: u32,
+    #[serde(default)]
+    format: CameraFormat,
+    #[serde(default = "default_buffers")]
+    buffers: u32,
+    #[serde(default = "default_frame_timeout")]
+    frame_timeout_ms: u64,
+}
+
+fn default_fps() -> f64 {
+    30.0
+}
+fn default_true() -> bool {
+    true
+}
+fn default_width() -> u32 {
+    1280
+}
+fn default_height() -> u32 {
+    720
+}
+fn default_buffers() -> u32 {
+    4
+}
+fn default_frame_timeout() -> u64 {
+    500
+}
+
+/// Which frame source `portier run` uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CameraKind {
+    /// Files (MJPEG stream, image folder, one image).
+    Replay,
+    /// A V4L2 (UVC) camera.
+    V4l2,
+}
+
+/// Pixel format asked of a V4L2 camera.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CameraFormat {
+    /// MJPEG if offered, else YUYV.
+    #[default]
+    Auto,
+    /// MJPEG only.
+    Mjpeg,
+    /// YUYV only.
+    Yuyv,
+}
+
+/// The camera section, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CameraConfig {
+    /// Replay files.
+    Replay(crate::camera::replay::ReplaySettings),
+    /// A V4L2 camera.
+    V4l2 {
+        /// Device node.
+        device: PathBuf,
+        /// Requested width.
+        width: u32,
+        /// Requested height.
+        height: u32,
+        /// Requested frame rate.
+        fps: f64,
+        /// Requested format.
+        format: CameraFormat,
+        /// Memory-mapped buffers.
+        buffers: u32,
+    },
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDoor {
+    #[serde(default)]
+    backend: DoorBackend,
+    pulse_ms: Option<u64>,
+    held_open_s: Option<u64>,
+    contact: Option<ContactName>,
+    lock: Option<LockName>,
+    relay_active_high: Option<bool>,
+    exit_button_active_low: Option<bool>,
+    debounce_ms: Option<u64>,
+    gpio: Option<GpioLines>,
+}
+
+/// Which door I/O backend drives the pins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum DoorBackend {
+    /// Logs relay changes; inputs idle (door closed, button released).
+    #[default]
+    Fake,
+    /// The Linux GPIO character device (feature `gpio-cdev`).
+    GpioCdev,
+    /// rppal (feature `rppal`).
+    Rppal,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum ContactName {
+    NormallyClosed,
+    NormallyOpen,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum LockName {
+    FailSecure,
+    FailSafe,
+}
+
+/// GPIO lines of the door (by offset or by line name such as `GPIO17`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpioLines {
+    /// GPIO chip device (`/dev/gpiochip0`), or empty to find the lines by name on any chip.
+    #[serde(default)]
+    pub chip: String,
+    /// Relay output line.
+    pub relay: LineId,
+    /// Door contact input line.
+    pub contact: LineId,
+    /// Exit button input line.
+    pub exit_button: LineId,
+}
+
+/// A GPIO line: an offset on the chip or a line name.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum LineId {
+    /// Offset on the chip.
+    Offset(u32),
+    /// Line name (e.g. `GPIO17` on a Raspberry Pi).
+    Name(String),
+}
+
+/// The door section, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DoorSection {
+    /// Which backend.
+    pub backend: DoorBackend,
+    /// Timing and wiring.
+    pub door: crate::door::DoorConfig,
+    /// Lines, required by the GPIO backends.
+    pub gpio: Option<GpioLines>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDecision {
+    votes: Option<usize>,
+    window: Option<usize>,
+    cooldown_s: Option<u64>,
+    min_eye_px: Option<f32>,
+    min_quality: Option<f32>,
+    max_embeds_per_frame: Option<usize>,
+    min_face_height_pct: Option<f32>,
+    bands: Option<Vec<RawBand>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBand {
+    min_eye_px: f32,
+    threshold: f32,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTracker {
+    iou_min: Option<f32>,
+    max_age_ms: Option<u64>,
+    max_tracks: Option<usize>,
+    min_hits: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    camera_lost_restart_s: Option<u64>,
+    counters_interval_s: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawConfig {
     #[serde(default)]
     onnxruntime: OnnxRuntimeConfig,
@@ -144,6 +347,17 @@ struct RawConfig {
     recognizer: RawRecognizer,
     gallery: RawGallery,
     matching: RawMatching,
+    camera: Option<RawCamera>,
+    #[serde(default)]
+    door: RawDoor,
+    #[serde(default)]
+    decision: RawDecision,
+    #[serde(default)]
+    tracker: RawTracker,
+    #[serde(default)]
+    service: RawService,
+    #[serde(default)]
+    mqtt: crate::mqtt::client::MqttConfig,
 }
 
 /// The validated configuration.
@@ -161,6 +375,16 @@ pub struct Config {
     pub gallery_path: PathBuf,
     /// When a match counts.
     pub matching: MatchPolicy,
+    /// The camera (`portier run`, live enrolment); `None` when the file has no `[camera]`.
+    pub camera: Option<CameraConfig>,
+    /// Longest wait for one camera frame.
+    pub frame_timeout: std::time::Duration,
+    /// The door.
+    pub door: DoorSection,
+    /// The loop: tracking, decision, watchdog.
+    pub app: crate::app::AppSettings,
+    /// MQTT (disabled unless `[mqtt] enabled = true`).
+    pub mqtt: crate::mqtt::client::MqttConfig,
 }
 
 impl Config {
@@ -271,7 +495,20 @@ impl Config {
         if !(0.0..=1.0).contains(&m.margin) {
             return Err(invalid("matching.margin", format!("must be in 0..=1, got {}", m.margin)));
         }
+        let (camera, frame_timeout) = camera_config(raw.camera.as_ref(), &resolve, &invalid)?;
+        let door = door_config(&raw.door, &invalid)?;
+        let app = app_settings(&raw, m.threshold, m.margin, frame_timeout, &invalid)?;
+        let mut mqtt = raw.mqtt.clone();
+        mqtt.resolve_paths(&base);
+        if mqtt.enabled {
+            mqtt.validate().map_err(|(key, reason)| invalid(key, reason))?;
+        }
         Ok(Config {
+            mqtt,
+            camera,
+            frame_timeout,
+            door,
+            app,
             source: path.into(),
             onnxruntime: OnnxRuntimeConfig {
                 library: raw.onnxruntime.library.as_deref().map(resolve),
@@ -283,6 +520,211 @@ impl Config {
             matching: MatchPolicy { threshold: m.threshold, margin: m.margin },
         })
     }
+}
+
+type Invalid<'a> = &'a dyn Fn(&str, String) -> ConfigError;
+
+fn camera_config(
+    raw: Option<&RawCamera>,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+    invalid: Invalid<'_>,
+) -> Result<(Option<CameraConfig>, Duration), ConfigError> {
+    let Some(c) = raw else { return Ok((None, Duration::from_millis(default_frame_timeout()))) };
+    if !(10..=10_000).contains(&c.frame_timeout_ms) {
+        return Err(invalid(
+            "camera.frame_timeout_ms",
+            format!("must be in 10..=10000, got {}", c.frame_timeout_ms),
+        ));
+    }
+    if !(c.fps.is_finite() && c.fps > 0.0 && c.fps <= 240.0) {
+        return Err(invalid("camera.fps", format!("must be in (0, 240], got {}", c.fps)));
+    }
+    let timeout = Duration::from_millis(c.frame_timeout_ms);
+    let camera = match c.source {
+        CameraKind::Replay => {
+            let Some(p) = &c.path else {
+                return Err(invalid("camera.path", "required when source = \"replay\"".into()));
+            };
+            CameraConfig::Replay(crate::camera::replay::ReplaySettings {
+                path: resolve(p),
+                fps: c.fps,
+                looped: c.looped,
+                pace: c.real_time,
+            })
+        }
+        CameraKind::V4l2 => {
+            if !(16..=8192).contains(&c.width) || c.width % 2 != 0 {
+                return Err(invalid(
+                    "camera.width",
+                    format!("must be even, 16..=8192, got {}", c.width),
+                ));
+            }
+            if !(16..=8192).contains(&c.height) {
+                return Err(invalid(
+                    "camera.height",
+                    format!("must be in 16..=8192, got {}", c.height),
+                ));
+            }
+            if !(2..=32).contains(&c.buffers) {
+                return Err(invalid(
+                    "camera.buffers",
+                    format!("must be in 2..=32, got {}", c.buffers),
+                ));
+            }
+            CameraConfig::V4l2 {
+                device: c.device.clone().unwrap_or_else(|| PathBuf::from("/dev/video0")),
+                width: c.width,
+                height: c.height,
+                fps: c.fps,
+                format: c.format,
+                buffers: c.buffers,
+            }
+        }
+    };
+    Ok((Some(camera), timeout))
+}
+
+fn door_config(raw: &RawDoor, invalid: Invalid<'_>) -> Result<DoorSection, ConfigError> {
+    let mut door = crate::door::DoorConfig::default();
+    if let Some(v) = raw.pulse_ms {
+        door.pulse = Duration::from_millis(v);
+    }
+    if let Some(v) = raw.held_open_s {
+        door.held_open_after = Duration::from_secs(v);
+    }
+    if let Some(v) = raw.debounce_ms {
+        door.debounce = Duration::from_millis(v);
+    }
+    if let Some(c) = raw.contact {
+        door.contact = match c {
+            ContactName::NormallyClosed => crate::door::ContactWiring::NormallyClosed,
+            ContactName::NormallyOpen => crate::door::ContactWiring::NormallyOpen,
+        };
+    }
+    if let Some(l) = raw.lock {
+        door.lock = match l {
+            LockName::FailSecure => crate::door::LockWiring::FailSecure,
+            LockName::FailSafe => crate::door::LockWiring::FailSafe,
+        };
+    }
+    if let Some(v) = raw.relay_active_high {
+        door.relay_active_high = v;
+    }
+    if let Some(v) = raw.exit_button_active_low {
+        door.exit_button_active_low = v;
+    }
+    if let Err(reason) = door.validate() {
+        // DoorConfig names its fields; map them to the file's keys.
+        let key = if reason.starts_with("pulse") {
+            "door.pulse_ms"
+        } else if reason.starts_with("held_open") {
+            "door.held_open_s"
+        } else {
+            "door.debounce_ms"
+        };
+        return Err(invalid(key, reason));
+    }
+    if raw.backend != DoorBackend::Fake && raw.gpio.is_none() {
+        return Err(invalid(
+            "door.gpio",
+            "required by the GPIO backends (relay, contact, exit_button lines)".into(),
+        ));
+    }
+    Ok(DoorSection { backend: raw.backend, door, gpio: raw.gpio.clone() })
+}
+
+fn app_settings(
+    raw: &RawConfig,
+    threshold: f32,
+    margin: f32,
+    frame_timeout: Duration,
+    invalid: Invalid<'_>,
+) -> Result<crate::app::AppSettings, ConfigError> {
+    use crate::decide::{DecisionConfig, SizeBand};
+    let d = &raw.decision;
+    let mut decision = DecisionConfig::single(threshold, margin);
+    if let Some(v) = d.votes {
+        decision.votes = v;
+    }
+    if let Some(v) = d.window {
+        decision.window = v;
+    }
+    if let Some(v) = d.cooldown_s {
+        if v > 86_400 {
+            return Err(invalid("decision.cooldown_s", format!("must be at most 86400, got {v}")));
+        }
+        decision.cooldown = Duration::from_secs(v);
+    }
+    if let Some(v) = d.min_face_height_pct {
+        decision.min_face_height_pct = v;
+    }
+    if let Some(bands) = &d.bands {
+        decision.bands = bands
+            .iter()
+            .map(|b| SizeBand { min_eye_px: b.min_eye_px, threshold: b.threshold })
+            .collect();
+    }
+    if let Err(reason) = decision.validate() {
+        let field = reason.split([' ', '[', '.']).next().unwrap_or_default();
+        return Err(invalid(&format!("decision.{field}"), reason));
+    }
+    let mut app = crate::app::AppSettings::new(decision);
+    app.frame_timeout = frame_timeout;
+    if let Some(v) = d.min_eye_px {
+        if !(0.0..=1000.0).contains(&v) {
+            return Err(invalid("decision.min_eye_px", format!("must be in 0..=1000, got {v}")));
+        }
+        app.min_eye_px = v;
+    }
+    if let Some(v) = d.min_quality {
+        check_unit(&invalid, "decision.min_quality", v)?;
+        app.min_quality = v;
+    }
+    if let Some(v) = d.max_embeds_per_frame {
+        if !(1..=64).contains(&v) {
+            return Err(invalid(
+                "decision.max_embeds_per_frame",
+                format!("must be in 1..=64, got {v}"),
+            ));
+        }
+        app.max_embeds_per_frame = v;
+    }
+    let t = &raw.tracker;
+    if let Some(v) = t.iou_min {
+        if !(v > 0.0 && v < 1.0) {
+            return Err(invalid("tracker.iou_min", format!("must be in (0, 1), got {v}")));
+        }
+        app.tracker.iou_min = v;
+    }
+    if let Some(v) = t.max_age_ms {
+        if !(50..=60_000).contains(&v) {
+            return Err(invalid("tracker.max_age_ms", format!("must be in 50..=60000, got {v}")));
+        }
+        app.tracker.max_age = Duration::from_millis(v);
+    }
+    if let Some(v) = t.max_tracks {
+        if !(1..=256).contains(&v) {
+            return Err(invalid("tracker.max_tracks", format!("must be in 1..=256, got {v}")));
+        }
+        app.tracker.max_tracks = v;
+    }
+    if let Some(v) = t.min_hits {
+        if !(1..=30).contains(&v) {
+            return Err(invalid("tracker.min_hits", format!("must be in 1..=30, got {v}")));
+        }
+        app.tracker.min_hits = v;
+    }
+    let s = &raw.service;
+    if let Some(v) = s.camera_lost_restart_s {
+        app.camera_lost_restart = (v > 0).then(|| Duration::from_secs(v));
+    }
+    if let Some(v) = s.counters_interval_s {
+        if v == 0 {
+            return Err(invalid("service.counters_interval_s", "must be at least 1".into()));
+        }
+        app.counters_interval = Duration::from_secs(v);
+    }
+    Ok(app)
 }
 
 fn check_unit(

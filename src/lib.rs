@@ -21,8 +21,12 @@
 //! - [`mqtt`]: MQTT payloads, Home Assistant discovery, signed commands (issue 4, partial).
 
 pub mod align;
+pub mod app;
+pub mod camera;
 pub mod config;
+pub mod decide;
 pub mod detect;
+pub mod display;
 pub mod door;
 pub mod embed;
 pub mod eval;
@@ -31,4 +35,6 @@ pub mod gallery;
 pub mod infer;
 pub mod mqtt;
 pub mod pipeline;
+pub mod route;
+pub mod service;
 pub mod track;

@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
 use portier::config::{Config, ConfigError};
-use portier::eval::{bench, lfw, verify};
+use portier::eval::{bench, calibrate, distance, export_calib, lfw, verify};
 use portier::frame::load_image;
 use portier::gallery::{Decision, EnrollMode, Gallery, GalleryError, Matcher, UnknownReason};
 use portier::pipeline::{Pipeline, PipelineError, Select};
@@ -72,10 +72,49 @@ enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
+    /// Run the appliance: camera → faces → decision → door, until SIGTERM/SIGINT (or the end
+    /// of a replay, once the door has relocked).
+    Run {
+        /// Replay this MJPEG stream, image folder or image instead of the configured camera.
+        #[arg(long)]
+        replay: Option<PathBuf>,
+        /// Frame rate of the replay (default: the config's `camera.fps`, else 30).
+        #[arg(long)]
+        fps: Option<f64>,
+        /// Replay as fast as frames are processed instead of in real time.
+        #[arg(long)]
+        fast: bool,
+    },
+    /// Choose the router's size threshold, norm cliff and per-band thresholds from a distance
+    /// sweep; writes a `[routing]` TOML fragment.
+    Calibrate(calibrate::CalibrateArgs),
+    /// Write aligned 112x112 crops, far faces included, as a Hailo calibration set (.npy).
+    ExportCalib(export_calib::ExportCalibArgs),
+    /// Check a camera: open it, capture frames, report format, size and gaps.
+    Camera {
+        #[command(subcommand)]
+        command: CameraCommand,
+    },
     /// Validate a configuration file and exit (0 valid, 78 invalid).
     CheckConfig {
         /// The file (default: --config).
         file: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum CameraCommand {
+    /// Capture frames from a V4L2 device and print what it delivers (needs feature `v4l2`).
+    Check {
+        /// Device node.
+        #[arg(long, default_value = "/dev/video0")]
+        device: PathBuf,
+        /// Frames to capture.
+        #[arg(long, default_value_t = 30)]
+        frames: u32,
+        /// Longest wait for one frame, milliseconds.
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
     },
 }
 
@@ -105,6 +144,8 @@ enum GalleryCommand {
 
 #[derive(Subcommand, Debug)]
 enum EvalCommand {
+    /// Recognition against face size per backend (float32, emulated NPUs, routed).
+    Distance(distance::DistanceArgs),
     /// Verification and identification statistics on labelled photos.
     Verify {
         /// CSV with `path` and `identity` columns.
@@ -272,6 +313,32 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Camera { command: CameraCommand::Check { device, frames, timeout_ms } } => {
+            camera_check(&device, frames, std::time::Duration::from_millis(timeout_ms))
+        }
+        Command::Calibrate(args) => {
+            let config = Config::load(&cli.config)?;
+            calibrate::command(&config, &args).map_err(distance_failure)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ExportCalib(args) => {
+            let config = Config::load(&cli.config)?;
+            let s = export_calib::command(&config, &args).map_err(distance_failure)?;
+            println!(
+                "{}: {} crops of 112x112x3 uint8 ({} with detected landmarks, {} with full-size \
+                 landmarks scaled down); {} photo(s) without a face",
+                s.npy.display(),
+                s.crops,
+                s.detected,
+                s.reference,
+                s.no_face
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { replay, fps, fast } => {
+            let config = Config::load(&cli.config)?;
+            run_appliance(config, replay, fps, fast)
+        }
         Command::Enroll { name, append, photos } => {
             let config = Config::load(&cli.config)?;
             enroll(&config, &name, append, &photos)
@@ -302,6 +369,363 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn run_appliance(
+    mut config: Config,
+    replay: Option<PathBuf>,
+    fps: Option<f64>,
+    fast: bool,
+) -> Result<ExitCode, Failure> {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    use portier::app::{App, AppEvent, Parts};
+    use portier::camera::replay::{ReplaySettings, ReplaySource};
+    use portier::camera::FrameSource;
+    use portier::config::CameraConfig;
+
+    let configured_fps = match &config.camera {
+        Some(CameraConfig::Replay(r)) => Some(r.fps),
+        Some(CameraConfig::V4l2 { fps, .. }) => Some(*fps),
+        None => None,
+    };
+    if let Some(path) = replay {
+        config.camera = Some(CameraConfig::Replay(ReplaySettings {
+            path,
+            fps: fps.or(configured_fps).unwrap_or(30.0),
+            looped: false,
+            pace: !fast,
+        }));
+    } else if let Some(CameraConfig::Replay(r)) = &mut config.camera {
+        r.fps = fps.unwrap_or(r.fps);
+        r.pace &= !fast;
+    }
+    let Some(camera) = config.camera.clone() else {
+        return Err(Failure::new(
+            EX_CONFIG,
+            format!(
+                "config {}: key `camera`: required by `portier run` (or pass --replay FILE)",
+                config.source.display()
+            ),
+        ));
+    };
+
+    // The door first: the relay is driven to its secure level before anything else can fail.
+    let (door, emergency) = open_door(&config)?;
+    portier::door::install_panic_hook(emergency);
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, Arc::clone(&stop)).map_err(|e| {
+            Failure::new(EX_SOFTWARE, format!("cannot handle signal {signal}: {e}"))
+        })?;
+    }
+
+    let source: Box<dyn FrameSource> = match camera {
+        CameraConfig::Replay(settings) => {
+            Box::new(ReplaySource::open(settings).map_err(|e| Failure::new(EX_NOINPUT, e))?)
+        }
+        #[cfg(feature = "v4l2")]
+        CameraConfig::V4l2 { device, width, height, fps, format, buffers } => {
+            let settings =
+                v4l2_settings(device, width, height, fps, format, buffers, config.frame_timeout);
+            Box::new(
+                portier::camera::v4l2::V4l2Source::open(settings)
+                    .map_err(|e| Failure::new(EX_UNAVAILABLE, e))?,
+            )
+        }
+        #[cfg(not(feature = "v4l2"))]
+        CameraConfig::V4l2 { .. } => {
+            return Err(Failure::new(
+                EX_CONFIG,
+                format!(
+                    "config {}: key `camera.source`: v4l2 needs portier built with the `v4l2` \
+                     feature",
+                    config.source.display()
+                ),
+            ))
+        }
+    };
+    let pipeline = Pipeline::open(&config)?;
+    let model_id = pipeline.embedder_model_id();
+    let matcher = match open_matcher(&config, &model_id)? {
+        Some(m) => m,
+        None => Gallery::open_in_memory()?.matcher(&model_id)?,
+    };
+    log::info!(
+        "gallery: {} people enrolled for {model_id} ({})",
+        matcher.people(),
+        config.gallery_path.display()
+    );
+    let parts = Parts {
+        source,
+        detector: pipeline.detector,
+        embedder: Box::new(pipeline.embedder),
+        backend: "cpu",
+        matcher,
+        door,
+    };
+    let mut app = App::new(config.app.clone(), parts)
+        .map_err(|e| Failure::new(EX_CONFIG, format!("config {}: {e}", config.source.display())))?;
+    log::info!("running: {}", app.describe_source());
+    let notifier = portier::service::Notifier::from_env();
+    let mqtt = start_mqtt(&config)?;
+    let mut outgoing = Vec::new();
+    let mut grants = Vec::new();
+    // Fault injection for the tests of the emergency path (issue 7's harness extends it):
+    // `PORTIER_FAULT=panic-on-grant` panics the loop right after the first unlock.
+    let panic_on_grant = std::env::var("PORTIER_FAULT").is_ok_and(|v| v == "panic-on-grant");
+    let gallery_path = config.gallery_path.clone();
+    let mut next_command = || -> Option<portier::app::RemoteCommand> {
+        use portier::app::RemoteCommand;
+        use portier::mqtt::command::Action;
+        let command = mqtt.as_ref()?.commands().try_recv().ok()?;
+        Some(match command.action {
+            Action::Unlock => RemoteCommand::Unlock,
+            Action::Lock => RemoteCommand::Lock,
+            Action::ReloadGallery => {
+                match Gallery::open(&gallery_path).and_then(|g| g.matcher(&model_id)) {
+                    Ok(m) => RemoteCommand::SetMatcher(m),
+                    Err(e) => {
+                        log::error!("gallery reload refused: {e}");
+                        return None;
+                    }
+                }
+            }
+        })
+    };
+    let result = app.run(
+        &stop,
+        &notifier,
+        &mut |ev| {
+            if panic_on_grant && matches!(ev, AppEvent::Granted { .. }) {
+                panic!("PORTIER_FAULT=panic-on-grant: injected panic with the door unlocked");
+            }
+            if let Some(client) = &mqtt {
+                outgoing.clear();
+                portier::mqtt::bridge::messages(ev, &mut outgoing);
+                for m in outgoing.drain(..) {
+                    client.send(m);
+                }
+            }
+            match ev {
+                AppEvent::Granted { name, similarity, frame, .. } => {
+                    grants.push(format!("{name} at frame {frame} (similarity {similarity:.3})"));
+                }
+                AppEvent::Door(d) => log::info!("door: {d:?}"),
+                AppEvent::Tailgating { .. }
+                | AppEvent::CameraLost { .. }
+                | AppEvent::CameraBack => {}
+                AppEvent::CoolingDown { .. } | AppEvent::Unknown { .. } => {}
+            }
+        },
+        &mut next_command,
+    );
+    if let Some(client) = mqtt {
+        if let Err(e) = client.shutdown(std::time::Duration::from_secs(3)) {
+            log::warn!("mqtt: {e}");
+        }
+    }
+    let counters = match result {
+        Ok(c) => c,
+        Err(e) => {
+            portier::door::secure_on_emergency();
+            return Err(Failure::new(EX_SOFTWARE, e));
+        }
+    };
+    println!("summary: {counters}");
+    if grants.is_empty() {
+        println!("granted: nobody");
+    }
+    for g in &grants {
+        println!("granted: {g}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(feature = "v4l2")]
+fn v4l2_settings(
+    device: PathBuf,
+    width: u32,
+    height: u32,
+    fps: f64,
+    format: portier::config::CameraFormat,
+    buffers: u32,
+    frame_timeout: std::time::Duration,
+) -> portier::camera::v4l2::V4l2Settings {
+    use portier::camera::v4l2::FormatPreference;
+    use portier::config::CameraFormat;
+    let mut s = portier::camera::v4l2::V4l2Settings::new(device);
+    s.width = width;
+    s.height = height;
+    s.fps = fps.round().clamp(1.0, 240.0) as u32;
+    s.format = match format {
+        CameraFormat::Auto => FormatPreference::Auto,
+        CameraFormat::Mjpeg => FormatPreference::Mjpeg,
+        CameraFormat::Yuyv => FormatPreference::Yuyv,
+    };
+    s.buffers = buffers;
+    // A camera silent for four frame timeouts is lost and reopened.
+    s.frame_timeout = frame_timeout * 4;
+    s
+}
+
+#[cfg(feature = "v4l2")]
+fn camera_check(
+    device: &Path,
+    frames: u32,
+    timeout: std::time::Duration,
+) -> Result<ExitCode, Failure> {
+    let report = portier::camera::v4l2::probe(device, frames, timeout)
+        .map_err(|e| Failure::new(EX_UNAVAILABLE, e))?;
+    println!("{report}");
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(not(feature = "v4l2"))]
+fn camera_check(
+    device: &Path,
+    _frames: u32,
+    _timeout: std::time::Duration,
+) -> Result<ExitCode, Failure> {
+    Err(Failure::new(
+        EX_UNAVAILABLE,
+        format!("camera {}: this portier is built without the `v4l2` feature", device.display()),
+    ))
+}
+
+/// The MQTT client thread, when `[mqtt] enabled = true`. A broker that is down does not stop
+/// start-up: events wait in the outbox.
+fn start_mqtt(config: &Config) -> Result<Option<portier::mqtt::client::MqttClient>, Failure> {
+    use portier::mqtt::client::{run_id, MqttClient, MqttError};
+    use portier::mqtt::discovery::{DeviceInfo, DEFAULT_MODEL};
+    if !config.mqtt.enabled {
+        return Ok(None);
+    }
+    let m = &config.mqtt;
+    let device =
+        DeviceInfo::new(&m.device_id, &m.device_id, env!("CARGO_PKG_VERSION"), DEFAULT_MODEL, None)
+            .map_err(|e| {
+                Failure::new(
+                    EX_CONFIG,
+                    format!("config {}: key `mqtt.device_id`: {e}", config.source.display()),
+                )
+            })?;
+    match MqttClient::start(m, device, &run_id()) {
+        Ok(c) => {
+            log::info!("mqtt: publishing to {}:{}", m.host, m.port);
+            Ok(Some(c))
+        }
+        Err(e @ MqttError::Config { .. }) => {
+            Err(Failure::new(EX_CONFIG, format!("config {}: {e}", config.source.display())))
+        }
+        Err(e) => Err(Failure::new(EX_UNAVAILABLE, e)),
+    }
+}
+
+/// A door and the handle its panic hook secures.
+type OpenedDoor = (Box<dyn portier::door::DoorControl>, Box<dyn portier::door::EmergencySecure>);
+
+/// The door backend named in the config, with the handle the panic hook secures.
+fn open_door(config: &Config) -> Result<OpenedDoor, Failure> {
+    use embedded_hal::digital::PinState;
+    use portier::config::DoorBackend;
+    use portier::door::fake::{FixedInput, LoggedRelay};
+    use portier::door::{secure_level, ContactWiring, Door};
+
+    let section = &config.door;
+    let now = std::time::Duration::ZERO;
+    let door_err = |e: portier::door::DoorError| Failure::new(EX_UNAVAILABLE, e);
+    match section.backend {
+        DoorBackend::Fake => {
+            let relay = LoggedRelay::new(secure_level(&section.door) == PinState::High);
+            let emergency = relay.emergency();
+            // Idle inputs: door closed, button released.
+            let closed_high = section.door.contact == ContactWiring::NormallyOpen;
+            let contact = FixedInput::new(closed_high);
+            let button = FixedInput::new(section.door.exit_button_active_low);
+            log::info!("door: fake backend (relay changes are logged; door closed, no button)");
+            let door =
+                Door::new(section.door.clone(), relay, contact, button, now).map_err(door_err)?;
+            Ok((Box::new(door), emergency))
+        }
+        #[cfg(feature = "gpio-cdev")]
+        DoorBackend::GpioCdev => {
+            use portier::door::gpio::{open_door_pins, GpioSettings, LineSpec};
+            let lines = section.gpio.as_ref().ok_or_else(|| missing_lines(config))?;
+            let spec = |key: &str, id: &portier::config::LineId| {
+                let text = match id {
+                    portier::config::LineId::Offset(o) => o.to_string(),
+                    portier::config::LineId::Name(n) => n.clone(),
+                };
+                LineSpec::parse(&text).map_err(|e| {
+                    Failure::new(
+                        EX_CONFIG,
+                        format!("config {}: key `door.gpio.{key}`: {e}", config.source.display()),
+                    )
+                })
+            };
+            let settings = GpioSettings::new(
+                (!lines.chip.is_empty()).then(|| lines.chip.clone()),
+                spec("relay", &lines.relay)?,
+                spec("contact", &lines.contact)?,
+                spec("exit_button", &lines.exit_button)?,
+                &section.door,
+            );
+            let (relay, contact, button, emergency) =
+                open_door_pins(&settings).map_err(|e| Failure::new(EX_UNAVAILABLE, e))?;
+            let door =
+                Door::new(section.door.clone(), relay, contact, button, now).map_err(door_err)?;
+            Ok((Box::new(door), emergency))
+        }
+        #[cfg(feature = "rppal")]
+        DoorBackend::Rppal => {
+            use portier::door::rppal::{open_door_pins, RppalSettings};
+            let lines = section.gpio.as_ref().ok_or_else(|| missing_lines(config))?;
+            let pin = |key: &str, id: &portier::config::LineId| match id {
+                portier::config::LineId::Offset(o) if *o < 64 => Ok(*o as u8),
+                _ => Err(Failure::new(
+                    EX_CONFIG,
+                    format!(
+                        "config {}: key `door.gpio.{key}`: rppal takes BCM pin numbers (0..64)",
+                        config.source.display()
+                    ),
+                )),
+            };
+            let settings = RppalSettings::new(
+                pin("relay", &lines.relay)?,
+                pin("contact", &lines.contact)?,
+                pin("exit_button", &lines.exit_button)?,
+                &section.door,
+            );
+            let (relay, contact, button, emergency) =
+                open_door_pins(&settings).map_err(|e| Failure::new(EX_UNAVAILABLE, e))?;
+            let door =
+                Door::new(section.door.clone(), relay, contact, button, now).map_err(door_err)?;
+            Ok((Box::new(door), emergency))
+        }
+        #[allow(unreachable_patterns)]
+        other => Err(Failure::new(
+            EX_CONFIG,
+            format!(
+                "config {}: key `door.backend`: {other:?} is not built into this binary (build \
+                 with the matching feature)",
+                config.source.display()
+            ),
+        )),
+    }
+}
+
+#[cfg(any(feature = "gpio-cdev", feature = "rppal"))]
+fn missing_lines(config: &Config) -> Failure {
+    Failure::new(
+        EX_CONFIG,
+        format!("config {}: key `door.gpio`: required by this backend", config.source.display()),
+    )
+}
+
+fn distance_failure(e: distance::DistanceError) -> Failure {
+    Failure::new(e.exit_code(), e)
 }
 
 fn print_json(v: &impl Serialize) {
@@ -566,6 +990,9 @@ fn gallery(config: &Config, command: GalleryCommand) -> Result<ExitCode, Failure
 
 fn eval(mut config: Config, command: EvalCommand) -> Result<ExitCode, Failure> {
     match command {
+        EvalCommand::Distance(args) => {
+            distance::command(&config, &args).map_err(distance_failure)?;
+        }
         EvalCommand::Verify { labels, root, out } => {
             let root = root.unwrap_or_else(|| {
                 let dir = labels.parent().map(Path::to_path_buf).unwrap_or_default();

@@ -180,6 +180,20 @@ impl Matcher {
     /// ([`GalleryError::InvalidEmbedding`]). An empty matcher accepts any embedding and returns
     /// no candidates. Allocates only the names of the returned candidates.
     pub fn best_two(&self, embedding: &[f32]) -> Result<MatchResult, GalleryError> {
+        let (best, second) = self.best_two_indices(embedding)?;
+        Ok(MatchResult {
+            best: best.map(|(p, s)| self.candidate(p, s)),
+            second: second.map(|(p, s)| self.candidate(p, s)),
+        })
+    }
+
+    /// [`Matcher::best_two`] without allocating: (person index, similarity) of the best and
+    /// second-best person, for the frame loop. Names come from [`Matcher::person_name`].
+    #[allow(clippy::type_complexity)]
+    pub fn best_two_indices(
+        &self,
+        embedding: &[f32],
+    ) -> Result<(Option<(usize, f32)>, Option<(usize, f32)>), GalleryError> {
         let mut best: Option<(usize, f32)> = None;
         let mut second: Option<(usize, f32)> = None;
         self.for_each_score(embedding, |person, score| match best {
@@ -194,10 +208,7 @@ impl Matcher {
                 best = Some((person, score));
             }
         })?;
-        Ok(MatchResult {
-            best: best.map(|(p, s)| self.candidate(p, s)),
-            second: second.map(|(p, s)| self.candidate(p, s)),
-        })
+        Ok((best, second))
     }
 
     /// Every person's score for `embedding`, written into `scores` (resized to

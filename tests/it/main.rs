@@ -4,7 +4,10 @@
 // Tests fail loudly on the first unexpected value: unwrap is the point here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod appliance;
 mod cli;
 mod common;
+mod distance;
+mod mqtt;
 mod parity;
 mod recognition;

@@ -9,7 +9,7 @@ use portier::pipeline::{Pipeline, Select};
 
 /// The operating threshold documented for SCRFD + w600k in the board config.
 fn w600k_threshold() -> f32 {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("board/laptop-insightface.toml");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("board/laptop.toml");
     Config::load(&path).unwrap().matching.threshold
 }
 

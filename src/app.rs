@@ -1,0 +1,723 @@
+//! The appliance loop: one frame per [`App::step`], from the camera through detection,
+//! tracking, embedding and the access decision to the door, with every outcome reported as an
+//! [`AppEvent`] and counted in [`Counters`].
+//!
+//! `step(now)` is a function of the source's next frame and the time the caller passes, so
+//! tests drive it with a synthetic clock; [`App::run`] is the thin real-time shell around it
+//! (stop flag, watchdog, periodic counters, securing the door on the way out).
+//!
+//! Must not: block longer than the frame timeout, allocate per frame after warm-up (events,
+//! which are rare, carry names), or let anything but a configuration or start-up error stop
+//! it: corrupt frames are dropped and counted, a lost camera is reported and retried, a
+//! failing door pin is counted and the door secured.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::align::{align_face, AlignedFace};
+use crate::camera::{CameraError, FrameSource};
+use crate::decide::{Decider, DecisionConfig, FaceSize, Verdict};
+use crate::detect::{Detection, Detector};
+use crate::door::{DoorControl, DoorError, DoorEvent, UnlockReason};
+use crate::embed::{Embedder, MAX_DIM};
+use crate::frame::{FrameDecoder, RgbImage};
+use crate::gallery::{Matcher, PersonId};
+use crate::service::Notifier;
+use crate::track::{quality, TrackId, Tracker, TrackerConfig};
+
+/// Loop settings (from the config file's `[tracker]`, `[decision]` and `[camera]` sections).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppSettings {
+    /// Tracking.
+    pub tracker: TrackerConfig,
+    /// Votes, thresholds by size, cooldown.
+    pub decision: DecisionConfig,
+    /// Faces with a smaller eye distance (pixels) are tracked but not embedded.
+    pub min_eye_px: f32,
+    /// Faces of lower quality (0..1, see [`crate::track::quality`]) are not embedded.
+    pub min_quality: f32,
+    /// Most faces embedded per frame; the tracks that voted longest ago go first.
+    pub max_embeds_per_frame: usize,
+    /// Longest wait for a frame in one step.
+    pub frame_timeout: Duration,
+    /// Stop feeding the watchdog when no frame arrived for this long (systemd then restarts
+    /// the service, which re-opens the camera from scratch); `None` = always feed.
+    pub camera_lost_restart: Option<Duration>,
+    /// How often [`App::run`] logs the counters.
+    pub counters_interval: Duration,
+}
+
+impl AppSettings {
+    /// Defaults around a decision config.
+    pub fn new(decision: DecisionConfig) -> Self {
+        Self {
+            tracker: TrackerConfig::default(),
+            decision,
+            min_eye_px: 12.0,
+            min_quality: 0.2,
+            max_embeds_per_frame: 4,
+            frame_timeout: Duration::from_millis(500),
+            camera_lost_restart: Some(Duration::from_secs(120)),
+            counters_interval: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Something the loop reports (to the log, MQTT and the display).
+#[derive(Debug, Clone, PartialEq)]
+pub enum AppEvent {
+    /// The door was opened for a recognised person.
+    Granted {
+        /// Track of the face.
+        track: TrackId,
+        /// Gallery id.
+        person: PersonId,
+        /// Gallery name.
+        name: String,
+        /// Mean similarity of the agreeing votes.
+        similarity: f32,
+        /// Agreeing votes.
+        votes: usize,
+        /// Eye distance of the deciding face, pixels.
+        eye_px: f32,
+        /// Embedding norm before normalisation of the deciding face.
+        norm: f32,
+        /// Which backend embedded it.
+        backend: &'static str,
+        /// Source frame sequence number.
+        frame: u64,
+    },
+    /// A recognised person within the cooldown: not opened again.
+    CoolingDown {
+        /// Track of the face.
+        track: TrackId,
+        /// Gallery name.
+        name: String,
+        /// Source frame sequence number.
+        frame: u64,
+    },
+    /// A face nobody in the gallery matches (reported once per track).
+    Unknown {
+        /// Track of the face.
+        track: TrackId,
+        /// Best similarity seen (NaN with an empty gallery).
+        similarity: f32,
+        /// Eye distance of the last face, pixels.
+        eye_px: f32,
+        /// Source frame sequence number.
+        frame: u64,
+    },
+    /// Someone not granted came into view while the door was unlocked for someone else.
+    Tailgating {
+        /// Track of the newcomer.
+        track: TrackId,
+        /// Source frame sequence number.
+        frame: u64,
+    },
+    /// The door reported something.
+    Door(DoorEvent),
+    /// The camera failed; frames stop until it comes back.
+    CameraLost {
+        /// What happened.
+        reason: String,
+    },
+    /// Frames flow again after [`AppEvent::CameraLost`].
+    CameraBack,
+}
+
+/// Everything the loop counts, in one place.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Frames decoded and processed.
+    pub frames: u64,
+    /// Frames dropped because they did not decode.
+    pub corrupt_frames: u64,
+    /// Steps without a frame within the timeout.
+    pub timeouts: u64,
+    /// Camera failures.
+    pub camera_errors: u64,
+    /// Faces detected (summed over frames).
+    pub faces: u64,
+    /// Embeddings computed.
+    pub embeddings: u64,
+    /// Embedding failures.
+    pub embed_errors: u64,
+    /// Access grants.
+    pub grants: u64,
+    /// Grants suppressed by the cooldown.
+    pub cooldowns: u64,
+    /// Tracks reported unknown.
+    pub unknowns: u64,
+    /// Tailgating reports.
+    pub tailgates: u64,
+    /// Door pin errors.
+    pub door_errors: u64,
+}
+
+impl std::fmt::Display for Counters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "frames {} (corrupt {}, timeouts {}, camera errors {}), faces {}, embeddings {} \
+             (errors {}), grants {}, cooldowns {}, unknown {}, tailgating {}, door errors {}",
+            self.frames,
+            self.corrupt_frames,
+            self.timeouts,
+            self.camera_errors,
+            self.faces,
+            self.embeddings,
+            self.embed_errors,
+            self.grants,
+            self.cooldowns,
+            self.unknowns,
+            self.tailgates,
+            self.door_errors
+        )
+    }
+}
+
+/// A command from outside the loop (MQTT, the service's control socket), already
+/// authenticated by whoever hands it over.
+#[derive(Debug)]
+pub enum RemoteCommand {
+    /// Release the door as for a recognised face.
+    Unlock,
+    /// Lock now, ending any release.
+    Lock,
+    /// Use this gallery from now on (reloaded or changed by an enrolment).
+    SetMatcher(Matcher),
+}
+
+/// What one step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepOutcome {
+    /// A frame was processed.
+    Frame {
+        /// Its sequence number.
+        sequence: u64,
+        /// Faces detected in it.
+        faces: usize,
+    },
+    /// A frame arrived but did not decode (counted, dropped).
+    Dropped,
+    /// No frame this time (timeout, or the camera is away).
+    NoFrame,
+    /// The replay ended.
+    EndOfStream,
+}
+
+/// Errors that stop the loop.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The door cannot be driven (its relay write failed and could not be secured).
+    #[error(transparent)]
+    Door(#[from] DoorError),
+    /// The decision settings are inconsistent.
+    #[error("decision settings: {0}")]
+    Config(String),
+}
+
+/// Warnings that outside input can trigger at frame rate: at most one per interval, with the
+/// number suppressed since.
+#[derive(Debug, Default)]
+struct RateLimit {
+    last: Option<Duration>,
+    suppressed: u64,
+}
+
+impl RateLimit {
+    const INTERVAL: Duration = Duration::from_secs(10);
+
+    /// Whether to log now; `Some(suppressed)` when yes.
+    fn allow(&mut self, now: Duration) -> Option<u64> {
+        match self.last {
+            Some(last) if now.saturating_sub(last) < Self::INTERVAL => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
+/// The loop's state. See the module documentation.
+pub struct App {
+    settings: AppSettings,
+    source: Box<dyn FrameSource>,
+    decoder: FrameDecoder,
+    frame: RgbImage,
+    detector: Detector,
+    detections: Vec<Detection>,
+    tracker: Tracker,
+    assignment: Vec<Option<TrackId>>,
+    ended: Vec<TrackId>,
+    embedder: Box<dyn Embedder>,
+    backend: &'static str,
+    crop: Box<AlignedFace>,
+    embedding: Vec<f32>,
+    matcher: Matcher,
+    decider: Decider,
+    door: Box<dyn DoorControl>,
+    door_events: Vec<DoorEvent>,
+    events: Vec<AppEvent>,
+    counters: Counters,
+    /// (last vote, detection index) of this frame's embedding candidates.
+    candidates: Vec<(Duration, usize)>,
+    camera_lost: bool,
+    last_frame_at: Duration,
+    /// While the door is unlocked for a face: the tracks that were in view at the grant.
+    grant_witnesses: Vec<TrackId>,
+    grant_open: bool,
+    corrupt_log: RateLimit,
+    door_log: RateLimit,
+    embed_log: RateLimit,
+    last_latency: Option<Duration>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("source", &self.source.describe())
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The parts an [`App`] is made of, chosen in `main` (or a test).
+pub struct Parts {
+    /// Where frames come from.
+    pub source: Box<dyn FrameSource>,
+    /// Face detector.
+    pub detector: Detector,
+    /// Face recognizer.
+    pub embedder: Box<dyn Embedder>,
+    /// Name of the embedder's backend for events (`cpu`, `npu`).
+    pub backend: &'static str,
+    /// Enrolled people for the embedder's model.
+    pub matcher: Matcher,
+    /// The door.
+    pub door: Box<dyn DoorControl>,
+}
+
+impl App {
+    /// Assembles the loop; buffers are sized here, once.
+    pub fn new(settings: AppSettings, parts: Parts) -> Result<Self, AppError> {
+        let max_tracks = settings.tracker.max_tracks;
+        let decider =
+            Decider::new(settings.decision.clone(), max_tracks).map_err(AppError::Config)?;
+        let dim = parts.embedder.dim().min(MAX_DIM);
+        Ok(Self {
+            tracker: Tracker::new(settings.tracker),
+            settings,
+            source: parts.source,
+            decoder: FrameDecoder::new(),
+            frame: RgbImage::new(0, 0),
+            detector: parts.detector,
+            detections: Vec::with_capacity(64),
+            assignment: Vec::with_capacity(64),
+            ended: Vec::with_capacity(max_tracks),
+            embedder: parts.embedder,
+            backend: parts.backend,
+            crop: Box::default(),
+            embedding: vec![0.0; dim],
+            matcher: parts.matcher,
+            decider,
+            door: parts.door,
+            door_events: Vec::with_capacity(8),
+            events: Vec::with_capacity(16),
+            counters: Counters::default(),
+            candidates: Vec::with_capacity(64),
+            camera_lost: false,
+            last_frame_at: Duration::ZERO,
+            grant_witnesses: Vec::with_capacity(max_tracks),
+            grant_open: false,
+            corrupt_log: RateLimit::default(),
+            door_log: RateLimit::default(),
+            embed_log: RateLimit::default(),
+            last_latency: None,
+        })
+    }
+
+    /// The counters so far.
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// The door (state for the display, commands from MQTT).
+    pub fn door(&mut self) -> &mut dyn DoorControl {
+        self.door.as_mut()
+    }
+
+    /// One line describing the frame source.
+    pub fn describe_source(&self) -> String {
+        self.source.describe()
+    }
+
+    /// Time from the last processed frame's arrival to the end of its decision.
+    pub fn last_latency(&self) -> Option<Duration> {
+        self.last_latency
+    }
+
+    /// Events since the last call, oldest first.
+    pub fn drain_events(&mut self) -> std::vec::Drain<'_, AppEvent> {
+        self.events.drain(..)
+    }
+
+    /// Replaces the gallery (after an enrolment or a reload command); votes start over.
+    pub fn set_matcher(&mut self, matcher: Matcher) {
+        self.matcher = matcher;
+        self.decider.reset();
+    }
+
+    /// Unlocks for a remote command (already authenticated by the caller).
+    pub fn remote_unlock(&mut self, now: Duration) -> Result<(), DoorError> {
+        self.door.unlock(UnlockReason::Remote, now)
+    }
+
+    /// Polls the door, takes the next frame (waiting at most the frame timeout) and runs it
+    /// through detection, tracking, embedding and the decision. `now` is the loop's monotonic
+    /// time; the door and the tracker run on it.
+    pub fn step(&mut self, now: Duration) -> Result<StepOutcome, AppError> {
+        self.poll_door(now);
+        let timeout = self.settings.frame_timeout;
+        let raw = match self.source.next_frame(timeout) {
+            Ok(raw) => raw,
+            Err(CameraError::Timeout(_)) => {
+                self.counters.timeouts += 1;
+                return Ok(StepOutcome::NoFrame);
+            }
+            Err(CameraError::EndOfStream) => return Ok(StepOutcome::EndOfStream),
+            Err(e) => {
+                self.counters.camera_errors += 1;
+                if !self.camera_lost {
+                    self.camera_lost = true;
+                    log::warn!("{e}");
+                    self.events.push(AppEvent::CameraLost { reason: e.to_string() });
+                }
+                return Ok(StepOutcome::NoFrame);
+            }
+        };
+        let arrived = Instant::now();
+        let sequence = raw.sequence;
+        if let Err(e) = self.decoder.decode(&raw, &mut self.frame) {
+            self.counters.corrupt_frames += 1;
+            if let Some(suppressed) = self.corrupt_log.allow(now) {
+                log::warn!("dropping frame {sequence}: {e} ({suppressed} more since the last)");
+            }
+            return Ok(StepOutcome::Dropped);
+        }
+        if self.camera_lost {
+            self.camera_lost = false;
+            log::info!("camera back: {}", self.source.describe());
+            self.events.push(AppEvent::CameraBack);
+        }
+        self.last_frame_at = now;
+        self.counters.frames += 1;
+        let faces = self.process_frame(sequence, now)?;
+        self.last_latency = Some(arrived.elapsed());
+        Ok(StepOutcome::Frame { sequence, faces })
+    }
+
+    fn poll_door(&mut self, now: Duration) {
+        self.door_events.clear();
+        if let Err(e) = self.door.poll(now, &mut self.door_events) {
+            self.counters.door_errors += 1;
+            if let Some(suppressed) = self.door_log.allow(now) {
+                log::error!("{e} ({suppressed} more since the last)");
+            }
+        }
+        for ev in self.door_events.drain(..) {
+            self.events.push(AppEvent::Door(ev));
+        }
+        if self.grant_open && self.door.state().locked {
+            self.grant_open = false;
+            self.grant_witnesses.clear();
+        }
+    }
+
+    fn process_frame(&mut self, sequence: u64, now: Duration) -> Result<usize, AppError> {
+        if let Err(e) = self.detector.detect(self.frame.view(), &mut self.detections) {
+            // A model failure on one frame: count it like a bad frame and go on.
+            self.counters.corrupt_frames += 1;
+            if let Some(suppressed) = self.corrupt_log.allow(now) {
+                log::warn!("detector failed on frame {sequence}: {e} ({suppressed} more)");
+            }
+            return Ok(0);
+        }
+        let faces = self.detections.len();
+        self.counters.faces += faces as u64;
+        self.tracker.update(&self.detections, now, &mut self.assignment, &mut self.ended);
+        self.decider.end_tracks(&self.ended);
+
+        // Embedding candidates: confirmed tracks not yet granted, faces large enough.
+        self.candidates.clear();
+        for (i, det) in self.detections.iter().enumerate() {
+            let Some(track) = self.assignment[i] else { continue };
+            let confirmed = self.tracker.get(track).is_some_and(|t| t.confirmed);
+            if confirmed
+                && self.decider.wants(track, now)
+                && det.eye_distance() >= self.settings.min_eye_px
+            {
+                self.candidates.push((self.decider.last_vote(track), i));
+            }
+        }
+        self.candidates.sort_unstable_by_key(|c| c.0);
+        self.candidates.truncate(self.settings.max_embeds_per_frame);
+
+        for c in 0..self.candidates.len() {
+            let i = self.candidates[c].1;
+            let det = self.detections[i];
+            let Some(track) = self.assignment[i] else { continue };
+            if align_face(self.frame.view(), &det.kps, &mut self.crop).is_none() {
+                continue;
+            }
+            let q = quality(&det, Some(&self.crop));
+            self.tracker.offer(track, &det, q);
+            if q.score < self.settings.min_quality {
+                log::trace!(
+                    "frame {sequence} track {track}: quality {:.2} (size {:.0} px, frontal {:.2}, \
+                     sharpness {:.0}) below {}",
+                    q.score,
+                    q.eye_distance,
+                    q.frontal,
+                    q.sharpness,
+                    self.settings.min_quality
+                );
+                continue;
+            }
+            let norm = match self.embedder.embed(&self.crop, &mut self.embedding) {
+                Ok(norm) => norm,
+                Err(e) => {
+                    self.counters.embed_errors += 1;
+                    if let Some(suppressed) = self.embed_log.allow(now) {
+                        log::warn!("embedding failed: {e} ({suppressed} more)");
+                    }
+                    continue;
+                }
+            };
+            self.counters.embeddings += 1;
+            let (best, second) = match self.matcher.best_two_indices(&self.embedding) {
+                Ok(r) => r,
+                Err(e) => {
+                    self.counters.embed_errors += 1;
+                    if let Some(suppressed) = self.embed_log.allow(now) {
+                        log::warn!("matching failed: {e} ({suppressed} more)");
+                    }
+                    continue;
+                }
+            };
+            if log::log_enabled!(log::Level::Debug) {
+                let name = |b: Option<(usize, f32)>| {
+                    b.map(|(p, s)| format!("{} {s:.3}", self.matcher.person_name(p)))
+                };
+                log::debug!(
+                    "frame {sequence} track {track}: best {:?}, second {:?}, eye {:.0} px, \
+                     quality {:.2}, norm {norm:.1}",
+                    name(best),
+                    name(second),
+                    q.eye_distance,
+                    q.score
+                );
+            }
+            let matcher = &self.matcher;
+            let height = det.bbox[3] - det.bbox[1];
+            let face = FaceSize {
+                eye_px: q.eye_distance,
+                height_pct: 100.0 * height / self.frame.height().max(1) as f32,
+            };
+            let verdict =
+                self.decider.vote(track, best, second, face, |p| matcher.person_id(p), now);
+            if let Some(v) = verdict {
+                self.apply(v, sequence, q.eye_distance, norm, now)?;
+            }
+        }
+        self.check_tailgating(sequence);
+        Ok(faces)
+    }
+
+    fn apply(
+        &mut self,
+        verdict: Verdict,
+        frame: u64,
+        eye_px: f32,
+        norm: f32,
+        now: Duration,
+    ) -> Result<(), AppError> {
+        match verdict {
+            Verdict::Granted { track, person_index, person, similarity, votes } => {
+                let name = self.matcher.person_name(person_index).to_string();
+                self.counters.grants += 1;
+                log::info!(
+                    "granted {name} (track {track}, similarity {similarity:.3}, {votes} votes, \
+                     eye distance {eye_px:.0} px, frame {frame})"
+                );
+                if let Err(e) = self.door.unlock(UnlockReason::Face { person: name.clone() }, now) {
+                    self.counters.door_errors += 1;
+                    log::error!("cannot unlock for {name}: {e}");
+                    // unlock() already tried to secure; if even that fails the door is in an
+                    // unknown state and the loop must stop (the caller secures on exit).
+                    self.door.secure()?;
+                }
+                self.grant_open = true;
+                self.grant_witnesses.clear();
+                for t in self.tracker.tracks() {
+                    if t.last_seen == now {
+                        self.grant_witnesses.push(t.id);
+                    }
+                }
+                self.events.push(AppEvent::Granted {
+                    track,
+                    person,
+                    name,
+                    similarity,
+                    votes,
+                    eye_px,
+                    norm,
+                    backend: self.backend,
+                    frame,
+                });
+            }
+            Verdict::CoolingDown { track, person } => {
+                self.counters.cooldowns += 1;
+                let name = (0..self.matcher.people())
+                    .find(|&i| self.matcher.person_id(i) == person)
+                    .map(|i| self.matcher.person_name(i).to_string())
+                    .unwrap_or_default();
+                log::info!("{name} recognised again within the cooldown (track {track})");
+                self.events.push(AppEvent::CoolingDown { track, name, frame });
+            }
+            Verdict::Unknown { track, best_similarity } => {
+                self.counters.unknowns += 1;
+                log::info!(
+                    "unknown face (track {track}, best similarity {best_similarity:.3}, eye \
+                     distance {eye_px:.0} px, frame {frame})"
+                );
+                self.events.push(AppEvent::Unknown {
+                    track,
+                    similarity: best_similarity,
+                    eye_px,
+                    frame,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// While the door is unlocked for a face, a confirmed track that was not in view at the
+    /// grant and is not granted itself is a tailgater (reported once per track).
+    fn check_tailgating(&mut self, frame: u64) {
+        if !self.grant_open {
+            return;
+        }
+        for i in 0..self.tracker.tracks().len() {
+            let t = &self.tracker.tracks()[i];
+            let id = t.id;
+            if !t.confirmed || self.grant_witnesses.contains(&id) || self.decider.granted(id) {
+                continue;
+            }
+            if self.decider.report_tailgate(id) {
+                self.counters.tailgates += 1;
+                log::warn!("tailgating: track {id} entered while the door was unlocked");
+                self.events.push(AppEvent::Tailgating { track: id, frame });
+            }
+        }
+    }
+
+    /// Carries out a remote command.
+    pub fn apply_command(&mut self, command: RemoteCommand, now: Duration) {
+        match command {
+            RemoteCommand::Unlock => {
+                log::info!("remote unlock");
+                if let Err(e) = self.door.unlock(UnlockReason::Remote, now) {
+                    self.counters.door_errors += 1;
+                    log::error!("remote unlock failed: {e}");
+                }
+            }
+            RemoteCommand::Lock => {
+                log::info!("remote lock");
+                if let Err(e) = self.door.secure() {
+                    self.counters.door_errors += 1;
+                    log::error!("remote lock failed: {e}");
+                }
+            }
+            RemoteCommand::SetMatcher(m) => {
+                log::info!("gallery: {} people enrolled now", m.people());
+                self.set_matcher(m);
+            }
+        }
+    }
+
+    /// Secures the door (relay to its locked level).
+    pub fn secure(&mut self) -> Result<(), DoorError> {
+        self.door.secure()
+    }
+
+    /// Runs until `stop` is set or a replay ends (then until the door has relocked), handing
+    /// every event to `on_event`, feeding the watchdog on progress, and securing the door on
+    /// the way out (also when the loop fails).
+    pub fn run(
+        &mut self,
+        stop: &AtomicBool,
+        notifier: &Notifier,
+        on_event: &mut dyn FnMut(&AppEvent),
+        next_command: &mut dyn FnMut() -> Option<RemoteCommand>,
+    ) -> Result<Counters, AppError> {
+        let start = Instant::now();
+        let mut last_counters = Duration::ZERO;
+        let mut ended = false;
+        notifier.ready(&self.source.describe());
+        let result = loop {
+            if stop.load(Ordering::SeqCst) {
+                log::info!("stopping on request");
+                break Ok(());
+            }
+            let now = start.elapsed();
+            while let Some(command) = next_command() {
+                self.apply_command(command, now);
+            }
+            let outcome = if ended {
+                self.poll_door(now);
+                std::thread::sleep(Duration::from_millis(20));
+                StepOutcome::NoFrame
+            } else {
+                match self.step(now) {
+                    Ok(o) => o,
+                    Err(e) => break Err(e),
+                }
+            };
+            for ev in self.events.drain(..) {
+                on_event(&ev);
+            }
+            if outcome == StepOutcome::EndOfStream {
+                ended = true;
+                log::info!("replay ended; waiting for the door to relock");
+            }
+            if ended && self.door.state().locked {
+                break Ok(());
+            }
+            let camera_ok = self
+                .settings
+                .camera_lost_restart
+                .is_none_or(|limit| now.saturating_sub(self.last_frame_at) < limit || ended);
+            if camera_ok {
+                notifier.watchdog();
+            }
+            if now.saturating_sub(last_counters) >= self.settings.counters_interval {
+                last_counters = now;
+                log::info!("counters: {}", self.counters);
+            }
+        };
+        notifier.stopping();
+        let secured = self.door.secure();
+        self.poll_door(start.elapsed());
+        for ev in self.events.drain(..) {
+            on_event(&ev);
+        }
+        result?;
+        secured?;
+        Ok(self.counters)
+    }
+}

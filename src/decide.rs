@@ -1,0 +1,555 @@
+//! The access decision per track: a person is granted when `votes` of the last `window`
+//! embeddings of one track name the same enrolled person, each above the similarity threshold
+//! of that face's size band and ahead of the second-best person by the margin. A track whose
+//! window fills without such a majority is reported unknown (once; it may still be granted
+//! later, when the person turns to the camera). A person granted within the cooldown is not
+//! granted again (a track lost and found again does not pulse the door twice).
+//!
+//! Must not: read clocks, run models, or allocate per vote: per-track state lives in a fixed
+//! ring of `MAX_WINDOW` votes in a vector sized for the tracker's `max_tracks` once.
+
+use std::time::Duration;
+
+use crate::gallery::PersonId;
+use crate::track::TrackId;
+
+/// Longest vote window.
+pub const MAX_WINDOW: usize = 16;
+
+/// Similarity threshold for faces at least `min_eye_px` apart at the eyes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SizeBand {
+    /// Smallest eye distance (pixels) of the band.
+    pub min_eye_px: f32,
+    /// Cosine similarity a vote needs in this band.
+    pub threshold: f32,
+}
+
+/// Decision settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecisionConfig {
+    /// Votes for one person needed to grant (N).
+    pub votes: usize,
+    /// Votes considered (M, the last M embeddings of the track).
+    pub window: usize,
+    /// Thresholds by face size, ascending by `min_eye_px`; the first band starts at
+    /// `min_eye_px` of the faces that are embedded at all.
+    pub bands: Vec<SizeBand>,
+    /// Lead over the second-best person a vote needs.
+    pub margin: f32,
+    /// A person granted less than this ago is not granted again.
+    pub cooldown: Duration,
+    /// Approach distance: a person is granted only once their face box is at least this tall,
+    /// in percent of the frame height (0 = any size). A face's height, unlike its eye
+    /// distance, does not shrink when the head turns, so it tells how close the person is;
+    /// set it from the camera's mounting so the door opens when they are at it, not when they
+    /// are still walking up (or just passing by).
+    pub min_face_height_pct: f32,
+    /// A granted track keeps being checked this often: when its face no longer matches the
+    /// granted person (the tracker handed the track to someone else: a scene cut, a person
+    /// passing in front), the track starts over and is decided again.
+    pub recheck: Duration,
+}
+
+impl DecisionConfig {
+    /// One band at `threshold` for every size, 3 of 5 votes, 10 s cooldown.
+    pub fn single(threshold: f32, margin: f32) -> Self {
+        Self {
+            votes: 3,
+            window: 5,
+            bands: vec![SizeBand { min_eye_px: 0.0, threshold }],
+            margin,
+            cooldown: Duration::from_secs(10),
+            recheck: Duration::from_millis(200),
+            min_face_height_pct: 0.0,
+        }
+    }
+
+    /// Checks the settings; the error starts with the offending field's name.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.window == 0 || self.window > MAX_WINDOW {
+            return Err(format!("window is {}, must be 1..={MAX_WINDOW}", self.window));
+        }
+        if self.votes == 0 || self.votes > self.window {
+            return Err(format!("votes is {}, must be 1..=window ({})", self.votes, self.window));
+        }
+        if self.votes * 2 <= self.window {
+            return Err(format!(
+                "votes is {}, must be a majority of window ({}): two people could both win",
+                self.votes, self.window
+            ));
+        }
+        if self.bands.is_empty() {
+            return Err("bands must hold at least one band".into());
+        }
+        for (i, band) in self.bands.iter().enumerate() {
+            if !(band.threshold > -1.0 && band.threshold <= 1.0) {
+                return Err(format!("bands[{i}].threshold {} is not in (-1, 1]", band.threshold));
+            }
+            if !(band.min_eye_px >= 0.0 && band.min_eye_px.is_finite()) {
+                return Err(format!("bands[{i}].min_eye_px {} is not >= 0", band.min_eye_px));
+            }
+            if i > 0 && band.min_eye_px <= self.bands[i - 1].min_eye_px {
+                return Err(format!("bands[{i}].min_eye_px must be above the previous band's"));
+            }
+        }
+        if !(0.0..=100.0).contains(&self.min_face_height_pct) {
+            return Err(format!(
+                "min_face_height_pct {} is not in [0, 100]",
+                self.min_face_height_pct
+            ));
+        }
+        if !(0.0..=2.0).contains(&self.margin) {
+            return Err(format!("margin {} is not in [0, 2]", self.margin));
+        }
+        Ok(())
+    }
+
+    /// The threshold for a face `eye_px` apart at the eyes (the first band's below it).
+    pub fn threshold_for(&self, eye_px: f32) -> f32 {
+        self.bands
+            .iter()
+            .rev()
+            .find(|b| eye_px >= b.min_eye_px)
+            .or(self.bands.first())
+            .map_or(1.0, |b| b.threshold)
+    }
+}
+
+/// How big a face is in the frame.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FaceSize {
+    /// Eye distance in pixels (the recognition-quality signal: thresholds by band).
+    pub eye_px: f32,
+    /// Face box height in percent of the frame height (the approach-distance signal).
+    pub height_pct: f32,
+}
+
+impl FaceSize {
+    /// A face `eye_px` apart at the eyes, of any height (tests).
+    pub fn eyes(eye_px: f32) -> Self {
+        Self { eye_px, height_pct: 100.0 }
+    }
+}
+
+/// What one embedding said, after the threshold and margin of its band.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Vote {
+    /// This person (gallery person index).
+    Person(usize, f32),
+    /// Nobody.
+    Nobody,
+}
+
+/// A decision reached for a track.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Verdict {
+    /// Open the door for this person.
+    Granted {
+        /// The track.
+        track: TrackId,
+        /// Gallery index of the person (see [`crate::gallery::Matcher::person_name`]).
+        person_index: usize,
+        /// Gallery id of the person.
+        person: PersonId,
+        /// Mean similarity of the agreeing votes.
+        similarity: f32,
+        /// Agreeing votes.
+        votes: usize,
+    },
+    /// The person would be granted, but was granted less than the cooldown ago.
+    CoolingDown {
+        /// The track.
+        track: TrackId,
+        /// Gallery id of the person.
+        person: PersonId,
+    },
+    /// The window filled without a majority for anyone.
+    Unknown {
+        /// The track.
+        track: TrackId,
+        /// Best similarity seen in the window (to anyone), NaN when the gallery is empty.
+        best_similarity: f32,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct TrackVotes {
+    track: TrackId,
+    votes: [Vote; MAX_WINDOW],
+    /// Similarity of the best candidate per vote, for the unknown report.
+    best: [f32; MAX_WINDOW],
+    len: usize,
+    next: usize,
+    /// The person the track was granted as (person index), while decided.
+    decided_as: Option<usize>,
+    decided: bool,
+    unknown_reported: bool,
+    tailgate_reported: bool,
+    last_vote: Duration,
+}
+
+/// Votes of every live track. See the module documentation.
+#[derive(Debug)]
+pub struct Decider {
+    config: DecisionConfig,
+    tracks: Vec<TrackVotes>,
+    /// Last grant time per person (bounded by the number of people seen granted).
+    granted_at: Vec<(PersonId, Duration)>,
+    people: Vec<(usize, usize, f32)>,
+}
+
+impl Decider {
+    /// A decider for up to `max_tracks` live tracks (more are accepted, at the cost of an
+    /// allocation).
+    pub fn new(config: DecisionConfig, max_tracks: usize) -> Result<Self, String> {
+        config.validate()?;
+        Ok(Self {
+            config,
+            tracks: Vec::with_capacity(max_tracks),
+            granted_at: Vec::with_capacity(64),
+            people: Vec::with_capacity(MAX_WINDOW),
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &DecisionConfig {
+        &self.config
+    }
+
+    /// Whether `track` wants an embedding at `now`: always before it is granted, every
+    /// `recheck` after.
+    pub fn wants(&self, track: TrackId, now: Duration) -> bool {
+        self.tracks
+            .iter()
+            .find(|t| t.track == track)
+            .is_none_or(|t| !t.decided || now.saturating_sub(t.last_vote) >= self.config.recheck)
+    }
+
+    /// When `track` last voted (zero if never), so the loop can embed the stalest tracks first.
+    pub fn last_vote(&self, track: TrackId) -> Duration {
+        self.tracks.iter().find(|t| t.track == track).map_or(Duration::ZERO, |t| t.last_vote)
+    }
+
+    /// Forgets tracks that ended.
+    pub fn end_tracks(&mut self, ended: &[TrackId]) {
+        self.tracks.retain(|t| !ended.contains(&t.track));
+    }
+
+    /// Forgets every vote (the gallery changed: person indices mean something else now).
+    pub fn reset(&mut self) {
+        self.tracks.clear();
+    }
+
+    /// Marks `track` as reported for tailgating; true the first time.
+    pub fn report_tailgate(&mut self, track: TrackId) -> bool {
+        match self.tracks.iter_mut().find(|t| t.track == track) {
+            Some(t) if !t.tailgate_reported => {
+                t.tailgate_reported = true;
+                true
+            }
+            Some(_) => false,
+            None => {
+                let mut t = Self::fresh(track);
+                t.tailgate_reported = true;
+                self.tracks.push(t);
+                true
+            }
+        }
+    }
+
+    /// Whether `track` was granted.
+    pub fn granted(&self, track: TrackId) -> bool {
+        self.tracks.iter().any(|t| t.track == track && t.decided)
+    }
+
+    fn fresh(track: TrackId) -> TrackVotes {
+        TrackVotes {
+            track,
+            votes: [Vote::Nobody; MAX_WINDOW],
+            best: [f32::NAN; MAX_WINDOW],
+            len: 0,
+            next: 0,
+            decided_as: None,
+            decided: false,
+            unknown_reported: false,
+            tailgate_reported: false,
+            last_vote: Duration::ZERO,
+        }
+    }
+
+    /// Records one embedding of `track`: `best` and `second` are (person index, similarity)
+    /// from [`crate::gallery::Matcher::best_two_indices`], `person_id` maps an index to its
+    /// gallery id, `face` is the face's size. Returns a verdict when one is reached.
+    #[allow(clippy::too_many_arguments)]
+    pub fn vote(
+        &mut self,
+        track: TrackId,
+        best: Option<(usize, f32)>,
+        second: Option<(usize, f32)>,
+        face: FaceSize,
+        person_id: impl Fn(usize) -> PersonId,
+        now: Duration,
+    ) -> Option<Verdict> {
+        let eye_px = face.eye_px;
+        let near = face.height_pct >= self.config.min_face_height_pct;
+        let threshold = self.config.threshold_for(eye_px);
+        let vote = match best {
+            Some((p, s))
+                if s >= threshold && second.is_none_or(|(_, s2)| s - s2 >= self.config.margin) =>
+            {
+                Vote::Person(p, s)
+            }
+            _ => Vote::Nobody,
+        };
+        let slot = match self.tracks.iter().position(|t| t.track == track) {
+            Some(i) => i,
+            None => {
+                self.tracks.push(Self::fresh(track));
+                self.tracks.len() - 1
+            }
+        };
+        let window = self.config.window;
+        let t = &mut self.tracks[slot];
+        t.votes[t.next] = vote;
+        t.best[t.next] = best.map_or(f32::NAN, |b| b.1);
+        t.next = (t.next + 1) % window;
+        t.len = (t.len + 1).min(window);
+        t.last_vote = now;
+        if t.decided {
+            // Re-checks since the grant: a full window in which the granted person no longer
+            // has a majority means the track now follows someone else.
+            let still = t.votes[..t.len]
+                .iter()
+                .filter(|v| matches!(v, Vote::Person(p, _) if Some(*p) == t.decided_as))
+                .count();
+            if t.len < window || still >= self.config.votes {
+                return None;
+            }
+            log::info!("track {track}: the face no longer matches the person it was granted as");
+            t.decided = false;
+            t.decided_as = None;
+            t.unknown_reported = false;
+            t.tailgate_reported = false;
+        }
+
+        // Count votes per person in the window.
+        self.people.clear();
+        for v in &t.votes[..t.len] {
+            if let Vote::Person(p, s) = *v {
+                match self.people.iter_mut().find(|e| e.0 == p) {
+                    Some(e) => {
+                        e.1 += 1;
+                        e.2 += s;
+                    }
+                    None => self.people.push((p, 1, s)),
+                }
+            }
+        }
+        let majority = self.people.iter().find(|e| e.1 >= self.config.votes).copied();
+        if let Some((p, n, sum)) = majority.filter(|_| near) {
+            t.decided = true;
+            t.decided_as = Some(p);
+            // Re-checks start from an empty window.
+            t.len = 0;
+            t.next = 0;
+            let person = person_id(p);
+            let cooling = self
+                .granted_at
+                .iter()
+                .find(|g| g.0 == person)
+                .is_some_and(|g| now.saturating_sub(g.1) < self.config.cooldown);
+            if cooling {
+                return Some(Verdict::CoolingDown { track, person });
+            }
+            match self.granted_at.iter_mut().find(|g| g.0 == person) {
+                Some(g) => g.1 = now,
+                None => self.granted_at.push((person, now)),
+            }
+            return Some(Verdict::Granted {
+                track,
+                person_index: p,
+                person,
+                similarity: sum / n as f32,
+                votes: n,
+            });
+        }
+        if t.len == window && !t.unknown_reported {
+            t.unknown_reported = true;
+            let best_similarity =
+                t.best[..t.len].iter().copied().filter(|s| !s.is_nan()).fold(f32::NAN, f32::max);
+            return Some(Verdict::Unknown { track, best_similarity });
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    fn decider() -> Decider {
+        let mut c = DecisionConfig::single(0.4, 0.05);
+        c.bands = vec![
+            SizeBand { min_eye_px: 0.0, threshold: 0.5 },
+            SizeBand { min_eye_px: 30.0, threshold: 0.4 },
+        ];
+        Decider::new(c, 8).unwrap()
+    }
+
+    fn id(i: usize) -> PersonId {
+        100 + i as PersonId
+    }
+
+    #[test]
+    fn three_of_five_grants_once() {
+        let mut d = decider();
+        let yes = Some((0, 0.6));
+        assert_eq!(d.vote(1, yes, None, FaceSize::eyes(40.0), id, S), None);
+        assert_eq!(d.vote(1, Some((1, 0.3)), None, FaceSize::eyes(40.0), id, S), None);
+        assert_eq!(d.vote(1, yes, None, FaceSize::eyes(40.0), id, S), None);
+        let v = d.vote(1, yes, None, FaceSize::eyes(40.0), id, S).unwrap();
+        assert_eq!(
+            v,
+            Verdict::Granted { track: 1, person_index: 0, person: 100, similarity: 0.6, votes: 3 }
+        );
+        assert!(!d.wants(1, S));
+        assert!(d.wants(1, 2 * S), "re-checked after a grant");
+        assert_eq!(d.vote(1, yes, None, FaceSize::eyes(40.0), id, S), None);
+    }
+
+    #[test]
+    fn size_band_threshold_applies() {
+        let mut d = decider();
+        // 0.45 passes the 30 px band (0.4) but not the small band (0.5).
+        for _ in 0..5 {
+            assert!(!matches!(
+                d.vote(1, Some((0, 0.45)), None, FaceSize::eyes(20.0), id, S),
+                Some(Verdict::Granted { .. })
+            ));
+        }
+        let mut granted = None;
+        for _ in 0..3 {
+            granted = d.vote(2, Some((0, 0.45)), None, FaceSize::eyes(35.0), id, S);
+        }
+        assert!(matches!(granted, Some(Verdict::Granted { .. })));
+        assert_eq!(d.config().threshold_for(5.0), 0.5);
+    }
+
+    #[test]
+    fn margin_blocks_look_alikes() {
+        let mut d = decider();
+        for _ in 0..4 {
+            assert!(!matches!(
+                d.vote(1, Some((0, 0.7)), Some((1, 0.68)), FaceSize::eyes(40.0), id, S),
+                Some(Verdict::Granted { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn unknown_reported_once_when_window_fills_then_late_grant_possible() {
+        let mut d = decider();
+        let mut verdicts = Vec::new();
+        for _ in 0..7 {
+            verdicts.extend(d.vote(1, Some((0, 0.1)), None, FaceSize::eyes(40.0), id, S));
+        }
+        assert_eq!(verdicts, vec![Verdict::Unknown { track: 1, best_similarity: 0.1 }]);
+        let mut late = None;
+        for _ in 0..3 {
+            late = d.vote(1, Some((0, 0.8)), None, FaceSize::eyes(40.0), id, S);
+        }
+        assert!(matches!(late, Some(Verdict::Granted { .. })));
+    }
+
+    #[test]
+    fn cooldown_per_person_across_tracks() {
+        let mut d = decider();
+        let yes = Some((0, 0.6));
+        for _ in 0..3 {
+            d.vote(1, yes, None, FaceSize::eyes(40.0), id, S);
+        }
+        d.end_tracks(&[1]);
+        let mut v = None;
+        for _ in 0..3 {
+            v = d.vote(2, yes, None, FaceSize::eyes(40.0), id, 5 * S);
+        }
+        assert_eq!(v, Some(Verdict::CoolingDown { track: 2, person: 100 }));
+        for _ in 0..3 {
+            v = d.vote(3, yes, None, FaceSize::eyes(40.0), id, 20 * S);
+        }
+        assert!(matches!(v, Some(Verdict::Granted { track: 3, .. })));
+    }
+
+    #[test]
+    fn empty_gallery_is_unknown_with_nan() {
+        let mut d = decider();
+        let mut v = None;
+        for _ in 0..5 {
+            v = d.vote(1, None, None, FaceSize::eyes(40.0), id, S);
+        }
+        assert!(
+            matches!(v, Some(Verdict::Unknown { best_similarity, .. }) if best_similarity.is_nan())
+        );
+    }
+
+    #[test]
+    fn config_is_checked() {
+        let mut c = DecisionConfig::single(0.4, 0.0);
+        c.votes = 2;
+        c.window = 5;
+        assert!(c.validate().unwrap_err().starts_with("votes"));
+        c.window = 20;
+        assert!(c.validate().unwrap_err().starts_with("window"));
+        let mut c = DecisionConfig::single(0.4, 0.0);
+        c.bands.push(SizeBand { min_eye_px: 0.0, threshold: 0.3 });
+        assert!(c.validate().unwrap_err().starts_with("bands[1]"));
+    }
+
+    #[test]
+    fn a_track_handed_to_someone_else_is_decided_again() {
+        let mut d = decider();
+        for _ in 0..3 {
+            d.vote(1, Some((0, 0.6)), None, FaceSize::eyes(40.0), id, S);
+        }
+        assert!(d.granted(1));
+        // The same person re-checked: nothing new.
+        for _ in 0..5 {
+            assert_eq!(d.vote(1, Some((0, 0.6)), None, FaceSize::eyes(40.0), id, S), None);
+        }
+        // Now another person: after a window without a majority for person 0 the track is
+        // reopened, and person 1 is granted.
+        let mut verdicts = Vec::new();
+        for _ in 0..8 {
+            verdicts.extend(d.vote(1, Some((1, 0.7)), None, FaceSize::eyes(40.0), id, 30 * S));
+        }
+        assert_eq!(verdicts.len(), 1, "{verdicts:?}");
+        assert!(matches!(verdicts[0], Verdict::Granted { person_index: 1, .. }), "{verdicts:?}");
+    }
+
+    #[test]
+    fn a_far_face_is_granted_only_once_close_enough() {
+        let mut c = DecisionConfig::single(0.4, 0.05);
+        c.min_face_height_pct = 20.0;
+        let mut d = Decider::new(c, 4).unwrap();
+        let far = FaceSize { eye_px: 40.0, height_pct: 15.0 };
+        let near = FaceSize { eye_px: 40.0, height_pct: 30.0 };
+        for _ in 0..6 {
+            assert_eq!(d.vote(1, Some((0, 0.6)), None, far, id, S), None);
+        }
+        assert!(matches!(
+            d.vote(1, Some((0, 0.6)), None, near, id, S),
+            Some(Verdict::Granted { .. })
+        ));
+    }
+
+    #[test]
+    fn tailgate_reported_once() {
+        let mut d = decider();
+        assert!(d.report_tailgate(4));
+        assert!(!d.report_tailgate(4));
+    }
+}

@@ -1,0 +1,354 @@
+//! The appliance loop end to end through `App::step(now)` with a synthetic clock (each frame's
+//! nominal time): replayed camera streams of people walking up, the shipped laptop config
+//! (YuNet + PaddleX, its thresholds), a gallery enrolled from photos, the fake door.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use embedded_hal::digital::PinState;
+use portier::app::{App, AppEvent, Counters, Parts, StepOutcome};
+use portier::camera::replay::{ReplaySettings, ReplaySource};
+use portier::config::Config;
+use portier::door::fake::{FixedInput, LoggedRelay};
+use portier::door::{secure_level, Door, DoorEvent};
+use portier::gallery::{EnrollMode, Gallery};
+use portier::pipeline::{Pipeline, Select};
+
+use crate::common::assets;
+
+/// What a replay did.
+pub struct Run {
+    /// (name, frame) of every grant.
+    pub grants: Vec<(String, u64)>,
+    pub events: Vec<AppEvent>,
+    pub counters: Counters,
+    /// Relay pin level after the run.
+    pub relay_high: bool,
+}
+
+/// The shipped laptop config with a scratch gallery.
+pub fn laptop_config(gallery: &Path) -> Config {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("board/laptop.toml");
+    let mut config = Config::load(&path).expect("board/laptop.toml");
+    config.gallery_path = gallery.to_path_buf();
+    config
+}
+
+/// Enrols `people` (name, photo relative to faces/full) into the config's gallery.
+pub fn enroll(config: &Config, assets: &Path, people: &[(&str, &str)]) {
+    let mut pipeline = Pipeline::open(config).unwrap();
+    let mut gallery = Gallery::open(&config.gallery_path).unwrap();
+    for (name, photo) in people {
+        let img = portier::frame::load_image(&assets.join("faces/full").join(photo)).unwrap();
+        let faces = pipeline.faces(img.view(), Select::All, None).unwrap();
+        assert_eq!(faces.len(), 1, "{photo}");
+        let templates = vec![faces[0].embedding.clone()];
+        gallery.enroll(name, &pipeline.embedder_model_id(), &templates, EnrollMode::New).unwrap();
+    }
+}
+
+/// Replays `stream` (under assets/video) through the loop, stepping at its nominal rate.
+pub fn replay(config: &Config, stream: &Path, fps: f64) -> Run {
+    let pipeline = Pipeline::open(config).unwrap();
+    let model = pipeline.embedder_model_id();
+    let matcher = Gallery::open(&config.gallery_path).unwrap().matcher(&model).unwrap();
+    let source = ReplaySource::open(ReplaySettings {
+        path: stream.to_path_buf(),
+        fps,
+        looped: false,
+        pace: false,
+    })
+    .unwrap();
+    let relay = LoggedRelay::new(secure_level(&config.door.door) == PinState::High);
+    let level = relay.level();
+    let door = Door::new(
+        config.door.door.clone(),
+        relay,
+        FixedInput::new(false),
+        FixedInput::new(true),
+        Duration::ZERO,
+    )
+    .unwrap();
+    let parts = Parts {
+        source: Box::new(source),
+        detector: pipeline.detector,
+        embedder: Box::new(pipeline.embedder),
+        backend: "cpu",
+        matcher,
+        door: Box::new(door),
+    };
+    let mut app = App::new(config.app.clone(), parts).unwrap();
+    let mut events = Vec::new();
+    let mut frame = 0u64;
+    loop {
+        let now = Duration::from_secs_f64(frame as f64 / fps);
+        match app.step(now).unwrap() {
+            StepOutcome::EndOfStream => break,
+            _ => frame += 1,
+        }
+        events.extend(app.drain_events());
+    }
+    // Let the door relock on the synthetic clock, as `run` does.
+    for i in 0..1000u64 {
+        if app.door().state().locked {
+            break;
+        }
+        let now = Duration::from_secs_f64(frame as f64 / fps) + Duration::from_millis(20 * i);
+        app.step(now).unwrap();
+        events.extend(app.drain_events());
+    }
+    let grants = events
+        .iter()
+        .filter_map(|e| match e {
+            AppEvent::Granted { name, frame, .. } => Some((name.clone(), *frame)),
+            _ => None,
+        })
+        .collect();
+    Run { grants, events, counters: app.counters(), relay_high: level.load(Ordering::SeqCst) }
+}
+
+fn video(assets: &Path, name: &str) -> PathBuf {
+    assets.join("video").join(name)
+}
+
+const LIN: (&str, &str) = ("Lin-Manuel Miranda", "face_recognition/lin-manuel-miranda.png");
+const OBAMA: (&str, &str) = ("Barack Obama", "face_recognition/obama.jpg");
+const HAMILTON_FPS: f64 = 29.97;
+
+fn check_hamilton(run: &Run, with_obama: bool) {
+    let lin: Vec<_> = run.grants.iter().filter(|g| g.0 == LIN.0).collect();
+    assert_eq!(lin.len(), 1, "Lin-Manuel granted once: {:?}", run.grants);
+    assert!((82..=210).contains(&lin[0].1), "Lin-Manuel granted while facing: {:?}", lin);
+    let obama: Vec<_> = run.grants.iter().filter(|g| g.0 == OBAMA.0).collect();
+    if with_obama {
+        assert_eq!(obama.len(), 1, "Obama granted once: {:?}", run.grants);
+        assert!((211..=274).contains(&obama[0].1), "Obama in the audience: {:?}", obama);
+    }
+    let expected = 1 + usize::from(with_obama);
+    assert_eq!(run.grants.len(), expected, "nobody else granted: {:?}", run.grants);
+    // Every grant pulsed the relay and the door relocked: the relay ends de-energised.
+    let unlocks = run
+        .events
+        .iter()
+        .filter(|e| matches!(e, AppEvent::Door(DoorEvent::Unlocked { .. })))
+        .count();
+    assert_eq!(unlocks, expected);
+    assert!(!run.relay_high, "relay released at the end");
+    assert_eq!(run.counters.corrupt_frames, 0);
+    assert_eq!(run.counters.frames, 275);
+}
+
+#[test]
+fn hamilton_grants_lin_manuel_then_obama_and_nobody_else() {
+    let Some(a) = assets() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let config = laptop_config(&dir.path().join("g.db"));
+    enroll(&config, &a, &[LIN]);
+    let run = replay(&config, &video(&a, "hamilton_640x480.mjpeg"), HAMILTON_FPS);
+    check_hamilton(&run, false);
+    assert!(run.counters.unknowns > 0, "the audience is reported unknown");
+
+    enroll(&config, &a, &[OBAMA]);
+    let run = replay(&config, &video(&a, "hamilton_640x480.mjpeg"), HAMILTON_FPS);
+    check_hamilton(&run, true);
+}
+
+#[test]
+fn hamilton_720p_works_too() {
+    let Some(a) = assets() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let config = laptop_config(&dir.path().join("g.db"));
+    enroll(&config, &a, &[LIN, OBAMA]);
+    let run = replay(&config, &video(&a, "hamilton_1280x720.mjpeg"), HAMILTON_FPS);
+    check_hamilton(&run, true);
+}
+
+#[test]
+fn crowd_with_nobody_enrolled_grants_nobody_even_without_huffman_tables() {
+    let Some(a) = assets() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let config = laptop_config(&dir.path().join("g.db"));
+    Gallery::open(&config.gallery_path).unwrap();
+    for stream in ["crowd_walk_640x480.mjpeg", "crowd_walk_640x480_nodht.mjpeg"] {
+        let run = replay(&config, &video(&a, stream), 25.0);
+        assert!(run.grants.is_empty(), "{stream}: {:?}", run.grants);
+        assert_eq!(run.counters.frames, 105, "{stream}: every frame decodes");
+        assert_eq!(run.counters.corrupt_frames, 0, "{stream}");
+        assert!(run.counters.faces >= 105, "{stream}: faces found: {}", run.counters.faces);
+    }
+}
+
+#[test]
+fn corrupt_frames_are_dropped_and_counted_and_the_loop_goes_on() {
+    let Some(a) = assets() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(video(&a, "hamilton_640x480.mjpeg")).unwrap();
+    let frames = portier::camera::replay::split_mjpeg(&bytes);
+    // Frames 0..150 with damage: frame 10 truncated, garbage after frame 20, frame 30's
+    // entropy data overwritten, and a wrong-size raw frame is covered by the YUYV test.
+    let mut stream = Vec::new();
+    for (i, &(s, e)) in frames.iter().take(150).enumerate() {
+        let f = &bytes[s..e];
+        match i {
+            10 => stream.extend_from_slice(&f[..f.len() / 2]),
+            30 => {
+                let mut f = f.to_vec();
+                let mid = f.len() / 2;
+                f[mid..mid + 400].fill(0x55);
+                stream.extend_from_slice(&f);
+            }
+            _ => stream.extend_from_slice(f),
+        }
+        if i == 20 {
+            stream.extend_from_slice(&[0x13; 1000]);
+        }
+    }
+    let path = dir.path().join("damaged.mjpeg");
+    std::fs::write(&path, &stream).unwrap();
+    let config = laptop_config(&dir.path().join("g.db"));
+    enroll(&config, &a, &[LIN]);
+    let run = replay(&config, &path, HAMILTON_FPS);
+    assert!(run.counters.corrupt_frames >= 1, "{}", run.counters);
+    assert!(run.counters.frames >= 147, "{}", run.counters);
+    assert_eq!(run.grants.len(), 1, "still granted after the damage: {:?}", run.grants);
+}
+
+#[test]
+fn raw_yuyv_frames_decode_like_the_mjpeg_frame() {
+    let Some(a) = assets() else { return };
+    let yuyv = video(&a, "yuyv/hamilton_640x480_f137.yuyv");
+    let data = std::fs::read(&yuyv).unwrap();
+    assert_eq!(data.len(), 640 * 480 * 2);
+    let mut rgb = portier::frame::RgbImage::new(0, 0);
+    portier::frame::yuyv_to_rgb(&data, 640, 480, 0, &mut rgb).unwrap();
+    let bytes = std::fs::read(video(&a, "hamilton_640x480.mjpeg")).unwrap();
+    let (s, e) = portier::camera::replay::split_mjpeg(&bytes)[137];
+    let jpeg = portier::frame::decode_image(&bytes[s..e], Path::new("f137")).unwrap();
+    assert_eq!((jpeg.width(), jpeg.height()), (640, 480));
+    let mad = rgb
+        .as_bytes()
+        .iter()
+        .zip(jpeg.as_bytes())
+        .map(|(&x, &y)| f64::from(x.abs_diff(y)))
+        .sum::<f64>()
+        / rgb.as_bytes().len() as f64;
+    assert!(mad < 6.0, "mean abs difference to the JPEG frame: {mad:.2}");
+    // Short buffers and odd widths are refused, not read out of bounds.
+    assert!(portier::frame::yuyv_to_rgb(&data[..1000], 640, 480, 0, &mut rgb).is_err());
+    assert!(portier::frame::yuyv_to_rgb(&data, 641, 480, 0, &mut rgb).is_err());
+}
+
+#[test]
+fn panic_in_the_loop_releases_the_relay() {
+    // A panicking thread mid-pulse: the panic hook drives the relay to its secure level.
+    let relay = LoggedRelay::new(false);
+    let level = relay.level();
+    portier::door::install_panic_hook(relay.emergency());
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = Arc::clone(&stop);
+    let handle = std::thread::spawn(move || {
+        let mut relay = relay;
+        embedded_hal::digital::OutputPin::set_high(&mut relay).unwrap();
+        stop2.store(true, Ordering::SeqCst);
+        panic!("injected fault mid-pulse");
+    });
+    assert!(handle.join().is_err());
+    assert!(stop.load(Ordering::SeqCst));
+    assert!(!level.load(Ordering::SeqCst), "relay released by the panic hook");
+}
+
+/// A config file for the binary: the shipped laptop config with absolute asset paths, a
+/// scratch gallery with Lin-Manuel Miranda enrolled, replaying the 640x480 Hamilton stream.
+fn cli_config(dir: &Path, assets: &Path) -> PathBuf {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("board/laptop.toml"))
+            .unwrap();
+    let gallery = dir.join("gallery.db");
+    let mut out = String::new();
+    for line in text.lines() {
+        if line.starts_with("path = ") && line.contains("gallery") {
+            out.push_str(&format!("path = \"{}\"\n", gallery.display()));
+        } else {
+            out.push_str(&line.replace("../../shared/assets", &assets.display().to_string()));
+            out.push('\n');
+        }
+    }
+    let path = dir.join("portier.toml");
+    std::fs::write(&path, out).unwrap();
+    let config = Config::load(&path).unwrap();
+    enroll(&config, assets, &[LIN]);
+    path
+}
+
+/// Starts `portier run` on the Hamilton stream in real time, waits until the relay is
+/// energised, then calls `kill` and returns (exit status, stderr).
+fn run_until_unlocked(
+    config: &Path,
+    assets: &Path,
+    fault: Option<&str>,
+    kill: impl FnOnce(u32),
+) -> (std::process::ExitStatus, String, String) {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Command, Stdio};
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_portier"));
+    cmd.arg("--config")
+        .arg(config)
+        .arg("run")
+        .arg("--replay")
+        .arg(video(assets, "hamilton_640x480.mjpeg"))
+        .env("PORTIER_LOG", "info")
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(f) = fault {
+        cmd.env("PORTIER_FAULT", f);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    let mut line = String::new();
+    let mut kill = Some(kill);
+    while stderr.read_line(&mut line).unwrap() > 0 {
+        log.push_str(&line);
+        if line.contains("relay energised") {
+            if let Some(k) = kill.take() {
+                k(child.id());
+            }
+        }
+        line.clear();
+    }
+    let mut out = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    (child.wait().unwrap(), log, out)
+}
+
+#[test]
+fn sigterm_mid_pulse_releases_the_relay_and_exits_cleanly() {
+    let Some(a) = assets() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let config = cli_config(dir.path(), &a);
+    let (status, log, out) = run_until_unlocked(&config, &a, None, |pid| {
+        // SAFETY-free: plain kill(1) on the child we started.
+        std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
+    });
+    assert!(status.success(), "exit {status:?}\n{log}");
+    let energised = log.find("relay energised").expect("unlocked before the signal");
+    let released = log.rfind("relay released").expect(&log);
+    assert!(released > energised, "{log}");
+    assert!(log.contains("stopping on request"), "{log}");
+    assert!(out.contains("granted: Lin-Manuel Miranda"), "{out}");
+}
+
+#[test]
+fn panic_mid_pulse_releases_the_relay() {
+    let Some(a) = assets() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let config = cli_config(dir.path(), &a);
+    let (status, log, _) = run_until_unlocked(&config, &a, Some("panic-on-grant"), |_| {});
+    assert_eq!(status.code(), Some(101), "a panic exits 101\n{log}");
+    let energised = log.find("relay energised").expect(&log);
+    let released = log.find("relay released by the emergency path").expect(&log);
+    assert!(released > energised, "{log}");
+}
