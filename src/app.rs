@@ -123,6 +123,13 @@ pub enum AppEvent {
     },
     /// Frames flow again after [`AppEvent::CameraLost`].
     CameraBack,
+    /// The counters, every `counters_interval` (from [`App::run`]).
+    Counters {
+        /// The counters so far.
+        counters: Counters,
+        /// Time since the loop started.
+        uptime: Duration,
+    },
 }
 
 /// Everything the loop counts, in one place.
@@ -708,6 +715,7 @@ impl App {
             if now.saturating_sub(last_counters) >= self.settings.counters_interval {
                 last_counters = now;
                 log::info!("counters: {}", self.counters);
+                on_event(&AppEvent::Counters { counters: self.counters, uptime: now });
             }
         };
         notifier.stopping();

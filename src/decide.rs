@@ -374,7 +374,8 @@ impl Decider {
                 votes: n,
             });
         }
-        if t.len == window && !t.unknown_reported {
+        // Recognised but still too far away is not unknown: the grant waits for the approach.
+        if t.len == window && !t.unknown_reported && majority.is_none() {
             t.unknown_reported = true;
             let best_similarity =
                 t.best[..t.len].iter().copied().filter(|s| !s.is_nan()).fold(f32::NAN, f32::max);

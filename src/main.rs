@@ -311,6 +311,21 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 c.recognizer.model_id,
                 c.gallery_path.display()
             );
+            let camera = match &c.camera {
+                Some(portier::config::CameraConfig::Replay(r)) => {
+                    format!("replay {}", r.path.display())
+                }
+                Some(portier::config::CameraConfig::V4l2 { device, .. }) => {
+                    format!("v4l2 {}", device.display())
+                }
+                None => "none (portier run needs --replay)".into(),
+            };
+            let mqtt = if c.mqtt.enabled {
+                format!("{}:{}", c.mqtt.host, c.mqtt.port)
+            } else {
+                "off".into()
+            };
+            println!("  camera {camera}; door {:?}; mqtt {mqtt}", c.door.backend);
             Ok(ExitCode::SUCCESS)
         }
         Command::Camera { command: CameraCommand::Check { device, frames, timeout_ms } } => {
@@ -508,15 +523,9 @@ fn run_appliance(
                     client.send(m);
                 }
             }
-            match ev {
-                AppEvent::Granted { name, similarity, frame, .. } => {
-                    grants.push(format!("{name} at frame {frame} (similarity {similarity:.3})"));
-                }
-                AppEvent::Door(d) => log::info!("door: {d:?}"),
-                AppEvent::Tailgating { .. }
-                | AppEvent::CameraLost { .. }
-                | AppEvent::CameraBack => {}
-                AppEvent::CoolingDown { .. } | AppEvent::Unknown { .. } => {}
+            // The loop and the door log everything else as it happens.
+            if let AppEvent::Granted { name, similarity, frame, .. } = ev {
+                grants.push(format!("{name} at frame {frame} (similarity {similarity:.3})"));
             }
         },
         &mut next_command,

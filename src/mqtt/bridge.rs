@@ -93,6 +93,7 @@ pub fn messages(event: &AppEvent, out: &mut Vec<Message>) {
             out.push(Message::System(SystemEvent::CameraLost { reason: reason.clone() }));
         }
         AppEvent::CameraBack => out.push(Message::System(SystemEvent::CameraBack)),
+        AppEvent::Counters { counters: c, uptime } => out.push(counters(c, uptime.as_secs())),
     }
 }
 

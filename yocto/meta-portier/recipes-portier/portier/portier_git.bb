@@ -34,8 +34,8 @@ require ${BPN}-crates.inc
 inherit cargo systemd useradd
 
 # No default features: each hardware backend is a Cargo feature of its own; name the ones the
-# appliance needs as they land, e.g. PORTIER_FEATURES = "v4l2 hailo gpio" in local.conf.
-PORTIER_FEATURES ??= ""
+# appliance needs: `pi5` = hailo, v4l2, gpio-cdev, display-fb, display-spi (Cargo.toml).
+PORTIER_FEATURES ??= "pi5"
 CARGO_BUILD_FLAGS:append = " ${@'--features ' + ','.join(d.getVar('PORTIER_FEATURES').split()) if d.getVar('PORTIER_FEATURES') else ''}"
 
 USERADD_PACKAGES = "${PN}"
