@@ -183,6 +183,20 @@ impl std::fmt::Display for Counters {
     }
 }
 
+/// Where the last processed frame's time went, for `portier bench loop` (four clock reads per
+/// frame).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StageTimes {
+    /// JPEG/YUYV decoding into RGB.
+    pub decode: Duration,
+    /// Letterbox, detector model, output decoding and NMS.
+    pub detect: Duration,
+    /// Tracking.
+    pub track: Duration,
+    /// Alignment, embedding, matching, votes and the door.
+    pub decide: Duration,
+}
+
 /// A command from outside the loop (MQTT, the service's control socket), already
 /// authenticated by whoever hands it over.
 #[derive(Debug)]
@@ -282,6 +296,7 @@ pub struct App {
     door_log: RateLimit,
     embed_log: RateLimit,
     last_latency: Option<Duration>,
+    last_stages: StageTimes,
 }
 
 impl std::fmt::Debug for App {
@@ -345,6 +360,7 @@ impl App {
             door_log: RateLimit::default(),
             embed_log: RateLimit::default(),
             last_latency: None,
+            last_stages: StageTimes::default(),
         })
     }
 
@@ -366,6 +382,11 @@ impl App {
     /// Time from the last processed frame's arrival to the end of its decision.
     pub fn last_latency(&self) -> Option<Duration> {
         self.last_latency
+    }
+
+    /// Per-stage times of the last processed frame.
+    pub fn last_stages(&self) -> StageTimes {
+        self.last_stages
     }
 
     /// Events since the last call, oldest first.
@@ -423,6 +444,7 @@ impl App {
         }
         self.last_frame_at = now;
         self.counters.frames += 1;
+        self.last_stages = StageTimes { decode: arrived.elapsed(), ..StageTimes::default() };
         let faces = self.process_frame(sequence, now)?;
         self.last_latency = Some(arrived.elapsed());
         Ok(StepOutcome::Frame { sequence, faces })
@@ -446,6 +468,7 @@ impl App {
     }
 
     fn process_frame(&mut self, sequence: u64, now: Duration) -> Result<usize, AppError> {
+        let t0 = Instant::now();
         if let Err(e) = self.detector.detect(self.frame.view(), &mut self.detections) {
             // A model failure on one frame: count it like a bad frame and go on.
             self.counters.corrupt_frames += 1;
@@ -454,10 +477,14 @@ impl App {
             }
             return Ok(0);
         }
+        let t1 = Instant::now();
         let faces = self.detections.len();
         self.counters.faces += faces as u64;
         self.tracker.update(&self.detections, now, &mut self.assignment, &mut self.ended);
         self.decider.end_tracks(&self.ended);
+        let t2 = Instant::now();
+        self.last_stages.detect = t1 - t0;
+        self.last_stages.track = t2 - t1;
 
         // Embedding candidates: confirmed tracks not yet granted, faces large enough.
         self.candidates.clear();
@@ -542,6 +569,7 @@ impl App {
             }
         }
         self.check_tailgating(sequence);
+        self.last_stages.decide = t2.elapsed();
         Ok(faces)
     }
 

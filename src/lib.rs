@@ -19,6 +19,7 @@
 //! - [`config`]: the TOML configuration.
 //! - [`eval`]: verification statistics, LFW protocol, benchmarks.
 //! - [`mqtt`]: MQTT payloads, Home Assistant discovery, signed commands (issue 4, partial).
+//! - [`selftest`]: `portier selftest`, every part of the appliance checked in one table.
 
 pub mod align;
 pub mod app;
@@ -36,5 +37,6 @@ pub mod infer;
 pub mod mqtt;
 pub mod pipeline;
 pub mod route;
+pub mod selftest;
 pub mod service;
 pub mod track;

@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
 use portier::config::{Config, ConfigError};
-use portier::eval::{bench, calibrate, distance, export_calib, lfw, verify};
+use portier::eval::{bench, bench_loop, calibrate, distance, export_calib, lfw, verify};
 use portier::frame::load_image;
 use portier::gallery::{Decision, EnrollMode, Gallery, GalleryError, Matcher, UnknownReason};
 use portier::pipeline::{Pipeline, PipelineError, Select};
@@ -94,6 +94,16 @@ enum Command {
     Camera {
         #[command(subcommand)]
         command: CameraCommand,
+    },
+    /// Check every part of the appliance (config, models, camera, NPU, door lines, MQTT,
+    /// gallery, disk) and print a table; exits 1 when a check fails.
+    Selftest {
+        /// Also release the lock for the configured pulse and relock it (the door opens).
+        #[arg(long)]
+        pulse_relay: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Validate a configuration file and exit (0 valid, 78 invalid).
     CheckConfig {
@@ -206,6 +216,22 @@ enum BenchCommand {
         /// Photos.
         #[arg(required = true)]
         photos: Vec<PathBuf>,
+    },
+    /// Latency from a frame's arrival to its access decision, per frame, through the appliance
+    /// loop on a replayed MJPEG stream (unpaced, fake door): median, p90, p99, max, frames/s.
+    Loop {
+        /// The MJPEG stream to replay.
+        #[arg(long)]
+        replay: PathBuf,
+        /// Frames measured (the stream loops if shorter); all of one pass when omitted.
+        #[arg(long)]
+        frames: Option<usize>,
+        /// Unmeasured frames first.
+        #[arg(long, default_value_t = 10)]
+        warmup: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -350,6 +376,17 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Selftest { pulse_relay, json } => {
+            let config = Config::load(&cli.config)?;
+            let options = portier::selftest::SelftestOptions { pulse_relay, ..Default::default() };
+            let report = portier::selftest::run(&config, &options);
+            if json {
+                print_json(&report.to_json());
+            } else {
+                println!("{report}");
+            }
+            Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
         Command::Run { replay, fps, fast } => {
             let config = Config::load(&cli.config)?;
             run_appliance(config, replay, fps, fast)
@@ -381,6 +418,44 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             } else {
                 print_bench(&report, &config);
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { command: BenchCommand::Loop { replay, frames, warmup, json } } => {
+            let config = Config::load(&cli.config)?;
+            let r = bench_loop::run(&config, &replay, frames, warmup)?;
+            if json {
+                print_json(&r);
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "machine: {} ({} logical cores); {} ({}x{}): {} frames after {} warm-up, {} \
+                 faces, {} embeddings, {} people enrolled, {} grant(s)",
+                r.cpu,
+                r.cores,
+                r.stream,
+                r.width,
+                r.height,
+                r.frames,
+                r.warmup,
+                r.faces,
+                r.embeddings,
+                r.gallery_people,
+                r.grants
+            );
+            println!("times in ms: median, p90, p99, max");
+            for (name, p) in [
+                ("arrival to decision", r.latency),
+                ("  decode", r.decode),
+                ("  detect", r.detect),
+                ("  track", r.track),
+                ("  embed+match+decide", r.embed_match_decide),
+            ] {
+                println!(
+                    "  {name:22} {:8.2} {:8.2} {:8.2} {:8.2}",
+                    p.median_ms, p.p90_ms, p.p99_ms, p.max_ms
+                );
+            }
+            println!("  frames/s               {:8.1}", r.frames_per_s);
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -442,8 +517,15 @@ fn run_appliance(
         }
         #[cfg(feature = "v4l2")]
         CameraConfig::V4l2 { device, width, height, fps, format, buffers } => {
-            let settings =
-                v4l2_settings(device, width, height, fps, format, buffers, config.frame_timeout);
+            let settings = portier::camera::v4l2::V4l2Settings::from_config(
+                device,
+                width,
+                height,
+                fps,
+                format,
+                buffers,
+                config.frame_timeout,
+            );
             Box::new(
                 portier::camera::v4l2::V4l2Source::open(settings)
                     .map_err(|e| Failure::new(EX_UNAVAILABLE, e))?,
@@ -553,33 +635,6 @@ fn run_appliance(
 }
 
 #[cfg(feature = "v4l2")]
-fn v4l2_settings(
-    device: PathBuf,
-    width: u32,
-    height: u32,
-    fps: f64,
-    format: portier::config::CameraFormat,
-    buffers: u32,
-    frame_timeout: std::time::Duration,
-) -> portier::camera::v4l2::V4l2Settings {
-    use portier::camera::v4l2::FormatPreference;
-    use portier::config::CameraFormat;
-    let mut s = portier::camera::v4l2::V4l2Settings::new(device);
-    s.width = width;
-    s.height = height;
-    s.fps = fps.round().clamp(1.0, 240.0) as u32;
-    s.format = match format {
-        CameraFormat::Auto => FormatPreference::Auto,
-        CameraFormat::Mjpeg => FormatPreference::Mjpeg,
-        CameraFormat::Yuyv => FormatPreference::Yuyv,
-    };
-    s.buffers = buffers;
-    // A camera silent for four frame timeouts is lost and reopened.
-    s.frame_timeout = frame_timeout * 4;
-    s
-}
-
-#[cfg(feature = "v4l2")]
 fn camera_check(
     device: &Path,
     frames: u32,
@@ -660,27 +715,10 @@ fn open_door(config: &Config) -> Result<OpenedDoor, Failure> {
         }
         #[cfg(feature = "gpio-cdev")]
         DoorBackend::GpioCdev => {
-            use portier::door::gpio::{open_door_pins, GpioSettings, LineSpec};
-            let lines = section.gpio.as_ref().ok_or_else(|| missing_lines(config))?;
-            let spec = |key: &str, id: &portier::config::LineId| {
-                let text = match id {
-                    portier::config::LineId::Offset(o) => o.to_string(),
-                    portier::config::LineId::Name(n) => n.clone(),
-                };
-                LineSpec::parse(&text).map_err(|e| {
-                    Failure::new(
-                        EX_CONFIG,
-                        format!("config {}: key `door.gpio.{key}`: {e}", config.source.display()),
-                    )
-                })
-            };
-            let settings = GpioSettings::new(
-                (!lines.chip.is_empty()).then(|| lines.chip.clone()),
-                spec("relay", &lines.relay)?,
-                spec("contact", &lines.contact)?,
-                spec("exit_button", &lines.exit_button)?,
-                &section.door,
-            );
+            use portier::door::gpio::{open_door_pins, GpioSettings};
+            let settings = GpioSettings::from_config(section).map_err(|e| {
+                Failure::new(EX_CONFIG, format!("config {}: {e}", config.source.display()))
+            })?;
             let (relay, contact, button, emergency) =
                 open_door_pins(&settings).map_err(|e| Failure::new(EX_UNAVAILABLE, e))?;
             let door =
@@ -725,7 +763,7 @@ fn open_door(config: &Config) -> Result<OpenedDoor, Failure> {
     }
 }
 
-#[cfg(any(feature = "gpio-cdev", feature = "rppal"))]
+#[cfg(feature = "rppal")]
 fn missing_lines(config: &Config) -> Failure {
     Failure::new(
         EX_CONFIG,

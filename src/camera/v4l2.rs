@@ -124,6 +124,33 @@ impl V4l2Settings {
             frame_timeout: Duration::from_secs(2),
         }
     }
+
+    /// The settings a `[camera] source = "v4l2"` section asks for (`portier run`, `portier
+    /// selftest`): its size, rate (rounded, 1..=240), format and buffers; a camera silent for
+    /// four frame timeouts is lost and reopened.
+    pub fn from_config(
+        device: PathBuf,
+        width: u32,
+        height: u32,
+        fps: f64,
+        format: crate::config::CameraFormat,
+        buffers: u32,
+        frame_timeout: Duration,
+    ) -> Self {
+        use crate::config::CameraFormat;
+        let mut s = V4l2Settings::new(device);
+        s.width = width;
+        s.height = height;
+        s.fps = fps.round().clamp(1.0, 240.0) as u32;
+        s.format = match format {
+            CameraFormat::Auto => FormatPreference::Auto,
+            CameraFormat::Mjpeg => FormatPreference::Mjpeg,
+            CameraFormat::Yuyv => FormatPreference::Yuyv,
+        };
+        s.buffers = buffers;
+        s.frame_timeout = frame_timeout * 4;
+        s
+    }
 }
 
 /// Delay before reopening attempt number `attempt` (0 for the first) of a lost camera:

@@ -9,15 +9,21 @@ use crate::infer::OutputTensor;
 /// Finds each stride's `cls`, `obj`, `bbox` and `kps` outputs by name and checks their sizes.
 pub fn assign(outputs: &[OutputTensor], size: [u32; 2]) -> Result<[StrideOutputs<'_>; 3], String> {
     let get = |kind: &str, stride: u32, width: usize| -> Result<&[f32], String> {
-        let name = format!("{kind}_{stride}");
+        // Matched without formatting the name: this runs every frame and must not allocate.
+        let is = |o: &&OutputTensor| {
+            o.name.strip_prefix(kind).and_then(|r| r.strip_prefix('_')).and_then(|r| r.parse().ok())
+                == Some(stride)
+        };
+        let name = || format!("{kind}_{stride}");
         let t = outputs
             .iter()
-            .find(|o| o.name == name)
-            .ok_or_else(|| format!("no output `{name}`: is this a YuNet 2023mar model?"))?;
+            .find(is)
+            .ok_or_else(|| format!("no output `{}`: is this a YuNet 2023mar model?", name()))?;
         let (gw, gh) = grid(size, stride);
         if t.data.len() != gw * gh * width {
             return Err(format!(
-                "output `{name}` has {} values, {} expected at input {}x{}",
+                "output `{}` has {} values, {} expected at input {}x{}",
+                name(),
                 t.data.len(),
                 gw * gh * width,
                 size[0],

@@ -124,6 +124,43 @@ impl GpioSettings {
             consumer: CONSUMER.to_owned(),
         }
     }
+
+    /// The settings for a config's door section (`portier run`, `portier selftest`): its
+    /// `[door.gpio]` lines and the door's wiring.
+    pub fn from_config(section: &crate::config::DoorSection) -> Result<Self, LinesConfigError> {
+        use crate::config::LineId;
+        let lines = section.gpio.as_ref().ok_or(LinesConfigError::Missing)?;
+        let spec = |key: &'static str, id: &LineId| {
+            let text = match id {
+                LineId::Offset(o) => o.to_string(),
+                LineId::Name(n) => n.clone(),
+            };
+            LineSpec::parse(&text).map_err(|source| LinesConfigError::Line { key, source })
+        };
+        Ok(Self::new(
+            (!lines.chip.is_empty()).then(|| lines.chip.clone()),
+            spec("relay", &lines.relay)?,
+            spec("contact", &lines.contact)?,
+            spec("exit_button", &lines.exit_button)?,
+            &section.door,
+        ))
+    }
+}
+
+/// A `[door.gpio]` section that does not describe three lines; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum LinesConfigError {
+    /// The backend needs `[door.gpio]` and the config has none.
+    #[error("key `door.gpio`: required by this backend")]
+    Missing,
+    /// A line is neither an offset nor a name.
+    #[error("key `door.gpio.{key}`: {source}")]
+    Line {
+        /// `relay`, `contact` or `exit_button`.
+        key: &'static str,
+        /// Why the value is refused.
+        source: GpioError,
+    },
 }
 
 /// Errors of the GPIO character-device backend. Every message names the chip and the line.

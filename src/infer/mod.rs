@@ -9,12 +9,14 @@
 #[cfg(feature = "hailo")]
 pub mod hailo;
 
+use std::ffi::CString;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
-use ort::value::TensorRef;
+use ort::value::{Tensor, TensorRef};
+use ort::AsPointer;
 
 /// The ONNX Runtime release that the pinned `ort` crate was built against; the library fetched
 /// for development machines (scripts/fetch-onnxruntime) is this version.
@@ -192,6 +194,96 @@ pub struct OutputTensor {
     pub data: Vec<f32>,
 }
 
+/// Most outputs a model may have for the allocation-free run (YuNet has 12, SCRFD 9): the C
+/// API's name and value arrays live on the stack. A model with more runs through `ort`'s own
+/// (allocating) `Session::run` every time.
+const MAX_OUTPUTS: usize = 16;
+
+/// Most dimensions of an output read on the allocation-free path.
+const MAX_DIMS: usize = 8;
+
+/// The input tensor of one input shape, allocated once and refilled every run. `ort`'s
+/// `Session::run` wraps every run's input and outputs in fresh reference-counted values and
+/// spills its small vectors beyond four outputs (23 heap allocations per SCRFD run, 3 per
+/// recognizer run, measured by `tests/alloc.rs`); calling the C API's `Run` with this tensor and
+/// stack arrays makes none on the Rust side.
+struct Bound {
+    shape: [usize; 4],
+    input: Tensor<f32>,
+}
+
+/// Releases the output values ONNX Runtime handed back, on every path out of a run.
+struct ReleaseValues<'a>(&'a mut [*mut ort::sys::OrtValue]);
+
+impl Drop for ReleaseValues<'_> {
+    fn drop(&mut self) {
+        for v in self.0.iter_mut().filter(|v| !v.is_null()) {
+            // SAFETY: a non-null entry is an OrtValue that `Run` created for us and that
+            // nothing else references; it is released once and the entry cleared.
+            unsafe { (ort::api().ReleaseValue)(*v) };
+            *v = std::ptr::null_mut();
+        }
+    }
+}
+
+/// Converts a status returned by an ONNX Runtime call (null = success).
+fn status(s: ort::sys::OrtStatusPtr) -> Result<(), String> {
+    // SAFETY: `s` was just returned by an ONNX Runtime API call and is consumed here.
+    unsafe { ort::Error::result_from_status(s) }.map_err(|e| e.to_string())
+}
+
+/// Copies one float32 output value into `slot` (shape and data), without allocating once the
+/// slot's buffers have grown to the output's size.
+fn read_output(value: *mut ort::sys::OrtValue, slot: &mut OutputTensor) -> Result<(), String> {
+    let api = ort::api();
+    let mut info = std::ptr::null_mut();
+    // SAFETY: `value` is a live OrtValue returned by `Run`; `info` receives a new object that
+    // is released below on every path.
+    status(unsafe { (api.GetTensorTypeAndShape)(value, &mut info) })?;
+    let mut ty = ort::sys::ONNXTensorElementDataType::ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+    let mut rank = 0usize;
+    let mut dims = [0i64; MAX_DIMS];
+    // SAFETY: `info` is the live object from above; `dims` holds MAX_DIMS values and at most
+    // that many are requested; `info` is released exactly once, after its last use.
+    let described = unsafe {
+        let r = status((api.GetTensorElementType)(info, &mut ty))
+            .and_then(|()| status((api.GetDimensionsCount)(info, &mut rank)))
+            .and_then(|()| {
+                if rank > MAX_DIMS {
+                    return Err(format!("output `{}` has {rank} dimensions", slot.name));
+                }
+                status((api.GetDimensions)(info, dims.as_mut_ptr(), rank))
+            });
+        (api.ReleaseTensorTypeAndShapeInfo)(info);
+        r
+    };
+    described?;
+    if ty != ort::sys::ONNXTensorElementDataType::ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT {
+        return Err(format!("output `{}` is not float32 ({ty:?})", slot.name));
+    }
+    let dims = &dims[..rank];
+    let len = dims.iter().try_fold(1usize, |n, &d| n.checked_mul(usize::try_from(d).ok()?));
+    let Some(len) = len else {
+        return Err(format!("output `{}` has shape {dims:?}", slot.name));
+    };
+    let mut data = std::ptr::null_mut();
+    // SAFETY: `value` is live; the pointer received addresses its `len` float32 values (type
+    // and shape checked above), valid until the value is released after this function.
+    let values = unsafe {
+        status((api.GetTensorMutableData)(value, &mut data))?;
+        if len == 0 || data.is_null() {
+            &[]
+        } else {
+            std::slice::from_raw_parts(data.cast::<f32>(), len)
+        }
+    };
+    slot.shape.clear();
+    slot.shape.extend_from_slice(dims);
+    slot.data.clear();
+    slot.data.extend_from_slice(values);
+    Ok(())
+}
+
 /// An opened ONNX model with one float32 NCHW input.
 pub struct OnnxModel {
     session: Session,
@@ -199,6 +291,11 @@ pub struct OnnxModel {
     input: TensorInfo,
     outputs: Vec<TensorInfo>,
     results: Vec<OutputTensor>,
+    /// Names as C strings for the C API, made once.
+    input_name: CString,
+    output_names: Vec<CString>,
+    /// The input tensor for the last input shape (`None` before the first run).
+    bound: Option<Bound>,
 }
 
 impl std::fmt::Debug for OnnxModel {
@@ -267,7 +364,24 @@ impl OnnxModel {
             .iter()
             .map(|o| OutputTensor { name: o.name.clone(), ..Default::default() })
             .collect();
-        Ok(Self { session, path: path.into(), input: input.clone(), outputs, results })
+        let c_name = |name: &str| {
+            CString::new(name).map_err(|_| InferError::Shape {
+                path: path.into(),
+                reason: format!("tensor name `{name}` contains a NUL byte"),
+            })
+        };
+        let input_name = c_name(&input.name)?;
+        let output_names = outputs.iter().map(|o| c_name(&o.name)).collect::<Result<_, _>>()?;
+        Ok(Self {
+            session,
+            path: path.into(),
+            input: input.clone(),
+            outputs,
+            results,
+            input_name,
+            output_names,
+            bound: None,
+        })
     }
 
     /// The model file.
@@ -305,7 +419,78 @@ impl OnnxModel {
 
     /// Runs one NCHW float32 tensor and returns the outputs, in the model's declared order, in
     /// buffers owned by this model (reused from run to run).
+    ///
+    /// `input` is copied into an input tensor kept for its shape (made again when the shape
+    /// changes) and the model runs through ONNX Runtime's C `Run` with names and values in stack
+    /// arrays: once the output buffers have grown, a run allocates nothing on the Rust side
+    /// (ONNX Runtime's own C++ allocations, from its arena, are not ours to see). Outputs are
+    /// not preallocated: ONNX Runtime checks preallocated outputs against the declared output
+    /// shapes, which SCRFD's dynamic-input export declares for 640x640 only.
     pub fn run(&mut self, input: &[f32], shape: [usize; 4]) -> Result<&[OutputTensor], InferError> {
+        if self.results.len() > MAX_OUTPUTS {
+            return self.run_safe(input, shape);
+        }
+        let path = &self.path;
+        let run_err = |reason: String| InferError::Run { path: path.clone(), reason };
+        if self.bound.as_ref().is_none_or(|b| b.shape != shape) {
+            self.bound = None;
+            let tensor = Tensor::from_array((shape, vec![0f32; input.len()]))
+                .map_err(|e| run_err(format!("input: {e}")))?;
+            self.bound = Some(Bound { shape, input: tensor });
+        }
+        let Some(bound) = self.bound.as_mut() else {
+            return Err(run_err("internal: no input tensor".into()));
+        };
+        let (_, data) =
+            bound.input.try_extract_tensor_mut::<f32>().map_err(|e| run_err(e.to_string()))?;
+        if data.len() != input.len() {
+            return Err(run_err(format!("{} input values for shape {shape:?}", input.len())));
+        }
+        data.copy_from_slice(input);
+        let n = self.results.len();
+        let input_names = [self.input_name.as_ptr()];
+        let input_values = [bound.input.ptr()];
+        let mut output_names = [std::ptr::null(); MAX_OUTPUTS];
+        for (slot, name) in output_names.iter_mut().zip(&self.output_names) {
+            *slot = name.as_ptr();
+        }
+        let mut values = [std::ptr::null_mut(); MAX_OUTPUTS];
+        let values = ReleaseValues(&mut values[..n]);
+        // SAFETY: the session pointer is valid for `self.session`'s life and `&mut self` makes
+        // this the only run on it (ONNX Runtime's Run is not reentrant per session, as `ort`
+        // notes). The name arrays point at NUL-terminated strings owned by `self`, the input
+        // value at a tensor owned by `self.bound`, all alive across the call; `n` output names
+        // are filled, in the session's order, and `values` has room for `n` values, all null:
+        // ONNX Runtime allocates each output and hands it over (released by `ReleaseValues`).
+        let s = unsafe {
+            (ort::api().Run)(
+                self.session.ptr_mut(),
+                std::ptr::null(),
+                input_names.as_ptr(),
+                input_values.as_ptr(),
+                1,
+                output_names.as_ptr(),
+                n,
+                values.0.as_mut_ptr(),
+            )
+        };
+        status(s).map_err(run_err)?;
+        for (slot, &value) in self.results.iter_mut().zip(values.0.iter()) {
+            if value.is_null() {
+                return Err(run_err(format!("output `{}` missing", slot.name)));
+            }
+            read_output(value, slot).map_err(run_err)?;
+        }
+        drop(values);
+        Ok(&self.results)
+    }
+
+    /// `ort`'s safe path (allocates per run), for models with more than [`MAX_OUTPUTS`] outputs.
+    fn run_safe(
+        &mut self,
+        input: &[f32],
+        shape: [usize; 4],
+    ) -> Result<&[OutputTensor], InferError> {
         let run_err =
             |e: ort::Error| InferError::Run { path: self.path.clone(), reason: e.to_string() };
         let tensor = TensorRef::from_array_view((shape, input)).map_err(run_err)?;

@@ -632,10 +632,8 @@ fn unix_s() -> i64 {
 
 /// Broker address, identity, will, keep-alive, credentials and TLS.
 fn mqtt_options(config: &MqttConfig, topics: &Topics) -> Result<MqttOptions, MqttError> {
-    let mut options =
-        MqttOptions::new(config.effective_client_id(), config.host.clone(), config.port);
+    let mut options = connection_options(config, config.effective_client_id())?;
     options
-        .set_keep_alive(Duration::from_secs(u64::from(config.keep_alive_s)))
         .set_clean_session(true)
         .set_max_packet_size(MAX_PACKET, MAX_PACKET)
         .set_request_channel_capacity(REQUEST_CAPACITY)
@@ -645,6 +643,18 @@ fn mqtt_options(config: &MqttConfig, topics: &Topics) -> Result<MqttOptions, Mqt
             QoS::AtLeastOnce,
             true,
         ));
+    Ok(options)
+}
+
+/// What every connection to the configured broker needs, under `client_id`: address,
+/// keep-alive, credentials and TLS (the appliance's own adds its session settings and will;
+/// `portier selftest` connects with these alone).
+pub(crate) fn connection_options(
+    config: &MqttConfig,
+    client_id: String,
+) -> Result<MqttOptions, MqttError> {
+    let mut options = MqttOptions::new(client_id, config.host.clone(), config.port);
+    options.set_keep_alive(Duration::from_secs(u64::from(config.keep_alive_s)));
     if let Some(user) = &config.username {
         let password = match (&config.password, &config.password_file) {
             (Some(p), _) => p.clone(),

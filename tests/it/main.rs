@@ -11,3 +11,4 @@ mod distance;
 mod mqtt;
 mod parity;
 mod recognition;
+mod selftest;

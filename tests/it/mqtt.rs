@@ -33,7 +33,7 @@ const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
 const WAIT: Duration = Duration::from_secs(20);
 
 /// Whether mosquitto is installed; `false` (with a notice) outside CI, a failure under CI=true.
-fn have_mosquitto() -> bool {
+pub(crate) fn have_mosquitto() -> bool {
     if Path::new(MOSQUITTO).is_file() {
         return true;
     }
@@ -44,7 +44,7 @@ fn have_mosquitto() -> bool {
     false
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -60,17 +60,17 @@ fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
 }
 
 /// One mosquitto process with its configuration, persistence and log in `dir`.
-struct Broker {
+pub(crate) struct Broker {
     dir: PathBuf,
     /// The plain listener, for the test's own clients.
-    port: u16,
+    pub(crate) port: u16,
     conf: PathBuf,
     child: Option<Child>,
 }
 
 impl Broker {
     /// Starts a broker with a plain listener on a free port plus `extra` configuration lines.
-    fn start(dir: &Path, extra: &str) -> Broker {
+    pub(crate) fn start(dir: &Path, extra: &str) -> Broker {
         let port = free_port();
         let conf = dir.join("mosquitto.conf");
         std::fs::write(
