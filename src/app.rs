@@ -209,6 +209,19 @@ pub enum RemoteCommand {
     SetMatcher(Matcher),
 }
 
+/// What [`App::run`] calls besides the loop itself: the shell's side (MQTT, the display, the
+/// summary) without the loop knowing about any of them.
+pub trait Hooks {
+    /// Called for every event, in order.
+    fn event(&mut self, _event: &AppEvent) {}
+    /// Polled before every step until it returns `None`.
+    fn command(&mut self) -> Option<RemoteCommand> {
+        None
+    }
+    /// Called after every step, with the loop's state and time (e.g. to update the display).
+    fn tick(&mut self, _app: &App, _now: Duration) {}
+}
+
 /// What one step did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StepOutcome {
@@ -297,6 +310,8 @@ pub struct App {
     embed_log: RateLimit,
     last_latency: Option<Duration>,
     last_stages: StageTimes,
+    /// A face in view is being decided but is too small or too far to be granted yet.
+    step_closer: bool,
 }
 
 impl std::fmt::Debug for App {
@@ -361,6 +376,7 @@ impl App {
             embed_log: RateLimit::default(),
             last_latency: None,
             last_stages: StageTimes::default(),
+            step_closer: false,
         })
     }
 
@@ -372,6 +388,17 @@ impl App {
     /// The door (state for the display, commands from MQTT).
     pub fn door(&mut self) -> &mut dyn DoorControl {
         self.door.as_mut()
+    }
+
+    /// Whether a face in view is too small or too far to be granted yet (the display asks the
+    /// person to step closer).
+    pub fn step_closer(&self) -> bool {
+        self.step_closer
+    }
+
+    /// The door's state.
+    pub fn door_state(&self) -> crate::door::DoorState {
+        self.door.state()
     }
 
     /// One line describing the frame source.
@@ -488,9 +515,16 @@ impl App {
 
         // Embedding candidates: confirmed tracks not yet granted, faces large enough.
         self.candidates.clear();
+        self.step_closer = false;
+        let frame_h = self.frame.height().max(1) as f32;
         for (i, det) in self.detections.iter().enumerate() {
             let Some(track) = self.assignment[i] else { continue };
             let confirmed = self.tracker.get(track).is_some_and(|t| t.confirmed);
+            if confirmed && !self.decider.granted(track) {
+                let height_pct = 100.0 * (det.bbox[3] - det.bbox[1]) / frame_h;
+                self.step_closer |= det.eye_distance() < self.settings.min_eye_px
+                    || height_pct < self.settings.decision.min_face_height_pct;
+            }
             if confirmed
                 && self.decider.wants(track, now)
                 && det.eye_distance() >= self.settings.min_eye_px
@@ -691,14 +725,13 @@ impl App {
     }
 
     /// Runs until `stop` is set or a replay ends (then until the door has relocked), handing
-    /// every event to `on_event`, feeding the watchdog on progress, and securing the door on
+    /// every event to `hooks`, feeding the watchdog on progress, and securing the door on
     /// the way out (also when the loop fails).
     pub fn run(
         &mut self,
         stop: &AtomicBool,
         notifier: &Notifier,
-        on_event: &mut dyn FnMut(&AppEvent),
-        next_command: &mut dyn FnMut() -> Option<RemoteCommand>,
+        hooks: &mut dyn Hooks,
     ) -> Result<Counters, AppError> {
         let start = Instant::now();
         let mut last_counters = Duration::ZERO;
@@ -710,7 +743,7 @@ impl App {
                 break Ok(());
             }
             let now = start.elapsed();
-            while let Some(command) = next_command() {
+            while let Some(command) = hooks.command() {
                 self.apply_command(command, now);
             }
             let outcome = if ended {
@@ -724,8 +757,9 @@ impl App {
                 }
             };
             for ev in self.events.drain(..) {
-                on_event(&ev);
+                hooks.event(&ev);
             }
+            hooks.tick(self, now);
             if outcome == StepOutcome::EndOfStream {
                 ended = true;
                 log::info!("replay ended; waiting for the door to relock");
@@ -743,14 +777,14 @@ impl App {
             if now.saturating_sub(last_counters) >= self.settings.counters_interval {
                 last_counters = now;
                 log::info!("counters: {}", self.counters);
-                on_event(&AppEvent::Counters { counters: self.counters, uptime: now });
+                hooks.event(&AppEvent::Counters { counters: self.counters, uptime: now });
             }
         };
         notifier.stopping();
         let secured = self.door.secure();
         self.poll_door(start.elapsed());
         for ev in self.events.drain(..) {
-            on_event(&ev);
+            hooks.event(&ev);
         }
         result?;
         secured?;

@@ -331,6 +331,115 @@ struct RawTracker {
     min_hits: Option<u32>,
 }
 
+/// The `[display]` section: which status display, and how it is mounted.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DisplaySection {
+    /// none | snapshots (PNG files, for tests and demos) | framebuffer (feature `display-fb`) |
+    /// spi (feature `display-spi`).
+    #[serde(default)]
+    pub backend: DisplayBackend,
+    /// Panel width in pixels as mounted (snapshots, spi).
+    #[serde(default = "default_panel_width")]
+    pub width: u32,
+    /// Panel height in pixels as mounted.
+    #[serde(default = "default_panel_height")]
+    pub height: u32,
+    /// How the panel is mounted: 0, 90, 180 or 270 degrees.
+    #[serde(default)]
+    pub rotation_deg: u32,
+    /// How much of a name the screen shows: first (default) | full | hidden.
+    #[serde(default)]
+    pub names: NamesShown,
+    /// Framebuffer device (`/dev/fb0`).
+    pub device: Option<PathBuf>,
+    /// Where `snapshots` writes its PNG files.
+    pub snapshot_dir: Option<PathBuf>,
+    /// SPI panel wiring (backend = "spi").
+    pub spi: Option<SpiPanelSection>,
+}
+
+impl Default for DisplaySection {
+    /// No display; a 240x320 panel mounted upright, first names.
+    fn default() -> Self {
+        Self {
+            backend: DisplayBackend::None,
+            width: default_panel_width(),
+            height: default_panel_height(),
+            rotation_deg: 0,
+            names: NamesShown::First,
+            device: None,
+            snapshot_dir: None,
+            spi: None,
+        }
+    }
+}
+
+fn default_panel_width() -> u32 {
+    240
+}
+fn default_panel_height() -> u32 {
+    320
+}
+
+/// Status display backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DisplayBackend {
+    /// No display.
+    #[default]
+    None,
+    /// Every shown screen written as a PNG file.
+    Snapshots,
+    /// A Linux framebuffer.
+    Framebuffer,
+    /// An SPI panel (ST7789, ILI9341).
+    Spi,
+}
+
+/// How much of a name the display shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NamesShown {
+    /// The first word.
+    #[default]
+    First,
+    /// The whole name.
+    Full,
+    /// No name.
+    Hidden,
+}
+
+/// The `[display.spi]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpiPanelSection {
+    /// `st7789` or `ili9341`.
+    pub controller: String,
+    /// spidev node.
+    pub spidev: PathBuf,
+    /// SPI clock.
+    pub spi_hz: u32,
+    /// GPIO chip of the D/C and reset lines.
+    pub gpiochip: PathBuf,
+    /// D/C line offset.
+    pub dc_line: u32,
+    /// Reset line offset, if wired.
+    pub reset_line: Option<u32>,
+    /// Panel offset in controller memory.
+    #[serde(default)]
+    pub offset_x: u16,
+    /// See `offset_x`.
+    #[serde(default)]
+    pub offset_y: u16,
+    /// Inverted colours (most ST7789 modules).
+    #[serde(default)]
+    pub invert: bool,
+    /// BGR subpixel order.
+    #[serde(default)]
+    pub bgr: bool,
+}
+
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawService {
@@ -358,6 +467,8 @@ struct RawConfig {
     service: RawService,
     #[serde(default)]
     mqtt: crate::mqtt::client::MqttConfig,
+    #[serde(default)]
+    display: DisplaySection,
 }
 
 /// The validated configuration.
@@ -385,6 +496,8 @@ pub struct Config {
     pub app: crate::app::AppSettings,
     /// MQTT (disabled unless `[mqtt] enabled = true`).
     pub mqtt: crate::mqtt::client::MqttConfig,
+    /// The status display.
+    pub display: DisplaySection,
 }
 
 impl Config {
@@ -503,7 +616,10 @@ impl Config {
         if mqtt.enabled {
             mqtt.validate().map_err(|(key, reason)| invalid(key, reason))?;
         }
+        let mut display = raw.display.clone();
+        check_display(&mut display, &resolve, &invalid)?;
         Ok(Config {
+            display,
             mqtt,
             camera,
             frame_timeout,
@@ -582,6 +698,45 @@ fn camera_config(
         }
     };
     Ok((Some(camera), timeout))
+}
+
+fn check_display(
+    d: &mut DisplaySection,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+    invalid: Invalid<'_>,
+) -> Result<(), ConfigError> {
+    if ![0, 90, 180, 270].contains(&d.rotation_deg) {
+        return Err(invalid(
+            "display.rotation_deg",
+            format!("must be 0, 90, 180 or 270, got {}", d.rotation_deg),
+        ));
+    }
+    for (key, v) in [("display.width", d.width), ("display.height", d.height)] {
+        if !(64..=2048).contains(&v) {
+            return Err(invalid(key, format!("must be in 64..=2048, got {v}")));
+        }
+    }
+    d.snapshot_dir = d.snapshot_dir.as_deref().map(resolve);
+    match d.backend {
+        DisplayBackend::Snapshots if d.snapshot_dir.is_none() => {
+            return Err(invalid(
+                "display.snapshot_dir",
+                "required by backend = \"snapshots\"".into(),
+            ))
+        }
+        DisplayBackend::Spi => match &d.spi {
+            None => return Err(invalid("display.spi", "required by backend = \"spi\"".into())),
+            Some(spi) if !["st7789", "ili9341"].contains(&spi.controller.as_str()) => {
+                return Err(invalid(
+                    "display.spi.controller",
+                    format!("must be st7789 or ili9341, got {:?}", spi.controller),
+                ))
+            }
+            Some(_) => {}
+        },
+        _ => {}
+    }
+    Ok(())
 }
 
 fn door_config(raw: &RawDoor, invalid: Invalid<'_>) -> Result<DoorSection, ConfigError> {
@@ -809,6 +964,28 @@ margin = 0.05
         let text = GOOD.replace("kind = \"scrfd\"", "kind = \"retina\"");
         let err = Config::parse(&text, Path::new("c.toml")).unwrap_err().to_string();
         assert!(err.contains("detector.kind"), "{err}");
+    }
+
+    #[test]
+    fn appliance_sections_default_and_are_checked() {
+        let c = Config::parse(GOOD, Path::new("c.toml")).unwrap();
+        assert_eq!(c.display, DisplaySection::default());
+        assert_eq!(c.camera, None);
+        let text = format!("{GOOD}\n[display]\nbackend = \"snapshots\"\n");
+        let err = Config::parse(&text, Path::new("c.toml")).unwrap_err().to_string();
+        assert!(err.contains("key `display.snapshot_dir`"), "{err}");
+        let text = format!("{GOOD}\n[decision]\nvotes = 2\nwindow = 5\n");
+        let err = Config::parse(&text, Path::new("c.toml")).unwrap_err().to_string();
+        assert!(err.contains("key `decision.votes`"), "{err}");
+        let text = format!("{GOOD}\n[door]\npulse_ms = 0\n");
+        let err = Config::parse(&text, Path::new("c.toml")).unwrap_err().to_string();
+        assert!(err.contains("key `door.pulse_ms`"), "{err}");
+        let text = format!("{GOOD}\n[camera]\nsource = \"replay\"\n");
+        let err = Config::parse(&text, Path::new("c.toml")).unwrap_err().to_string();
+        assert!(err.contains("key `camera.path`"), "{err}");
+        let text = format!("{GOOD}\n[tracker]\nmax_tracks = 0\n");
+        let err = Config::parse(&text, Path::new("c.toml")).unwrap_err().to_string();
+        assert!(err.contains("key `tracker.max_tracks`"), "{err}");
     }
 
     #[test]

@@ -36,7 +36,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Enrol a person from photos that each show exactly that one face.
+    /// Enrol a person from photos that each show exactly that one face, or live from the
+    /// camera (`--from-camera`).
     Enroll {
         /// The person's name.
         #[arg(long)]
@@ -44,8 +45,21 @@ enum Command {
         /// Add the photos to an existing person instead of refusing a taken name.
         #[arg(long)]
         append: bool,
+        /// Enrol from the configured camera: the best faces of one person over a few seconds.
+        #[arg(long, conflicts_with = "photos")]
+        from_camera: bool,
+        /// Capture length in seconds (with --from-camera).
+        #[arg(long, requires = "from_camera")]
+        seconds: Option<f64>,
+        /// Replay this MJPEG stream, image folder or image instead of the configured camera
+        /// (with --from-camera).
+        #[arg(long, requires = "from_camera")]
+        replay: Option<PathBuf>,
+        /// Enrol even when the person already resembles someone enrolled (with --from-camera).
+        #[arg(long, requires = "from_camera")]
+        allow_similar: bool,
         /// Photos (JPEG, PNG, WebP).
-        #[arg(required = true)]
+        #[arg(required_unless_present = "from_camera")]
         photos: Vec<PathBuf>,
     },
     /// Find every face in photos and say who it is.
@@ -84,6 +98,10 @@ enum Command {
         /// Replay as fast as frames are processed instead of in real time.
         #[arg(long)]
         fast: bool,
+        /// Write every screen the status display shows as a PNG file into this folder (instead
+        /// of the configured display).
+        #[arg(long)]
+        snapshot_dir: Option<PathBuf>,
     },
     /// Choose the router's size threshold, norm cliff and per-band thresholds from a distance
     /// sweep; writes a `[routing]` TOML fragment.
@@ -199,6 +217,15 @@ struct OutArgs {
 
 #[derive(Subcommand, Debug)]
 enum BenchCommand {
+    /// Cost of one status-display redraw per screen and panel size (draw into the canvas).
+    Display {
+        /// Redraws per screen.
+        #[arg(long, default_value_t = 200)]
+        repeat: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Per-stage time of detect → align → embed → match on photos.
     Pipeline {
         /// Measured runs per photo.
@@ -387,12 +414,22 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             }
             Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::Run { replay, fps, fast } => {
-            let config = Config::load(&cli.config)?;
+        Command::Run { replay, fps, fast, snapshot_dir } => {
+            let mut config = Config::load(&cli.config)?;
+            if let Some(dir) = snapshot_dir {
+                config.display.backend = portier::config::DisplayBackend::Snapshots;
+                config.display.snapshot_dir = Some(dir);
+            }
             run_appliance(config, replay, fps, fast)
         }
-        Command::Enroll { name, append, photos } => {
+        Command::Enroll { name, append, from_camera, seconds, replay, allow_similar, photos } => {
             let config = Config::load(&cli.config)?;
+            if from_camera {
+                use portier::enroll_live::{command, LiveArgs};
+                let args = LiveArgs { name, append, seconds, replay, fps: None, allow_similar };
+                command(&config, &args).map_err(|e| Failure::new(e.exit_code(), e))?;
+                return Ok(ExitCode::SUCCESS);
+            }
             enroll(&config, &name, append, &photos)
         }
         Command::Identify { json, photos } => {
@@ -417,6 +454,21 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 print_json(&report);
             } else {
                 print_bench(&report, &config);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { command: BenchCommand::Display { repeat, json } } => {
+            let report = portier::eval::bench_display::run(repeat);
+            if json {
+                print_json(&report);
+            } else {
+                println!("{:<8} {:<12} {:>10} {:>10}", "panel", "screen", "median µs", "p99 µs");
+                for c in &report {
+                    println!(
+                        "{:<8} {:<12} {:>10.1} {:>10.1}",
+                        c.panel, c.screen, c.median_us, c.p99_us
+                    );
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -470,7 +522,7 @@ fn run_appliance(
     use std::sync::atomic::AtomicBool;
     use std::sync::Arc;
 
-    use portier::app::{App, AppEvent, Parts};
+    use portier::app::{App, Parts};
     use portier::camera::replay::{ReplaySettings, ReplaySource};
     use portier::camera::FrameSource;
     use portier::config::CameraConfig;
@@ -567,56 +619,18 @@ fn run_appliance(
     log::info!("running: {}", app.describe_source());
     let notifier = portier::service::Notifier::from_env();
     let mqtt = start_mqtt(&config)?;
-    let mut outgoing = Vec::new();
-    let mut grants = Vec::new();
-    // Fault injection for the tests of the emergency path (issue 7's harness extends it):
-    // `PORTIER_FAULT=panic-on-grant` panics the loop right after the first unlock.
-    let panic_on_grant = std::env::var("PORTIER_FAULT").is_ok_and(|v| v == "panic-on-grant");
-    let gallery_path = config.gallery_path.clone();
-    let mut next_command = || -> Option<portier::app::RemoteCommand> {
-        use portier::app::RemoteCommand;
-        use portier::mqtt::command::Action;
-        let command = mqtt.as_ref()?.commands().try_recv().ok()?;
-        Some(match command.action {
-            Action::Unlock => RemoteCommand::Unlock,
-            Action::Lock => RemoteCommand::Lock,
-            Action::ReloadGallery => {
-                match Gallery::open(&gallery_path).and_then(|g| g.matcher(&model_id)) {
-                    Ok(m) => RemoteCommand::SetMatcher(m),
-                    Err(e) => {
-                        log::error!("gallery reload refused: {e}");
-                        return None;
-                    }
-                }
-            }
-        })
-    };
-    let result = app.run(
-        &stop,
-        &notifier,
-        &mut |ev| {
-            if panic_on_grant && matches!(ev, AppEvent::Granted { .. }) {
-                panic!("PORTIER_FAULT=panic-on-grant: injected panic with the door unlocked");
-            }
-            if let Some(client) = &mqtt {
-                outgoing.clear();
-                portier::mqtt::bridge::messages(ev, &mut outgoing);
-                for m in outgoing.drain(..) {
-                    client.send(m);
-                }
-            }
-            // The loop and the door log everything else as it happens.
-            if let AppEvent::Granted { name, similarity, frame, .. } = ev {
-                grants.push(format!("{name} at frame {frame} (similarity {similarity:.3})"));
-            }
-        },
-        &mut next_command,
-    );
-    if let Some(client) = mqtt {
-        if let Err(e) = client.shutdown(std::time::Duration::from_secs(3)) {
-            log::warn!("mqtt: {e}");
+    let display = match portier::shell::open_display(&config.display) {
+        Ok(d) => d,
+        Err(e) => {
+            // The door works without its display: report and go on.
+            log::error!("display: {e}; running without it");
+            None
         }
-    }
+    };
+    let mut shell =
+        portier::shell::Shell::new(mqtt, display, config.gallery_path.clone(), model_id.clone());
+    let result = app.run(&stop, &notifier, &mut shell);
+    shell.shutdown(std::time::Duration::from_secs(3));
     let counters = match result {
         Ok(c) => c,
         Err(e) => {
@@ -625,11 +639,11 @@ fn run_appliance(
         }
     };
     println!("summary: {counters}");
-    if grants.is_empty() {
+    if shell.grants().is_empty() {
         println!("granted: nobody");
     }
-    for g in &grants {
-        println!("granted: {g}");
+    for (name, frame, similarity) in shell.grants() {
+        println!("granted: {name} at frame {frame} (similarity {similarity:.3})");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -4,6 +4,7 @@
 //! Must not: be on the appliance's hot path; these are offline tools.
 
 pub mod bench;
+pub mod bench_display;
 pub mod bench_loop;
 pub mod calibrate;
 pub mod distance;

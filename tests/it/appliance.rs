@@ -352,3 +352,31 @@ fn panic_mid_pulse_releases_the_relay() {
     let released = log.find("relay released by the emergency path").expect(&log);
     assert!(released > energised, "{log}");
 }
+
+#[test]
+fn the_display_shows_the_grant_as_snapshots() {
+    let Some(a) = assets() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let config = cli_config(dir.path(), &a);
+    let shots = dir.path().join("screens");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portier"))
+        .arg("--config")
+        .arg(&config)
+        .args(["run", "--fast", "--snapshot-dir"])
+        .arg(&shots)
+        .arg("--replay")
+        .arg(video(&a, "hamilton_640x480.mjpeg"))
+        .env("PORTIER_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut kinds: Vec<String> = std::fs::read_dir(&shots)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    kinds.sort();
+    // Redrawn on change only: a handful of screens for 275 frames, the grant among them.
+    assert!(kinds.iter().any(|k| k.ends_with("-granted.png")), "{kinds:?}");
+    assert!(kinds.iter().any(|k| k.ends_with("-idle.png")), "{kinds:?}");
+    assert!(kinds.len() < 60, "{} screens: {kinds:?}", kinds.len());
+}

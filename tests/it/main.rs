@@ -8,6 +8,7 @@ mod appliance;
 mod cli;
 mod common;
 mod distance;
+mod enroll_live;
 mod mqtt;
 mod parity;
 mod recognition;

@@ -1,0 +1,271 @@
+//! The loop's outside world while `portier run` runs: hands every [`AppEvent`] to the MQTT
+//! thread, turns MQTT commands into [`RemoteCommand`]s, keeps the status display up to date,
+//! and collects the grants for the summary. It is the [`Hooks`] implementation `main` passes to
+//! [`crate::app::App::run`].
+//!
+//! Must not: block (MQTT is a `try_send`, the display draws only on change into a memory
+//! canvas or a mailbox), or decide anything about access.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::app::{App, AppEvent, Hooks, RemoteCommand};
+use crate::config::{DisplayBackend, DisplaySection, NamesShown};
+use crate::display::{
+    AccessView, ClockTime, Display, DisplayConfig, DisplayError, DoorView, EmbedBackend, Health,
+    LinkState, NameDisplay, Outcome, Screen, Sink, Status,
+};
+use crate::door::Alarm;
+use crate::gallery::Gallery;
+use crate::mqtt::client::{Message, MqttClient};
+
+/// Any display sink, chosen at start-up.
+pub struct AnySink(Box<dyn Sink + Send>);
+
+impl Sink for AnySink {
+    fn show(&mut self, screen: &Screen) -> Result<(), DisplayError> {
+        self.0.show(screen)
+    }
+}
+
+impl std::fmt::Debug for AnySink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AnySink")
+    }
+}
+
+/// Opens the display the config names (`None` for `backend = "none"`).
+pub fn open_display(section: &DisplaySection) -> Result<Option<Display<AnySink>>, DisplayError> {
+    let config = DisplayConfig {
+        names: match section.names {
+            NamesShown::First => NameDisplay::FirstName,
+            NamesShown::Full => NameDisplay::Full,
+            NamesShown::Hidden => NameDisplay::Hidden,
+        },
+        ..DisplayConfig::default()
+    };
+    let sink: Box<dyn Sink + Send> = match section.backend {
+        DisplayBackend::None => return Ok(None),
+        DisplayBackend::Snapshots => {
+            let dir = section.snapshot_dir.clone().unwrap_or_else(|| PathBuf::from("."));
+            std::fs::create_dir_all(&dir)
+                .map_err(|source| DisplayError::Open { path: dir.clone(), source })?;
+            Box::new(crate::display::Snapshots::new(dir, section.width, section.height))
+        }
+        #[cfg(feature = "display-fb")]
+        DisplayBackend::Framebuffer => {
+            let device = section.device.clone().unwrap_or_else(|| PathBuf::from("/dev/fb0"));
+            let rotation = crate::display::Rotation::from_degrees(section.rotation_deg)
+                .unwrap_or(crate::display::Rotation::Deg0);
+            Box::new(crate::display::fbdev::Framebuffer::open(&device, rotation)?)
+        }
+        #[cfg(feature = "display-spi")]
+        DisplayBackend::Spi => {
+            use crate::display::spi::{spawn, Controller, PanelConfig};
+            let Some(spi) = &section.spi else {
+                return Err(DisplayError::Panel("[display.spi] is missing".into()));
+            };
+            let size = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
+            Box::new(spawn(PanelConfig {
+                controller: if spi.controller == "ili9341" {
+                    Controller::Ili9341
+                } else {
+                    Controller::St7789
+                },
+                spidev: spi.spidev.clone(),
+                spi_hz: spi.spi_hz,
+                gpiochip: spi.gpiochip.clone(),
+                dc_line: spi.dc_line,
+                reset_line: spi.reset_line,
+                width: size(section.width),
+                height: size(section.height),
+                offset: (spi.offset_x, spi.offset_y),
+                rotation: crate::display::Rotation::from_degrees(section.rotation_deg)
+                    .unwrap_or(crate::display::Rotation::Deg0),
+                invert: spi.invert,
+                bgr: spi.bgr,
+            })?)
+        }
+        #[allow(unreachable_patterns)]
+        other => {
+            return Err(DisplayError::Panel(format!(
+                "display backend {other:?} is not built into this binary (build with the \
+                 display-fb or display-spi feature)"
+            )))
+        }
+    };
+    Ok(Some(Display::new(config, AnySink(sink))))
+}
+
+/// The last access decision, as the display shows it.
+#[derive(Debug, Clone, PartialEq)]
+enum Last {
+    Granted(String),
+    Unknown,
+}
+
+/// See the module documentation.
+pub struct Shell {
+    mqtt: Option<MqttClient>,
+    outgoing: Vec<Message>,
+    display: Option<Display<AnySink>>,
+    gallery_path: PathBuf,
+    model_id: String,
+    /// `PORTIER_FAULT=panic-on-grant`: panic right after the first grant (tests of the
+    /// emergency path).
+    panic_on_grant: bool,
+    /// Grants for the summary: name, frame, similarity.
+    grants: Vec<(String, u64, f32)>,
+    /// The last decision and when it was shown (set at the next tick).
+    last: Option<(Last, Option<Duration>)>,
+    camera_ok: bool,
+    display_errors: u64,
+}
+
+impl std::fmt::Debug for Shell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shell")
+            .field("mqtt", &self.mqtt.is_some())
+            .field("display", &self.display.is_some())
+            .field("grants", &self.grants.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shell {
+    /// A shell around an optional MQTT client and display; `gallery_path` and `model_id` are
+    /// for the gallery-reload command.
+    pub fn new(
+        mqtt: Option<MqttClient>,
+        display: Option<Display<AnySink>>,
+        gallery_path: PathBuf,
+        model_id: String,
+    ) -> Self {
+        Self {
+            mqtt,
+            outgoing: Vec::with_capacity(8),
+            display,
+            gallery_path,
+            model_id,
+            panic_on_grant: std::env::var("PORTIER_FAULT").is_ok_and(|v| v == "panic-on-grant"),
+            grants: Vec::new(),
+            last: None,
+            camera_ok: true,
+            display_errors: 0,
+        }
+    }
+
+    /// The grants so far: name, frame, similarity.
+    pub fn grants(&self) -> &[(String, u64, f32)] {
+        &self.grants
+    }
+
+    /// Display errors so far (each logged once per retry period).
+    pub fn display_errors(&self) -> u64 {
+        self.display_errors
+    }
+
+    /// Stops the MQTT thread (flushing what it can within `timeout`).
+    pub fn shutdown(&mut self, timeout: Duration) {
+        if let Some(client) = self.mqtt.take() {
+            if let Err(e) = client.shutdown(timeout) {
+                log::warn!("mqtt: {e}");
+            }
+        }
+    }
+}
+
+/// Time of day (UTC: the appliance keeps no time-zone database; the image sets the clock by
+/// NTP).
+fn clock() -> Option<ClockTime> {
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
+    // Before 2024 the clock is not set yet: show none rather than 1970.
+    if secs < 1_704_067_200 {
+        return None;
+    }
+    let day = secs % 86_400;
+    Some(ClockTime { hour: (day / 3600) as u8, minute: ((day % 3600) / 60) as u8 })
+}
+
+impl Hooks for Shell {
+    fn event(&mut self, event: &AppEvent) {
+        if let Some(client) = &self.mqtt {
+            self.outgoing.clear();
+            crate::mqtt::bridge::messages(event, &mut self.outgoing);
+            for m in self.outgoing.drain(..) {
+                client.send(m);
+            }
+        }
+        match event {
+            AppEvent::Granted { name, similarity, frame, .. } => {
+                self.grants.push((name.clone(), *frame, *similarity));
+                self.last = Some((Last::Granted(name.clone()), None));
+                if self.panic_on_grant {
+                    panic!("PORTIER_FAULT=panic-on-grant: injected panic with the door unlocked");
+                }
+            }
+            AppEvent::Unknown { .. } => self.last = Some((Last::Unknown, None)),
+            AppEvent::CameraLost { .. } => self.camera_ok = false,
+            AppEvent::CameraBack => self.camera_ok = true,
+            _ => {}
+        }
+    }
+
+    fn command(&mut self) -> Option<RemoteCommand> {
+        use crate::mqtt::command::Action;
+        let command = self.mqtt.as_ref()?.commands().try_recv().ok()?;
+        Some(match command.action {
+            Action::Unlock => RemoteCommand::Unlock,
+            Action::Lock => RemoteCommand::Lock,
+            Action::ReloadGallery => {
+                match Gallery::open(&self.gallery_path).and_then(|g| g.matcher(&self.model_id)) {
+                    Ok(m) => RemoteCommand::SetMatcher(m),
+                    Err(e) => {
+                        log::error!("gallery reload refused: {e}");
+                        return None;
+                    }
+                }
+            }
+        })
+    }
+
+    fn tick(&mut self, app: &App, now: Duration) {
+        let Some(display) = self.display.as_mut() else { return };
+        if let Some((_, at)) = &mut self.last {
+            at.get_or_insert(now);
+        }
+        let door = app.door_state();
+        let last = self.last.as_ref().and_then(|(last, at)| {
+            let outcome = match last {
+                Last::Granted(name) => Outcome::Granted { name },
+                Last::Unknown => Outcome::Unknown,
+            };
+            at.map(|at| AccessView { at, outcome })
+        });
+        let mqtt = match &self.mqtt {
+            None => LinkState::Off,
+            Some(c) if c.stats().connected => LinkState::Up,
+            Some(_) => LinkState::Down,
+        };
+        let status = Status {
+            clock: clock(),
+            door: DoorView {
+                locked: door.locked,
+                open: door.open,
+                alarm: door.alarm.map(|a| match a {
+                    Alarm::HeldOpen => crate::display::AlarmView::HeldOpen,
+                    Alarm::Forced => crate::display::AlarmView::Forced,
+                }),
+            },
+            last,
+            step_closer: app.step_closer(),
+            health: Health { camera_ok: self.camera_ok, embed: EmbedBackend::Cpu, mqtt },
+            enrolment: None,
+            technician: None,
+        };
+        if let Err(e) = display.update(&status, now) {
+            self.display_errors += 1;
+            log::warn!("display: {e} (retrying later; the door works without it)");
+        }
+    }
+}
