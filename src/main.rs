@@ -337,11 +337,24 @@ fn main() -> ExitCode {
         1 => log::LevelFilter::Debug,
         _ => log::LevelFilter::Trace,
     };
-    env_logger::Builder::new()
-        .filter_level(level)
-        .parse_env("PORTIER_LOG")
-        .format_target(false)
-        .init();
+    let mut logger = env_logger::Builder::new();
+    logger.filter_level(level).parse_env("PORTIER_LOG").format_target(false);
+    // Under systemd (stderr connected to the journal) each line carries its syslog priority as
+    // an sd-daemon `<N>` prefix and no timestamp (the journal has its own); `journalctl -p
+    // warning -u portier` then filters by level.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        use std::io::Write;
+        logger.format(|buf, record| {
+            let priority = match record.level() {
+                log::Level::Error => 3,
+                log::Level::Warn => 4,
+                log::Level::Info => 6,
+                log::Level::Debug | log::Level::Trace => 7,
+            };
+            writeln!(buf, "<{priority}>{}", record.args())
+        });
+    }
+    logger.init();
     match run(cli) {
         Ok(code) => code,
         Err(f) => {
