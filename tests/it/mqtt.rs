@@ -875,3 +875,117 @@ fn retained_command_is_never_executed() {
     }
     assert_eq!(reasons, BTreeMap::from([("retained".to_owned(), 2)]));
 }
+
+/// End to end: a signed unlock published to the broker reaches the running loop through the
+/// MQTT thread and the shell, the door pulses (the fake relay is energised, then released),
+/// and the door events and lock state come back over MQTT.
+#[test]
+fn a_signed_unlock_over_mqtt_pulses_the_door() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use portier::app::{App, Parts};
+    use portier::camera::replay::{ReplaySettings, ReplaySource};
+    use portier::door::fake::{FixedInput, LoggedRelay};
+    use portier::door::Door;
+    use portier::pipeline::Pipeline;
+
+    if !have_mosquitto() {
+        return;
+    }
+    let Some(assets) = crate::common::assets() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), "");
+    let key_file = dir.path().join("command.key");
+    std::fs::write(&key_file, [KEY, b"\n"].concat()).unwrap();
+    let mut cfg = config(broker.port, dir.path());
+    cfg.command_key_file = Some(key_file);
+
+    let mut sub = Sub::connect(broker.port, "home-assistant", false);
+    sub.subscribe(&format!("{BASE}/#"));
+
+    // The loop: the laptop config's models, one photo replayed in a loop, the fake door with a
+    // short pulse.
+    let config = crate::appliance::laptop_config(&dir.path().join("g.db"));
+    let pipeline = Pipeline::open(&config).unwrap();
+    let model = pipeline.embedder_model_id();
+    let matcher = portier::gallery::Gallery::open_in_memory().unwrap().matcher(&model).unwrap();
+    let source = ReplaySource::open(ReplaySettings {
+        path: assets.join("faces/full/face_recognition/biden.jpg"),
+        fps: 10.0,
+        looped: true,
+        pace: true,
+    })
+    .unwrap();
+    let relay = LoggedRelay::new(false);
+    let level = relay.level();
+    let mut door_config = config.door.door.clone();
+    door_config.pulse = Duration::from_millis(600);
+    let door = Door::new(
+        door_config,
+        relay,
+        FixedInput::new(false),
+        FixedInput::new(true),
+        Duration::ZERO,
+    )
+    .unwrap();
+    let parts = Parts {
+        source: Box::new(source),
+        detector: pipeline.detector,
+        embedder: Box::new(pipeline.embedder),
+        backend: "cpu",
+        matcher,
+        door: Box::new(door),
+    };
+    let mut app = App::new(config.app.clone(), parts).unwrap();
+    let client = start(&cfg);
+    assert!(connected(&client));
+    let mut shell = portier::shell::Shell::new(Some(client), None, config.gallery_path, model);
+    // The loop runs here (it is not Send: its backends are owned by this thread); the
+    // "home automation" side runs on another thread and stops the loop when done.
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_outside = Arc::clone(&stop);
+    let relay_level = Arc::clone(&level);
+    let outside = std::thread::spawn(move || {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // The client subscribes to commands right after CONNACK.
+            std::thread::sleep(Duration::from_millis(800));
+            assert!(!relay_level.load(Ordering::SeqCst), "relay secure before the command");
+            let mark = sub.seen.len();
+            let unlock = Verifier::sign(KEY, DEVICE, Action::Unlock, now_s(), &nonce(77));
+            sub.publish(&format!("{BASE}/command"), &unlock, false);
+            assert!(
+                wait_until(WAIT, || relay_level.load(Ordering::SeqCst)),
+                "the relay was energised"
+            );
+            assert!(
+                wait_until(WAIT, || !relay_level.load(Ordering::SeqCst)),
+                "the relay was released after the pulse"
+            );
+            let unlocked = sub
+                .wait_from(mark, WAIT, |p| {
+                    p.topic.ends_with("/event/door") && json(p)["kind"] == "unlocked"
+                })
+                .expect("door event");
+            assert_eq!(json(&unlocked)["reason"], "remote");
+            sub.wait_from(mark, WAIT, |p| {
+                p.topic.ends_with("/lock/state") && &p.payload[..] == b"UNLOCKED"
+            })
+            .expect("lock state UNLOCKED");
+            sub.wait_from(mark, WAIT, |p| {
+                p.topic.ends_with("/lock/state") && &p.payload[..] == b"LOCKED"
+            })
+            .expect("lock state LOCKED again");
+        }));
+        stop_outside.store(true, Ordering::SeqCst);
+        result
+    });
+    let notifier = portier::service::Notifier::default();
+    let counters = app.run(&stop, &notifier, &mut shell).unwrap();
+    shell.shutdown(Duration::from_secs(3));
+    if let Err(panic) = outside.join().unwrap() {
+        std::panic::resume_unwind(panic);
+    }
+    assert!(counters.frames > 0, "{counters}");
+    assert!(!level.load(Ordering::SeqCst), "relay secure after the loop stopped");
+}
