@@ -339,6 +339,25 @@ pub struct Parts {
     pub door: Box<dyn DoorControl>,
 }
 
+impl Parts {
+    /// The parts of a CPU-only loop: the pipeline's detector and recognizer (backend `cpu`).
+    pub fn cpu(
+        pipeline: crate::pipeline::Pipeline,
+        source: Box<dyn FrameSource>,
+        matcher: Matcher,
+        door: Box<dyn DoorControl>,
+    ) -> Self {
+        Self {
+            source,
+            detector: pipeline.detector,
+            embedder: Box::new(pipeline.embedder),
+            backend: "cpu",
+            matcher,
+            door,
+        }
+    }
+}
+
 impl App {
     /// Assembles the loop; buffers are sized here, once.
     pub fn new(settings: AppSettings, parts: Parts) -> Result<Self, AppError> {

@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::align::{align_face, AlignedFace};
-use crate::camera::replay::{ReplaySettings, ReplaySource};
+use crate::camera::replay::ReplaySettings;
 use crate::camera::{CameraError, FrameSource};
 use crate::config::{CameraConfig, Config};
 use crate::detect::{DetectError, Detection, Detector};
@@ -752,32 +752,7 @@ pub fn open_camera(
             None => return Err(EnrolError::NoCamera { config: config.source.clone() }),
         },
     };
-    match camera {
-        CameraConfig::Replay(settings) => Ok(Box::new(ReplaySource::open(settings)?)),
-        #[cfg(feature = "v4l2")]
-        CameraConfig::V4l2 { device, width, height, fps, format, buffers } => {
-            use crate::camera::v4l2::{FormatPreference, V4l2Settings, V4l2Source};
-            use crate::config::CameraFormat;
-            let mut s = V4l2Settings::new(device);
-            s.width = width;
-            s.height = height;
-            s.fps = fps.round().clamp(1.0, 240.0) as u32;
-            s.format = match format {
-                CameraFormat::Auto => FormatPreference::Auto,
-                CameraFormat::Mjpeg => FormatPreference::Mjpeg,
-                CameraFormat::Yuyv => FormatPreference::Yuyv,
-            };
-            s.buffers = buffers;
-            // As `portier run`: a camera silent for four frame timeouts is lost and reopened.
-            s.frame_timeout = config.frame_timeout * 4;
-            Ok(Box::new(V4l2Source::open(s)?))
-        }
-        #[cfg(not(feature = "v4l2"))]
-        CameraConfig::V4l2 { device, .. } => Err(EnrolError::Camera(CameraError::Disconnected {
-            device: device.display().to_string(),
-            reason: "this portier is built without the `v4l2` feature".into(),
-        })),
-    }
+    Ok(crate::camera::open(&camera, config.frame_timeout)?)
 }
 
 /// `portier enroll --name NAME --from-camera`: checks the gallery and the name, captures,

@@ -536,8 +536,7 @@ fn run_appliance(
     use std::sync::Arc;
 
     use portier::app::{App, Parts};
-    use portier::camera::replay::{ReplaySettings, ReplaySource};
-    use portier::camera::FrameSource;
+    use portier::camera::replay::ReplaySettings;
     use portier::config::CameraConfig;
 
     let configured_fps = match &config.camera {
@@ -576,38 +575,12 @@ fn run_appliance(
         })?;
     }
 
-    let source: Box<dyn FrameSource> = match camera {
-        CameraConfig::Replay(settings) => {
-            Box::new(ReplaySource::open(settings).map_err(|e| Failure::new(EX_NOINPUT, e))?)
+    let source = portier::camera::open(&camera, config.frame_timeout).map_err(|e| match e {
+        portier::camera::CameraError::Open { .. } if camera_is_v4l2(&camera) => {
+            Failure::new(EX_UNAVAILABLE, e)
         }
-        #[cfg(feature = "v4l2")]
-        CameraConfig::V4l2 { device, width, height, fps, format, buffers } => {
-            let settings = portier::camera::v4l2::V4l2Settings::from_config(
-                device,
-                width,
-                height,
-                fps,
-                format,
-                buffers,
-                config.frame_timeout,
-            );
-            Box::new(
-                portier::camera::v4l2::V4l2Source::open(settings)
-                    .map_err(|e| Failure::new(EX_UNAVAILABLE, e))?,
-            )
-        }
-        #[cfg(not(feature = "v4l2"))]
-        CameraConfig::V4l2 { .. } => {
-            return Err(Failure::new(
-                EX_CONFIG,
-                format!(
-                    "config {}: key `camera.source`: v4l2 needs portier built with the `v4l2` \
-                     feature",
-                    config.source.display()
-                ),
-            ))
-        }
-    };
+        e => Failure::new(EX_NOINPUT, e),
+    })?;
     let pipeline = Pipeline::open(&config)?;
     let model_id = pipeline.embedder_model_id();
     let matcher = match open_matcher(&config, &model_id)? {
@@ -619,14 +592,7 @@ fn run_appliance(
         matcher.people(),
         config.gallery_path.display()
     );
-    let parts = Parts {
-        source,
-        detector: pipeline.detector,
-        embedder: Box::new(pipeline.embedder),
-        backend: "cpu",
-        matcher,
-        door,
-    };
+    let parts = Parts::cpu(pipeline, source, matcher, door);
     let mut app = App::new(config.app.clone(), parts)
         .map_err(|e| Failure::new(EX_CONFIG, format!("config {}: {e}", config.source.display())))?;
     log::info!("running: {}", app.describe_source());
@@ -714,30 +680,24 @@ fn start_mqtt(config: &Config) -> Result<Option<portier::mqtt::client::MqttClien
     }
 }
 
+fn camera_is_v4l2(camera: &portier::config::CameraConfig) -> bool {
+    matches!(camera, portier::config::CameraConfig::V4l2 { .. })
+}
+
 /// A door and the handle its panic hook secures.
 type OpenedDoor = (Box<dyn portier::door::DoorControl>, Box<dyn portier::door::EmergencySecure>);
 
 /// The door backend named in the config, with the handle the panic hook secures.
 fn open_door(config: &Config) -> Result<OpenedDoor, Failure> {
-    use embedded_hal::digital::PinState;
     use portier::config::DoorBackend;
-    use portier::door::fake::{FixedInput, LoggedRelay};
-    use portier::door::{secure_level, ContactWiring, Door};
 
     let section = &config.door;
-    let now = std::time::Duration::ZERO;
     let door_err = |e: portier::door::DoorError| Failure::new(EX_UNAVAILABLE, e);
     match section.backend {
         DoorBackend::Fake => {
-            let relay = LoggedRelay::new(secure_level(&section.door) == PinState::High);
-            let emergency = relay.emergency();
-            // Idle inputs: door closed, button released.
-            let closed_high = section.door.contact == ContactWiring::NormallyOpen;
-            let contact = FixedInput::new(closed_high);
-            let button = FixedInput::new(section.door.exit_button_active_low);
             log::info!("door: fake backend (relay changes are logged; door closed, no button)");
-            let door =
-                Door::new(section.door.clone(), relay, contact, button, now).map_err(door_err)?;
+            let (door, emergency, _) =
+                portier::door::fake::idle_door(&section.door).map_err(door_err)?;
             Ok((Box::new(door), emergency))
         }
         #[cfg(feature = "gpio-cdev")]
@@ -748,8 +708,14 @@ fn open_door(config: &Config) -> Result<OpenedDoor, Failure> {
             })?;
             let (relay, contact, button, emergency) =
                 open_door_pins(&settings).map_err(|e| Failure::new(EX_UNAVAILABLE, e))?;
-            let door =
-                Door::new(section.door.clone(), relay, contact, button, now).map_err(door_err)?;
+            let door = portier::door::Door::new(
+                section.door.clone(),
+                relay,
+                contact,
+                button,
+                std::time::Duration::ZERO,
+            )
+            .map_err(door_err)?;
             Ok((Box::new(door), emergency))
         }
         #[cfg(feature = "rppal")]
@@ -774,8 +740,14 @@ fn open_door(config: &Config) -> Result<OpenedDoor, Failure> {
             );
             let (relay, contact, button, emergency) =
                 open_door_pins(&settings).map_err(|e| Failure::new(EX_UNAVAILABLE, e))?;
-            let door =
-                Door::new(section.door.clone(), relay, contact, button, now).map_err(door_err)?;
+            let door = portier::door::Door::new(
+                section.door.clone(),
+                relay,
+                contact,
+                button,
+                std::time::Duration::ZERO,
+            )
+            .map_err(door_err)?;
             Ok((Box::new(door), emergency))
         }
         #[allow(unreachable_patterns)]

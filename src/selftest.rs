@@ -350,41 +350,22 @@ fn recognizer(config: &Config) -> (Status, String) {
 fn camera(config: &Config, timeout: Duration) -> (Status, String) {
     match &config.camera {
         None => (Status::Absent, "no [camera] section".into()),
-        Some(CameraConfig::Replay(settings)) => {
+        Some(camera) => {
             // No real-time pacing: the first frame is due at once anyway.
-            let settings =
-                crate::camera::replay::ReplaySettings { pace: false, ..settings.clone() };
-            match crate::camera::replay::ReplaySource::open(settings) {
-                Ok(mut source) => first_frame(&mut source, timeout),
+            let camera = match camera {
+                CameraConfig::Replay(r) => {
+                    CameraConfig::Replay(crate::camera::replay::ReplaySettings {
+                        pace: false,
+                        ..r.clone()
+                    })
+                }
+                other => other.clone(),
+            };
+            match crate::camera::open(&camera, config.frame_timeout) {
+                Ok(mut source) => first_frame(source.as_mut(), timeout),
                 Err(e) => (Status::Fail, e.to_string()),
             }
         }
-        #[cfg(feature = "v4l2")]
-        Some(CameraConfig::V4l2 { device, width, height, fps, format, buffers }) => {
-            use crate::camera::v4l2::{V4l2Settings, V4l2Source};
-            let settings = V4l2Settings::from_config(
-                device.clone(),
-                *width,
-                *height,
-                *fps,
-                *format,
-                *buffers,
-                config.frame_timeout,
-            );
-            match V4l2Source::open(settings) {
-                Ok(mut source) => first_frame(&mut source, timeout),
-                Err(e) => (Status::Fail, e.to_string()),
-            }
-        }
-        #[cfg(not(feature = "v4l2"))]
-        Some(CameraConfig::V4l2 { device, .. }) => (
-            Status::Fail,
-            format!(
-                "camera {}: v4l2 is configured but this portier is built without the `v4l2` \
-                 feature (`portier run` refuses this config)",
-                device.display()
-            ),
-        ),
     }
 }
 

@@ -28,12 +28,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use embedded_hal::digital::PinState;
 use portier::app::{App, AppEvent, Parts, StepOutcome};
 use portier::camera::replay::{ReplaySettings, ReplaySource};
 use portier::config::Config;
-use portier::door::fake::{FixedInput, LoggedRelay};
-use portier::door::{secure_level, Door};
+
 use portier::gallery::{EnrollMode, Gallery};
 use portier::pipeline::{Pipeline, Select};
 
@@ -173,23 +171,8 @@ fn steady_state_step_allocates_nothing() {
         pace: false,
     })
     .unwrap();
-    let relay = LoggedRelay::new(secure_level(&config.door.door) == PinState::High);
-    let door = Door::new(
-        config.door.door.clone(),
-        relay,
-        FixedInput::new(false),
-        FixedInput::new(true),
-        Duration::ZERO,
-    )
-    .unwrap();
-    let parts = Parts {
-        source: Box::new(source),
-        detector: pipeline.detector,
-        embedder: Box::new(pipeline.embedder),
-        backend: "cpu",
-        matcher,
-        door: Box::new(door),
-    };
+    let (door, _, _) = portier::door::fake::idle_door(&config.door.door).unwrap();
+    let parts = Parts::cpu(pipeline, Box::new(source), matcher, Box::new(door));
     let mut app = App::new(config.app.clone(), parts).unwrap();
     log::set_logger(&LOGGER).unwrap();
     log::set_max_level(log::LevelFilter::Info);

@@ -12,6 +12,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::config::CameraConfig;
+
 pub mod replay;
 #[cfg(feature = "v4l2")]
 pub mod v4l2;
@@ -74,6 +76,43 @@ pub enum CameraError {
         /// What is wrong.
         reason: String,
     },
+}
+
+/// Opens the camera a config describes: the one place that turns a [`CameraConfig`] into a
+/// [`FrameSource`] (`portier run`, live enrolment, selftest). `frame_timeout` is the loop's
+/// wait for one frame; a V4L2 camera silent for four of them is treated as lost and reopened.
+/// A V4L2 camera in a binary built without the `v4l2` feature is [`CameraError::Open`].
+pub fn open(
+    camera: &CameraConfig,
+    frame_timeout: Duration,
+) -> Result<Box<dyn FrameSource>, CameraError> {
+    match camera {
+        CameraConfig::Replay(settings) => {
+            Ok(Box::new(replay::ReplaySource::open(settings.clone())?))
+        }
+        #[cfg(feature = "v4l2")]
+        CameraConfig::V4l2 { device, width, height, fps, format, buffers } => {
+            let settings = v4l2::V4l2Settings::from_config(
+                device.clone(),
+                *width,
+                *height,
+                *fps,
+                *format,
+                *buffers,
+                frame_timeout,
+            );
+            Ok(Box::new(v4l2::V4l2Source::open(settings)?))
+        }
+        #[cfg(not(feature = "v4l2"))]
+        CameraConfig::V4l2 { device, .. } => {
+            let _ = frame_timeout;
+            Err(CameraError::Open {
+                device: device.clone(),
+                reason: "v4l2 is configured but this portier is built without the `v4l2` feature"
+                    .into(),
+            })
+        }
+    }
 }
 
 /// Where frames come from.

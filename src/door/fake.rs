@@ -11,7 +11,26 @@ use std::sync::Arc;
 
 use embedded_hal::digital::{ErrorType, InputPin, OutputPin};
 
-use super::EmergencySecure;
+use super::{secure_level, ContactWiring, Door, DoorConfig, DoorError, EmergencySecure};
+
+/// The fake door used without hardware: a [`LoggedRelay`] at its secure level, the contact
+/// reading "door closed" and the button "released" for `config`'s wiring. Returns the door, the
+/// handle the panic hook secures, and the relay's level (true = high) for tests.
+pub fn idle_door(config: &DoorConfig) -> Result<IdleDoor, DoorError> {
+    let relay = LoggedRelay::new(secure_level(config) == embedded_hal::digital::PinState::High);
+    let emergency = relay.emergency();
+    let level = relay.level();
+    let contact = FixedInput::new(config.contact == ContactWiring::NormallyOpen);
+    let button = FixedInput::new(config.exit_button_active_low);
+    let door = Door::new(config.clone(), relay, contact, button, std::time::Duration::ZERO)?;
+    Ok((door, emergency, level))
+}
+
+/// The door [`idle_door`] makes.
+pub type FakeDoor = Door<LoggedRelay, FixedInput, FixedInput>;
+
+/// What [`idle_door`] returns: the door, its emergency handle, and the relay level.
+pub type IdleDoor = (FakeDoor, Box<dyn EmergencySecure>, Arc<AtomicBool>);
 
 /// A relay that logs every change of level ("relay energised" / "relay released").
 #[derive(Debug)]

@@ -16,8 +16,6 @@ use super::verify::EvalError;
 use crate::app::{App, Parts, StepOutcome};
 use crate::camera::replay::{ReplaySettings, ReplaySource};
 use crate::config::Config;
-use crate::door::fake::{FixedInput, LoggedRelay};
-use crate::door::{secure_level, Door};
 use crate::gallery::Gallery;
 use crate::pipeline::Pipeline;
 
@@ -121,24 +119,9 @@ pub fn run(
         pace: false,
     })
     .map_err(|e| input(e.to_string()))?;
-    let relay =
-        LoggedRelay::new(secure_level(&config.door.door) == embedded_hal::digital::PinState::High);
-    let door = Door::new(
-        config.door.door.clone(),
-        relay,
-        FixedInput::new(false),
-        FixedInput::new(true),
-        Duration::ZERO,
-    )
-    .map_err(|e| input(format!("fake door: {e}")))?;
-    let parts = Parts {
-        source: Box::new(source),
-        detector: pipeline.detector,
-        embedder: Box::new(pipeline.embedder),
-        backend: "cpu",
-        matcher,
-        door: Box::new(door),
-    };
+    let (door, _, _) = crate::door::fake::idle_door(&config.door.door)
+        .map_err(|e| input(format!("fake door: {e}")))?;
+    let parts = Parts::cpu(pipeline, Box::new(source), matcher, Box::new(door));
     let mut app = App::new(config.app.clone(), parts).map_err(|e| input(e.to_string()))?;
 
     let limit = frames.map_or(usize::MAX, |f| warmup.saturating_add(f));

@@ -7,12 +7,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use embedded_hal::digital::PinState;
 use portier::app::{App, AppEvent, Counters, Parts, StepOutcome};
 use portier::camera::replay::{ReplaySettings, ReplaySource};
 use portier::config::Config;
-use portier::door::fake::{FixedInput, LoggedRelay};
-use portier::door::{secure_level, Door, DoorEvent};
+use portier::door::fake::LoggedRelay;
+use portier::door::DoorEvent;
 use portier::gallery::{EnrollMode, Gallery};
 use portier::pipeline::{Pipeline, Select};
 
@@ -61,24 +60,8 @@ pub fn replay(config: &Config, stream: &Path, fps: f64) -> Run {
         pace: false,
     })
     .unwrap();
-    let relay = LoggedRelay::new(secure_level(&config.door.door) == PinState::High);
-    let level = relay.level();
-    let door = Door::new(
-        config.door.door.clone(),
-        relay,
-        FixedInput::new(false),
-        FixedInput::new(true),
-        Duration::ZERO,
-    )
-    .unwrap();
-    let parts = Parts {
-        source: Box::new(source),
-        detector: pipeline.detector,
-        embedder: Box::new(pipeline.embedder),
-        backend: "cpu",
-        matcher,
-        door: Box::new(door),
-    };
+    let (door, _, level) = portier::door::fake::idle_door(&config.door.door).unwrap();
+    let parts = Parts::cpu(pipeline, Box::new(source), matcher, Box::new(door));
     let mut app = App::new(config.app.clone(), parts).unwrap();
     let mut events = Vec::new();
     let mut frame = 0u64;

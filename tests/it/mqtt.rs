@@ -886,8 +886,6 @@ fn a_signed_unlock_over_mqtt_pulses_the_door() {
 
     use portier::app::{App, Parts};
     use portier::camera::replay::{ReplaySettings, ReplaySource};
-    use portier::door::fake::{FixedInput, LoggedRelay};
-    use portier::door::Door;
     use portier::pipeline::Pipeline;
 
     if !have_mosquitto() {
@@ -917,26 +915,10 @@ fn a_signed_unlock_over_mqtt_pulses_the_door() {
         pace: true,
     })
     .unwrap();
-    let relay = LoggedRelay::new(false);
-    let level = relay.level();
     let mut door_config = config.door.door.clone();
     door_config.pulse = Duration::from_millis(600);
-    let door = Door::new(
-        door_config,
-        relay,
-        FixedInput::new(false),
-        FixedInput::new(true),
-        Duration::ZERO,
-    )
-    .unwrap();
-    let parts = Parts {
-        source: Box::new(source),
-        detector: pipeline.detector,
-        embedder: Box::new(pipeline.embedder),
-        backend: "cpu",
-        matcher,
-        door: Box::new(door),
-    };
+    let (door, _, level) = portier::door::fake::idle_door(&door_config).unwrap();
+    let parts = Parts::cpu(pipeline, Box::new(source), matcher, Box::new(door));
     let mut app = App::new(config.app.clone(), parts).unwrap();
     let client = start(&cfg);
     assert!(connected(&client));
