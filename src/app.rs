@@ -22,6 +22,7 @@ use crate::door::{DoorControl, DoorError, DoorEvent, UnlockReason};
 use crate::embed::{Embedder, MAX_DIM};
 use crate::frame::{FrameDecoder, RgbImage};
 use crate::gallery::{Matcher, PersonId};
+use crate::route::{NpuEvent, Route, Router};
 use crate::service::Notifier;
 use crate::track::{quality, TrackId, Tracker, TrackerConfig};
 
@@ -123,6 +124,13 @@ pub enum AppEvent {
     },
     /// Frames flow again after [`AppEvent::CameraLost`].
     CameraBack,
+    /// The NPU failed: every face is embedded on the CPU until it recovers.
+    NpuFallback {
+        /// What failed.
+        reason: String,
+    },
+    /// The NPU works again.
+    NpuBack,
     /// The counters, every `counters_interval` (from [`App::run`]).
     Counters {
         /// The counters so far.
@@ -149,6 +157,10 @@ pub struct Counters {
     pub embeddings: u64,
     /// Embedding failures.
     pub embed_errors: u64,
+    /// Embeddings made on the NPU (included in `embeddings`).
+    pub npu_embeddings: u64,
+    /// NPU embeddings rejected by the norm cliff and redone on the CPU.
+    pub cpu_fallbacks: u64,
     /// Access grants.
     pub grants: u64,
     /// Grants suppressed by the cooldown.
@@ -166,13 +178,16 @@ impl std::fmt::Display for Counters {
         write!(
             f,
             "frames {} (corrupt {}, timeouts {}, camera errors {}), faces {}, embeddings {} \
-             (errors {}), grants {}, cooldowns {}, unknown {}, tailgating {}, door errors {}",
+             (npu {}, norm fallbacks {}, errors {}), grants {}, cooldowns {}, unknown {}, \
+             tailgating {}, door errors {}",
             self.frames,
             self.corrupt_frames,
             self.timeouts,
             self.camera_errors,
             self.faces,
             self.embeddings,
+            self.npu_embeddings,
+            self.cpu_fallbacks,
             self.embed_errors,
             self.grants,
             self.cooldowns,
@@ -205,8 +220,9 @@ pub enum RemoteCommand {
     Unlock,
     /// Lock now, ending any release.
     Lock,
-    /// Use this gallery from now on (reloaded or changed by an enrolment).
-    SetMatcher(Matcher),
+    /// Use these templates from now on (reloaded or changed by an enrolment): the CPU model's
+    /// and, with an NPU, the NPU model's.
+    SetMatcher(Box<(Matcher, Option<Matcher>)>),
 }
 
 /// What [`App::run`] calls besides the loop itself: the shell's side (MQTT, the display, the
@@ -290,6 +306,8 @@ pub struct App {
     ended: Vec<TrackId>,
     embedder: Box<dyn Embedder>,
     backend: &'static str,
+    cpu_dim: usize,
+    npu: Option<Npu>,
     crop: Box<AlignedFace>,
     embedding: Vec<f32>,
     matcher: Matcher,
@@ -337,6 +355,26 @@ pub struct Parts {
     pub matcher: Matcher,
     /// The door.
     pub door: Box<dyn DoorControl>,
+    /// The NPU side, if any: close faces are embedded there.
+    pub npu: Option<NpuParts>,
+}
+
+/// The NPU recognizer, its gallery templates (its own embedding space) and the router.
+pub struct NpuParts {
+    /// The NPU recognizer (the Hailo, or an emulated INT8 model).
+    pub embedder: Box<dyn Embedder>,
+    /// The gallery's templates for the NPU's model.
+    pub matcher: Matcher,
+    /// Which face goes where.
+    pub router: Router,
+}
+
+/// The NPU side of a running loop.
+struct Npu {
+    embedder: Box<dyn Embedder>,
+    matcher: Matcher,
+    router: Router,
+    dim: usize,
 }
 
 impl Parts {
@@ -354,6 +392,7 @@ impl Parts {
             backend: "cpu",
             matcher,
             door,
+            npu: None,
         }
     }
 }
@@ -364,7 +403,14 @@ impl App {
         let max_tracks = settings.tracker.max_tracks;
         let decider =
             Decider::new(settings.decision.clone(), max_tracks).map_err(AppError::Config)?;
-        let dim = parts.embedder.dim().min(MAX_DIM);
+        let cpu_dim = parts.embedder.dim().min(MAX_DIM);
+        let npu = parts.npu.map(|n| Npu {
+            dim: n.embedder.dim().min(MAX_DIM),
+            embedder: n.embedder,
+            matcher: n.matcher,
+            router: n.router,
+        });
+        let dim = cpu_dim.max(npu.as_ref().map_or(0, |n| n.dim));
         Ok(Self {
             tracker: Tracker::new(settings.tracker),
             settings,
@@ -377,6 +423,8 @@ impl App {
             ended: Vec::with_capacity(max_tracks),
             embedder: parts.embedder,
             backend: parts.backend,
+            cpu_dim,
+            npu,
             crop: Box::default(),
             embedding: vec![0.0; dim],
             matcher: parts.matcher,
@@ -444,6 +492,24 @@ impl App {
     pub fn set_matcher(&mut self, matcher: Matcher) {
         self.matcher = matcher;
         self.decider.reset();
+    }
+
+    /// Replaces the NPU's templates too (after an enrolment or a reload).
+    pub fn set_npu_matcher(&mut self, matcher: Matcher) {
+        if let Some(npu) = self.npu.as_mut() {
+            npu.matcher = matcher;
+        }
+        self.decider.reset();
+    }
+
+    /// Whether faces are embedded on the NPU now (configured and healthy).
+    pub fn npu_up(&self) -> bool {
+        self.npu.as_ref().is_some_and(|n| n.router.npu_up())
+    }
+
+    /// Whether an NPU is configured at all.
+    pub fn has_npu(&self) -> bool {
+        self.npu.is_some()
     }
 
     /// Unlocks for a remote command (already authenticated by the caller).
@@ -575,26 +641,9 @@ impl App {
                 );
                 continue;
             }
-            let norm = match self.embedder.embed(&self.crop, &mut self.embedding) {
-                Ok(norm) => norm,
-                Err(e) => {
-                    self.counters.embed_errors += 1;
-                    if let Some(suppressed) = self.embed_log.allow(now) {
-                        log::warn!("embedding failed: {e} ({suppressed} more)");
-                    }
-                    continue;
-                }
-            };
-            self.counters.embeddings += 1;
-            let (best, second) = match self.matcher.best_two_indices(&self.embedding) {
-                Ok(r) => r,
-                Err(e) => {
-                    self.counters.embed_errors += 1;
-                    if let Some(suppressed) = self.embed_log.allow(now) {
-                        log::warn!("matching failed: {e} ({suppressed} more)");
-                    }
-                    continue;
-                }
+            let Some((norm, backend, best, second)) = self.embed_and_match(q.eye_distance, now)
+            else {
+                continue;
             };
             if log::log_enabled!(log::Level::Debug) {
                 let name = |b: Option<(usize, f32)>| {
@@ -618,12 +667,89 @@ impl App {
             let verdict =
                 self.decider.vote(track, best, second, face, |p| matcher.person_id(p), now);
             if let Some(v) = verdict {
-                self.apply(v, sequence, q.eye_distance, norm, now)?;
+                self.apply(v, sequence, q.eye_distance, norm, backend, now)?;
             }
         }
         self.check_tailgating(sequence);
         self.last_stages.decide = t2.elapsed();
         Ok(faces)
+    }
+
+    /// Embeds the aligned crop where the router says (NPU for close faces while it is healthy
+    /// and its norm is above the cliff, the CPU otherwise) and matches it against the templates
+    /// of that same model. The best two come back as indices of the CPU matcher's people, so
+    /// votes from both backends count for the same person. `None` when the face cannot be
+    /// embedded or matched (counted, rate-limited warning).
+    #[allow(clippy::type_complexity)]
+    fn embed_and_match(
+        &mut self,
+        eye_px: f32,
+        now: Duration,
+    ) -> Option<(f32, &'static str, Option<(usize, f32)>, Option<(usize, f32)>)> {
+        if let Some(npu) = self.npu.as_mut() {
+            if npu.router.route(eye_px, now) == Route::Npu {
+                let result = npu.embedder.embed(&self.crop, &mut self.embedding);
+                let event = npu.router.npu_result(result.is_ok(), now);
+                match (&result, event) {
+                    (Err(e), Some(NpuEvent::Failed)) => {
+                        log::warn!("npu failed, every face on the CPU now: {e}");
+                        self.events.push(AppEvent::NpuFallback { reason: e.to_string() });
+                    }
+                    (_, Some(NpuEvent::Recovered)) => {
+                        log::info!("npu back");
+                        self.events.push(AppEvent::NpuBack);
+                    }
+                    _ => {}
+                }
+                if let Ok(norm) = result {
+                    if npu.router.check_norm(norm) == Route::Npu {
+                        self.counters.embeddings += 1;
+                        self.counters.npu_embeddings += 1;
+                        match npu.matcher.best_two_indices(&self.embedding[..npu.dim]) {
+                            Ok((best, second)) => {
+                                // Onto the CPU matcher's people (same gallery ids).
+                                let map = |b: Option<(usize, f32)>| {
+                                    b.and_then(|(i, sim)| {
+                                        let id = npu.matcher.person_id(i);
+                                        self.matcher.index_of(id).map(|j| (j, sim))
+                                    })
+                                };
+                                return Some((norm, "npu", map(best), map(second)));
+                            }
+                            Err(e) => {
+                                self.counters.embed_errors += 1;
+                                if let Some(suppressed) = self.embed_log.allow(now) {
+                                    log::warn!("npu matching failed: {e} ({suppressed} more)");
+                                }
+                                return None;
+                            }
+                        }
+                    }
+                    self.counters.cpu_fallbacks += 1;
+                }
+            }
+        }
+        let norm = match self.embedder.embed(&self.crop, &mut self.embedding) {
+            Ok(norm) => norm,
+            Err(e) => {
+                self.counters.embed_errors += 1;
+                if let Some(suppressed) = self.embed_log.allow(now) {
+                    log::warn!("embedding failed: {e} ({suppressed} more)");
+                }
+                return None;
+            }
+        };
+        self.counters.embeddings += 1;
+        match self.matcher.best_two_indices(&self.embedding[..self.cpu_dim]) {
+            Ok((best, second)) => Some((norm, self.backend, best, second)),
+            Err(e) => {
+                self.counters.embed_errors += 1;
+                if let Some(suppressed) = self.embed_log.allow(now) {
+                    log::warn!("matching failed: {e} ({suppressed} more)");
+                }
+                None
+            }
+        }
     }
 
     fn apply(
@@ -632,6 +758,7 @@ impl App {
         frame: u64,
         eye_px: f32,
         norm: f32,
+        backend: &'static str,
         now: Duration,
     ) -> Result<(), AppError> {
         match verdict {
@@ -664,7 +791,7 @@ impl App {
                     votes,
                     eye_px,
                     norm,
-                    backend: self.backend,
+                    backend,
                     frame,
                 });
             }
@@ -731,9 +858,13 @@ impl App {
                     log::error!("remote lock failed: {e}");
                 }
             }
-            RemoteCommand::SetMatcher(m) => {
+            RemoteCommand::SetMatcher(matchers) => {
+                let (m, npu) = *matchers;
                 log::info!("gallery: {} people enrolled now", m.people());
                 self.set_matcher(m);
+                if let Some(n) = npu {
+                    self.set_npu_matcher(n);
+                }
             }
         }
     }

@@ -440,6 +440,48 @@ pub struct SpiPanelSection {
     pub bgr: bool,
 }
 
+/// The `[npu]` section: the second recognizer, for close faces (see `route.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NpuSection {
+    /// none | emulated (an INT8/A16W8 QDQ ONNX model on the CPU: routing without a Hailo) |
+    /// hailo (a HEF on the Hailo-8, feature `hailo`).
+    #[serde(default)]
+    pub backend: NpuBackend,
+    /// The model: a QDQ ONNX file (emulated) or a HEF (hailo).
+    pub model: Option<PathBuf>,
+    /// The embedding space's name (templates are kept per model); default: the file's stem.
+    pub id: Option<String>,
+    /// `libhailort.so` to load (hailo; default: `HAILORT_LIBRARY`, then the system's).
+    pub library: Option<PathBuf>,
+}
+
+/// NPU backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NpuBackend {
+    /// Every face on the CPU.
+    #[default]
+    None,
+    /// A quantised ONNX model run on the CPU, standing in for the NPU.
+    Emulated,
+    /// The Hailo-8.
+    Hailo,
+}
+
+impl NpuSection {
+    /// The NPU's model id, when an NPU is configured.
+    pub fn model_id(&self) -> Option<String> {
+        if self.backend == NpuBackend::None {
+            return None;
+        }
+        let model = self.model.as_ref()?;
+        Some(self.id.clone().unwrap_or_else(|| {
+            model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+        }))
+    }
+}
+
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawService {
@@ -469,6 +511,9 @@ struct RawConfig {
     mqtt: crate::mqtt::client::MqttConfig,
     #[serde(default)]
     display: DisplaySection,
+    #[serde(default)]
+    npu: NpuSection,
+    routing: Option<crate::route::RoutingConfig>,
 }
 
 /// The validated configuration.
@@ -498,6 +543,10 @@ pub struct Config {
     pub mqtt: crate::mqtt::client::MqttConfig,
     /// The status display.
     pub display: DisplaySection,
+    /// The NPU recognizer.
+    pub npu: NpuSection,
+    /// Routing between NPU and CPU (with an NPU; defaults from `route.rs` otherwise).
+    pub routing: Option<crate::route::RoutingConfig>,
 }
 
 impl Config {
@@ -618,7 +667,32 @@ impl Config {
         }
         let mut display = raw.display.clone();
         check_display(&mut display, &resolve, &invalid)?;
+        let mut npu = raw.npu.clone();
+        npu.model = npu.model.as_deref().map(resolve);
+        npu.library = npu.library.as_deref().map(resolve);
+        if npu.backend != NpuBackend::None && npu.model.is_none() {
+            return Err(invalid("npu.model", "required when an NPU backend is set".into()));
+        }
+        let routing = raw.routing.clone();
+        let mut app = app;
+        if let Some(r) = &routing {
+            r.validate().map_err(|e| invalid(&format!("routing.{}", e.key), e.reason))?;
+            // The calibrated thresholds by size are the decision's unless it names its own.
+            if raw.decision.bands.is_none() {
+                app.decision.bands = r
+                    .bands
+                    .iter()
+                    .map(|b| crate::decide::SizeBand {
+                        min_eye_px: b.min_eye_distance_px,
+                        threshold: b.threshold_cosine,
+                    })
+                    .collect();
+                app.decision.validate().map_err(|reason| invalid("routing.bands", reason))?;
+            }
+        }
         Ok(Config {
+            npu,
+            routing,
             display,
             mqtt,
             camera,

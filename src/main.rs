@@ -592,7 +592,9 @@ fn run_appliance(
         matcher.people(),
         config.gallery_path.display()
     );
-    let parts = Parts::cpu(pipeline, source, matcher, door);
+    let mut parts = Parts::cpu(pipeline, source, matcher, door);
+    parts.npu = open_npu_parts(&config)?;
+    let npu_model_id = config.npu.model_id();
     let mut app = App::new(config.app.clone(), parts)
         .map_err(|e| Failure::new(EX_CONFIG, format!("config {}: {e}", config.source.display())))?;
     log::info!("running: {}", app.describe_source());
@@ -607,7 +609,8 @@ fn run_appliance(
         }
     };
     let mut shell =
-        portier::shell::Shell::new(mqtt, display, config.gallery_path.clone(), model_id.clone());
+        portier::shell::Shell::new(mqtt, display, config.gallery_path.clone(), model_id.clone())
+            .with_npu_model(npu_model_id);
     let result = app.run(&stop, &notifier, &mut shell);
     shell.shutdown(std::time::Duration::from_secs(3));
     let counters = match result {
@@ -682,6 +685,38 @@ fn start_mqtt(config: &Config) -> Result<Option<portier::mqtt::client::MqttClien
 
 fn camera_is_v4l2(camera: &portier::config::CameraConfig) -> bool {
     matches!(camera, portier::config::CameraConfig::V4l2 { .. })
+}
+
+/// The NPU side of the loop when `[npu]` names one: its recognizer, its templates and the
+/// router (`[routing]`, or CPU below 12 px eye distance and no norm cliff by default).
+fn open_npu_parts(config: &Config) -> Result<Option<portier::app::NpuParts>, Failure> {
+    let Some(embedder) =
+        portier::embed::open_npu(config).map_err(|e| Failure::from(PipelineError::Embed(e)))?
+    else {
+        return Ok(None);
+    };
+    let id = embedder.model_id().to_string();
+    let matcher = match open_matcher(config, &id)? {
+        Some(m) => m,
+        None => Gallery::open_in_memory()?.matcher(&id)?,
+    };
+    let routing = config.routing.clone().unwrap_or(portier::route::RoutingConfig {
+        npu_min_eye_distance_px: 12.0,
+        npu_norm_cliff: 0.0,
+        npu_retry_ms: 5_000,
+        bands: vec![portier::route::BandThreshold {
+            min_eye_distance_px: 0.0,
+            threshold_cosine: config.matching.threshold,
+        }],
+    });
+    let router = portier::route::Router::new(routing, true)
+        .map_err(|e| Failure::new(EX_CONFIG, format!("config {}: {e}", config.source.display())))?;
+    log::info!(
+        "npu: {id} for faces from {} px between the eyes, {} people enrolled for it",
+        router.config().npu_min_eye_distance_px,
+        matcher.people()
+    );
+    Ok(Some(portier::app::NpuParts { embedder, matcher, router }))
 }
 
 /// A door and the handle its panic hook secures.
@@ -809,6 +844,11 @@ fn enroll(
     }
     let mut gallery = Gallery::open(&config.gallery_path)?;
     let mut pipeline = Pipeline::open(config)?;
+    // With an NPU, the same crops are embedded by it too: its templates live in its own
+    // embedding space, and the loop compares like with like.
+    let mut npu =
+        portier::embed::open_npu(config).map_err(|e| Failure::from(PipelineError::Embed(e)))?;
+    let mut npu_templates = Vec::new();
     let mut templates = Vec::with_capacity(photos.len());
     for photo in photos {
         let img = load_image(photo).map_err(|e| Failure::new(EX_DATAERR, e))?;
@@ -830,6 +870,12 @@ fn enroll(
             face.norm
         );
         templates.push(face.embedding);
+        if let Some(n) = npu.as_mut() {
+            let mut e = vec![0.0; n.dim()];
+            n.embed(pipeline.last_crop(), &mut e)
+                .map_err(|e| Failure::from(PipelineError::Embed(e)))?;
+            npu_templates.push(e);
+        }
     }
     let model_id = pipeline.embedder_model_id();
     // Warn when the new templates already look like someone else: a likely duplicate or a
@@ -847,12 +893,18 @@ fn enroll(
         }
     }
     let mode = if append { EnrollMode::Append } else { EnrollMode::New };
-    gallery.enroll(name, &model_id, &templates, mode)?;
+    let npu_id = npu.as_ref().map(|n| n.model_id().to_string());
+    let mut sets: Vec<(&str, &[Vec<f32>])> = vec![(model_id.as_str(), &templates)];
+    if let Some(id) = &npu_id {
+        sets.push((id.as_str(), &npu_templates));
+    }
+    gallery.enroll_models(name, &sets, mode)?;
     println!(
-        "enrolled {} with {} template(s) for model `{}` in {}",
+        "enrolled {} with {} template(s) for model `{}`{} in {}",
         name.trim(),
         templates.len(),
         model_id,
+        npu_id.map(|id| format!(" and `{id}` (npu)")).unwrap_or_default(),
         config.gallery_path.display()
     );
     Ok(ExitCode::SUCCESS)

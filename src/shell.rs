@@ -111,6 +111,7 @@ pub struct Shell {
     display: Option<Display<AnySink>>,
     gallery_path: PathBuf,
     model_id: String,
+    npu_model_id: Option<String>,
     /// `PORTIER_FAULT=panic-on-grant`: panic right after the first grant (tests of the
     /// emergency path).
     panic_on_grant: bool,
@@ -147,12 +148,19 @@ impl Shell {
             display,
             gallery_path,
             model_id,
+            npu_model_id: None,
             panic_on_grant: std::env::var("PORTIER_FAULT").is_ok_and(|v| v == "panic-on-grant"),
             grants: Vec::new(),
             last: None,
             camera_ok: true,
             display_errors: 0,
         }
+    }
+
+    /// Also reload the NPU model's templates on a gallery-reload command.
+    pub fn with_npu_model(mut self, model_id: Option<String>) -> Self {
+        self.npu_model_id = model_id;
+        self
     }
 
     /// The grants so far: name, frame, similarity.
@@ -218,8 +226,16 @@ impl Hooks for Shell {
             Action::Unlock => RemoteCommand::Unlock,
             Action::Lock => RemoteCommand::Lock,
             Action::ReloadGallery => {
-                match Gallery::open(&self.gallery_path).and_then(|g| g.matcher(&self.model_id)) {
-                    Ok(m) => RemoteCommand::SetMatcher(m),
+                let load = || -> Result<RemoteCommand, crate::gallery::GalleryError> {
+                    let g = Gallery::open(&self.gallery_path)?;
+                    let npu = match &self.npu_model_id {
+                        Some(id) => Some(g.matcher(id)?),
+                        None => None,
+                    };
+                    Ok(RemoteCommand::SetMatcher(Box::new((g.matcher(&self.model_id)?, npu))))
+                };
+                match load() {
+                    Ok(c) => c,
                     Err(e) => {
                         log::error!("gallery reload refused: {e}");
                         return None;
@@ -259,7 +275,15 @@ impl Hooks for Shell {
             },
             last,
             step_closer: app.step_closer(),
-            health: Health { camera_ok: self.camera_ok, embed: EmbedBackend::Cpu, mqtt },
+            health: Health {
+                camera_ok: self.camera_ok,
+                embed: match (app.has_npu(), app.npu_up()) {
+                    (false, _) => EmbedBackend::Cpu,
+                    (true, true) => EmbedBackend::Npu,
+                    (true, false) => EmbedBackend::CpuFallback,
+                },
+                mqtt,
+            },
             enrolment: None,
             technician: None,
         };

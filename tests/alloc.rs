@@ -225,6 +225,8 @@ fn steady_state_step_allocates_nothing() {
                 AppEvent::CameraLost { .. } => "camera lost",
                 AppEvent::CameraBack => "camera back",
                 AppEvent::Counters { .. } => "counters",
+                AppEvent::NpuFallback { .. } => "npu fallback",
+                AppEvent::NpuBack => "npu back",
             })
             .collect();
         eprintln!("frame {frame}: {allocations} allocation(s) with events {kinds:?}");

@@ -24,6 +24,21 @@ pub struct RecognizerSettings {
     pub session: SessionOptions,
 }
 
+impl RecognizerSettings {
+    /// The settings of a quantised (QDQ) copy of this recognizer standing in for the NPU: the
+    /// same preprocessing, no flip, and ONNX Runtime's graph optimisation off (on x86 its fused
+    /// integer kernels can saturate on non-reduce-range QDQ models; the assets' README).
+    pub fn emulating(&self, model_id: &str, model: &Path) -> RecognizerSettings {
+        RecognizerSettings {
+            path: model.to_path_buf(),
+            model_id: model_id.to_string(),
+            preprocess: self.preprocess,
+            flip: false,
+            session: SessionOptions { optimization: crate::infer::Optimization::Disabled },
+        }
+    }
+}
+
 /// A recognizer on ONNX Runtime's CPU provider.
 pub struct CpuEmbedder {
     settings: RecognizerSettings,

@@ -67,6 +67,45 @@ pub trait Embedder {
     fn embed(&mut self, face: &AlignedFace, out: &mut [f32]) -> Result<f32, EmbedError>;
 }
 
+/// Opens the NPU recognizer `[npu]` describes: `None` without one; an emulated NPU is the
+/// quantised ONNX model on the CPU; `hailo` needs the `hailo` feature.
+pub fn open_npu(config: &crate::config::Config) -> Result<Option<Box<dyn Embedder>>, EmbedError> {
+    use crate::config::NpuBackend;
+    let (Some(model), Some(id)) = (config.npu.model.as_ref(), config.npu.model_id()) else {
+        return Ok(None);
+    };
+    match config.npu.backend {
+        NpuBackend::None => Ok(None),
+        NpuBackend::Emulated => {
+            let settings = config.recognizer.emulating(&id, model);
+            Ok(Some(Box::new(cpu::CpuEmbedder::open(settings)?)))
+        }
+        #[cfg(feature = "hailo")]
+        NpuBackend::Hailo => {
+            use crate::infer::hailo::{DeviceOptions, HailoDevice, HailoRuntime, NetworkOptions};
+            let device_error = |e: crate::infer::hailo::HailoError| EmbedError::Device {
+                backend: "hailo",
+                source: Box::new(e),
+            };
+            let runtime =
+                HailoRuntime::load(config.npu.library.as_deref()).map_err(device_error)?;
+            let device =
+                HailoDevice::open(&runtime, DeviceOptions::default()).map_err(device_error)?;
+            let settings = npu::NpuSettings {
+                hef: model.clone(),
+                model_id: id,
+                network: NetworkOptions::default(),
+            };
+            Ok(Some(Box::new(npu::NpuEmbedder::open(&device, settings)?)))
+        }
+        #[cfg(not(feature = "hailo"))]
+        NpuBackend::Hailo => Err(EmbedError::Output {
+            path: model.clone(),
+            reason: "[npu] backend = \"hailo\" needs portier built with the `hailo` feature".into(),
+        }),
+    }
+}
+
 /// Scales `v` to unit length in place and returns its previous length (0 leaves it untouched).
 pub fn l2_normalize(v: &mut [f32]) -> f32 {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();

@@ -40,7 +40,7 @@ use crate::detect::{iou, DetectError, Detection, Detector, Landmarks};
 use crate::embed::cpu::{CpuEmbedder, RecognizerSettings};
 use crate::embed::{dot, EmbedError, Embedder};
 use crate::frame::{load_image, Filter, ImageView, Resizer, RgbImage};
-use crate::infer::{self, InferError, Optimization, SessionOptions};
+use crate::infer::{self, InferError};
 use crate::route::{Route, Router, RoutingConfig};
 
 /// The default sweep of eye distances in pixels (the original size is always added).
@@ -265,13 +265,7 @@ pub fn emulated_settings(
     name: &str,
     model: &Path,
 ) -> RecognizerSettings {
-    RecognizerSettings {
-        path: model.to_path_buf(),
-        model_id: name.to_string(),
-        preprocess: reference.preprocess,
-        flip: false,
-        session: SessionOptions { optimization: Optimization::Disabled },
-    }
+    reference.emulating(name, model)
 }
 
 impl Backends {

@@ -211,6 +211,12 @@ impl Matcher {
         Ok((best, second))
     }
 
+    /// The index of the person with gallery id `person`, if enrolled for this model (a linear
+    /// search, no allocation: for mapping one model's match onto another's people).
+    pub fn index_of(&self, person: PersonId) -> Option<usize> {
+        self.person_ids.iter().position(|&p| p == person)
+    }
+
     /// Every person's score for `embedding`, written into `scores` (resized to
     /// [`Matcher::people`]; `scores[i]` belongs to [`Matcher::person_id`]`(i)`). Reusing the
     /// buffer across calls avoids allocation in evaluation loops. Same validation as

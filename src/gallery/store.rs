@@ -216,11 +216,24 @@ impl Gallery {
         templates: &[Vec<f32>],
         mode: EnrollMode,
     ) -> Result<PersonId, GalleryError> {
+        self.enroll_models(name, &[(model_id, templates)], mode)
+    }
+
+    /// [`Gallery::enroll`] for several models at once (one template set per embedding space:
+    /// the CPU recognizer and the NPU's), all in ONE transaction.
+    pub fn enroll_models(
+        &mut self,
+        name: &str,
+        sets: &[(&str, &[Vec<f32>])],
+        mode: EnrollMode,
+    ) -> Result<PersonId, GalleryError> {
         let path = self.path.as_path();
         let name = validate_name(path, name)?;
-        validate_model_id(path, model_id)?;
-        if templates.is_empty() {
+        if sets.is_empty() || sets.iter().any(|(_, t)| t.is_empty()) {
             return Err(GalleryError::NoTemplates { path: path.to_path_buf(), name });
+        }
+        for (model_id, _) in sets {
+            validate_model_id(path, model_id)?;
         }
 
         // IMMEDIATE takes the write lock up front, so the read-then-write below cannot fail
@@ -230,33 +243,39 @@ impl Gallery {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql_err(path, "cannot start enrolment transaction"))?;
 
-        let stored_dim: Option<i64> = tx
-            .query_row("SELECT dim FROM template WHERE model_id = ?1 LIMIT 1", [model_id], |r| {
-                r.get(0)
-            })
-            .optional()
-            .map_err(sql_err(path, "cannot read model dimension"))?;
-        let dim = match stored_dim {
-            Some(d) => usize::try_from(d).map_err(|_| GalleryError::Corrupt {
-                path: path.to_path_buf(),
-                detail: format!("templates of model {model_id:?} have dimension {d}"),
-            })?,
-            None => templates[0].len(),
-        };
         // Validate everything before the first INSERT: a rejected enrolment writes nothing, and
-        // the scale factors are reused below.
-        let mut scales = Vec::with_capacity(templates.len());
-        for (index, template) in templates.iter().enumerate() {
-            let scale = normalisation_scale(template, dim).map_err(|reason| {
-                GalleryError::InvalidTemplate {
+        // the dimensions and scale factors are reused below.
+        let mut checked = Vec::with_capacity(sets.len());
+        for &(model_id, templates) in sets {
+            let stored_dim: Option<i64> = tx
+                .query_row(
+                    "SELECT dim FROM template WHERE model_id = ?1 LIMIT 1",
+                    [model_id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(sql_err(path, "cannot read model dimension"))?;
+            let dim = match stored_dim {
+                Some(d) => usize::try_from(d).map_err(|_| GalleryError::Corrupt {
                     path: path.to_path_buf(),
-                    name: name.clone(),
-                    model_id: model_id.to_owned(),
-                    index,
-                    reason,
-                }
-            })?;
-            scales.push(scale);
+                    detail: format!("templates of model {model_id:?} have dimension {d}"),
+                })?,
+                None => templates[0].len(),
+            };
+            let mut scales = Vec::with_capacity(templates.len());
+            for (index, template) in templates.iter().enumerate() {
+                let scale = normalisation_scale(template, dim).map_err(|reason| {
+                    GalleryError::InvalidTemplate {
+                        path: path.to_path_buf(),
+                        name: name.clone(),
+                        model_id: model_id.to_owned(),
+                        index,
+                        reason,
+                    }
+                })?;
+                scales.push(scale);
+            }
+            checked.push((model_id, templates, dim, scales));
         }
 
         let existing = find_person(&tx, path, &name)?;
@@ -282,27 +301,32 @@ impl Gallery {
                      VALUES (?1, ?2, ?3, ?4, ?5)",
                 )
                 .map_err(sql_err(path, "cannot prepare template insert"))?;
-            let dim_sql = i64::try_from(dim).unwrap_or(i64::MAX);
             let now = now_unix();
-            let mut blob = Vec::with_capacity(dim * 4);
-            for (template, &scale) in templates.iter().zip(&scales) {
-                blob.clear();
-                for &x in template {
-                    // Normalise in f64 so tiny-but-valid vectors do not underflow.
-                    let v = (f64::from(x) * scale) as f32;
-                    blob.extend_from_slice(&v.to_le_bytes());
+            for (model_id, templates, dim, scales) in &checked {
+                let dim_sql = i64::try_from(*dim).unwrap_or(i64::MAX);
+                let mut blob = Vec::with_capacity(dim * 4);
+                for (template, &scale) in templates.iter().zip(scales) {
+                    blob.clear();
+                    for &x in template {
+                        // Normalise in f64 so tiny-but-valid vectors do not underflow.
+                        let v = (f64::from(x) * scale) as f32;
+                        blob.extend_from_slice(&v.to_le_bytes());
+                    }
+                    insert
+                        .execute(params![person, model_id, dim_sql, blob, now])
+                        .map_err(sql_err(path, "cannot insert template"))?;
                 }
-                insert
-                    .execute(params![person, model_id, dim_sql, blob, now])
-                    .map_err(sql_err(path, "cannot insert template"))?;
             }
         }
         tx.commit().map_err(sql_err(path, "cannot commit enrolment"))?;
-        log::info!(
-            "gallery {}: enrolled {name:?} (id {person}) with {} template(s) of model {model_id:?}",
-            path.display(),
-            templates.len()
-        );
+        for (model_id, templates, _, _) in &checked {
+            log::info!(
+                "gallery {}: enrolled {name:?} (id {person}) with {} template(s) of model \
+                 {model_id:?}",
+                path.display(),
+                templates.len()
+            );
+        }
         Ok(person)
     }
 

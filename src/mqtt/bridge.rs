@@ -93,6 +93,10 @@ pub fn messages(event: &AppEvent, out: &mut Vec<Message>) {
             out.push(Message::System(SystemEvent::CameraLost { reason: reason.clone() }));
         }
         AppEvent::CameraBack => out.push(Message::System(SystemEvent::CameraBack)),
+        AppEvent::NpuFallback { reason } => {
+            out.push(Message::System(SystemEvent::NpuFallback { reason: reason.clone() }));
+        }
+        AppEvent::NpuBack => out.push(Message::System(SystemEvent::NpuBack)),
         AppEvent::Counters { counters: c, uptime } => out.push(counters(c, uptime.as_secs())),
     }
 }

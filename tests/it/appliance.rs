@@ -39,12 +39,23 @@ pub fn laptop_config(gallery: &Path) -> Config {
 pub fn enroll(config: &Config, assets: &Path, people: &[(&str, &str)]) {
     let mut pipeline = Pipeline::open(config).unwrap();
     let mut gallery = Gallery::open(&config.gallery_path).unwrap();
+    // With an NPU configured, its templates too (as `portier enroll` does).
+    let mut npu = portier::embed::open_npu(config).unwrap();
     for (name, photo) in people {
         let img = portier::frame::load_image(&assets.join("faces/full").join(photo)).unwrap();
         let faces = pipeline.faces(img.view(), Select::All, None).unwrap();
         assert_eq!(faces.len(), 1, "{photo}");
         let templates = vec![faces[0].embedding.clone()];
-        gallery.enroll(name, &pipeline.embedder_model_id(), &templates, EnrollMode::New).unwrap();
+        let cpu_id = pipeline.embedder_model_id();
+        let mut sets: Vec<(String, Vec<Vec<f32>>)> = vec![(cpu_id, templates)];
+        if let Some(n) = npu.as_mut() {
+            let mut e = vec![0.0; n.dim()];
+            n.embed(pipeline.last_crop(), &mut e).unwrap();
+            sets.push((n.model_id().to_string(), vec![e]));
+        }
+        let sets: Vec<(&str, &[Vec<f32>])> =
+            sets.iter().map(|(id, t)| (id.as_str(), t.as_slice())).collect();
+        gallery.enroll_models(name, &sets, EnrollMode::New).unwrap();
     }
 }
 
@@ -61,7 +72,8 @@ pub fn replay(config: &Config, stream: &Path, fps: f64) -> Run {
     })
     .unwrap();
     let (door, _, level) = portier::door::fake::idle_door(&config.door.door).unwrap();
-    let parts = Parts::cpu(pipeline, Box::new(source), matcher, Box::new(door));
+    let mut parts = Parts::cpu(pipeline, Box::new(source), matcher, Box::new(door));
+    parts.npu = npu_parts(config, None);
     let mut app = App::new(config.app.clone(), parts).unwrap();
     let mut events = Vec::new();
     let mut frame = 0u64;
@@ -362,4 +374,136 @@ fn the_display_shows_the_grant_as_snapshots() {
     assert!(kinds.iter().any(|k| k.ends_with("-granted.png")), "{kinds:?}");
     assert!(kinds.iter().any(|k| k.ends_with("-idle.png")), "{kinds:?}");
     assert!(kinds.len() < 60, "{} screens: {kinds:?}", kinds.len());
+}
+
+/// Wraps an embedder (fault injection).
+type Wrap<'a> = &'a dyn Fn(Box<dyn portier::embed::Embedder>) -> Box<dyn portier::embed::Embedder>;
+
+/// The NPU side for `config` (emulated), its embedder optionally wrapped.
+fn npu_parts(config: &Config, wrap: Option<Wrap<'_>>) -> Option<portier::app::NpuParts> {
+    let embedder = portier::embed::open_npu(config).unwrap()?;
+    let embedder = match wrap {
+        Some(w) => w(embedder),
+        None => embedder,
+    };
+    let id = embedder.model_id().to_string();
+    let matcher = Gallery::open(&config.gallery_path).unwrap().matcher(&id).unwrap();
+    let routing = portier::route::RoutingConfig {
+        npu_min_eye_distance_px: 12.0,
+        npu_norm_cliff: 0.0,
+        npu_retry_ms: 5_000,
+        bands: vec![portier::route::BandThreshold {
+            min_eye_distance_px: 0.0,
+            threshold_cosine: 0.32,
+        }],
+    };
+    let router = portier::route::Router::new(routing, true).unwrap();
+    Some(portier::app::NpuParts { embedder, matcher, router })
+}
+
+/// The laptop config with the emulated NPU: w600k_mbf INT8 (QDQ) on the CPU.
+fn with_emulated_npu(mut config: Config, assets: &Path) -> Config {
+    config.npu.backend = portier::config::NpuBackend::Emulated;
+    config.npu.model = Some(assets.join("models/derived/w600k_mbf_int8_qdq_pct.onnx"));
+    config.npu.id = Some("w600k_mbf_int8".into());
+    config
+}
+
+#[test]
+fn with_the_emulated_npu_close_faces_are_embedded_there_and_the_grants_are_the_same() {
+    let Some(a) = assets() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let config = with_emulated_npu(laptop_config(&dir.path().join("g.db")), &a);
+    enroll(&config, &a, &[LIN, OBAMA]);
+    // Templates for both embedding spaces, from one transaction per person.
+    let g = Gallery::open(&config.gallery_path).unwrap();
+    assert_eq!(g.matcher("w600k_mbf_int8").unwrap().people(), 2);
+    assert_eq!(g.matcher("w600k_mbf_fp32").unwrap().people(), 2);
+    let run = replay(&config, &video(&a, "hamilton_640x480.mjpeg"), HAMILTON_FPS);
+    check_hamilton(&run, true);
+    assert!(run.counters.npu_embeddings > 0, "{}", run.counters);
+    for e in &run.events {
+        if let AppEvent::Granted { backend, eye_px, .. } = e {
+            assert_eq!(*backend, "npu", "a face {eye_px:.0} px between the eyes goes to the NPU");
+        }
+    }
+}
+
+/// An embedder that fails every call after the first `ok` ones (a device that dies).
+struct Dying {
+    inner: Box<dyn portier::embed::Embedder>,
+    ok: usize,
+    calls: usize,
+}
+
+impl portier::embed::Embedder for Dying {
+    fn model_id(&self) -> &str {
+        self.inner.model_id()
+    }
+    fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+    fn embed(
+        &mut self,
+        face: &portier::align::AlignedFace,
+        out: &mut [f32],
+    ) -> Result<f32, portier::embed::EmbedError> {
+        self.calls += 1;
+        if self.calls > self.ok {
+            return Err(portier::embed::EmbedError::Device {
+                backend: "hailo",
+                source: "HAILO_TIMEOUT (4)".into(),
+            });
+        }
+        self.inner.embed(face, out)
+    }
+}
+
+#[test]
+fn when_the_npu_dies_every_face_goes_to_the_cpu_with_one_event_and_grants_continue() {
+    let Some(a) = assets() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let config = with_emulated_npu(laptop_config(&dir.path().join("g.db")), &a);
+    enroll(&config, &a, &[LIN]);
+    let pipeline = Pipeline::open(&config).unwrap();
+    let model = pipeline.embedder_model_id();
+    let matcher = Gallery::open(&config.gallery_path).unwrap().matcher(&model).unwrap();
+    let source = ReplaySource::open(ReplaySettings {
+        path: video(&a, "hamilton_640x480.mjpeg"),
+        fps: HAMILTON_FPS,
+        looped: false,
+        pace: false,
+    })
+    .unwrap();
+    let (door, _, _) = portier::door::fake::idle_door(&config.door.door).unwrap();
+    let mut parts = Parts::cpu(pipeline, Box::new(source), matcher, Box::new(door));
+    let die =
+        |inner| -> Box<dyn portier::embed::Embedder> { Box::new(Dying { inner, ok: 5, calls: 0 }) };
+    parts.npu = npu_parts(&config, Some(&die));
+    let mut app = App::new(config.app.clone(), parts).unwrap();
+    let mut events = Vec::new();
+    let mut frame = 0u64;
+    loop {
+        let now = Duration::from_secs_f64(frame as f64 / HAMILTON_FPS);
+        if app.step(now).unwrap() == StepOutcome::EndOfStream {
+            break;
+        }
+        frame += 1;
+        events.extend(app.drain_events());
+    }
+    let fallbacks = events.iter().filter(|e| matches!(e, AppEvent::NpuFallback { .. })).count();
+    assert_eq!(fallbacks, 1, "one event when the NPU fails");
+    assert!(!app.npu_up());
+    let grants: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            AppEvent::Granted { name, backend, frame, .. } => {
+                Some((name.clone(), *backend, *frame))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(grants.len(), 1, "{grants:?}");
+    assert_eq!(grants[0].0, LIN.0);
+    assert_eq!(grants[0].1, "cpu", "granted on the CPU after the NPU died");
 }
