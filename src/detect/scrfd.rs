@@ -69,6 +69,26 @@ pub fn assign(outputs: &[OutputTensor], size: [u32; 2]) -> Result<[StrideOutputs
     })
 }
 
+/// Reshapes an SCRFD compiled for an NPU (a Hailo HEF) into what [`assign`] reads: the HEF's
+/// outputs are the head convolutions before the export's final reshape, NHWC
+/// `[1, h, w, anchors * k]` with the channels of one anchor adjacent (k = 1 score, 4 box
+/// distances, 10 landmark offsets). Flattening NHWC already gives the ONNX export's row order
+/// (cell by cell, the anchors of a cell adjacent), so only the shape changes, to
+/// `[h * w * anchors, k]`: no copy. Tensors of any other shape are left as they are.
+pub fn rows_from_nhwc(outputs: &mut [OutputTensor], anchors: usize) {
+    for o in outputs {
+        let [n, h, w, c] = o.shape[..] else { continue };
+        if n != 1 || anchors == 0 || c <= 0 || c as usize % anchors != 0 {
+            continue;
+        }
+        let k = c as usize / anchors;
+        if matches!(k, 1 | 4 | 10) {
+            o.shape.clear();
+            o.shape.extend_from_slice(&[h * w * anchors as i64, k as i64]);
+        }
+    }
+}
+
 /// Decodes one stride's anchors whose score reaches `threshold` into `out` (input coordinates).
 pub fn decode_stride(
     s: &StrideOutputs<'_>,
@@ -122,6 +142,36 @@ mod tests {
             }
         }
         v
+    }
+
+    /// An NPU's NHWC head outputs, reshaped, decode like the ONNX export's: one face planted
+    /// at stride 16, cell (5, 3), anchor 1.
+    #[test]
+    fn npu_nhwc_outputs_decode_after_reshape() {
+        let size = [640u32, 640];
+        let mut o = Vec::new();
+        for (name, k) in [("conv_score", 1usize), ("conv_bbox", 4), ("conv_kps", 10)] {
+            for s in STRIDES {
+                let (gw, gh) = grid(size, s);
+                o.push(OutputTensor {
+                    name: format!("scrfd/{name}_{s}"),
+                    shape: vec![1, gh as i64, gw as i64, (2 * k) as i64],
+                    data: vec![0.0; gw * gh * 2 * k],
+                });
+            }
+        }
+        let (gw, _) = grid(size, 16);
+        let idx = (3 * gw + 5) * 2 + 1; // row of (cell, anchor)
+        o[1].data[idx] = 0.9; // score, stride 16
+        o[4].data[idx * 4..idx * 4 + 4].copy_from_slice(&[1.0, 1.0, 1.0, 1.0]);
+        rows_from_nhwc(&mut o, 2);
+        assert_eq!(o[1].shape, vec![(40 * 40 * 2) as i64, 1]);
+        let a = assign(&o, size).unwrap();
+        let mut dets = Vec::new();
+        decode_stride(&a[1], size, 0.5, &mut dets);
+        assert_eq!(dets.len(), 1);
+        // Cell centre (80, 48), one stride (16 px) each way.
+        assert_eq!(dets[0].bbox, [64.0, 32.0, 96.0, 64.0]);
     }
 
     #[test]
