@@ -165,7 +165,7 @@ mod tests {
         o[1].data[idx] = 0.9; // score, stride 16
         o[4].data[idx * 4..idx * 4 + 4].copy_from_slice(&[1.0, 1.0, 1.0, 1.0]);
         rows_from_nhwc(&mut o, 2);
-        assert_eq!(o[1].shape, vec![(40 * 40 * 2) as i64, 1]);
+        assert_eq!(o[1].shape, vec![40 * 40 * 2, 1]);
         let a = assign(&o, size).unwrap();
         let mut dets = Vec::new();
         decode_stride(&a[1], size, 0.5, &mut dets);
