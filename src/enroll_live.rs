@@ -8,11 +8,12 @@
 //! fixed number of time slots, so the templates come from moments spread over the capture, not
 //! from consecutive frames. [`LiveEnrolment::finish`] embeds the best `templates` of those crops
 //! with the configured recognizer, refuses when they disagree (the track may have switched
-//! people) and reports whom the person already resembles; [`Capture::commit`] stores them with
-//! one [`Gallery::enroll`] call (one transaction). [`capture`] drives a [`FrameSource`] through
-//! the state machine; [`command`] is `portier enroll --from-camera`. The running service (the
-//! MQTT enrolment command) feeds the same state machine from its loop, which already has the
-//! frame and the detections.
+//! people) and reports whom the person already resembles; [`Capture::embed_also`] adds the same
+//! faces' templates for the NPU's model when one is configured, and [`Capture::commit`] stores
+//! every model's templates with one [`Gallery::enroll_models`] call (one transaction).
+//! [`capture`] drives a [`FrameSource`] through the state machine; [`command`] is
+//! `portier enroll --from-camera`. The state machine takes frames and detections it is handed,
+//! so the running service's loop could feed it too; no service command starts that yet.
 //!
 //! Time is the frames' own (`now`, a replay's nominal timestamps), so a replay enrols without
 //! real-time pacing and tests are deterministic.
@@ -363,17 +364,39 @@ pub struct Capture {
     pub rejected: Rejections,
     /// Frames watched.
     pub frames: u64,
+    /// Templates of the same faces for further models (the NPU's), `(model id, templates)`,
+    /// added by [`Capture::embed_also`].
+    pub more: Vec<(String, Vec<Vec<f32>>)>,
+    /// The aligned crops behind `templates`, for [`Capture::embed_also`]; dropped with the
+    /// capture, never stored.
+    crops: Vec<Box<AlignedFace>>,
 }
 
 impl Capture {
-    /// Stores the templates as `name` in one transaction ([`Gallery::enroll`]).
+    /// Embeds the kept faces with another model too (the NPU's, whose templates live in their
+    /// own embedding space), so the person is recognised on both backends from the first day.
+    pub fn embed_also(&mut self, embedder: &mut dyn Embedder) -> Result<(), EmbedError> {
+        let mut set = Vec::with_capacity(self.crops.len());
+        for crop in &self.crops {
+            let mut t = vec![0.0; embedder.dim()];
+            embedder.embed(crop, &mut t)?;
+            set.push(t);
+        }
+        self.more.push((embedder.model_id().to_string(), set));
+        Ok(())
+    }
+
+    /// Stores the templates of every model as `name` in one transaction
+    /// ([`Gallery::enroll_models`]).
     pub fn commit(
         &self,
         gallery: &mut Gallery,
         name: &str,
         mode: EnrollMode,
     ) -> Result<PersonId, GalleryError> {
-        gallery.enroll(name, &self.model_id, &self.templates, mode)
+        let mut sets: Vec<(&str, &[Vec<f32>])> = vec![(&self.model_id, &self.templates)];
+        sets.extend(self.more.iter().map(|(id, t)| (id.as_str(), t.as_slice())));
+        gallery.enroll_models(name, &sets, mode)
     }
 }
 
@@ -575,12 +598,15 @@ impl LiveEnrolment {
         }
         let mut templates = Vec::with_capacity(picked.len());
         let mut faces = Vec::with_capacity(picked.len());
+        let mut crops = Vec::with_capacity(picked.len());
+        let mut slots = self.slots;
         for &i in &picked {
-            let Some(slot) = &self.slots[i] else { continue };
+            let Some(slot) = slots[i].take() else { continue };
             let mut t = vec![0.0; embedder.dim()];
             let norm = embedder.embed(&slot.crop, &mut t)?;
             templates.push(t);
             faces.push(CapturedFace { norm, ..slot.face });
+            crops.push(slot.crop);
         }
         let mut lowest = 1.0f32;
         for (i, a) in templates.iter().enumerate() {
@@ -608,6 +634,8 @@ impl LiveEnrolment {
             resemblance,
             rejected: self.rejected,
             frames: self.frames,
+            more: Vec::new(),
+            crops,
         })
     }
 }
@@ -789,8 +817,14 @@ pub fn command(config: &Config, args: &LiveArgs) -> Result<PersonId, EnrolError>
         "enrolling {name}: look at the camera for {seconds} s, alone ({})",
         source.describe()
     );
+    // The NPU (when configured) is opened before the capture, so a broken one is reported
+    // before anyone stands in front of the camera.
+    let mut npu = crate::embed::open_npu(config)?;
     let live = capture(source.as_mut(), &mut pipeline.detector, settings, config.frame_timeout)?;
-    let captured = live.finish(&mut pipeline.embedder, &matcher, name)?;
+    let mut captured = live.finish(&mut pipeline.embedder, &matcher, name)?;
+    if let Some(npu) = npu.as_mut() {
+        captured.embed_also(npu.as_mut())?;
+    }
     for f in &captured.faces {
         println!(
             "  frame {:4} at {:5.2} s: eye distance {:.0} px, frontal {:.2}, sharpness {:.0}, \
@@ -822,9 +856,10 @@ pub fn command(config: &Config, args: &LiveArgs) -> Result<PersonId, EnrolError>
     }
     let mode = if args.append { EnrollMode::Append } else { EnrollMode::New };
     let person = captured.commit(&mut gallery, name, mode)?;
+    let npu_note: String = captured.more.iter().map(|(id, _)| format!(" and `{id}`")).collect();
     println!(
         "enrolled {name} with {} template(s) from the camera (lowest agreement {:.3}) for model \
-         `{}` in {}",
+         `{}`{npu_note} in {}",
         captured.templates.len(),
         captured.lowest_agreement,
         captured.model_id,

@@ -700,15 +700,10 @@ fn open_npu_parts(config: &Config) -> Result<Option<portier::app::NpuParts>, Fai
         Some(m) => m,
         None => Gallery::open_in_memory()?.matcher(&id)?,
     };
-    let routing = config.routing.clone().unwrap_or(portier::route::RoutingConfig {
-        npu_min_eye_distance_px: 12.0,
-        npu_norm_cliff: 0.0,
-        npu_retry_ms: 5_000,
-        bands: vec![portier::route::BandThreshold {
-            min_eye_distance_px: 0.0,
-            threshold_cosine: config.matching.threshold,
-        }],
-    });
+    let routing = config
+        .routing
+        .clone()
+        .unwrap_or_else(|| portier::route::RoutingConfig::default_for(config.matching.threshold));
     let router = portier::route::Router::new(routing, true)
         .map_err(|e| Failure::new(EX_CONFIG, format!("config {}: {e}", config.source.display())))?;
     log::info!(

@@ -63,6 +63,19 @@ fn default_retry_ms() -> u64 {
 }
 
 impl RoutingConfig {
+    /// The routing used when the config has an `[npu]` but no `[routing]`: the NPU for every
+    /// face from 12 px between the eyes (below that the aligned crop is mostly upsampling and
+    /// the INT8 signal is lost), no norm cliff (none measured for an unknown model), a retry
+    /// every 5 s after a failure, and one band at the matching `threshold`.
+    pub fn default_for(threshold: f32) -> Self {
+        RoutingConfig {
+            npu_min_eye_distance_px: 12.0,
+            npu_norm_cliff: 0.0,
+            npu_retry_ms: default_retry_ms(),
+            bands: vec![BandThreshold { min_eye_distance_px: 0.0, threshold_cosine: threshold }],
+        }
+    }
+
     /// Checks ranges and the band order; the error names the offending key.
     pub fn validate(&self) -> Result<(), RouteConfigError> {
         let bad = |key: &str, reason: String| RouteConfigError { key: key.into(), reason };

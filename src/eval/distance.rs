@@ -37,7 +37,7 @@ use super::verify::{read_labels, EvalError, Labelled};
 use crate::align::{align_face, AlignedFace};
 use crate::config::Config;
 use crate::detect::{iou, DetectError, Detection, Detector, Landmarks};
-use crate::embed::cpu::{CpuEmbedder, RecognizerSettings};
+use crate::embed::cpu::CpuEmbedder;
 use crate::embed::{dot, EmbedError, Embedder};
 use crate::frame::{load_image, Filter, ImageView, Resizer, RgbImage};
 use crate::infer::{self, InferError};
@@ -257,17 +257,6 @@ impl std::fmt::Debug for Backends {
     }
 }
 
-/// Settings of an emulated NPU: the configured recognizer's preprocessing on a QDQ model, with
-/// graph optimisation off (the assets README: ONNX Runtime's fused integer kernels saturate on
-/// the non-reduce-range QDQ model on x86).
-pub fn emulated_settings(
-    reference: &RecognizerSettings,
-    name: &str,
-    model: &Path,
-) -> RecognizerSettings {
-    reference.emulating(name, model)
-}
-
 impl Backends {
     /// Loads ONNX Runtime and opens the detector, the float32 reference (named `float32`) and
     /// the emulated backends.
@@ -280,7 +269,7 @@ impl Backends {
             if names.contains(name) {
                 return Err(DistanceError::Usage(format!("backend name `{name}` given twice")));
             }
-            embedders.push(CpuEmbedder::open(emulated_settings(&config.recognizer, name, path))?);
+            embedders.push(CpuEmbedder::open(config.recognizer.emulating(name, path))?);
             names.push(name.clone());
         }
         let dim = embedders[0].dim();

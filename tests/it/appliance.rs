@@ -388,21 +388,13 @@ fn npu_parts(config: &Config, wrap: Option<Wrap<'_>>) -> Option<portier::app::Np
     };
     let id = embedder.model_id().to_string();
     let matcher = Gallery::open(&config.gallery_path).unwrap().matcher(&id).unwrap();
-    let routing = portier::route::RoutingConfig {
-        npu_min_eye_distance_px: 12.0,
-        npu_norm_cliff: 0.0,
-        npu_retry_ms: 5_000,
-        bands: vec![portier::route::BandThreshold {
-            min_eye_distance_px: 0.0,
-            threshold_cosine: 0.32,
-        }],
-    };
+    let routing = portier::route::RoutingConfig::default_for(config.matching.threshold);
     let router = portier::route::Router::new(routing, true).unwrap();
     Some(portier::app::NpuParts { embedder, matcher, router })
 }
 
 /// The laptop config with the emulated NPU: w600k_mbf INT8 (QDQ) on the CPU.
-fn with_emulated_npu(mut config: Config, assets: &Path) -> Config {
+pub fn with_emulated_npu(mut config: Config, assets: &Path) -> Config {
     config.npu.backend = portier::config::NpuBackend::Emulated;
     config.npu.model = Some(assets.join("models/derived/w600k_mbf_int8_qdq_pct.onnx"));
     config.npu.id = Some("w600k_mbf_int8".into());

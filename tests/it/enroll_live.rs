@@ -13,7 +13,7 @@ use portier::enroll_live::{
 use portier::gallery::{EnrollMode, Gallery};
 use portier::pipeline::Pipeline;
 
-use crate::appliance::{enroll, laptop_config, replay};
+use crate::appliance::{enroll, laptop_config, replay, with_emulated_npu};
 use crate::common::assets;
 
 const SELFIE_FPS: f64 = 17.6;
@@ -149,6 +149,25 @@ fn a_kill_before_the_commit_stores_nothing() {
     let mut gallery = Gallery::open(&config.gallery_path).unwrap();
     captured.commit(&mut gallery, "Visitor", EnrollMode::New).unwrap();
     assert_eq!(people(&config)[0].1[0].1, 5);
+}
+
+/// With an NPU configured (here the emulated INT8 one), the same kept faces are embedded for
+/// its model too and both template sets land in one transaction, so the person is recognised
+/// on either backend.
+#[test]
+fn with_an_npu_the_capture_stores_templates_for_both_models() {
+    let Some(a) = assets() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let config = with_emulated_npu(laptop_config(&dir.path().join("g.db")), &a);
+    let stream = video(&a, "selfie_portrait_640x480.mjpeg");
+    command(&config, &args("Visitor", &stream, SELFIE_FPS)).unwrap();
+    let listed = people(&config);
+    assert_eq!(listed.len(), 1);
+    let mut models: Vec<(String, usize)> = listed[0].1.clone();
+    models.sort();
+    assert_eq!(models.len(), 2, "{models:?}");
+    assert!(models.iter().all(|(_, n)| *n == 5), "{models:?}");
+    assert!(models.iter().any(|(id, _)| id == "w600k_mbf_int8"), "{models:?}");
 }
 
 #[test]
