@@ -115,6 +115,9 @@ pub struct Shell {
     /// `PORTIER_FAULT=panic-on-grant`: panic right after the first grant (tests of the
     /// emergency path).
     panic_on_grant: bool,
+    /// `PORTIER_FAULT=panic-at-frame:N`: panic once N frames went through the loop, wherever
+    /// the door is then (tests of the emergency path and of the restart from disk).
+    panic_at_frame: Option<u64>,
     /// Grants for the summary: name, frame, similarity.
     grants: Vec<(String, u64, f32)>,
     /// The last decision and when it was shown (set at the next tick).
@@ -150,6 +153,9 @@ impl Shell {
             model_id,
             npu_model_id: None,
             panic_on_grant: std::env::var("PORTIER_FAULT").is_ok_and(|v| v == "panic-on-grant"),
+            panic_at_frame: std::env::var("PORTIER_FAULT")
+                .ok()
+                .and_then(|v| v.strip_prefix("panic-at-frame:")?.parse().ok()),
             grants: Vec::new(),
             last: None,
             camera_ok: true,
@@ -246,6 +252,12 @@ impl Hooks for Shell {
     }
 
     fn tick(&mut self, app: &App, now: Duration) {
+        if self.panic_at_frame.is_some_and(|n| app.counters().frames >= n) {
+            panic!(
+                "PORTIER_FAULT=panic-at-frame: injected panic at frame {}",
+                app.counters().frames
+            );
+        }
         let Some(display) = self.display.as_mut() else { return };
         if let Some((_, at)) = &mut self.last {
             at.get_or_insert(now);

@@ -104,13 +104,14 @@ pub fn replay(config: &Config, stream: &Path, fps: f64) -> Run {
     Run { grants, events, counters: app.counters(), relay_high: level.load(Ordering::SeqCst) }
 }
 
-fn video(assets: &Path, name: &str) -> PathBuf {
+pub(crate) fn video(assets: &Path, name: &str) -> PathBuf {
     assets.join("video").join(name)
 }
 
-const LIN: (&str, &str) = ("Lin-Manuel Miranda", "face_recognition/lin-manuel-miranda.png");
+pub(crate) const LIN: (&str, &str) =
+    ("Lin-Manuel Miranda", "face_recognition/lin-manuel-miranda.png");
 const OBAMA: (&str, &str) = ("Barack Obama", "face_recognition/obama.jpg");
-const HAMILTON_FPS: f64 = 29.97;
+pub(crate) const HAMILTON_FPS: f64 = 29.97;
 
 fn check_hamilton(run: &Run, with_obama: bool) {
     let lin: Vec<_> = run.grants.iter().filter(|g| g.0 == LIN.0).collect();
@@ -256,7 +257,7 @@ fn panic_in_the_loop_releases_the_relay() {
 
 /// A config file for the binary: the shipped laptop config with absolute asset paths, a
 /// scratch gallery with Lin-Manuel Miranda enrolled, replaying the 640x480 Hamilton stream.
-fn cli_config(dir: &Path, assets: &Path) -> PathBuf {
+pub(crate) fn cli_config(dir: &Path, assets: &Path) -> PathBuf {
     let text =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("board/laptop.toml"))
             .unwrap();
@@ -377,10 +378,11 @@ fn the_display_shows_the_grant_as_snapshots() {
 }
 
 /// Wraps an embedder (fault injection).
-type Wrap<'a> = &'a dyn Fn(Box<dyn portier::embed::Embedder>) -> Box<dyn portier::embed::Embedder>;
+pub(crate) type Wrap<'a> =
+    &'a dyn Fn(Box<dyn portier::embed::Embedder>) -> Box<dyn portier::embed::Embedder>;
 
 /// The NPU side for `config` (emulated), its embedder optionally wrapped.
-fn npu_parts(config: &Config, wrap: Option<Wrap<'_>>) -> Option<portier::app::NpuParts> {
+pub(crate) fn npu_parts(config: &Config, wrap: Option<Wrap<'_>>) -> Option<portier::app::NpuParts> {
     let embedder = portier::embed::open_npu(config).unwrap()?;
     let embedder = match wrap {
         Some(w) => w(embedder),
@@ -394,7 +396,7 @@ fn npu_parts(config: &Config, wrap: Option<Wrap<'_>>) -> Option<portier::app::Np
 }
 
 /// The laptop config with the emulated NPU: w600k_mbf INT8 (QDQ) on the CPU.
-pub fn with_emulated_npu(mut config: Config, assets: &Path) -> Config {
+pub(crate) fn with_emulated_npu(mut config: Config, assets: &Path) -> Config {
     config.npu.backend = portier::config::NpuBackend::Emulated;
     config.npu.model = Some(assets.join("models/derived/w600k_mbf_int8_qdq_pct.onnx"));
     config.npu.id = Some("w600k_mbf_int8".into());

@@ -9,6 +9,7 @@ mod cli;
 mod common;
 mod distance;
 mod enroll_live;
+mod faults;
 mod mqtt;
 mod parity;
 mod recognition;

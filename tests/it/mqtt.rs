@@ -27,10 +27,10 @@ use serde_json::Value;
 
 const MOSQUITTO: &str = "/usr/sbin/mosquitto";
 const DEVICE: &str = "frontdoor";
-const BASE: &str = "portier/frontdoor";
+pub(crate) const BASE: &str = "portier/frontdoor";
 const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
 /// Generous: the machine is shared, and a reconnect backs off up to 10 s.
-const WAIT: Duration = Duration::from_secs(20);
+pub(crate) const WAIT: Duration = Duration::from_secs(20);
 
 /// Whether mosquitto is installed; `false` (with a notice) outside CI, a failure under CI=true.
 pub(crate) fn have_mosquitto() -> bool {
@@ -48,7 +48,7 @@ pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+pub(crate) fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + timeout;
     while Instant::now() < end {
         if done() {
@@ -94,7 +94,7 @@ impl Broker {
     }
 
     /// (Re)starts the process and waits until it accepts connections.
-    fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         assert!(self.child.is_none(), "broker already running");
         let child = Command::new(MOSQUITTO)
             .arg("-c")
@@ -111,7 +111,7 @@ impl Broker {
     }
 
     /// Stops the process with SIGTERM, as systemd does: it saves its persistence file.
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
             let end = Instant::now() + Duration::from_secs(10);
@@ -138,9 +138,9 @@ impl Drop for Broker {
 }
 
 /// A test client: receives what it subscribed to (on its own thread) and publishes.
-struct Sub {
+pub(crate) struct Sub {
     client: rumqttc::Client,
-    rx: Receiver<Publish>,
+    pub(crate) rx: Receiver<Publish>,
     subacks: Receiver<()>,
     /// Everything received so far, in order.
     seen: Vec<Publish>,
@@ -149,7 +149,7 @@ struct Sub {
 impl Sub {
     /// Connects to `port`; `persistent` keeps the session (and queued messages) on the broker
     /// across disconnects.
-    fn connect(port: u16, id: &str, persistent: bool) -> Sub {
+    pub(crate) fn connect(port: u16, id: &str, persistent: bool) -> Sub {
         let mut options = MqttOptions::new(id, "127.0.0.1", port);
         options.set_keep_alive(Duration::from_secs(5)).set_clean_session(!persistent);
         options.set_max_packet_size(1 << 20, 1 << 20);
@@ -176,7 +176,7 @@ impl Sub {
         Sub { client, rx, subacks, seen: Vec::new() }
     }
 
-    fn subscribe(&mut self, filter: &str) {
+    pub(crate) fn subscribe(&mut self, filter: &str) {
         self.client.subscribe(filter, QoS::AtLeastOnce).unwrap();
         self.subacks.recv_timeout(WAIT).expect("SUBACK");
     }
@@ -214,7 +214,7 @@ impl Sub {
     }
 }
 
-fn json(p: &Publish) -> Value {
+pub(crate) fn json(p: &Publish) -> Value {
     serde_json::from_slice(&p.payload).unwrap_or(Value::Null)
 }
 
@@ -222,7 +222,7 @@ fn is(p: &Publish, topic: &str, payload: &str) -> bool {
     p.topic == topic && p.payload == payload.as_bytes()
 }
 
-fn config(port: u16, dir: &Path) -> MqttConfig {
+pub(crate) fn config(port: u16, dir: &Path) -> MqttConfig {
     MqttConfig {
         enabled: true,
         host: "127.0.0.1".to_owned(),
@@ -234,7 +234,7 @@ fn config(port: u16, dir: &Path) -> MqttConfig {
     }
 }
 
-fn device() -> DeviceInfo {
+pub(crate) fn device() -> DeviceInfo {
     DeviceInfo::new(DEVICE, "Front door", "0.1.0", DEFAULT_MODEL, None).unwrap()
 }
 
