@@ -95,6 +95,13 @@ const FINISH_BUDGET: Duration = Duration::from_secs(2);
 /// rumqttc's request channel: far above what the thread ever has outstanding (the send window,
 /// the discovery and state messages, two subscriptions).
 const REQUEST_CAPACITY: usize = 512;
+
+/// Most events kept in memory while the outbox refuses writes (disk full or failing): about a
+/// day of a busy door's events at a few hundred bytes each, a few hundred KiB of RAM.
+pub const SPILL_MAX: usize = 2048;
+
+/// How often the outbox is tried again while it refuses writes.
+const SPILL_RETRY: Duration = Duration::from_secs(1);
 /// Largest incoming and outgoing packet: the outbox's largest entry plus the MQTT header. An
 /// oversized incoming packet makes rumqttc drop the connection, so this is generous.
 const MAX_PACKET: usize = outbox::MAX_PAYLOAD_LEN + outbox::MAX_TOPIC_LEN + 64;
@@ -403,8 +410,13 @@ pub struct MqttStats {
     pub outbox_pending: u64,
     /// Events the outbox dropped over its whole life (bound reached, damaged records).
     pub outbox_dropped: u64,
-    /// Events that could not be written to the outbox (published without durability).
+    /// Failed outbox writes (disk full or failing): the event waits in memory meanwhile.
     pub outbox_errors: u64,
+    /// Events the outbox refused, waiting in memory (at most [`SPILL_MAX`]) until the outbox
+    /// takes them again or a connection publishes them.
+    pub spill_pending: u64,
+    /// Events dropped from that memory queue because it was full (the oldest go first).
+    pub spill_dropped: u64,
     /// Commands verified and handed to the loop.
     pub commands_accepted: u64,
     /// Commands refused (every refusal, published or not).
@@ -424,6 +436,8 @@ struct Shared {
     outbox_pending: AtomicU64,
     outbox_dropped: AtomicU64,
     outbox_errors: AtomicU64,
+    spill_pending: AtomicU64,
+    spill_dropped: AtomicU64,
     commands_accepted: AtomicU64,
     commands_refused: AtomicU64,
     refusals_unpublished: AtomicU64,
@@ -531,6 +545,8 @@ impl MqttClient {
             outbox_outstanding: 0,
             states: BTreeMap::new(),
             to_publish: VecDeque::new(),
+            spill: VecDeque::new(),
+            spill_retry_at: Instant::now(),
             subscribed: false,
             refusal_window: (Instant::now(), 0),
         };
@@ -577,6 +593,8 @@ impl MqttClient {
             outbox_pending: get(&s.outbox_pending),
             outbox_dropped: get(&s.outbox_dropped),
             outbox_errors: get(&s.outbox_errors),
+            spill_pending: get(&s.spill_pending),
+            spill_dropped: get(&s.spill_dropped),
             commands_accepted: get(&s.commands_accepted),
             commands_refused: get(&s.commands_refused),
             refusals_unpublished: get(&s.refusals_unpublished),
@@ -782,6 +800,11 @@ struct Worker {
     /// Retained publications (availability, discovery, states) waiting for room in rumqttc's
     /// request channel.
     to_publish: VecDeque<(String, Vec<u8>)>,
+    /// Events the outbox refused (disk full or failing), oldest first: retried into the outbox
+    /// every turn, published without durability while connected, at most [`SPILL_MAX`].
+    spill: VecDeque<(String, Vec<u8>)>,
+    /// When the outbox may be tried again for the spilled events.
+    spill_retry_at: Instant,
     subscribed: bool,
     /// Start of the current minute of refusal events and how many were published in it.
     refusal_window: (Instant, u32),
@@ -791,6 +814,7 @@ impl Worker {
     fn run(mut self) {
         loop {
             self.drain_messages();
+            self.drain_spill();
             if self.shared.stop.load(Ordering::SeqCst) {
                 self.finish();
                 return;
@@ -864,6 +888,7 @@ impl Worker {
                     .shared
                     .channel_full
                     .load(Ordering::Relaxed)
+                    .saturating_add(self.shared.spill_dropped.load(Ordering::Relaxed))
                     .saturating_add(self.outbox.stats().dropped_total);
                 let payload = events::to_payload(&self.sequencer.wrap(unix_ms, counters));
                 self.set_state(self.topics.counters(), payload);
@@ -885,17 +910,60 @@ impl Worker {
         self.push_event(self.topics.system(), &payload);
     }
 
-    /// Makes an event durable, then lets [`Worker::pump_outbox`] send it.
+    /// Makes an event durable, then lets [`Worker::pump_outbox`] send it. When the outbox
+    /// cannot take it (disk full or failing) the event waits in memory, behind any earlier
+    /// such events, so a full disk loses nothing while the process lives.
     fn push_event(&mut self, topic: String, payload: &[u8]) {
-        if let Err(e) = self.outbox.push(&topic, payload) {
-            // A failing disk must not silence the door: publish without durability.
-            if self.shared.outbox_errors.fetch_add(1, Ordering::Relaxed) % 100 == 0 {
-                log::error!("{e}; publishing the event without the outbox");
-            }
-            if self.connected {
-                self.request(&topic, payload, false, None);
+        self.drain_spill();
+        if self.spill.is_empty() {
+            match self.outbox.push(&topic, payload) {
+                Ok(_) => {
+                    self.update_outbox_stats();
+                    return;
+                }
+                Err(e) => {
+                    if self.shared.outbox_errors.fetch_add(1, Ordering::Relaxed) % 100 == 0 {
+                        log::error!("{e}; keeping events in memory until the outbox works again");
+                    }
+                    self.spill_retry_at = Instant::now() + SPILL_RETRY;
+                }
             }
         }
+        if self.spill.len() >= SPILL_MAX {
+            self.spill.pop_front();
+            bump(&self.shared.spill_dropped);
+        }
+        self.spill.push_back((topic, payload.to_vec()));
+        self.drain_spill();
+    }
+
+    /// Moves events waiting in memory into the outbox, oldest first, as far as it takes them;
+    /// while it still refuses and a connection is up, publishes them without durability (a
+    /// failing disk must not silence the door).
+    fn drain_spill(&mut self) {
+        if self.spill.is_empty() {
+            return;
+        }
+        if Instant::now() >= self.spill_retry_at {
+            while let Some((topic, payload)) = self.spill.front() {
+                if self.outbox.push(topic, payload).is_err() {
+                    self.spill_retry_at = Instant::now() + SPILL_RETRY;
+                    break;
+                }
+                self.spill.pop_front();
+            }
+        }
+        while self.connected {
+            let Some((topic, payload)) = self.spill.pop_front() else { break };
+            if !self.request(&topic, &payload, false, None) {
+                self.spill.push_front((topic, payload));
+                break;
+            }
+        }
+        if self.spill.is_empty() {
+            log::info!("mqtt: the outbox takes events again");
+        }
+        self.shared.spill_pending.store(self.spill.len() as u64, Ordering::Relaxed);
         self.update_outbox_stats();
     }
 
@@ -1113,6 +1181,15 @@ impl Worker {
     /// Clean shutdown: `offline`, the last acknowledgements, DISCONNECT.
     fn finish(&mut self) {
         self.drain_messages();
+        // A last try for events the outbox refused (published below when connected).
+        self.spill_retry_at = Instant::now();
+        self.drain_spill();
+        if !self.spill.is_empty() && !self.connected {
+            log::error!(
+                "mqtt: {} events the outbox refused (disk full?) are lost at shutdown",
+                self.spill.len()
+            );
+        }
         if !self.connected {
             return;
         }

@@ -37,6 +37,7 @@ use portier::embed::{EmbedError, Embedder};
 use portier::frame::{FrameDecoder, RgbImage};
 use portier::gallery::{EnrollMode, Gallery};
 use portier::mqtt::client::{run_id, Message, MqttClient};
+use portier::mqtt::events::AccessKind;
 use portier::mqtt::outbox::Outbox;
 use portier::pipeline::Pipeline;
 use portier::shell::Shell;
@@ -46,6 +47,7 @@ use crate::appliance::{
     cli_config, enroll, laptop_config, npu_parts, video, with_emulated_npu, LIN,
 };
 use crate::common::assets;
+use crate::mqtt::{access, start as mqtt_start};
 use crate::mqtt::{config as mqtt_config, device, have_mosquitto, json, wait_until, Broker, Sub};
 use crate::mqtt::{BASE, WAIT};
 
@@ -1188,6 +1190,116 @@ fn faults_disk_full_while_writing_the_outbox_and_the_gallery() {
         lost: "0 stored events, 0 stored people".into(),
         unsecured: "- (no door in this case)".into(),
         recovery: format!("next write after space returns ({recovery})"),
+    }
+    .print();
+}
+
+const SPILL_ENV: &str = "PORTIER_FAULTS_SPILL_DIR";
+
+/// Child half of `faults_disk_full_with_the_broker_down_loses_no_event`.
+#[test]
+fn spill_child() {
+    let Some(dir) = std::env::var_os(SPILL_ENV) else { return };
+    let dir = PathBuf::from(dir);
+    // SAFETY: as in `disk_full_child`: writes beyond the limit fail with EFBIG.
+    let previous = unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
+    assert_ne!(previous, libc::SIG_ERR);
+    println!();
+    const N: u64 = 40;
+    let broker_dir = dir.join("broker");
+    std::fs::create_dir_all(&broker_dir).unwrap();
+    let mut broker = Broker::start(&broker_dir, "");
+    let access_topic = format!("{BASE}/event/access");
+    let mut sub = Sub::connect(broker.port, "spill-watcher", true);
+    sub.subscribe(&access_topic);
+    let client = mqtt_start(&mqtt_config(broker.port, &dir));
+    assert!(wait_until(WAIT, || client.stats().connected));
+    let log = dir.join("outbox/outbox.log");
+    let send = |range: std::ops::Range<u64>| {
+        for track in range {
+            assert!(client.send(Message::Access(access(AccessKind::Granted, track))));
+        }
+    };
+
+    // Phase 1: broker down and disk full; the events wait in memory, then go to the outbox
+    // when space returns, then to the broker when it returns.
+    broker.stop();
+    assert!(wait_until(WAIT, || !client.stats().connected));
+    limit_file_size(file_len(&log));
+    send(0..N / 2);
+    assert!(
+        wait_until(WAIT, || client.stats().spill_pending == N / 2),
+        "events not held in memory: {:?}",
+        client.stats()
+    );
+    assert!(client.stats().outbox_errors >= 1);
+    let t = Instant::now();
+    limit_file_size(libc::RLIM_INFINITY);
+    assert!(
+        wait_until(WAIT, || {
+            let s = client.stats();
+            s.spill_pending == 0 && s.outbox_pending == N / 2
+        }),
+        "events not moved to the outbox: {:?}",
+        client.stats()
+    );
+    let to_outbox = t.elapsed();
+    broker.restart();
+    assert!(wait_until(WAIT, || client.stats().connected));
+
+    // Phase 2: the disk fills up again while the broker is up: the events go out from memory.
+    assert!(wait_until(WAIT, || client.stats().outbox_pending == 0), "{:?}", client.stats());
+    limit_file_size(file_len(&log));
+    send(N / 2..N);
+
+    let mut seen = BTreeSet::new();
+    let end = Instant::now() + Duration::from_secs(30);
+    while (seen.len() as u64) < N && Instant::now() < end {
+        let Ok(p) = sub.rx.recv_timeout(Duration::from_millis(200)) else { continue };
+        if p.topic == access_topic {
+            seen.insert(json(&p)["track_id"].as_u64().unwrap());
+        }
+    }
+    let stats = client.stats();
+    limit_file_size(libc::RLIM_INFINITY);
+    assert_eq!(seen.len() as u64, N, "events lost; stats {stats:?}");
+    assert_eq!(stats.spill_dropped, 0);
+    println!(
+        "faults: spill: {N} events, {} outbox write failures, to the outbox {} after space \
+         returned",
+        stats.outbox_errors,
+        ms(to_outbox)
+    );
+    client.shutdown(Duration::from_secs(10)).unwrap();
+}
+
+/// The disk is full while the broker is down, and again while it is up: the MQTT thread keeps
+/// the events the outbox refuses in memory (bounded), moves them into the outbox once space
+/// returns and publishes them straight from memory while a connection is up. Must hold: every
+/// event reaches the subscriber, none dropped, the outbox takes events again within its
+/// one-second retry.
+#[test]
+fn faults_disk_full_with_the_broker_down_loses_no_event() {
+    if !have_mosquitto() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let child = child("spill_child", &[(SPILL_ENV, dir.path().display().to_string())]);
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "child failed: {:?}\n{stdout}\n{stderr}", out.status);
+    let line = stdout.lines().find(|l| l.starts_with("faults: spill:"));
+    let line = line.unwrap_or_else(|| panic!("the child ran: {stdout}"));
+    println!("{line}");
+    Row {
+        case: "disk full while the broker is down, then while it is up",
+        load: "-".into(),
+        faults: "2 disk-full periods, 1 broker outage".into(),
+        bad_inputs: "-".into(),
+        lost: "0 of 40".into(),
+        unsecured: "- (no door in this case)".into(),
+        recovery: line.trim_start_matches("faults: spill: ").into(),
     }
     .print();
 }

@@ -238,11 +238,11 @@ pub(crate) fn device() -> DeviceInfo {
     DeviceInfo::new(DEVICE, "Front door", "0.1.0", DEFAULT_MODEL, None).unwrap()
 }
 
-fn start(config: &MqttConfig) -> MqttClient {
+pub(crate) fn start(config: &MqttConfig) -> MqttClient {
     MqttClient::start(config, device(), "t3st").unwrap()
 }
 
-fn access(kind: AccessKind, track_id: u64) -> AccessEvent {
+pub(crate) fn access(kind: AccessKind, track_id: u64) -> AccessEvent {
     AccessEvent {
         kind,
         track_id,
