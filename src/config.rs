@@ -126,6 +126,7 @@ fn default_arcface_mean() -> [f32; 3] {
 #[serde(deny_unknown_fields)]
 struct RawGallery {
     path: PathBuf,
+    key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -529,6 +530,9 @@ pub struct Config {
     pub recognizer: RecognizerSettings,
     /// Gallery database file.
     pub gallery_path: PathBuf,
+    /// Device key that seals the gallery's templates (`gallery.key_file`; default: the gallery
+    /// path with the extension `.key`). Created 0600 on first use.
+    pub gallery_key_file: PathBuf,
     /// When a match counts.
     pub matching: MatchPolicy,
     /// The camera (`portier run`, live enrolment); `None` when the file has no `[camera]`.
@@ -690,6 +694,19 @@ impl Config {
                 app.decision.validate().map_err(|reason| invalid("routing.bands", reason))?;
             }
         }
+        let gallery_path = resolve(&raw.gallery.path);
+        let gallery_key_file = raw
+            .gallery
+            .key_file
+            .as_deref()
+            .map_or_else(|| gallery_path.with_extension("key"), resolve);
+        if gallery_key_file == gallery_path {
+            return Err(invalid(
+                "gallery.key_file",
+                "must not be the gallery file itself (the key is kept outside the database)"
+                    .to_owned(),
+            ));
+        }
         Ok(Config {
             npu,
             routing,
@@ -706,7 +723,8 @@ impl Config {
             },
             detector,
             recognizer,
-            gallery_path: resolve(&raw.gallery.path),
+            gallery_path,
+            gallery_key_file,
             matching: MatchPolicy { threshold: m.threshold, margin: m.margin },
         })
     }
@@ -1009,6 +1027,7 @@ margin = 0.05
         assert_eq!(c.detector.preprocess.std, [128.0; 3]);
         assert_eq!(c.detector.score_threshold, 0.5);
         assert_eq!(c.gallery_path, Path::new("/etc/portier/gallery.db"));
+        assert_eq!(c.gallery_key_file, Path::new("/etc/portier/gallery.key"));
     }
 
     #[test]
@@ -1060,6 +1079,18 @@ margin = 0.05
         let text = format!("{GOOD}\n[tracker]\nmax_tracks = 0\n");
         let err = Config::parse(&text, Path::new("c.toml")).unwrap_err().to_string();
         assert!(err.contains("key `tracker.max_tracks`"), "{err}");
+    }
+
+    #[test]
+    fn gallery_key_file_is_resolved_and_kept_apart_from_the_gallery() {
+        let text = GOOD
+            .replace("path = \"gallery.db\"", "path = \"gallery.db\"\nkey_file = \"keys/g.key\"");
+        let c = Config::parse(&text, Path::new("/etc/portier/portier.toml")).unwrap();
+        assert_eq!(c.gallery_key_file, Path::new("/etc/portier/keys/g.key"));
+        let text = GOOD
+            .replace("path = \"gallery.db\"", "path = \"gallery.db\"\nkey_file = \"gallery.db\"");
+        let err = Config::parse(&text, Path::new("c.toml")).unwrap_err().to_string();
+        assert!(err.contains("key `gallery.key_file`"), "{err}");
     }
 
     #[test]

@@ -801,7 +801,7 @@ pub fn command(config: &Config, args: &LiveArgs) -> Result<PersonId, EnrolError>
         std::fs::create_dir_all(dir)
             .map_err(|source| EnrolError::GalleryFolder { path: dir.to_path_buf(), source })?;
     }
-    let mut gallery = Gallery::open(&config.gallery_path)?;
+    let mut gallery = Gallery::open(&config.gallery_path, &config.gallery_key_file)?;
     let name = args.name.trim();
     if !args.append && gallery.list()?.iter().any(|p| p.name == name) {
         return Err(GalleryError::NameTaken {

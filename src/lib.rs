@@ -19,6 +19,7 @@
 //! - [`config`]: the TOML configuration.
 //! - [`eval`]: verification statistics, LFW protocol, benchmarks.
 //! - [`mqtt`]: MQTT payloads, Home Assistant discovery, signed commands (issue 4, partial).
+//! - [`secret`]: permission checks for files holding keys and passwords.
 //! - [`selftest`]: `portier selftest`, every part of the appliance checked in one table.
 
 pub mod align;
@@ -38,6 +39,7 @@ pub mod infer;
 pub mod mqtt;
 pub mod pipeline;
 pub mod route;
+pub mod secret;
 pub mod selftest;
 pub mod service;
 pub mod shell;

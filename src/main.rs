@@ -11,7 +11,9 @@ use serde::Serialize;
 use portier::config::{Config, ConfigError};
 use portier::eval::{bench, bench_loop, calibrate, distance, export_calib, lfw, verify};
 use portier::frame::load_image;
-use portier::gallery::{Decision, EnrollMode, Gallery, GalleryError, Matcher, UnknownReason};
+use portier::gallery::{
+    Decision, EnrollMode, Gallery, GalleryError, ImportMode, Matcher, UnknownReason,
+};
 use portier::pipeline::{Pipeline, PipelineError, Select};
 
 /// Face-recognition door access.
@@ -168,6 +170,27 @@ enum GalleryCommand {
     },
     /// Run a full integrity check of the gallery database.
     Check,
+    /// Write every person and template (all models) to FILE, encrypted under a passphrase
+    /// (Argon2id + XChaCha20-Poly1305); the backup does not need the device key.
+    Export {
+        /// Backup file to write (replaced atomically, mode 0600).
+        file: PathBuf,
+        /// File whose first line is the passphrase (at least 12 characters; mode 0600).
+        #[arg(long)]
+        passphrase_file: PathBuf,
+    },
+    /// Enrol everyone in a backup made by `gallery export`, in one transaction.
+    Import {
+        /// Backup file.
+        file: PathBuf,
+        /// File whose first line is the passphrase (mode 0600).
+        #[arg(long)]
+        passphrase_file: PathBuf,
+        /// Replace people already enrolled under the same name (default: import nothing and
+        /// name them).
+        #[arg(long)]
+        replace: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -292,7 +315,16 @@ impl From<GalleryError> for Failure {
         let code = match e {
             GalleryError::NameTaken { .. }
             | GalleryError::UnknownPerson { .. }
-            | GalleryError::InvalidName { .. } => EX_DATAERR,
+            | GalleryError::InvalidName { .. }
+            | GalleryError::Backup { .. }
+            | GalleryError::ImportClash { .. } => EX_DATAERR,
+            // The operator must fix the key file (permissions, owner, the right file): a
+            // restart cannot, so exit 78 and systemd does not restart.
+            GalleryError::KeyFileRefused { .. }
+            | GalleryError::BadKeyFile { .. }
+            | GalleryError::KeyMissing { .. }
+            | GalleryError::WrongKey { .. } => EX_CONFIG,
+            GalleryError::BackupIo { .. } => EX_NOINPUT,
             _ => EX_SOFTWARE,
         };
         Failure::new(code, e)
@@ -608,9 +640,14 @@ fn run_appliance(
             None
         }
     };
-    let mut shell =
-        portier::shell::Shell::new(mqtt, display, config.gallery_path.clone(), model_id.clone())
-            .with_npu_model(npu_model_id);
+    let mut shell = portier::shell::Shell::new(
+        mqtt,
+        display,
+        config.gallery_path.clone(),
+        config.gallery_key_file.clone(),
+        model_id.clone(),
+    )
+    .with_npu_model(npu_model_id);
     let result = app.run(&stop, &notifier, &mut shell);
     shell.shutdown(std::time::Duration::from_secs(3));
     let counters = match result {
@@ -837,7 +874,7 @@ fn enroll(
             )
         })?;
     }
-    let mut gallery = Gallery::open(&config.gallery_path)?;
+    let mut gallery = Gallery::open(&config.gallery_path, &config.gallery_key_file)?;
     let mut pipeline = Pipeline::open(config)?;
     // With an NPU, the same crops are embedded by it too: its templates live in its own
     // embedding space, and the loop compares like with like.
@@ -935,7 +972,7 @@ fn open_matcher(config: &Config, model_id: &str) -> Result<Option<Matcher>, Fail
         );
         return Ok(None);
     }
-    Ok(Some(Gallery::open(&config.gallery_path)?.matcher(model_id)?))
+    Ok(Some(Gallery::open(&config.gallery_path, &config.gallery_key_file)?.matcher(model_id)?))
 }
 
 fn identify(config: &Config, json: bool, photos: &[PathBuf]) -> Result<ExitCode, Failure> {
@@ -1032,7 +1069,7 @@ fn identify(config: &Config, json: bool, photos: &[PathBuf]) -> Result<ExitCode,
 }
 
 fn gallery(config: &Config, command: GalleryCommand) -> Result<ExitCode, Failure> {
-    let mut g = Gallery::open(&config.gallery_path)?;
+    let mut g = Gallery::open(&config.gallery_path, &config.gallery_key_file)?;
     match command {
         GalleryCommand::List { json } => {
             let people = g.list()?;
@@ -1076,6 +1113,23 @@ fn gallery(config: &Config, command: GalleryCommand) -> Result<ExitCode, Failure
         GalleryCommand::Check => {
             g.integrity_check()?;
             println!("{}: ok", config.gallery_path.display());
+        }
+        GalleryCommand::Export { file, passphrase_file } => {
+            let passphrase = portier::gallery::read_passphrase(&passphrase_file)?;
+            let people = g.export(&file, &passphrase)?;
+            println!("exported {people} person(s) to {}", file.display());
+        }
+        GalleryCommand::Import { file, passphrase_file, replace } => {
+            let passphrase = portier::gallery::read_passphrase(&passphrase_file)?;
+            let mode = if replace { ImportMode::Replace } else { ImportMode::Refuse };
+            let s = g.import(&file, &passphrase, mode)?;
+            println!(
+                "imported {} person(s) ({} replaced, {} template(s)) from {}",
+                s.people,
+                s.replaced,
+                s.templates,
+                file.display()
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

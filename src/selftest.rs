@@ -644,7 +644,7 @@ fn gallery(config: &Config) -> (Status, String) {
         );
     }
     let model_id = &config.recognizer.model_id;
-    let result = crate::gallery::Gallery::open(path).and_then(|g| {
+    let result = crate::gallery::Gallery::open(path, &config.gallery_key_file).and_then(|g| {
         g.integrity_check()?;
         let everyone = g.list()?.len();
         let people = g.matcher(model_id)?.people();

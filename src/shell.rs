@@ -110,6 +110,7 @@ pub struct Shell {
     outgoing: Vec<Message>,
     display: Option<Display<AnySink>>,
     gallery_path: PathBuf,
+    gallery_key_file: PathBuf,
     model_id: String,
     npu_model_id: Option<String>,
     /// `PORTIER_FAULT=panic-on-grant`: panic right after the first grant (tests of the
@@ -137,12 +138,13 @@ impl std::fmt::Debug for Shell {
 }
 
 impl Shell {
-    /// A shell around an optional MQTT client and display; `gallery_path` and `model_id` are
-    /// for the gallery-reload command.
+    /// A shell around an optional MQTT client and display; `gallery_path`, `gallery_key_file`
+    /// and `model_id` are for the gallery-reload command.
     pub fn new(
         mqtt: Option<MqttClient>,
         display: Option<Display<AnySink>>,
         gallery_path: PathBuf,
+        gallery_key_file: PathBuf,
         model_id: String,
     ) -> Self {
         Self {
@@ -150,6 +152,7 @@ impl Shell {
             outgoing: Vec::with_capacity(8),
             display,
             gallery_path,
+            gallery_key_file,
             model_id,
             npu_model_id: None,
             panic_on_grant: std::env::var("PORTIER_FAULT").is_ok_and(|v| v == "panic-on-grant"),
@@ -233,7 +236,7 @@ impl Hooks for Shell {
             Action::Lock => RemoteCommand::Lock,
             Action::ReloadGallery => {
                 let load = || -> Result<RemoteCommand, crate::gallery::GalleryError> {
-                    let g = Gallery::open(&self.gallery_path)?;
+                    let g = Gallery::open(&self.gallery_path, &self.gallery_key_file)?;
                     let npu = match &self.npu_model_id {
                         Some(id) => Some(g.matcher(id)?),
                         None => None,

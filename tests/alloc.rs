@@ -155,14 +155,17 @@ fn steady_state_step_allocates_nothing() {
     let mut pipeline = Pipeline::open(&config).unwrap();
     let model = pipeline.embedder_model_id();
     {
-        let mut gallery = Gallery::open(&config.gallery_path).unwrap();
+        let mut gallery = Gallery::open(&config.gallery_path, &config.gallery_key_file).unwrap();
         let photo = assets.join("faces/full/face_recognition/lin-manuel-miranda.png");
         let img = portier::frame::load_image(&photo).unwrap();
         let faces = pipeline.faces(img.view(), Select::All, None).unwrap();
         let templates = vec![faces[0].embedding.clone()];
         gallery.enroll("Lin-Manuel Miranda", &model, &templates, EnrollMode::New).unwrap();
     }
-    let matcher = Gallery::open(&config.gallery_path).unwrap().matcher(&model).unwrap();
+    let matcher = Gallery::open(&config.gallery_path, &config.gallery_key_file)
+        .unwrap()
+        .matcher(&model)
+        .unwrap();
     let fps = 29.97;
     let source = ReplaySource::open(ReplaySettings {
         path: assets.join("video/hamilton_640x480.mjpeg"),

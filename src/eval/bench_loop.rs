@@ -105,7 +105,7 @@ pub fn run(
         reason: e.to_string(),
     };
     let gallery = if config.gallery_path.is_file() {
-        Gallery::open(&config.gallery_path)
+        Gallery::open(&config.gallery_path, &config.gallery_key_file)
     } else {
         Gallery::open_in_memory()
     }

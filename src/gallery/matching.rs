@@ -130,6 +130,11 @@ impl Matcher {
         }
     }
 
+    /// Template row `index` (normalised), or an empty slice past the end (backups read them).
+    pub(super) fn row(&self, index: usize) -> &[f32] {
+        self.data.get(index * self.dim..(index + 1) * self.dim).unwrap_or(&[])
+    }
+
     /// Template length (0 for an empty matcher).
     pub fn dim(&self) -> usize {
         self.dim

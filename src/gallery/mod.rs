@@ -6,14 +6,22 @@
 //! read-only snapshot of one model's templates as a contiguous `f32` matrix, built once and then
 //! queried per detected face without allocating.
 //!
+//! Templates are encrypted at rest (XChaCha20-Poly1305 under a device key kept in its own file,
+//! see `key.rs`); they are decrypted only when a [`Matcher`] is built (start-up, reload), never
+//! per frame. `portier gallery export/import` moves them as passphrase-encrypted backups.
+//!
 //! Must not: decode images or run models. It only ever sees embeddings (plain `f32` vectors) and
 //! model identifiers; producing them is the job of the detection and embedding modules.
 
+mod backup;
+mod key;
 mod matching;
 mod store;
 
 use std::path::PathBuf;
 
+pub use backup::{read_passphrase, ImportMode, ImportSummary};
+pub use key::{DeviceKey, KEY_LEN};
 pub use matching::{Candidate, Decision, MatchPolicy, MatchResult, Matcher, UnknownReason};
 pub use store::{EnrollMode, Gallery, PersonSummary};
 
@@ -170,6 +178,88 @@ pub enum GalleryError {
         path: PathBuf,
         /// Which feature is missing.
         detail: String,
+    },
+    /// The device key file cannot be read or created.
+    #[error("gallery key file {path}: {context}: {source}")]
+    KeyFile {
+        /// Key file.
+        path: PathBuf,
+        /// What was being done.
+        context: &'static str,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The device key file is readable by others or owned by another user.
+    #[error("gallery key file {path}: refused: {source}")]
+    KeyFileRefused {
+        /// Key file.
+        path: PathBuf,
+        /// What is wrong with its permissions.
+        #[source]
+        source: crate::secret::SecretFileError,
+    },
+    /// The device key file has the wrong size.
+    #[error("gallery key file {path}: {reason}")]
+    BadKeyFile {
+        /// Key file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The gallery holds encrypted templates but its key file is gone.
+    #[error(
+        "gallery {path}: holds encrypted templates but its key file {key_file} is missing; \
+         restore the key file, or start a new gallery and `portier gallery import` a backup"
+    )]
+    KeyMissing {
+        /// Gallery file.
+        path: PathBuf,
+        /// Key file that was expected.
+        key_file: PathBuf,
+    },
+    /// The first template fails authentication: the key file is not this gallery's key.
+    #[error(
+        "gallery {path}: templates cannot be decrypted with key file {key_file} (authentication \
+         failed on the first template, of {person:?}): wrong key file, or a tampered gallery"
+    )]
+    WrongKey {
+        /// Gallery file.
+        path: PathBuf,
+        /// Key file used.
+        key_file: PathBuf,
+        /// Owner of the first template.
+        person: String,
+    },
+    /// An export backup cannot be written, read, decrypted or applied.
+    #[error("gallery backup {path}: {reason}")]
+    Backup {
+        /// Backup file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// An export backup file cannot be read or written.
+    #[error("gallery backup {path}: {context}: {source}")]
+    BackupIo {
+        /// Backup file.
+        path: PathBuf,
+        /// What was being done.
+        context: &'static str,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Importing a backup would overwrite people already enrolled.
+    #[error(
+        "gallery {path}: backup holds people already enrolled ({names}); nothing was imported \
+         (use --replace to replace them)"
+    )]
+    ImportClash {
+        /// Gallery file.
+        path: PathBuf,
+        /// The clashing names, comma-separated.
+        names: String,
     },
     /// The gallery file could not be read or created.
     #[error("gallery {path}: {context}: {source}")]

@@ -4,6 +4,11 @@
 //! leaves the whole person or nothing), a file that does not look like ours is never written to,
 //! and removed people are scrubbed from the file (secure delete + WAL truncation), because a door
 //! controller that "forgets" someone must not keep their biometric template on disk.
+//!
+//! Templates are sealed with the device key (`key.rs`) bound to (person id, model id, dim):
+//! the file alone reveals no template, and a blob moved to another row fails authentication.
+//! Schema version 2 is the sealed form; a version 1 file (plaintext `f32` blobs) is sealed in
+//! one transaction at open and then vacuumed, so no plaintext stays in free pages or the WAL.
 
 use std::fs::File;
 use std::io::{ErrorKind, Read};
@@ -12,11 +17,19 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 
+use zeroize::Zeroizing;
+
+use super::backup::{BackupModel, BackupPerson, ImportMode, ImportSummary};
+use super::key::{DeviceKey, SealError, SEAL_OVERHEAD};
 use super::matching::Matcher;
 use super::{GalleryError, PersonId};
 
 /// Schema version stored in `PRAGMA user_version`; bump with a migration when the schema changes.
-const SCHEMA_VERSION: i64 = 1;
+/// 1: plaintext templates; 2: templates sealed with the device key (same tables).
+const SCHEMA_VERSION: i64 = 2;
+
+/// Associated-data prefix of a sealed template; names the binding's layout.
+const TEMPLATE_AAD_PREFIX: &[u8] = b"portier template v2\0";
 
 /// `PRAGMA application_id` marking a file as a portier gallery ("PRTR" in ASCII), so that an
 /// unrelated SQLite database handed to us by mistake is recognised and left alone.
@@ -32,7 +45,9 @@ const BUSY_TIMEOUT: Duration = Duration::from_millis(2000);
 /// Longest accepted person name, in characters (not bytes), so non-Latin names get the same room.
 const MAX_NAME_CHARS: usize = 64;
 
-/// Schema version 1. `template.embedding` is `dim` little-endian `f32`s, L2-normalised.
+/// Tables of schema versions 1 and 2. `template.embedding` is `dim` little-endian `f32`s,
+/// L2-normalised: in the clear in version 1, sealed with the device key in version 2 (format
+/// byte, 24-byte nonce, ciphertext, 16-byte tag; see `key.rs`).
 /// The extra index on `person_id` keeps `ON DELETE CASCADE` and `list` from scanning all templates.
 const SCHEMA: &str = "
 CREATE TABLE person (
@@ -84,15 +99,30 @@ pub struct Gallery {
     conn: Connection,
     /// File path (":memory:" for in-memory galleries), kept for error messages.
     path: PathBuf,
+    /// Seals and opens templates (`Debug` shows no key bytes).
+    key: DeviceKey,
+    /// Where the key came from (":memory:" for an in-memory gallery's random key).
+    key_file: PathBuf,
+}
+
+/// Where [`Gallery::setup`] gets the device key.
+enum KeySource<'a> {
+    /// A key file, created on first use.
+    File(&'a Path),
+    /// A random key that lives as long as the (in-memory) gallery.
+    Ephemeral,
 }
 
 impl Gallery {
-    /// Opens the gallery at `path`, creating the file and schema if the file is missing or empty.
+    /// Opens the gallery at `path`, creating the file and schema if the file is missing or empty,
+    /// with the device key in `key_file`.
     ///
     /// A file that is not an SQLite database, an SQLite database of another application, a
     /// damaged database (`PRAGMA quick_check` not "ok") or one with a newer schema version is
-    /// refused without being written to.
-    pub fn open(path: &Path) -> Result<Gallery, GalleryError> {
+    /// refused without being written to. The key file is created (0600) if it is missing and
+    /// the gallery holds no sealed template yet; a key file that others can read, that belongs to
+    /// another user or has the wrong size is refused. A version 1 gallery is sealed and scrubbed.
+    pub fn open(path: &Path, key_file: &Path) -> Result<Gallery, GalleryError> {
         // Look at the header ourselves first: SQLite would happily treat some non-database files
         // as empty and we must never risk writing into someone else's file.
         check_header(path)?;
@@ -102,7 +132,7 @@ impl Gallery {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags)
             .map_err(sql_err(path, "cannot open database"))?;
-        Gallery::setup(conn, path.to_path_buf())
+        Gallery::setup(conn, path.to_path_buf(), KeySource::File(key_file))
     }
 
     /// Opens a fresh, empty gallery that lives in memory only (for tests and evaluation runs).
@@ -110,7 +140,7 @@ impl Gallery {
         let path = PathBuf::from(":memory:");
         let conn = Connection::open_in_memory()
             .map_err(sql_err(&path, "cannot open in-memory database"))?;
-        Gallery::setup(conn, path)
+        Gallery::setup(conn, path, KeySource::Ephemeral)
     }
 
     /// Path of the gallery file (":memory:" for an in-memory gallery).
@@ -119,7 +149,11 @@ impl Gallery {
     }
 
     /// Validates, configures and if necessary initialises a freshly opened connection.
-    fn setup(conn: Connection, path: PathBuf) -> Result<Gallery, GalleryError> {
+    fn setup(
+        conn: Connection,
+        path: PathBuf,
+        keys: KeySource<'_>,
+    ) -> Result<Gallery, GalleryError> {
         let p = path.as_path();
         conn.busy_timeout(BUSY_TIMEOUT).map_err(sql_err(p, "cannot set busy timeout"))?;
 
@@ -143,12 +177,120 @@ impl Gallery {
         quick_check(&conn, p)?;
         configure(&conn, p)?;
 
-        let mut gallery = Gallery { conn, path };
+        let (key, key_file) = match keys {
+            KeySource::File(key_file) => (obtain_key(&conn, p, version, key_file)?, key_file),
+            KeySource::Ephemeral => (DeviceKey::random(p)?, p),
+        };
+        let key_file = key_file.to_path_buf();
+        let mut gallery = Gallery { conn, path, key, key_file };
         if version == 0 {
             gallery.create_schema()?;
         }
         gallery.check_tables()?;
+        if version == 1 {
+            gallery.seal_plaintext_templates()?;
+        }
         Ok(gallery)
+    }
+
+    /// Migration 1 → 2: seals every plaintext template in ONE transaction (a kill leaves the
+    /// file as it was), then vacuums and truncates the WAL so the plaintext does not survive in
+    /// free pages or old WAL frames.
+    fn seal_plaintext_templates(&mut self) -> Result<(), GalleryError> {
+        let path = self.path.as_path();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql_err(path, "cannot start migration transaction"))?;
+        // Another process may have migrated the file between our probe and the lock.
+        let (_, version, _) = probe(&tx, path)?;
+        if version != 1 {
+            return Ok(());
+        }
+        let rows: Vec<PlainRow> = {
+            let mut stmt = tx
+                .prepare(
+                    "SELECT t.id, t.person_id, p.name, t.model_id, t.dim, t.embedding \
+                     FROM template t JOIN person p ON p.id = t.person_id ORDER BY t.id",
+                )
+                .map_err(sql_err(path, "cannot prepare migration"))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(PlainRow {
+                        template_id: r.get(0)?,
+                        person: r.get(1)?,
+                        name: r.get(2)?,
+                        model_id: r.get(3)?,
+                        dim: r.get(4)?,
+                        plain: Zeroizing::new(r.get::<_, Vec<u8>>(5)?),
+                    })
+                })
+                .map_err(sql_err(path, "cannot read templates to migrate"))?;
+            rows.collect::<Result<_, _>>()
+                .map_err(sql_err(path, "cannot read templates to migrate"))?
+        };
+        {
+            let mut update = tx
+                .prepare("UPDATE template SET embedding = ?1 WHERE id = ?2")
+                .map_err(sql_err(path, "cannot prepare migration"))?;
+            for PlainRow { template_id, person, name, model_id, dim, plain } in &rows {
+                let corrupt = |detail: String| GalleryError::CorruptTemplate {
+                    path: path.to_path_buf(),
+                    person: name.clone(),
+                    model_id: model_id.clone(),
+                    template_id: *template_id,
+                    detail,
+                };
+                let dim = usize::try_from(*dim)
+                    .ok()
+                    .filter(|&d| d > 0 && plain.len() == d * 4)
+                    .ok_or_else(|| {
+                        corrupt(format!("plaintext blob of {} bytes for dim {dim}", plain.len()))
+                    })?;
+                let blob = self
+                    .key
+                    .seal(&template_aad(*person, model_id, dim), plain)
+                    .map_err(|e| corrupt(format!("cannot seal: {e}")))?;
+                update
+                    .execute(params![blob, template_id])
+                    .map_err(sql_err(path, "cannot seal template"))?;
+            }
+        }
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(sql_err(path, "cannot set schema version"))?;
+        tx.commit().map_err(sql_err(path, "cannot commit migration"))?;
+        // VACUUM rebuilds the file from live rows only (no free page keeps a plaintext copy);
+        // the truncating checkpoint then drops the WAL frames of both steps.
+        self.conn.execute_batch("VACUUM").map_err(sql_err(path, "cannot vacuum after sealing"))?;
+        self.checkpoint_truncate("sealing the templates")?;
+        log::info!(
+            "gallery {}: sealed {} plaintext template(s) with key file {} (schema 1 -> 2)",
+            path.display(),
+            rows.len(),
+            self.key_file.display()
+        );
+        Ok(())
+    }
+
+    /// Checkpoints the WAL into the main file and truncates it, so old page images (removed or
+    /// migrated templates) do not linger in the `-wal` file.
+    fn checkpoint_truncate(&self, after: &str) -> Result<(), GalleryError> {
+        let path = self.path.as_path();
+        // Columns: busy flag, WAL frames, checkpointed frames. Busy means a reader (another
+        // process) pinned old frames; the data is still changed, only the scrub is deferred to
+        // the next checkpoint, so this is a warning rather than an error.
+        let busy: i64 = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+            .map_err(sql_err(path, "cannot checkpoint the wal"))?;
+        if busy != 0 {
+            log::warn!(
+                "gallery {}: another connection blocked the checkpoint after {after}; old pages \
+                 stay in the -wal file until the next checkpoint",
+                path.display()
+            );
+        }
+        Ok(())
     }
 
     /// Creates the schema in one transaction, re-checking under the write lock in case another
@@ -245,81 +387,18 @@ impl Gallery {
 
         // Validate everything before the first INSERT: a rejected enrolment writes nothing, and
         // the dimensions and scale factors are reused below.
-        let mut checked = Vec::with_capacity(sets.len());
-        for &(model_id, templates) in sets {
-            let stored_dim: Option<i64> = tx
-                .query_row(
-                    "SELECT dim FROM template WHERE model_id = ?1 LIMIT 1",
-                    [model_id],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(sql_err(path, "cannot read model dimension"))?;
-            let dim = match stored_dim {
-                Some(d) => usize::try_from(d).map_err(|_| GalleryError::Corrupt {
-                    path: path.to_path_buf(),
-                    detail: format!("templates of model {model_id:?} have dimension {d}"),
-                })?,
-                None => templates[0].len(),
-            };
-            let mut scales = Vec::with_capacity(templates.len());
-            for (index, template) in templates.iter().enumerate() {
-                let scale = normalisation_scale(template, dim).map_err(|reason| {
-                    GalleryError::InvalidTemplate {
-                        path: path.to_path_buf(),
-                        name: name.clone(),
-                        model_id: model_id.to_owned(),
-                        index,
-                        reason,
-                    }
-                })?;
-                scales.push(scale);
-            }
-            checked.push((model_id, templates, dim, scales));
-        }
-
+        let checked = check_sets(&tx, path, &name, sets)?;
         let existing = find_person(&tx, path, &name)?;
         let person = match (existing, mode) {
             (Some(_), EnrollMode::New) => {
                 return Err(GalleryError::NameTaken { path: path.to_path_buf(), name });
             }
             (Some(id), EnrollMode::Append) => id,
-            (None, _) => {
-                tx.execute(
-                    "INSERT INTO person (name, created_unix) VALUES (?1, ?2)",
-                    params![name, now_unix()],
-                )
-                .map_err(sql_err(path, "cannot insert person"))?;
-                tx.last_insert_rowid()
-            }
+            (None, _) => insert_person(&tx, path, &name, now_unix())?,
         };
-
-        {
-            let mut insert = tx
-                .prepare(
-                    "INSERT INTO template (person_id, model_id, dim, embedding, created_unix) \
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                )
-                .map_err(sql_err(path, "cannot prepare template insert"))?;
-            let now = now_unix();
-            for (model_id, templates, dim, scales) in &checked {
-                let dim_sql = i64::try_from(*dim).unwrap_or(i64::MAX);
-                let mut blob = Vec::with_capacity(dim * 4);
-                for (template, &scale) in templates.iter().zip(scales) {
-                    blob.clear();
-                    for &x in template {
-                        // Normalise in f64 so tiny-but-valid vectors do not underflow.
-                        let v = (f64::from(x) * scale) as f32;
-                        blob.extend_from_slice(&v.to_le_bytes());
-                    }
-                    insert
-                        .execute(params![person, model_id, dim_sql, blob, now])
-                        .map_err(sql_err(path, "cannot insert template"))?;
-                }
-            }
-        }
+        insert_templates(&tx, path, &self.key, person, &checked)?;
         tx.commit().map_err(sql_err(path, "cannot commit enrolment"))?;
-        for (model_id, templates, _, _) in &checked {
+        for Checked { model_id, templates, .. } in &checked {
             log::info!(
                 "gallery {}: enrolled {name:?} (id {person}) with {} template(s) of model \
                  {model_id:?}",
@@ -418,21 +497,7 @@ impl Gallery {
             });
         }
         log::info!("gallery {}: removed {name:?} and their templates", path.display());
-        // Columns: busy flag, WAL frames, checkpointed frames. Busy means a reader (another
-        // process) pinned old frames; the data is still deleted, only the scrub is deferred to
-        // the next checkpoint, so this is a warning rather than an error.
-        let busy: i64 = self
-            .conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
-            .map_err(sql_err(path, "cannot checkpoint after removal"))?;
-        if busy != 0 {
-            log::warn!(
-                "gallery {}: another connection blocked the checkpoint after removing {name:?}; \
-                 old pages stay in the -wal file until the next checkpoint",
-                path.display()
-            );
-        }
-        Ok(())
+        self.checkpoint_truncate(&format!("removing {name:?}"))
     }
 
     /// Runs the full `PRAGMA integrity_check` and `PRAGMA foreign_key_check`.
@@ -458,22 +523,108 @@ impl Gallery {
         Ok(())
     }
 
+    /// Every person with their templates of every model, decrypted (for a backup).
+    pub(super) fn export_people(&self) -> Result<Vec<BackupPerson>, GalleryError> {
+        let mut people: Vec<BackupPerson> = Vec::new();
+        for summary in self.list()? {
+            let mut models = Vec::with_capacity(summary.templates.len());
+            for (model_id, _) in &summary.templates {
+                let matcher = self.matcher_of(model_id, Some(summary.id))?;
+                let templates = (0..matcher.len()).map(|i| matcher.row(i).to_vec()).collect();
+                models.push(BackupModel { model_id: model_id.clone(), templates });
+            }
+            people.push(BackupPerson {
+                name: summary.name,
+                created_unix: summary.created_unix,
+                models,
+            });
+        }
+        Ok(people)
+    }
+
+    /// Enrols everyone in `people` in ONE transaction (see [`Gallery::import`]).
+    pub(super) fn import_people(
+        &mut self,
+        people: &[BackupPerson],
+        mode: ImportMode,
+    ) -> Result<ImportSummary, GalleryError> {
+        let path = self.path.as_path();
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sql_err(path, "cannot start import transaction"))?;
+        let mut names = Vec::with_capacity(people.len());
+        let mut clashes = Vec::new();
+        for person in people {
+            let name = validate_name(path, &person.name)?;
+            if names.contains(&name) {
+                return Err(GalleryError::NameTaken { path: path.to_path_buf(), name });
+            }
+            if person.models.is_empty() || person.models.iter().any(|m| m.templates.is_empty()) {
+                return Err(GalleryError::NoTemplates { path: path.to_path_buf(), name });
+            }
+            for m in &person.models {
+                validate_model_id(path, &m.model_id)?;
+            }
+            if let Some(id) = find_person(&tx, path, &name)? {
+                clashes.push((name.clone(), id));
+            }
+            names.push(name);
+        }
+        if mode == ImportMode::Refuse && !clashes.is_empty() {
+            let names = clashes.iter().map(|(n, _)| format!("{n:?}")).collect::<Vec<_>>();
+            return Err(GalleryError::ImportClash {
+                path: path.to_path_buf(),
+                names: names.join(", "),
+            });
+        }
+        for (_, id) in &clashes {
+            tx.execute("DELETE FROM person WHERE id = ?1", [id])
+                .map_err(sql_err(path, "cannot remove a person being replaced"))?;
+        }
+        let mut templates = 0;
+        for (person, name) in people.iter().zip(&names) {
+            let sets: Vec<(&str, &[Vec<f32>])> = person
+                .models
+                .iter()
+                .map(|m| (m.model_id.as_str(), m.templates.as_slice()))
+                .collect();
+            let checked = check_sets(&tx, path, name, &sets)?;
+            let id = insert_person(&tx, path, name, person.created_unix)?;
+            insert_templates(&tx, path, &self.key, id, &checked)?;
+            templates += checked.iter().map(|c| c.templates.len()).sum::<usize>();
+        }
+        tx.commit().map_err(sql_err(path, "cannot commit import"))?;
+        if !clashes.is_empty() {
+            // Replaced people's old templates are deleted: scrub them like `remove` does.
+            self.checkpoint_truncate("replacing people on import")?;
+        }
+        Ok(ImportSummary { people: people.len(), replaced: clashes.len(), templates })
+    }
+
     /// Loads every template of `model_id` into an in-memory matcher (contiguous `f32` matrix).
     ///
     /// An unknown model gives an empty matcher (every query is then "unknown, empty gallery").
     /// A stored template with a wrong blob length, inconsistent dimension or non-finite values
     /// fails with [`GalleryError::CorruptTemplate`] naming the person.
     pub fn matcher(&self, model_id: &str) -> Result<Matcher, GalleryError> {
+        self.matcher_of(model_id, None)
+    }
+
+    /// [`Gallery::matcher`], optionally of one person only.
+    fn matcher_of(&self, model_id: &str, only: Option<PersonId>) -> Result<Matcher, GalleryError> {
         let path = self.path.as_path();
         let mut stmt = self
             .conn
             .prepare(
                 "SELECT t.id, t.person_id, p.name, t.dim, t.embedding \
                  FROM template t JOIN person p ON p.id = t.person_id \
-                 WHERE t.model_id = ?1 ORDER BY t.person_id, t.id",
+                 WHERE t.model_id = ?1 AND (?2 IS NULL OR t.person_id = ?2) \
+                 ORDER BY t.person_id, t.id",
             )
             .map_err(sql_err(path, "cannot prepare template query"))?;
-        let mut rows = stmt.query([model_id]).map_err(sql_err(path, "cannot load templates"))?;
+        let mut rows =
+            stmt.query(params![model_id, only]).map_err(sql_err(path, "cannot load templates"))?;
         let mut matcher = Matcher::empty(path.to_path_buf(), model_id.to_owned());
         let mut row_buf: Vec<f32> = Vec::new();
         let mut dim: Option<usize> = None;
@@ -514,16 +665,29 @@ impl Gallery {
                     )))
                 }
             };
-            if blob.len() != dim * 4 {
+            if blob.len() != dim * 4 + SEAL_OVERHEAD {
                 return Err(corrupt(format!(
-                    "embedding blob has {} bytes, expected {} ({dim} f32)",
+                    "embedding blob has {} bytes, expected {} ({dim} sealed f32)",
                     blob.len(),
-                    dim * 4
+                    dim * 4 + SEAL_OVERHEAD
                 )));
             }
+            let plain = match self.key.unseal(&template_aad(person, model_id, dim), blob) {
+                Ok(plain) => plain,
+                // Nothing opened yet: most likely the wrong key file, not a damaged row.
+                Err(SealError::Authentication) if matcher.is_empty() => {
+                    return Err(GalleryError::WrongKey {
+                        path: path.to_path_buf(),
+                        key_file: self.key_file.clone(),
+                        person: name,
+                    })
+                }
+                Err(e) => return Err(corrupt(e.to_string())),
+            };
             row_buf.clear();
-            row_buf
-                .extend(blob.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+            row_buf.extend(
+                plain.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            );
             // Re-normalise on load: cheap, and keeps "similarity = cosine" exact even if a row
             // was written by an older tool with slightly different rounding.
             let scale = normalisation_scale(&row_buf, dim).map_err(corrupt)?;
@@ -539,6 +703,166 @@ impl Gallery {
             matcher.people()
         );
         Ok(matcher)
+    }
+}
+
+/// A version 1 template row, read for sealing (the plaintext is wiped on drop).
+struct PlainRow {
+    template_id: i64,
+    person: PersonId,
+    name: String,
+    model_id: String,
+    dim: i64,
+    plain: Zeroizing<Vec<u8>>,
+}
+
+/// One model's templates for one person, validated: their common dimension and each one's
+/// normalisation factor.
+struct Checked<'a> {
+    model_id: &'a str,
+    templates: &'a [Vec<f32>],
+    dim: usize,
+    scales: Vec<f64>,
+}
+
+/// Validates template sets against the dimensions already stored (inside the caller's
+/// transaction, so the answer holds until it commits).
+fn check_sets<'a>(
+    tx: &Connection,
+    path: &Path,
+    name: &str,
+    sets: &[(&'a str, &'a [Vec<f32>])],
+) -> Result<Vec<Checked<'a>>, GalleryError> {
+    let mut checked = Vec::with_capacity(sets.len());
+    for &(model_id, templates) in sets {
+        let stored_dim: Option<i64> = tx
+            .query_row("SELECT dim FROM template WHERE model_id = ?1 LIMIT 1", [model_id], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(sql_err(path, "cannot read model dimension"))?;
+        let dim = match stored_dim {
+            Some(d) => usize::try_from(d).map_err(|_| GalleryError::Corrupt {
+                path: path.to_path_buf(),
+                detail: format!("templates of model {model_id:?} have dimension {d}"),
+            })?,
+            None => templates.first().map_or(0, Vec::len),
+        };
+        let mut scales = Vec::with_capacity(templates.len());
+        for (index, template) in templates.iter().enumerate() {
+            let scale = normalisation_scale(template, dim).map_err(|reason| {
+                GalleryError::InvalidTemplate {
+                    path: path.to_path_buf(),
+                    name: name.to_owned(),
+                    model_id: model_id.to_owned(),
+                    index,
+                    reason,
+                }
+            })?;
+            scales.push(scale);
+        }
+        checked.push(Checked { model_id, templates, dim, scales });
+    }
+    Ok(checked)
+}
+
+/// Inserts a person row and returns its id.
+fn insert_person(
+    tx: &Connection,
+    path: &Path,
+    name: &str,
+    created_unix: i64,
+) -> Result<PersonId, GalleryError> {
+    tx.execute(
+        "INSERT INTO person (name, created_unix) VALUES (?1, ?2)",
+        params![name, created_unix],
+    )
+    .map_err(sql_err(path, "cannot insert person"))?;
+    Ok(tx.last_insert_rowid())
+}
+
+/// Normalises, seals and inserts validated templates for `person`.
+fn insert_templates(
+    tx: &Connection,
+    path: &Path,
+    key: &DeviceKey,
+    person: PersonId,
+    checked: &[Checked<'_>],
+) -> Result<(), GalleryError> {
+    let mut insert = tx
+        .prepare(
+            "INSERT INTO template (person_id, model_id, dim, embedding, created_unix) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .map_err(sql_err(path, "cannot prepare template insert"))?;
+    let now = now_unix();
+    for Checked { model_id, templates, dim, scales } in checked {
+        let dim_sql = i64::try_from(*dim).unwrap_or(i64::MAX);
+        let aad = template_aad(person, model_id, *dim);
+        let mut plain = Zeroizing::new(Vec::with_capacity(dim * 4));
+        for (template, &scale) in templates.iter().zip(scales) {
+            plain.clear();
+            for &x in template {
+                // Normalise in f64 so tiny-but-valid vectors do not underflow.
+                let v = (f64::from(x) * scale) as f32;
+                plain.extend_from_slice(&v.to_le_bytes());
+            }
+            let blob = key.seal(&aad, &plain).map_err(|e| GalleryError::Corrupt {
+                path: path.to_path_buf(),
+                detail: format!("cannot seal a template: {e}"),
+            })?;
+            insert
+                .execute(params![person, model_id, dim_sql, blob, now])
+                .map_err(sql_err(path, "cannot insert template"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Associated data of a sealed template: it binds the blob to its person, model and dimension,
+/// so a blob copied onto another row (another person, another model) fails authentication.
+fn template_aad(person: PersonId, model_id: &str, dim: usize) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(TEMPLATE_AAD_PREFIX.len() + 24 + model_id.len());
+    aad.extend_from_slice(TEMPLATE_AAD_PREFIX);
+    aad.extend_from_slice(&person.to_le_bytes());
+    // Length-prefixed, so (model "ab", dim x) and (model "a", ...) can never encode alike.
+    aad.extend_from_slice(&(model_id.len() as u64).to_le_bytes());
+    aad.extend_from_slice(model_id.as_bytes());
+    aad.extend_from_slice(&(dim as u64).to_le_bytes());
+    aad
+}
+
+/// The device key for a gallery file: loaded if the key file exists; created if it is missing
+/// and the gallery holds no sealed template (a new gallery, or a version 1 one about to be
+/// sealed); otherwise [`GalleryError::KeyMissing`], because a new key would decrypt nothing.
+fn obtain_key(
+    conn: &Connection,
+    path: &Path,
+    version: i64,
+    key_file: &Path,
+) -> Result<DeviceKey, GalleryError> {
+    match std::fs::symlink_metadata(key_file) {
+        Ok(_) => DeviceKey::load(key_file),
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            let sealed: i64 = if version >= 2 {
+                conn.query_row("SELECT count(*) FROM template", [], |r| r.get(0))
+                    .map_err(sql_err(path, "cannot count templates"))?
+            } else {
+                0
+            };
+            if sealed > 0 {
+                return Err(GalleryError::KeyMissing {
+                    path: path.to_path_buf(),
+                    key_file: key_file.to_path_buf(),
+                });
+            }
+            DeviceKey::create(key_file)
+        }
+        Err(source) => Err(GalleryError::KeyFile {
+            path: key_file.to_path_buf(),
+            context: "cannot read file status",
+            source,
+        }),
     }
 }
 
@@ -757,6 +1081,11 @@ mod tests {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
 
+    /// Opens a gallery file with its key file beside it (as the config's default does).
+    fn open_at(path: &Path) -> Result<Gallery, GalleryError> {
+        Gallery::open(path, &path.with_extension("key"))
+    }
+
     /// Deterministic pseudo-random templates (xorshift), never all-zero.
     fn templates(seed: u64, count: usize, dim: usize) -> Vec<Vec<f32>> {
         let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -786,7 +1115,7 @@ mod tests {
     fn enroll_list_rename_remove_roundtrip() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gallery.db");
-        let mut g = Gallery::open(&path).unwrap();
+        let mut g = open_at(&path).unwrap();
         assert_eq!(g.path(), path);
         assert!(g.list().unwrap().is_empty());
 
@@ -813,7 +1142,7 @@ mod tests {
         drop(g);
 
         // Everything persisted.
-        let g = Gallery::open(&path).unwrap();
+        let g = open_at(&path).unwrap();
         let list = g.list().unwrap();
         assert_eq!(list.len(), 1);
         assert_eq!((list[0].id, list[0].name.as_str()), (bob, "Robert"));
@@ -824,7 +1153,7 @@ mod tests {
     #[test]
     fn open_sets_connection_pragmas_and_schema_version() {
         let dir = tempfile::tempdir().unwrap();
-        let g = Gallery::open(&dir.path().join("g.db")).unwrap();
+        let g = open_at(&dir.path().join("g.db")).unwrap();
         let get = |sql: &str| -> String {
             g.conn
                 .query_row(sql, [], |r| r.get::<_, rusqlite::types::Value>(0))
@@ -840,7 +1169,7 @@ mod tests {
         assert_eq!(get("PRAGMA foreign_keys"), "1");
         assert_eq!(get("PRAGMA secure_delete"), "1");
         assert_eq!(get("PRAGMA busy_timeout"), "2000");
-        assert_eq!(get("PRAGMA user_version"), "1");
+        assert_eq!(get("PRAGMA user_version"), "2");
         assert_eq!(get("PRAGMA application_id"), APPLICATION_ID.to_string());
     }
 
@@ -945,16 +1274,17 @@ mod tests {
         let mut g = Gallery::open_in_memory().unwrap();
         // Tiny values would underflow a naive f32 sum of squares.
         g.enroll("Alice", "m", &[vec![3.0, 4.0], vec![3e-30, -4e-30]], EnrollMode::New).unwrap();
-        let blobs: Vec<Vec<u8>> = g
+        let blobs: Vec<(i64, Vec<u8>)> = g
             .conn
-            .prepare("SELECT embedding FROM template ORDER BY id")
+            .prepare("SELECT person_id, embedding FROM template ORDER BY id")
             .unwrap()
-            .query_map([], |r| r.get(0))
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        let decode = |b: &[u8]| -> Vec<f32> {
-            b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+        let decode = |(person, b): &(i64, Vec<u8>)| -> Vec<f32> {
+            let plain = g.key.unseal(&template_aad(*person, "m", 2), b).unwrap();
+            plain.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
         };
         assert_eq!(decode(&blobs[0]), [0.6, 0.8]);
         assert_eq!(decode(&blobs[1]), [0.6, -0.8]);
@@ -999,7 +1329,7 @@ mod tests {
         let err = g.matcher("m").unwrap_err();
         assert!(matches!(&err, GalleryError::CorruptTemplate { person, .. } if person == "Alice"));
         assert!(err.to_string().contains("\"Alice\""), "{err}");
-        assert!(err.to_string().contains("7 bytes, expected 16"), "{err}");
+        assert!(err.to_string().contains("7 bytes, expected 57"), "{err}");
 
         // Inconsistent dimensions within one model are corruption too.
         g.conn.execute("DELETE FROM template WHERE length(embedding) = 7", []).unwrap();
@@ -1021,7 +1351,7 @@ mod tests {
         behind_magic.extend_from_slice(&garbage);
         for bytes in [garbage.clone(), behind_magic, b"hello".to_vec()] {
             std::fs::write(&path, &bytes).unwrap();
-            let err = Gallery::open(&path).unwrap_err();
+            let err = open_at(&path).unwrap_err();
             assert!(
                 matches!(err, GalleryError::NotADatabase { .. } | GalleryError::Corrupt { .. }),
                 "{err:?}"
@@ -1032,7 +1362,7 @@ mod tests {
         }
         let err = {
             std::fs::write(&path, &garbage).unwrap();
-            Gallery::open(&path).unwrap_err()
+            open_at(&path).unwrap_err()
         };
         assert_eq!(
             err.to_string(),
@@ -1055,7 +1385,7 @@ mod tests {
                 .unwrap();
         }
         let before = std::fs::read(&path).unwrap();
-        let err = Gallery::open(&path).unwrap_err();
+        let err = open_at(&path).unwrap_err();
         assert!(matches!(err, GalleryError::NotAGallery { .. }), "{err:?}");
         assert!(err.to_string().contains("not a portier gallery"), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), before);
@@ -1065,17 +1395,17 @@ mod tests {
     fn newer_schema_version_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gallery.db");
-        let mut g = Gallery::open(&path).unwrap();
+        let mut g = open_at(&path).unwrap();
         g.enroll("Alice", "m", &templates(1, 1, 4), EnrollMode::New).unwrap();
-        g.conn.pragma_update(None, "user_version", 2).unwrap();
+        g.conn.pragma_update(None, "user_version", 3).unwrap();
         drop(g);
         let before = std::fs::read(&path).unwrap();
-        let err = Gallery::open(&path).unwrap_err();
+        let err = open_at(&path).unwrap_err();
         assert!(
-            matches!(err, GalleryError::UnsupportedVersion { found: 2, supported: 1, .. }),
+            matches!(err, GalleryError::UnsupportedVersion { found: 3, supported: 2, .. }),
             "{err:?}"
         );
-        assert!(err.to_string().contains("schema version 2 is newer"), "{err}");
+        assert!(err.to_string().contains("schema version 3 is newer"), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), before);
     }
 
@@ -1083,7 +1413,7 @@ mod tests {
     fn damaged_page_fails_quick_check_at_open() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gallery.db");
-        let mut g = Gallery::open(&path).unwrap();
+        let mut g = open_at(&path).unwrap();
         for i in 0..8 {
             g.enroll(&format!("p{i}"), "m", &templates(i, 20, 128), EnrollMode::New).unwrap();
         }
@@ -1097,7 +1427,7 @@ mod tests {
             *b = 0xA5;
         }
         std::fs::write(&path, &bytes).unwrap();
-        let err = Gallery::open(&path).unwrap_err();
+        let err = open_at(&path).unwrap_err();
         assert!(matches!(err, GalleryError::Corrupt { .. }), "{err:?}");
         assert!(err
             .to_string()
@@ -1110,9 +1440,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gallery.db");
         std::fs::write(&path, b"").unwrap();
-        let mut g = Gallery::open(&path).unwrap();
+        let mut g = open_at(&path).unwrap();
         g.enroll("Alice", "m", &templates(1, 1, 4), EnrollMode::New).unwrap();
-        let err = Gallery::open(&dir.path().join("missing-dir/gallery.db")).unwrap_err();
+        let err = open_at(&dir.path().join("missing-dir/gallery.db")).unwrap_err();
         assert!(err.to_string().contains("missing-dir"), "{err}");
     }
 
@@ -1120,22 +1450,291 @@ mod tests {
     fn remove_erases_name_and_templates_from_the_files() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gallery.db");
-        let mut g = Gallery::open(&path).unwrap();
+        let mut g = open_at(&path).unwrap();
         g.enroll("Keeper", "m", &templates(1, 4, 64), EnrollMode::New).unwrap();
         let secret = "Zebulon Quintessence";
         // All-equal components normalise to exactly 1/8 for dim 64: an easy byte pattern.
         let pattern: Vec<u8> = std::iter::repeat_n(0.125f32.to_le_bytes(), 8).flatten().collect();
         g.enroll(secret, "m", &vec![vec![0.5; 64]; 3], EnrollMode::New).unwrap();
+        let ciphertexts = sealed_blobs(&g, secret);
+        assert_eq!(ciphertexts.len(), 3);
         g.remove(secret).unwrap();
 
-        let on_disk = |p: &Path| std::fs::read(p).unwrap_or_default();
-        let mut files = on_disk(&path);
-        files.extend(on_disk(&dir.path().join("gallery.db-wal")));
+        let files = raw_files(&path);
         let contains = |needle: &[u8]| files.windows(needle.len()).any(|w| w == needle);
         assert!(!contains(secret.as_bytes()), "removed name still on disk");
         assert!(!contains(&pattern), "removed template still on disk");
+        for blob in &ciphertexts {
+            // Nonce and the first ciphertext bytes: unique to that row.
+            assert!(!contains(&blob[1..33]), "removed template's ciphertext still on disk");
+        }
         assert!(contains(b"Keeper"));
         assert_eq!(names(&g), ["Keeper"]);
+    }
+
+    /// The main file and its `-wal`/`-shm` siblings, concatenated.
+    fn raw_files(path: &Path) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            bytes.extend(std::fs::read(PathBuf::from(p)).unwrap_or_default());
+        }
+        bytes
+    }
+
+    /// The stored (sealed) blobs of one person.
+    fn sealed_blobs(g: &Gallery, name: &str) -> Vec<Vec<u8>> {
+        g.conn
+            .prepare(
+                "SELECT t.embedding FROM template t JOIN person p ON p.id = t.person_id \
+                 WHERE p.name = ?1",
+            )
+            .unwrap()
+            .query_map([name], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    /// Every window of 4 consecutive f32 (16 bytes) of every template, little-endian.
+    fn runs_of_four(templates: &[Vec<f32>]) -> std::collections::HashSet<[u8; 16]> {
+        let mut runs = std::collections::HashSet::new();
+        for t in templates {
+            // As stored: normalised in f64 like `insert_templates`.
+            let norm = t.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
+            let bytes: Vec<u8> = t
+                .iter()
+                .flat_map(|&x| ((f64::from(x) / norm) as f32).to_le_bytes())
+                .chain(t.iter().flat_map(|x| x.to_le_bytes()))
+                .collect();
+            for w in bytes.chunks_exact(4).collect::<Vec<_>>().windows(4) {
+                let mut run = [0u8; 16];
+                for (i, f) in w.iter().enumerate() {
+                    run[i * 4..i * 4 + 4].copy_from_slice(f);
+                }
+                runs.insert(run);
+            }
+        }
+        runs
+    }
+
+    /// Asserts that no 16-byte window at ANY byte offset (aligned or not) of `bytes` is a run
+    /// of four consecutive values of any template, normalised or as given.
+    fn assert_no_template_run(bytes: &[u8], templates: &[Vec<f32>]) {
+        let runs = runs_of_four(templates);
+        assert!(!runs.is_empty());
+        let hits = bytes
+            .windows(16)
+            .enumerate()
+            .filter(|(_, w)| runs.contains(<&[u8; 16]>::try_from(*w).unwrap()))
+            .map(|(offset, _)| offset)
+            .take(10)
+            .collect::<Vec<_>>();
+        assert!(hits.is_empty(), "template runs found at byte offsets {hits:?} (first 10)");
+    }
+
+    #[test]
+    fn stolen_gallery_files_reveal_no_template() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gallery.db");
+        let mut g = open_at(&path).unwrap();
+        let mut enrolled = Vec::new();
+        for i in 0..6u64 {
+            let t = templates(100 + i, 5, 512);
+            g.enroll(&format!("person {i}"), "m", &t, EnrollMode::New).unwrap();
+            enrolled.extend(t);
+        }
+        // The check finds plaintext when there is some: the matcher's rows are in memory.
+        let m = g.matcher("m").unwrap();
+        let in_memory: Vec<u8> =
+            (0..m.len()).flat_map(|i| m.row(i).to_vec()).flat_map(f32::to_le_bytes).collect();
+        let found = std::panic::catch_unwind(|| assert_no_template_run(&in_memory, &enrolled));
+        assert!(found.is_err(), "the scan must detect plaintext templates");
+
+        // While open (WAL and -shm present) and after closing.
+        assert!(dir.path().join("gallery.db-wal").exists());
+        assert_no_template_run(&raw_files(&path), &enrolled);
+        drop(g);
+        assert_no_template_run(&raw_files(&path), &enrolled);
+        assert_eq!(open_at(&path).unwrap().matcher("m").unwrap().len(), 30);
+    }
+
+    #[test]
+    fn wrong_or_missing_key_is_a_clear_error_not_garbage_matches() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gallery.db");
+        let key = dir.path().join("gallery.key");
+        open_at(&path).unwrap().enroll("Alice", "m", &templates(1, 2, 8), EnrollMode::New).unwrap();
+
+        let other = dir.path().join("other.key");
+        DeviceKey::create(&other).unwrap();
+        let g = Gallery::open(&path, &other).unwrap();
+        let err = g.matcher("m").unwrap_err();
+        assert!(matches!(err, GalleryError::WrongKey { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.contains("authentication failed") && msg.contains("other.key"), "{msg}");
+        drop(g);
+
+        let moved = dir.path().join("moved.key");
+        std::fs::rename(&key, &moved).unwrap();
+        let err = open_at(&path).unwrap_err();
+        assert!(matches!(err, GalleryError::KeyMissing { .. }), "{err:?}");
+        assert!(!key.exists(), "no new key may be made for a gallery with sealed templates");
+        std::fs::rename(&moved, &key).unwrap();
+        assert_eq!(open_at(&path).unwrap().matcher("m").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn sealed_template_moved_to_another_person_or_model_fails_authentication() {
+        let mut g = Gallery::open_in_memory().unwrap();
+        g.enroll("Alice", "m", &templates(1, 1, 8), EnrollMode::New).unwrap();
+        let bob = g.enroll("Bob", "m", &templates(2, 1, 8), EnrollMode::New).unwrap();
+        g.enroll("Bob", "n", &templates(3, 1, 8), EnrollMode::Append).unwrap();
+        // Bob's model-m template replaced by a copy of Alice's: Bob would open Alice's door.
+        g.conn
+            .execute(
+                "UPDATE template SET embedding = (SELECT embedding FROM template WHERE \
+                 person_id <> ?1) WHERE person_id = ?1 AND model_id = 'm'",
+                [bob],
+            )
+            .unwrap();
+        let err = g.matcher("m").unwrap_err();
+        assert!(matches!(&err, GalleryError::CorruptTemplate { person, .. } if person == "Bob"));
+        assert!(err.to_string().contains("authentication failed"), "{err}");
+        // Moved to another model: the row's model id no longer matches its binding.
+        g.conn.execute("UPDATE template SET model_id = 'm' WHERE model_id = 'n'", []).unwrap();
+        g.conn.execute("DELETE FROM template WHERE person_id = ?1 AND id = (SELECT min(id) FROM template WHERE person_id = ?1)", [bob]).unwrap();
+        assert!(g.matcher("m").is_err());
+    }
+
+    #[test]
+    fn version_1_gallery_is_sealed_and_scrubbed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gallery.db");
+        let alice = templates(11, 4, 128);
+        let bob = templates(12, 3, 128);
+        {
+            // A version 1 file as the previous release wrote it: plaintext normalised f32.
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(SCHEMA).unwrap();
+            c.pragma_update(None, "application_id", APPLICATION_ID).unwrap();
+            c.pragma_update(None, "user_version", 1).unwrap();
+            for (pid, (name, ts)) in [("Alice", &alice), ("Bob", &bob)].into_iter().enumerate() {
+                c.execute(
+                    "INSERT INTO person (id, name, created_unix) VALUES (?1, ?2, 5)",
+                    params![pid as i64 + 1, name],
+                )
+                .unwrap();
+                for t in ts {
+                    let norm = t.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
+                    let blob: Vec<u8> = t
+                        .iter()
+                        .flat_map(|&x| ((f64::from(x) / norm) as f32).to_le_bytes())
+                        .collect();
+                    c.execute("INSERT INTO template (person_id, model_id, dim, embedding, created_unix) VALUES (?1, 'm', 128, ?2, 5)", params![pid as i64 + 1, blob]).unwrap();
+                }
+            }
+        }
+        let everyone: Vec<Vec<f32>> = alice.iter().chain(&bob).cloned().collect();
+        assert!(
+            std::panic::catch_unwind(|| assert_no_template_run(&raw_files(&path), &everyone))
+                .is_err(),
+            "the v1 file holds plaintext"
+        );
+
+        let g = open_at(&path).unwrap();
+        let version: i64 = g.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, 2);
+        let m = g.matcher("m").unwrap();
+        assert_eq!((m.len(), m.people()), (7, 2));
+        let r = m.best_two(&bob[1]).unwrap();
+        assert_eq!(r.best.unwrap().name, "Bob");
+        assert_no_template_run(&raw_files(&path), &everyone);
+        drop(g);
+        assert_no_template_run(&raw_files(&path), &everyone);
+        assert!(path.with_extension("key").exists());
+    }
+
+    #[test]
+    fn export_import_round_trip_and_refusals() {
+        use crate::gallery::backup::KdfParams;
+        const CHEAP: KdfParams = KdfParams { memory_kib: 64, passes: 1, lanes: 1 };
+        const PASS: &str = "a long enough passphrase";
+        let dir = tempfile::tempdir().unwrap();
+        let backup = dir.path().join("backup.bin");
+        let mut src = open_at(&dir.path().join("a.db")).unwrap();
+        let alice = templates(21, 3, 16);
+        src.enroll("Alice", "cpu", &alice, EnrollMode::New).unwrap();
+        src.enroll("Alice", "npu", &templates(22, 2, 8), EnrollMode::Append).unwrap();
+        src.enroll("Bob", "cpu", &templates(23, 1, 16), EnrollMode::New).unwrap();
+        assert_eq!(src.export_with(&backup, PASS, CHEAP).unwrap(), 2);
+        assert!(src
+            .export_with(&backup, "short", CHEAP)
+            .unwrap_err()
+            .to_string()
+            .contains("shorter than 12"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&backup).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        let bytes = std::fs::read(&backup).unwrap();
+        assert_no_template_run(&bytes, &alice);
+        assert!(!bytes.windows(5).any(|w| w == b"Alice"), "names are encrypted too");
+
+        // Another device, another key: the backup restores everyone, every model.
+        let mut dst = open_at(&dir.path().join("b.db")).unwrap();
+        let s = dst.import(&backup, PASS, ImportMode::Refuse).unwrap();
+        assert_eq!(s, ImportSummary { people: 2, replaced: 0, templates: 6 });
+        assert_eq!(
+            dst.list().unwrap(),
+            src.list()
+                .unwrap()
+                .into_iter()
+                .map(|mut p| {
+                    p.id = dst.list().unwrap().iter().find(|q| q.name == p.name).unwrap().id;
+                    p
+                })
+                .collect::<Vec<_>>()
+        );
+        for model in ["cpu", "npu"] {
+            let (a, b) = (src.matcher(model).unwrap(), dst.matcher(model).unwrap());
+            assert_eq!(a.len(), b.len());
+            for i in 0..a.len() {
+                assert_eq!(a.row(i), b.row(i), "model {model} row {i} differs");
+            }
+        }
+
+        // Clash: nothing imported, names given; --replace replaces.
+        let err = dst.import(&backup, PASS, ImportMode::Refuse).unwrap_err();
+        assert!(matches!(err, GalleryError::ImportClash { .. }), "{err:?}");
+        assert!(err.to_string().contains("\"Alice\", \"Bob\""), "{err}");
+        dst.enroll("Carol", "cpu", &templates(24, 1, 16), EnrollMode::New).unwrap();
+        let s = dst.import(&backup, PASS, ImportMode::Replace).unwrap();
+        assert_eq!((s.people, s.replaced), (2, 2));
+        assert_eq!(dst.matcher("cpu").unwrap().len(), 5);
+
+        // Wrong passphrase, truncated and tampered files import nothing.
+        let before = dst.list().unwrap();
+        let err = dst.import(&backup, "not the passphrase", ImportMode::Replace).unwrap_err();
+        assert!(err.to_string().contains("wrong passphrase"), "{err}");
+        for (name, bad) in [
+            ("truncated", bytes[..bytes.len() - 1].to_vec()),
+            ("tampered", {
+                let mut b = bytes.clone();
+                let n = b.len() / 2;
+                b[n] ^= 1;
+                b
+            }),
+            ("empty", Vec::new()),
+        ] {
+            let p = dir.path().join(name);
+            std::fs::write(&p, bad).unwrap();
+            let err = dst.import(&p, PASS, ImportMode::Replace).unwrap_err();
+            assert!(matches!(err, GalleryError::Backup { .. }), "{name}: {err:?}");
+        }
+        assert_eq!(dst.list().unwrap(), before);
     }
 
     #[test]
@@ -1170,7 +1769,7 @@ mod tests {
         let Some(db) = std::env::var_os(CRASH_DB_ENV) else { return };
         let run: usize = std::env::var(CRASH_RUN_ENV).unwrap().parse().unwrap();
         let pool = templates(run as u64, 2000, 512);
-        let mut g = Gallery::open(Path::new(&db)).unwrap();
+        let mut g = open_at(Path::new(&db)).unwrap();
         for p in g.list().unwrap() {
             println!("removing {}", p.name);
             g.remove(&p.name).unwrap();
@@ -1236,7 +1835,7 @@ mod tests {
                 None => None,
             };
 
-            let g = Gallery::open(&db).unwrap();
+            let g = open_at(&db).unwrap();
             g.integrity_check().unwrap();
             let people = g.list().unwrap();
             for p in &people {

@@ -38,7 +38,7 @@ pub fn laptop_config(gallery: &Path) -> Config {
 /// Enrols `people` (name, photo relative to faces/full) into the config's gallery.
 pub fn enroll(config: &Config, assets: &Path, people: &[(&str, &str)]) {
     let mut pipeline = Pipeline::open(config).unwrap();
-    let mut gallery = Gallery::open(&config.gallery_path).unwrap();
+    let mut gallery = Gallery::open(&config.gallery_path, &config.gallery_key_file).unwrap();
     // With an NPU configured, its templates too (as `portier enroll` does).
     let mut npu = portier::embed::open_npu(config).unwrap();
     for (name, photo) in people {
@@ -63,7 +63,10 @@ pub fn enroll(config: &Config, assets: &Path, people: &[(&str, &str)]) {
 pub fn replay(config: &Config, stream: &Path, fps: f64) -> Run {
     let pipeline = Pipeline::open(config).unwrap();
     let model = pipeline.embedder_model_id();
-    let matcher = Gallery::open(&config.gallery_path).unwrap().matcher(&model).unwrap();
+    let matcher = Gallery::open(&config.gallery_path, &config.gallery_key_file)
+        .unwrap()
+        .matcher(&model)
+        .unwrap();
     let source = ReplaySource::open(ReplaySettings {
         path: stream.to_path_buf(),
         fps,
@@ -166,7 +169,7 @@ fn crowd_with_nobody_enrolled_grants_nobody_even_without_huffman_tables() {
     let Some(a) = assets() else { return };
     let dir = tempfile::tempdir().unwrap();
     let config = laptop_config(&dir.path().join("g.db"));
-    Gallery::open(&config.gallery_path).unwrap();
+    Gallery::open(&config.gallery_path, &config.gallery_key_file).unwrap();
     for stream in ["crowd_walk_640x480.mjpeg", "crowd_walk_640x480_nodht.mjpeg"] {
         let run = replay(&config, &video(&a, stream), 25.0);
         assert!(run.grants.is_empty(), "{stream}: {:?}", run.grants);
@@ -389,7 +392,10 @@ pub(crate) fn npu_parts(config: &Config, wrap: Option<Wrap<'_>>) -> Option<porti
         None => embedder,
     };
     let id = embedder.model_id().to_string();
-    let matcher = Gallery::open(&config.gallery_path).unwrap().matcher(&id).unwrap();
+    let matcher = Gallery::open(&config.gallery_path, &config.gallery_key_file)
+        .unwrap()
+        .matcher(&id)
+        .unwrap();
     let routing = portier::route::RoutingConfig::default_for(config.matching.threshold);
     let router = portier::route::Router::new(routing, true).unwrap();
     Some(portier::app::NpuParts { embedder, matcher, router })
@@ -410,7 +416,7 @@ fn with_the_emulated_npu_close_faces_are_embedded_there_and_the_grants_are_the_s
     let config = with_emulated_npu(laptop_config(&dir.path().join("g.db")), &a);
     enroll(&config, &a, &[LIN, OBAMA]);
     // Templates for both embedding spaces, from one transaction per person.
-    let g = Gallery::open(&config.gallery_path).unwrap();
+    let g = Gallery::open(&config.gallery_path, &config.gallery_key_file).unwrap();
     assert_eq!(g.matcher("w600k_mbf_int8").unwrap().people(), 2);
     assert_eq!(g.matcher("w600k_mbf_fp32").unwrap().people(), 2);
     let run = replay(&config, &video(&a, "hamilton_640x480.mjpeg"), HAMILTON_FPS);
@@ -461,7 +467,10 @@ fn when_the_npu_dies_every_face_goes_to_the_cpu_with_one_event_and_grants_contin
     enroll(&config, &a, &[LIN]);
     let pipeline = Pipeline::open(&config).unwrap();
     let model = pipeline.embedder_model_id();
-    let matcher = Gallery::open(&config.gallery_path).unwrap().matcher(&model).unwrap();
+    let matcher = Gallery::open(&config.gallery_path, &config.gallery_key_file)
+        .unwrap()
+        .matcher(&model)
+        .unwrap();
     let source = ReplaySource::open(ReplaySettings {
         path: video(&a, "hamilton_640x480.mjpeg"),
         fps: HAMILTON_FPS,

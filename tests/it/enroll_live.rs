@@ -55,7 +55,7 @@ fn capture_only(
     name: &str,
 ) -> Result<Capture, EnrolError> {
     let mut pipeline = Pipeline::open(config).unwrap();
-    let gallery = Gallery::open(&config.gallery_path).unwrap();
+    let gallery = Gallery::open(&config.gallery_path, &config.gallery_key_file).unwrap();
     let matcher = gallery.matcher(&pipeline.embedder_model_id()).unwrap();
     let settings = ReplaySettings { path: stream.to_path_buf(), fps, looped: false, pace: false };
     let mut source = ReplaySource::open(settings).unwrap();
@@ -69,7 +69,7 @@ fn capture_only(
 }
 
 fn people(config: &Config) -> Vec<(String, Vec<(String, usize)>)> {
-    Gallery::open(&config.gallery_path)
+    Gallery::open(&config.gallery_path, &config.gallery_key_file)
         .unwrap()
         .list()
         .unwrap()
@@ -146,7 +146,7 @@ fn a_kill_before_the_commit_stores_nothing() {
     assert!(people(&config).is_empty());
     // The same capture committed: one transaction, one person with every template.
     let captured = capture_only(&config, &stream, SELFIE_FPS, "Visitor").unwrap();
-    let mut gallery = Gallery::open(&config.gallery_path).unwrap();
+    let mut gallery = Gallery::open(&config.gallery_path, &config.gallery_key_file).unwrap();
     captured.commit(&mut gallery, "Visitor", EnrollMode::New).unwrap();
     assert_eq!(people(&config)[0].1[0].1, 5);
 }

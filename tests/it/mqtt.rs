@@ -922,7 +922,13 @@ fn a_signed_unlock_over_mqtt_pulses_the_door() {
     let mut app = App::new(config.app.clone(), parts).unwrap();
     let client = start(&cfg);
     assert!(connected(&client));
-    let mut shell = portier::shell::Shell::new(Some(client), None, config.gallery_path, model);
+    let mut shell = portier::shell::Shell::new(
+        Some(client),
+        None,
+        config.gallery_path,
+        config.gallery_key_file,
+        model,
+    );
     // The loop runs here (it is not Send: its backends are owned by this thread); the
     // "home automation" side runs on another thread and stops the loop when done.
     let stop = Arc::new(AtomicBool::new(false));

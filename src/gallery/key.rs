@@ -1,0 +1,261 @@
+//! The device key that encrypts templates at rest, and the sealing of one blob under it.
+//!
+//! Role: [`DeviceKey`] is 32 random bytes from the OS RNG kept in a file outside the database
+//! (`gallery.key_file`), readable by the service user only. [`seal`] and [`unseal`] wrap
+//! XChaCha20-Poly1305 (RustCrypto): a fresh random 24-byte nonce per blob (random nonces of that
+//! size never collide in practice), and associated data the caller uses to bind a blob to its
+//! row, so a blob copied onto another person or model fails authentication.
+//!
+//! Must not: log, print or put key bytes into an error or a `Debug` output; implement any
+//! cryptographic primitive itself.
+
+use std::fs::{File, OpenOptions};
+use std::io::{ErrorKind, Read, Write};
+use std::path::{Path, PathBuf};
+
+use chacha20poly1305::aead::rand_core::RngCore;
+use chacha20poly1305::aead::{Aead, OsRng, Payload};
+use chacha20poly1305::{KeyInit, XChaCha20Poly1305, XNonce};
+use zeroize::Zeroizing;
+
+use super::GalleryError;
+
+/// Key length of XChaCha20-Poly1305 (RFC 8439 key size), and so the key file's exact size.
+pub const KEY_LEN: usize = 32;
+
+/// XChaCha20 nonce length (draft-irtf-cfrg-xchacha).
+pub(crate) const NONCE_LEN: usize = 24;
+
+/// Poly1305 tag length (RFC 8439).
+pub(crate) const TAG_LEN: usize = 16;
+
+/// First byte of every sealed blob: the format (cipher, nonce size, AAD layout), so a later
+/// format can be told apart from this one.
+pub(crate) const BLOB_FORMAT: u8 = 1;
+
+/// Bytes a sealed blob adds to its plaintext: format byte, nonce, tag.
+pub(crate) const SEAL_OVERHEAD: usize = 1 + NONCE_LEN + TAG_LEN;
+
+/// The gallery's template key. `Debug` shows no key bytes; the bytes are wiped on drop.
+pub struct DeviceKey {
+    bytes: Zeroizing<[u8; KEY_LEN]>,
+}
+
+impl std::fmt::Debug for DeviceKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeviceKey(<redacted>)")
+    }
+}
+
+impl DeviceKey {
+    /// A fresh key from the OS RNG (in-memory galleries, and the content of a new key file).
+    pub(crate) fn random(path: &Path) -> Result<DeviceKey, GalleryError> {
+        let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
+        fill_random(&mut bytes[..]).map_err(|source| GalleryError::KeyFile {
+            path: path.to_path_buf(),
+            context: "cannot get random bytes from the os",
+            source,
+        })?;
+        Ok(DeviceKey { bytes })
+    }
+
+    /// A key from raw bytes (a backup's passphrase-derived key).
+    pub(crate) fn from_bytes(bytes: Zeroizing<[u8; KEY_LEN]>) -> DeviceKey {
+        DeviceKey { bytes }
+    }
+
+    /// Reads the key file after checking that only its owner, the user portier runs as, can
+    /// access it. A file of any other size than 32 bytes is refused.
+    pub fn load(path: &Path) -> Result<DeviceKey, GalleryError> {
+        crate::secret::check_private(path)
+            .map_err(|source| GalleryError::KeyFileRefused { path: path.to_path_buf(), source })?;
+        let io = |context| {
+            move |source| GalleryError::KeyFile { path: path.to_path_buf(), context, source }
+        };
+        let mut file = File::open(path).map_err(io("cannot open"))?;
+        let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
+        let mut extra = [0u8; 1];
+        let mut got = 0;
+        while got < KEY_LEN {
+            let n = file.read(&mut bytes[got..]).map_err(io("cannot read"))?;
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        let more = file.read(&mut extra).map_err(io("cannot read"))?;
+        if got != KEY_LEN || more != 0 {
+            return Err(GalleryError::BadKeyFile {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "{} bytes, expected exactly {KEY_LEN} (truncated, or not a portier key)",
+                    if more == 0 { got.to_string() } else { format!("more than {KEY_LEN}") }
+                ),
+            });
+        }
+        Ok(DeviceKey { bytes })
+    }
+
+    /// Creates a new key file at `path` (mode 0600) and returns its key; if another process
+    /// created it first, loads theirs instead.
+    ///
+    /// Atomic: the key is written and fsynced under a temporary name, then hard-linked to
+    /// `path` (which fails if `path` exists, so an existing key is never replaced) and the
+    /// folder fsynced. A kill at any point leaves either no key file or a complete one, never a
+    /// half key that would later decrypt nothing.
+    pub fn create(path: &Path) -> Result<DeviceKey, GalleryError> {
+        let io = |context| {
+            move |source| GalleryError::KeyFile { path: path.to_path_buf(), context, source }
+        };
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        // Named after our pid: a temporary file left by a killed process with another pid is
+        // never touched by us (it holds a key nobody uses, readable by its owner only).
+        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+        let key = DeviceKey::random(path)?;
+        match std::fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(io("cannot remove a stale temporary key file")(e)),
+        }
+        let mut options = OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let written = (|| {
+            let mut file = options.open(&tmp)?;
+            file.write_all(&key.bytes[..])?;
+            file.sync_all()
+        })();
+        let linked = written.and_then(|()| std::fs::hard_link(&tmp, path));
+        // The temporary name goes whether or not the link worked; a failure to remove it only
+        // leaves an unused key behind.
+        let _ = std::fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {}
+            // Someone else won the race: theirs is the key.
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => return DeviceKey::load(path),
+            Err(e) => return Err(io("cannot create")(e)),
+        }
+        File::open(&dir).and_then(|d| d.sync_all()).map_err(io("cannot sync the key's folder"))?;
+        log::info!(
+            "gallery key {}: created a new device key (mode 0600); back the gallery up with \
+             `portier gallery export`: without this file its templates cannot be read",
+            path.display()
+        );
+        Ok(key)
+    }
+
+    /// Seals `plaintext` bound to `aad`: format byte || nonce || ciphertext and tag.
+    pub(crate) fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        fill_random(&mut nonce).map_err(SealError::Random)?;
+        let cipher = XChaCha20Poly1305::new(self.bytes.as_ref().into());
+        let sealed = cipher
+            .encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad })
+            .map_err(|_| SealError::Cipher)?;
+        let mut blob = Vec::with_capacity(1 + NONCE_LEN + sealed.len());
+        blob.push(BLOB_FORMAT);
+        blob.extend_from_slice(&nonce);
+        blob.extend_from_slice(&sealed);
+        Ok(blob)
+    }
+
+    /// Opens a blob made by [`DeviceKey::seal`] with the same `aad`; the plaintext is wiped
+    /// when dropped.
+    pub(crate) fn unseal(&self, aad: &[u8], blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, SealError> {
+        if blob.len() < SEAL_OVERHEAD {
+            return Err(SealError::Short(blob.len()));
+        }
+        if blob[0] != BLOB_FORMAT {
+            return Err(SealError::Format(blob[0]));
+        }
+        let (nonce, sealed) = blob[1..].split_at(NONCE_LEN);
+        let cipher = XChaCha20Poly1305::new(self.bytes.as_ref().into());
+        cipher
+            .decrypt(XNonce::from_slice(nonce), Payload { msg: sealed, aad })
+            .map(Zeroizing::new)
+            .map_err(|_| SealError::Authentication)
+    }
+}
+
+/// Why a blob could not be sealed or opened.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SealError {
+    /// The OS RNG failed (no entropy source).
+    #[error("cannot get random bytes from the os: {0}")]
+    Random(std::io::Error),
+    /// The cipher refused (message longer than the cipher's limit).
+    #[error("encryption failed")]
+    Cipher,
+    /// Too short to hold a format byte, a nonce and a tag.
+    #[error("sealed blob has {0} bytes, shorter than its {SEAL_OVERHEAD}-byte envelope")]
+    Short(usize),
+    /// Unknown format byte.
+    #[error("unknown sealed blob format {0}")]
+    Format(u8),
+    /// Wrong key, or the blob or its binding (person, model, dimension) was changed.
+    #[error("authentication failed (wrong key, or the data was changed or moved)")]
+    Authentication,
+}
+
+/// Fills `buf` from the OS RNG (getrandom(2) on Linux) without panicking on failure.
+pub(crate) fn fill_random(buf: &mut [u8]) -> Result<(), std::io::Error> {
+    OsRng.try_fill_bytes(buf).map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_round_trips_and_binds_to_aad_and_key() {
+        let key = DeviceKey::random(Path::new("k")).unwrap();
+        let other = DeviceKey::random(Path::new("k")).unwrap();
+        let blob = key.seal(b"person 1", b"template bytes").unwrap();
+        assert_eq!(blob.len(), 14 + SEAL_OVERHEAD);
+        assert_eq!(&key.unseal(b"person 1", &blob).unwrap()[..], b"template bytes");
+        assert!(matches!(key.unseal(b"person 2", &blob), Err(SealError::Authentication)));
+        assert!(matches!(other.unseal(b"person 1", &blob), Err(SealError::Authentication)));
+        // Same plaintext twice: different nonces, different blobs.
+        assert_ne!(key.seal(b"person 1", b"template bytes").unwrap(), blob);
+        let mut flipped = blob.clone();
+        flipped[30] ^= 1;
+        assert!(matches!(key.unseal(b"person 1", &flipped), Err(SealError::Authentication)));
+        assert!(matches!(key.unseal(b"person 1", &blob[..10]), Err(SealError::Short(10))));
+        assert_eq!(format!("{key:?}"), "DeviceKey(<redacted>)");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn key_file_is_created_0600_reloaded_and_checked() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gallery.key");
+        let key = DeviceKey::create(&path).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(meta.len(), 32);
+        let again = DeviceKey::load(&path).unwrap();
+        assert_eq!(again.bytes[..], key.bytes[..]);
+        // Creating over an existing key keeps the existing one.
+        let raced = DeviceKey::create(&path).unwrap();
+        assert_eq!(raced.bytes[..], key.bytes[..]);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file left");
+
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = DeviceKey::load(&path).unwrap_err().to_string();
+        assert!(err.contains(&format!("chmod 600 {}", path.display())), "{err}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+        for bytes in [&[7u8; 31][..], &[7u8; 33][..], &[][..]] {
+            std::fs::write(&path, bytes).unwrap();
+            let err = DeviceKey::load(&path).unwrap_err().to_string();
+            assert!(err.contains("expected exactly 32"), "{err}");
+            assert!(!err.contains("07"), "{err}");
+        }
+    }
+}
