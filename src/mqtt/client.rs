@@ -689,7 +689,19 @@ pub(crate) fn connection_options(
     Ok(options)
 }
 
+/// Refuses a secret file (password, command key, TLS client key) that group or others can
+/// access or that belongs to another user; a missing file stays a read error (exit 66).
+fn check_secret(what: &'static str, path: &Path) -> Result<(), MqttError> {
+    crate::secret::check_private(path).map_err(|e| match e {
+        crate::secret::SecretFileError::Io(source) => {
+            MqttError::ReadFile { what, path: path.into(), source }
+        }
+        other => MqttError::BadFile { what, path: path.into(), reason: other.to_string() },
+    })
+}
+
 fn read_password(path: &Path) -> Result<String, MqttError> {
+    check_secret("password file", path)?;
     let text = std::fs::read_to_string(path).map_err(|source| MqttError::ReadFile {
         what: "password file",
         path: path.to_path_buf(),
@@ -701,6 +713,7 @@ fn read_password(path: &Path) -> Result<String, MqttError> {
 fn read_key(path: &Path) -> Result<Vec<u8>, MqttError> {
     let read_err =
         |source| MqttError::ReadFile { what: "command key file", path: path.into(), source };
+    check_secret("command key file", path)?;
     let len = std::fs::metadata(path).map_err(read_err)?.len();
     if len > MAX_KEY_FILE {
         return Err(MqttError::BadFile {
@@ -756,6 +769,7 @@ fn rustls_config(tls: &MqttTlsConfig) -> Result<rustls::ClientConfig, MqttError>
     match (&tls.client_cert_file, &tls.client_key_file) {
         (Some(cert_path), Some(key_path)) => {
             let chain = certs("TLS client certificate file", cert_path)?;
+            check_secret("TLS client key file", key_path)?;
             let key_pem = read("TLS client key file", key_path)?;
             let key = PrivateKeyDer::from_pem_slice(&key_pem)
                 .map_err(|e| bad("TLS client key file", key_path, format!("no PEM key: {e}")))?;
@@ -1354,9 +1368,19 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("short.key"), "too short\n").unwrap();
         let short = MqttConfig { command_key_file: Some(dir.join("short.key")), ..base.clone() };
+        // Readable by others: refused before it is read, with the fix in the message.
+        let err = MqttClient::start(&short, device.clone(), "r").unwrap_err().to_string();
+        assert!(err.contains("chmod 600"), "{err}");
+        assert!(!err.contains("too short"), "the key's content must not appear: {err}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let private = std::fs::Permissions::from_mode(0o600);
+            std::fs::set_permissions(dir.join("short.key"), private).unwrap();
+        }
         assert!(matches!(
             MqttClient::start(&short, device.clone(), "r"),
-            Err(MqttError::BadFile { what: "command key file", .. })
+            Err(MqttError::BadFile { what: "command key file", reason, .. }) if !reason.contains("chmod")
         ));
         std::fs::write(dir.join("ca.pem"), "not a certificate").unwrap();
         let tls = MqttConfig {

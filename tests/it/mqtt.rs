@@ -577,7 +577,7 @@ fn make_pki(dir: &Path) -> Pki {
     use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair};
     let write = |name: &str, text: String| {
         let path = dir.join(name);
-        std::fs::write(&path, text).unwrap();
+        write_secret(&path, text.as_bytes());
         path
     };
     let ca_for = |cn: &str| {
@@ -772,7 +772,7 @@ fn signed_commands_accepted_others_refused() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path(), "");
     let key_file = dir.path().join("command.key");
-    std::fs::write(&key_file, [KEY, b"\n"].concat()).unwrap();
+    write_secret(&key_file, &[KEY, b"\n"].concat());
     let mut cfg = config(broker.port, dir.path());
     cfg.command_key_file = Some(key_file);
     let client = start(&cfg);
@@ -849,7 +849,7 @@ fn retained_command_is_never_executed() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path(), "");
     let key_file = dir.path().join("command.key");
-    std::fs::write(&key_file, KEY).unwrap();
+    write_secret(&key_file, KEY);
     let mut cfg = config(broker.port, dir.path());
     cfg.command_key_file = Some(key_file);
     let mut sub = Sub::connect(broker.port, "sender", false);
@@ -895,7 +895,7 @@ fn a_signed_unlock_over_mqtt_pulses_the_door() {
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path(), "");
     let key_file = dir.path().join("command.key");
-    std::fs::write(&key_file, [KEY, b"\n"].concat()).unwrap();
+    write_secret(&key_file, &[KEY, b"\n"].concat());
     let mut cfg = config(broker.port, dir.path());
     cfg.command_key_file = Some(key_file);
 
@@ -976,4 +976,14 @@ fn a_signed_unlock_over_mqtt_pulses_the_door() {
     }
     assert!(counters.frames > 0, "{counters}");
     assert!(!level.load(Ordering::SeqCst), "relay secure after the loop stopped");
+}
+
+/// Writes a file only its owner can read: portier refuses key and password files others can.
+fn write_secret(path: &std::path::Path, bytes: &[u8]) {
+    std::fs::write(path, bytes).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
 }
