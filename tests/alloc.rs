@@ -150,6 +150,7 @@ fn steady_state_step_allocates_nothing() {
     let config_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("board/laptop.toml");
     let mut config = Config::load(&config_path).unwrap();
     config.gallery_path = dir.path().join("g.db");
+    config.gallery_key_file = dir.path().join("g.key");
 
     // Lin-Manuel Miranda enrolled from his photo, as in the appliance test.
     let mut pipeline = Pipeline::open(&config).unwrap();

@@ -32,6 +32,7 @@ pub fn laptop_config(gallery: &Path) -> Config {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("board/laptop.toml");
     let mut config = Config::load(&path).expect("board/laptop.toml");
     config.gallery_path = gallery.to_path_buf();
+    config.gallery_key_file = gallery.with_extension("key");
     config
 }
 

@@ -228,3 +228,152 @@ fn bad_input_gives_one_line_errors_and_loses_nothing() {
     assert_ne!(o.status.code(), Some(0));
     assert_eq!(std::fs::read(&corrupt).unwrap(), garbage, "a corrupt gallery is never rewritten");
 }
+
+/// Every run of 4 consecutive f32 of `rows`, little-endian, as 16-byte needles.
+fn runs_of_four(rows: &[Vec<f32>]) -> std::collections::HashSet<[u8; 16]> {
+    let mut runs = std::collections::HashSet::new();
+    for row in rows {
+        let bytes: Vec<u8> = row.iter().flat_map(|x| x.to_le_bytes()).collect();
+        for start in (0..bytes.len().saturating_sub(15)).step_by(4) {
+            runs.insert(<[u8; 16]>::try_from(&bytes[start..start + 16]).unwrap());
+        }
+    }
+    runs
+}
+
+#[cfg(unix)]
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[cfg(unix)]
+#[test]
+fn gallery_is_sealed_on_disk_and_moves_by_encrypted_backup() {
+    use portier::gallery::Gallery;
+    use portier::pipeline::{Pipeline, Select};
+    use std::os::unix::fs::PermissionsExt;
+
+    let Some(assets) = common::assets() else { return };
+    let env = setup(&assets);
+    let obama = [photo(&env, "obama.jpg"), photo(&env, "knn_examples__train__obama__obama.jpg")];
+    let o = portier(&env, &["enroll", "--name", "Barack Obama", &obama[0], &obama[1]]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = portier(&env, &["enroll", "--name", "Joe Biden", &photo(&env, "biden.jpg")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    let state = env.dir.path().join("state");
+    let key = state.join("gallery.key");
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::metadata(&key).unwrap().len(), 32);
+
+    // A stolen gallery file (and its -wal/-shm) without the key reveals no template: no run of
+    // four consecutive f32 of any enrolled embedding at any byte offset. The needles are the
+    // real embeddings of the enrolment photos, as computed and as the gallery decrypts them.
+    let config = portier::config::Config::load(&env.config).unwrap();
+    let mut pipeline = Pipeline::open(&config).unwrap();
+    let mut rows = Vec::new();
+    for p in obama.iter().chain([&photo(&env, "biden.jpg")]) {
+        let img = portier::frame::load_image(Path::new(p)).unwrap();
+        rows.push(pipeline.faces(img.view(), Select::All, None).unwrap().remove(0).embedding);
+    }
+    let g = Gallery::open(&config.gallery_path, &config.gallery_key_file).unwrap();
+    let m = g.matcher(&pipeline.embedder_model_id()).unwrap();
+    assert_eq!(m.len(), 3);
+    for (i, e) in rows.iter().enumerate() {
+        let r = m.best_two(e).unwrap();
+        assert!(r.best.unwrap().similarity > 0.9999, "photo {i} is what was enrolled");
+    }
+    let norm = |v: &[f32]| {
+        let n = v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
+        v.iter().map(|&x| (f64::from(x) / n) as f32).collect::<Vec<f32>>()
+    };
+    let mut needles: Vec<Vec<f32>> = rows.iter().map(|r| norm(r)).collect();
+    needles.extend(rows.iter().cloned());
+    let runs = runs_of_four(&needles);
+    // At least two distinct 128-d embeddings (two of the photos may be the same picture).
+    assert!(runs.len() >= 2 * 125, "{} runs", runs.len());
+    drop(g);
+    let mut raw = Vec::new();
+    for suffix in ["", "-wal", "-shm"] {
+        raw.extend(std::fs::read(state.join(format!("gallery.db{suffix}"))).unwrap_or_default());
+    }
+    assert!(raw.len() > 4096);
+    let hits =
+        raw.windows(16).filter(|w| runs.contains(<&[u8; 16]>::try_from(*w).unwrap())).count();
+    assert_eq!(hits, 0, "plaintext template runs in the gallery file");
+
+    // A key file others can read is refused: exit 78 and the fix in the message.
+    chmod(&key, 0o644);
+    let o = portier(&env, &["gallery", "list"]);
+    assert_eq!(o.status.code(), Some(78), "{}", stderr(&o));
+    assert!(error_line(&o).contains(&format!("chmod 600 {}", key.display())), "{}", stderr(&o));
+    chmod(&key, 0o600);
+
+    // Export under a passphrase file, import on "another device" (new gallery, new key).
+    let pass = env.dir.path().join("pass");
+    std::fs::write(&pass, "field technician passphrase\n").unwrap();
+    let o =
+        portier(&env, &["gallery", "export", "b.bak", "--passphrase-file", pass.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(65), "a passphrase file others can read is refused");
+    assert!(error_line(&o).contains("chmod 600"), "{}", stderr(&o));
+    chmod(&pass, 0o600);
+    let backup = env.dir.path().join("gallery.bak");
+    let pass_arg = pass.to_str().unwrap();
+    let o = portier(
+        &env,
+        &["gallery", "export", backup.to_str().unwrap(), "--passphrase-file", pass_arg],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("exported 2 person(s)"), "{}", stdout(&o));
+
+    let other = env.dir.path().join("other.toml");
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(&other, text.replace("state/gallery.db", "state2/gallery.db")).unwrap();
+    std::fs::create_dir_all(env.dir.path().join("state2")).unwrap();
+    let import = |extra: &[&str], passphrase: &str| {
+        let mut args =
+            vec!["gallery", "import", backup.to_str().unwrap(), "--passphrase-file", passphrase];
+        args.extend_from_slice(extra);
+        portier_with(&other, &args)
+    };
+    let o = import(&[], pass_arg);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("imported 2 person(s) (0 replaced, 3 template(s))"),
+        "{}",
+        stdout(&o)
+    );
+    assert_ne!(
+        std::fs::read(&key).unwrap(),
+        std::fs::read(env.dir.path().join("state2/gallery.key")).unwrap()
+    );
+    let o = portier_with(&other, &["identify", &photo(&env, "obama2.jpg")]);
+    assert!(stdout(&o).contains("Barack Obama"), "{}", stdout(&o));
+
+    // Again: the names clash and nothing is imported; --replace replaces them.
+    let o = import(&[], pass_arg);
+    assert_eq!(o.status.code(), Some(65));
+    assert!(error_line(&o).contains("\"Barack Obama\", \"Joe Biden\""), "{}", stderr(&o));
+    let o = import(&["--replace"], pass_arg);
+    assert!(stdout(&o).contains("(2 replaced, 3 template(s))"), "{}", stdout(&o));
+
+    // Wrong passphrase: refused, exit 65.
+    let wrong = env.dir.path().join("wrong");
+    std::fs::write(&wrong, "not the passphrase at all\n").unwrap();
+    chmod(&wrong, 0o600);
+    let o = import(&["--replace"], wrong.to_str().unwrap());
+    assert_eq!(o.status.code(), Some(65));
+    assert!(error_line(&o).contains("wrong passphrase"), "{}", stderr(&o));
+
+    // A lost key file: the gallery's templates cannot be read, and no new key is made.
+    std::fs::remove_file(&key).unwrap();
+    let o = portier(&env, &["gallery", "list"]);
+    assert_eq!(o.status.code(), Some(78));
+    assert!(
+        error_line(&o).contains("key file") && error_line(&o).contains("is missing"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!key.exists());
+}
