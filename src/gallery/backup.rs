@@ -11,8 +11,6 @@
 //! Must not: write a backup's plaintext or the passphrase anywhere, or accept Argon2 parameters
 //! from a file that would exhaust the device's memory.
 
-use std::fs::OpenOptions;
-use std::io::{ErrorKind, Write};
 use std::path::Path;
 
 use argon2::{Algorithm, Argon2, Params, Version};
@@ -147,7 +145,14 @@ impl Gallery {
                 .map_err(|e| bad(format!("cannot serialise: {e}")))?,
         );
         let bytes = seal_backup(&json, passphrase, params).map_err(bad)?;
-        write_atomically(file, &bytes)?;
+        // Atomically and 0600: a kill leaves the old backup or the new one, never half of one.
+        crate::secret::write_private(file, &bytes, crate::secret::Place::Replace).map_err(
+            |source| GalleryError::BackupIo {
+                path: file.to_path_buf(),
+                context: "cannot write",
+                source,
+            },
+        )?;
         log::info!(
             "gallery {}: exported {count} person(s) to {}",
             self.path().display(),
@@ -247,40 +252,6 @@ pub(crate) fn open_backup(bytes: &[u8], passphrase: &str) -> Result<Zeroizing<Ve
         }
         other => format!("damaged or truncated: {other}"),
     })
-}
-
-/// Writes `bytes` to a temporary file (mode 0600), fsyncs it, renames it over `file` and
-/// fsyncs the folder: a kill leaves the old backup or the new one, never half of one.
-fn write_atomically(file: &Path, bytes: &[u8]) -> Result<(), GalleryError> {
-    let io = |context| {
-        move |source| GalleryError::BackupIo { path: file.to_path_buf(), context, source }
-    };
-    let dir = match file.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    match std::fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == ErrorKind::NotFound => {}
-        Err(e) => return Err(io("cannot remove a stale temporary file")(e)),
-    }
-    let mut options = OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let written = (|| {
-        let mut f = options.open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, file)
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io("cannot write")(e));
-    }
-    std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(io("cannot sync the folder"))
 }
 
 #[cfg(test)]

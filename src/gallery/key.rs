@@ -9,9 +9,9 @@
 //! Must not: log, print or put key bytes into an error or a `Debug` output; implement any
 //! cryptographic primitive itself.
 
-use std::fs::{File, OpenOptions};
-use std::io::{ErrorKind, Read, Write};
-use std::path::{Path, PathBuf};
+use std::fs::File;
+use std::io::{ErrorKind, Read};
+use std::path::Path;
 
 use chacha20poly1305::aead::rand_core::RngCore;
 use chacha20poly1305::aead::{Aead, OsRng, Payload};
@@ -19,6 +19,7 @@ use chacha20poly1305::{KeyInit, XChaCha20Poly1305, XNonce};
 use zeroize::Zeroizing;
 
 use super::GalleryError;
+use crate::secret::{write_private, Place};
 
 /// Key length of XChaCha20-Poly1305 (RFC 8439 key size), and so the key file's exact size.
 pub const KEY_LEN: usize = 32;
@@ -104,43 +105,19 @@ impl DeviceKey {
     /// folder fsynced. A kill at any point leaves either no key file or a complete one, never a
     /// half key that would later decrypt nothing.
     pub fn create(path: &Path) -> Result<DeviceKey, GalleryError> {
-        let io = |context| {
-            move |source| GalleryError::KeyFile { path: path.to_path_buf(), context, source }
-        };
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        // Named after our pid: a temporary file left by a killed process with another pid is
-        // never touched by us (it holds a key nobody uses, readable by its owner only).
-        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
         let key = DeviceKey::random(path)?;
-        match std::fs::remove_file(&tmp) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(io("cannot remove a stale temporary key file")(e)),
-        }
-        let mut options = OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let written = (|| {
-            let mut file = options.open(&tmp)?;
-            file.write_all(&key.bytes[..])?;
-            file.sync_all()
-        })();
-        let linked = written.and_then(|()| std::fs::hard_link(&tmp, path));
-        // The temporary name goes whether or not the link worked; a failure to remove it only
-        // leaves an unused key behind.
-        let _ = std::fs::remove_file(&tmp);
-        match linked {
+        match write_private(path, &key.bytes[..], Place::KeepExisting) {
             Ok(()) => {}
             // Someone else won the race: theirs is the key.
             Err(e) if e.kind() == ErrorKind::AlreadyExists => return DeviceKey::load(path),
-            Err(e) => return Err(io("cannot create")(e)),
+            Err(source) => {
+                return Err(GalleryError::KeyFile {
+                    path: path.to_path_buf(),
+                    context: "cannot create",
+                    source,
+                })
+            }
         }
-        File::open(&dir).and_then(|d| d.sync_all()).map_err(io("cannot sync the key's folder"))?;
         log::info!(
             "gallery key {}: created a new device key (mode 0600); back the gallery up with \
              `portier gallery export`: without this file its templates cannot be read",
@@ -227,6 +204,50 @@ mod tests {
         assert!(matches!(key.unseal(b"person 1", &flipped), Err(SealError::Authentication)));
         assert!(matches!(key.unseal(b"person 1", &blob[..10]), Err(SealError::Short(10))));
         assert_eq!(format!("{key:?}"), "DeviceKey(<redacted>)");
+    }
+
+    /// Env var naming the folder; set only when the kill test re-executes this binary.
+    const KILL_DIR_ENV: &str = "PORTIER_KEY_KILL_CHILD_DIR";
+
+    /// Child half of `kill_during_key_creation_leaves_no_key_or_a_whole_one`; does nothing in a
+    /// normal test run. Creates key files until killed (bounded, so it cannot fill the disk).
+    #[test]
+    fn key_kill_child_creates_keys() {
+        let Some(dir) = std::env::var_os(KILL_DIR_ENV) else { return };
+        for i in 0..100_000 {
+            DeviceKey::create(&Path::new(&dir).join(format!("k{i}.key"))).unwrap();
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn kill_during_key_creation_leaves_no_key_or_a_whole_one() {
+        let exe = std::env::current_exe().unwrap();
+        let mut keys = 0;
+        for run in 0..8u64 {
+            let dir = tempfile::tempdir().unwrap();
+            let mut child = std::process::Command::new(&exe)
+                .args(["key_kill_child_creates_keys", "--nocapture", "--test-threads=1"])
+                .env(KILL_DIR_ENV, dir.path())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(60 + run * 37));
+            child.kill().unwrap();
+            child.wait().unwrap();
+            for entry in std::fs::read_dir(dir.path()).unwrap() {
+                let path = entry.unwrap().path();
+                let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                if name.starts_with('.') {
+                    continue; // the temporary name of the key being written when killed
+                }
+                assert_eq!(std::fs::metadata(&path).unwrap().len(), 32, "{name}: half a key");
+                DeviceKey::load(&path).unwrap();
+                keys += 1;
+            }
+        }
+        assert!(keys > 0, "the child never created a key");
     }
 
     #[cfg(unix)]
