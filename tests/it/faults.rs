@@ -299,7 +299,10 @@ impl Rig {
     ) -> Outcome {
         let pipeline = Pipeline::open(&self.config).unwrap();
         let model = pipeline.embedder_model_id();
-        let matcher = Gallery::open(&self.config.gallery_path).unwrap().matcher(&model).unwrap();
+        let matcher = Gallery::open(&self.config.gallery_path, &self.config.gallery_key_file)
+            .unwrap()
+            .matcher(&model)
+            .unwrap();
         let door_config = &self.config.door.door;
         let (door, _, relay) = portier::door::fake::idle_door(door_config).unwrap();
         let secure_high = portier::door::secure_level(door_config) == PinState::High;
@@ -308,7 +311,13 @@ impl Rig {
         let mut app = App::new(self.config.app.clone(), parts).unwrap();
         let mqtt = mqtt_config(self.watch.port, self.dir.path());
         let client = MqttClient::start(&mqtt, device(), &run_id()).unwrap();
-        let shell = Shell::new(Some(client), None, self.config.gallery_path.clone(), model);
+        let shell = Shell::new(
+            Some(client),
+            None,
+            self.config.gallery_path.clone(),
+            self.config.gallery_key_file.clone(),
+            model,
+        );
         let mut rec = Recorder::new(shell, relay, secure_high);
         let (produced, frames) = (Arc::clone(&rec.produced), Arc::clone(&rec.frames));
         let stop = AtomicBool::new(false);
@@ -1004,7 +1013,7 @@ fn faults_sigterm_sigkill_and_panic_then_restart_from_disk() {
     let outbox = Outbox::open(&outbox_dir, 10_000, 16 << 20).unwrap();
     assert_eq!(outbox.stats().pending, 0, "outbox empty at the end: {:?}", outbox.stats());
     assert_eq!(outbox.stats().dropped_total, 0, "no damage, nothing dropped");
-    let g = Gallery::open(&dir.path().join("gallery.db")).unwrap();
+    let g = Gallery::open(&dir.path().join("gallery.db"), &dir.path().join("gallery.key")).unwrap();
     g.integrity_check().unwrap();
     assert_eq!(g.list().unwrap().len(), 1);
     let worst = restart_secure.iter().max().unwrap();
@@ -1122,7 +1131,7 @@ fn disk_full_child() {
 
     // The gallery: three people enrolled; then the disk is full during a large enrolment.
     let db = dir.join("gallery.db");
-    let mut g = Gallery::open(&db).unwrap();
+    let mut g = Gallery::open(&db, &db.with_extension("key")).unwrap();
     for (i, name) in ["Ada", "Grace", "Edsger"].iter().enumerate() {
         g.enroll(name, "m", &templates(i as u64, 20, 512), EnrollMode::New).unwrap();
     }
@@ -1146,7 +1155,7 @@ fn disk_full_child() {
     g.enroll("Barbara", "m", &templates(9, 2000, 512), EnrollMode::New).unwrap();
     let gallery_recovery = t.elapsed();
     drop(g);
-    let g = Gallery::open(&db).unwrap();
+    let g = Gallery::open(&db, &db.with_extension("key")).unwrap();
     g.integrity_check().unwrap();
     let mut listed = names(&g);
     listed.sort();
@@ -1326,7 +1335,9 @@ fn kill_child() {
     let gallery_dir = dir.clone();
     let enrol = std::thread::spawn(move || {
         let pool = templates(run, 650, 512);
-        let mut g = Gallery::open(&gallery_dir.join("gallery.db")).unwrap();
+        let mut g =
+            Gallery::open(&gallery_dir.join("gallery.db"), &gallery_dir.join("gallery.key"))
+                .unwrap();
         let mut enrolled: Vec<String> = g.list().unwrap().into_iter().map(|p| p.name).collect();
         // Bounded, so a child whose parent died stops by itself.
         for i in 0..200u64 {
@@ -1410,7 +1421,7 @@ fn faults_100_sigkills_during_enrolment_and_event_bursts() {
             Some(l) => l.strip_prefix("enrolled "),
             None => None,
         };
-        let g = Gallery::open(&db).unwrap();
+        let g = Gallery::open(&db, &db.with_extension("key")).unwrap();
         g.integrity_check().unwrap();
         let people = g.list().unwrap();
         for p in &people {
