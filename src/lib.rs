@@ -36,6 +36,7 @@ pub mod eval;
 pub mod frame;
 pub mod gallery;
 pub mod infer;
+pub mod liveness;
 pub mod mqtt;
 pub mod pipeline;
 pub mod route;
