@@ -22,6 +22,7 @@ use crate::door::{DoorControl, DoorError, DoorEvent, UnlockReason};
 use crate::embed::{Embedder, MAX_DIM};
 use crate::frame::{FrameDecoder, RgbImage};
 use crate::gallery::{Matcher, PersonId};
+use crate::liveness::LivenessCheck;
 use crate::route::{NpuEvent, Route, Router};
 use crate::service::Notifier;
 use crate::track::{quality, TrackId, Tracker, TrackerConfig};
@@ -85,6 +86,35 @@ pub enum AppEvent {
         norm: f32,
         /// Which backend embedded it.
         backend: &'static str,
+        /// Mean live score of the agreeing votes (`None` when liveness is off); the check
+        /// passed on enough of them, or the door would not have opened.
+        liveness: Option<f32>,
+        /// The liveness check that scored it (`None` when liveness is off).
+        liveness_model: Option<&'static str>,
+        /// Source frame sequence number.
+        frame: u64,
+    },
+    /// An enrolled person was recognised but too few of the confirming faces passed the
+    /// liveness check: a photo or screen is suspected. The door stays locked (once per track).
+    SpoofSuspected {
+        /// Track of the face.
+        track: TrackId,
+        /// Gallery id of the person shown.
+        person: PersonId,
+        /// Gallery name of the person shown.
+        name: String,
+        /// Mean similarity of the agreeing votes.
+        similarity: f32,
+        /// Mean live score of the agreeing votes (NaN when no check ran).
+        liveness: f32,
+        /// Agreeing votes whose check passed.
+        passes: usize,
+        /// Agreeing votes.
+        votes: usize,
+        /// The liveness check.
+        liveness_model: &'static str,
+        /// Eye distance of the deciding face, pixels.
+        eye_px: f32,
         /// Source frame sequence number.
         frame: u64,
     },
@@ -169,6 +199,12 @@ pub struct Counters {
     pub unknowns: u64,
     /// Tailgating reports.
     pub tailgates: u64,
+    /// Liveness checks run.
+    pub liveness_checks: u64,
+    /// Liveness checks that failed to run (counted as not live).
+    pub liveness_errors: u64,
+    /// Suspected spoofs (tracks refused by liveness).
+    pub spoofs: u64,
     /// Door pin errors.
     pub door_errors: u64,
 }
@@ -179,7 +215,7 @@ impl std::fmt::Display for Counters {
             f,
             "frames {} (corrupt {}, timeouts {}, camera errors {}), faces {}, embeddings {} \
              (npu {}, norm fallbacks {}, errors {}), grants {}, cooldowns {}, unknown {}, \
-             tailgating {}, door errors {}",
+             tailgating {}, liveness checks {} (errors {}), spoofs {}, door errors {}",
             self.frames,
             self.corrupt_frames,
             self.timeouts,
@@ -193,6 +229,9 @@ impl std::fmt::Display for Counters {
             self.cooldowns,
             self.unknowns,
             self.tailgates,
+            self.liveness_checks,
+            self.liveness_errors,
+            self.spoofs,
             self.door_errors
         )
     }
@@ -208,8 +247,10 @@ pub struct StageTimes {
     pub detect: Duration,
     /// Tracking.
     pub track: Duration,
-    /// Alignment, embedding, matching, votes and the door.
+    /// Alignment, embedding, matching, liveness, votes and the door.
     pub decide: Duration,
+    /// Liveness checks (crops and models; part of `decide`).
+    pub liveness: Duration,
 }
 
 /// A command from outside the loop (MQTT, the service's control socket), already
@@ -326,6 +367,8 @@ pub struct App {
     corrupt_log: RateLimit,
     door_log: RateLimit,
     embed_log: RateLimit,
+    liveness: Option<Box<dyn LivenessCheck>>,
+    liveness_log: RateLimit,
     last_latency: Option<Duration>,
     last_stages: StageTimes,
     /// A face in view is being decided but is too small or too far to be granted yet.
@@ -357,6 +400,8 @@ pub struct Parts {
     pub door: Box<dyn DoorControl>,
     /// The NPU side, if any: close faces are embedded there.
     pub npu: Option<NpuParts>,
+    /// The liveness check, required when the decision settings ask for liveness.
+    pub liveness: Option<Box<dyn LivenessCheck>>,
 }
 
 /// The NPU recognizer, its gallery templates (its own embedding space) and the router.
@@ -393,6 +438,7 @@ impl Parts {
             matcher,
             door,
             npu: None,
+            liveness: None,
         }
     }
 }
@@ -403,6 +449,11 @@ impl App {
         let max_tracks = settings.tracker.max_tracks;
         let decider =
             Decider::new(settings.decision.clone(), max_tracks).map_err(AppError::Config)?;
+        if settings.decision.liveness.is_some() && parts.liveness.is_none() {
+            return Err(AppError::Config(
+                "liveness is on in the decision settings but no liveness check was given".into(),
+            ));
+        }
         let cpu_dim = parts.embedder.dim().min(MAX_DIM);
         let npu = parts.npu.map(|n| Npu {
             dim: n.embedder.dim().min(MAX_DIM),
@@ -441,6 +492,8 @@ impl App {
             corrupt_log: RateLimit::default(),
             door_log: RateLimit::default(),
             embed_log: RateLimit::default(),
+            liveness: parts.liveness,
+            liveness_log: RateLimit::default(),
             last_latency: None,
             last_stages: StageTimes::default(),
             step_closer: false,
@@ -658,14 +711,26 @@ impl App {
                     q.score
                 );
             }
-            let matcher = &self.matcher;
             let height = det.bbox[3] - det.bbox[1];
             let face = FaceSize {
                 eye_px: q.eye_distance,
                 height_pct: 100.0 * height / self.frame.height().max(1) as f32,
             };
-            let verdict =
-                self.decider.vote(track, best, second, face, |p| matcher.person_id(p), now);
+            let live = if self.decider.wants_liveness(track, best, second, q.eye_distance) {
+                self.check_liveness(&det, sequence, track, now)
+            } else {
+                None
+            };
+            let matcher = &self.matcher;
+            let verdict = self.decider.vote_checked(
+                track,
+                best,
+                second,
+                face,
+                live,
+                |p| matcher.person_id(p),
+                now,
+            );
             if let Some(v) = verdict {
                 self.apply(v, sequence, q.eye_distance, norm, backend, now)?;
             }
@@ -673,6 +738,41 @@ impl App {
         self.check_tailgating(sequence);
         self.last_stages.decide = t2.elapsed();
         Ok(faces)
+    }
+
+    /// Runs the liveness check on a candidate of a grant, from the full frame and its
+    /// detection box. `None` when there is no check or it failed to run (counted, rate-limited
+    /// warning): the decider counts that as not live.
+    fn check_liveness(
+        &mut self,
+        det: &Detection,
+        sequence: u64,
+        track: TrackId,
+        now: Duration,
+    ) -> Option<f32> {
+        let check = self.liveness.as_mut()?;
+        let t = Instant::now();
+        let result = check.check(self.frame.view(), det.bbox);
+        self.last_stages.liveness += t.elapsed();
+        match result {
+            Ok(s) => {
+                self.counters.liveness_checks += 1;
+                log::debug!(
+                    "frame {sequence} track {track}: live score {:.3} (v2 {:.3}, v1se {:.3})",
+                    s.score,
+                    s.models[0],
+                    s.models[1]
+                );
+                Some(s.score)
+            }
+            Err(e) => {
+                self.counters.liveness_errors += 1;
+                if let Some(suppressed) = self.liveness_log.allow(now) {
+                    log::warn!("liveness check failed: {e} ({suppressed} more)");
+                }
+                None
+            }
+        }
     }
 
     /// Embeds the aligned crop where the router says (NPU for close faces while it is healthy
@@ -762,7 +862,7 @@ impl App {
         now: Duration,
     ) -> Result<(), AppError> {
         match verdict {
-            Verdict::Granted { track, person_index, person, similarity, votes } => {
+            Verdict::Granted { track, person_index, person, similarity, votes, liveness } => {
                 let name = self.matcher.person_name(person_index).to_string();
                 self.counters.grants += 1;
                 log::info!(
@@ -792,6 +892,37 @@ impl App {
                     eye_px,
                     norm,
                     backend,
+                    liveness,
+                    liveness_model: liveness.and(self.liveness.as_ref().map(|l| l.model())),
+                    frame,
+                });
+            }
+            Verdict::SpoofSuspected {
+                track,
+                person_index,
+                person,
+                similarity,
+                liveness,
+                passes,
+                votes,
+            } => {
+                let name = self.matcher.person_name(person_index).to_string();
+                self.counters.spoofs += 1;
+                log::warn!(
+                    "spoof suspected: {name} recognised but only {passes} of {votes} faces passed \
+                     the liveness check (mean live score {liveness:.3}, track {track}, frame \
+                     {frame}); the door stays locked"
+                );
+                self.events.push(AppEvent::SpoofSuspected {
+                    track,
+                    person,
+                    name,
+                    similarity,
+                    liveness,
+                    passes,
+                    votes,
+                    liveness_model: self.liveness.as_ref().map_or("none", |l| l.model()),
+                    eye_px,
                     frame,
                 });
             }

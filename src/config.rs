@@ -323,6 +323,29 @@ struct RawBand {
     threshold: f32,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLiveness {
+    #[serde(default = "default_true")]
+    enabled: bool,
+    v2_model: PathBuf,
+    v1se_model: PathBuf,
+    threshold: Option<f32>,
+    passes: Option<usize>,
+    v2_scale: Option<f64>,
+    v1se_scale: Option<f64>,
+}
+
+/// The `[liveness]` section: the models and how a decision uses them (`liveness.rs`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LivenessSection {
+    /// Whether the loop checks liveness before a grant (`portier eval liveness` works either
+    /// way).
+    pub enabled: bool,
+    /// Models, scales, threshold and required passes.
+    pub settings: crate::liveness::LivenessSettings,
+}
+
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawTracker {
@@ -515,6 +538,7 @@ struct RawConfig {
     #[serde(default)]
     npu: NpuSection,
     routing: Option<crate::route::RoutingConfig>,
+    liveness: Option<RawLiveness>,
 }
 
 /// The validated configuration.
@@ -551,6 +575,8 @@ pub struct Config {
     pub npu: NpuSection,
     /// Routing between NPU and CPU (with an NPU; defaults from `route.rs` otherwise).
     pub routing: Option<crate::route::RoutingConfig>,
+    /// Liveness (`None` without a `[liveness]` section).
+    pub liveness: Option<LivenessSection>,
 }
 
 impl Config {
@@ -707,7 +733,18 @@ impl Config {
                     .to_owned(),
             ));
         }
+        let liveness = match &raw.liveness {
+            Some(l) => Some(liveness_config(l, &resolve, app.decision.votes, &invalid)?),
+            None => None,
+        };
+        if let Some(l) = liveness.as_ref().filter(|l| l.enabled) {
+            app.decision.liveness = Some(crate::decide::LivenessPolicy {
+                threshold: l.settings.threshold,
+                passes: l.settings.passes,
+            });
+        }
         Ok(Config {
+            liveness,
             npu,
             routing,
             display,
@@ -731,6 +768,49 @@ impl Config {
 }
 
 type Invalid<'a> = &'a dyn Fn(&str, String) -> ConfigError;
+
+fn liveness_config(
+    raw: &RawLiveness,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+    votes: usize,
+    invalid: Invalid<'_>,
+) -> Result<LivenessSection, ConfigError> {
+    use crate::liveness::{LivenessSettings, DEFAULT_THRESHOLD, V1SE_SCALE, V2_SCALE};
+    let settings = LivenessSettings {
+        v2: resolve(&raw.v2_model),
+        v1se: resolve(&raw.v1se_model),
+        v2_scale: raw.v2_scale.unwrap_or(V2_SCALE),
+        v1se_scale: raw.v1se_scale.unwrap_or(V1SE_SCALE),
+        threshold: raw.threshold.unwrap_or(DEFAULT_THRESHOLD),
+        // Two passes of the (default three) confirming votes: one unlucky frame of a live
+        // person does not refuse them, one lucky frame of a photo does not open the door.
+        passes: raw.passes.unwrap_or(2.min(votes)),
+    };
+    if !(settings.threshold > 0.0 && settings.threshold < 1.0) {
+        return Err(invalid(
+            "liveness.threshold",
+            format!("a live probability in (0, 1), got {}", settings.threshold),
+        ));
+    }
+    if settings.passes == 0 || settings.passes > votes {
+        return Err(invalid(
+            "liveness.passes",
+            format!(
+                "must be in 1..=decision.votes ({votes}): passes are counted among the votes \
+                 that confirmed the identity, got {}",
+                settings.passes
+            ),
+        ));
+    }
+    for (key, v) in
+        [("liveness.v2_scale", settings.v2_scale), ("liveness.v1se_scale", settings.v1se_scale)]
+    {
+        if !(1.0..=10.0).contains(&v) {
+            return Err(invalid(key, format!("must be in 1..=10 (face boxes), got {v}")));
+        }
+    }
+    Ok(LivenessSection { enabled: raw.enabled, settings })
+}
 
 fn camera_config(
     raw: Option<&RawCamera>,
@@ -1091,6 +1171,34 @@ margin = 0.05
             .replace("path = \"gallery.db\"", "path = \"gallery.db\"\nkey_file = \"gallery.db\"");
         let err = Config::parse(&text, Path::new("c.toml")).unwrap_err().to_string();
         assert!(err.contains("key `gallery.key_file`"), "{err}");
+    }
+
+    #[test]
+    fn liveness_section_resolves_and_is_checked() {
+        let c = Config::parse(GOOD, Path::new("c.toml")).unwrap();
+        assert_eq!((c.liveness, c.app.decision.liveness), (None, None));
+        let section = "\n[liveness]\nv2_model = \"l/v2.onnx\"\nv1se_model = \"/m/v1se.onnx\"\n";
+        let c = Config::parse(&format!("{GOOD}{section}"), Path::new("/etc/p/c.toml")).unwrap();
+        let l = c.liveness.unwrap();
+        assert!(l.enabled);
+        assert_eq!(l.settings.v2, Path::new("/etc/p/l/v2.onnx"));
+        assert_eq!(l.settings.v1se, Path::new("/m/v1se.onnx"));
+        assert_eq!((l.settings.passes, l.settings.v2_scale), (2, 2.7));
+        assert_eq!(
+            c.app.decision.liveness,
+            Some(crate::decide::LivenessPolicy { threshold: 0.5, passes: 2 })
+        );
+        let off = format!("{GOOD}{section}enabled = false\n");
+        assert_eq!(Config::parse(&off, Path::new("c.toml")).unwrap().app.decision.liveness, None);
+        for (line, key) in [
+            ("threshold = 1.5", "liveness.threshold"),
+            ("passes = 4", "liveness.passes"),
+            ("v1se_scale = 0.5", "liveness.v1se_scale"),
+        ] {
+            let text = format!("{GOOD}{section}{line}\n");
+            let err = Config::parse(&text, Path::new("c.toml")).unwrap_err().to_string();
+            assert!(err.contains(&format!("key `{key}`")), "{err}");
+        }
     }
 
     #[test]

@@ -5,6 +5,13 @@
 //! later, when the person turns to the camera). A person granted within the cooldown is not
 //! granted again (a track lost and found again does not pulse the door twice).
 //!
+//!
+//! With liveness on, each vote for a person also carries the live score of that face (checked
+//! by the loop only for such votes), and the person is granted only when at least `passes` of
+//! the votes that confirmed them passed; when the identity is confirmed but too few passed, the
+//! track is reported [`Verdict::SpoofSuspected`] once and never granted (the person leaves the
+//! view and comes back as a new track to try again).
+//!
 //! Must not: read clocks, run models, or allocate per vote: per-track state lives in a fixed
 //! ring of `MAX_WINDOW` votes in a vector sized for the tracker's `max_tracks` once.
 
@@ -23,6 +30,15 @@ pub struct SizeBand {
     pub min_eye_px: f32,
     /// Cosine similarity a vote needs in this band.
     pub threshold: f32,
+}
+
+/// How liveness scores take part in a grant.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LivenessPolicy {
+    /// A check passes at this live score or above.
+    pub threshold: f32,
+    /// Passing checks needed among the votes that confirmed the identity (K).
+    pub passes: usize,
 }
 
 /// Decision settings.
@@ -49,6 +65,8 @@ pub struct DecisionConfig {
     /// granted person (the tracker handed the track to someone else: a scene cut, a person
     /// passing in front), the track starts over and is decided again.
     pub recheck: Duration,
+    /// Liveness: `None` grants on identity alone.
+    pub liveness: Option<LivenessPolicy>,
 }
 
 impl DecisionConfig {
@@ -62,6 +80,7 @@ impl DecisionConfig {
             cooldown: Duration::from_secs(10),
             recheck: Duration::from_millis(200),
             min_face_height_pct: 0.0,
+            liveness: None,
         }
     }
 
@@ -102,6 +121,11 @@ impl DecisionConfig {
         if !(0.0..=2.0).contains(&self.margin) {
             return Err(format!("margin {} is not in [0, 2]", self.margin));
         }
+        if let Some(l) = self.liveness {
+            if l.passes == 0 || l.passes > self.votes {
+                return Err(format!("liveness passes {} must be in 1..=votes", l.passes));
+            }
+        }
         Ok(())
     }
 
@@ -135,8 +159,9 @@ impl FaceSize {
 /// What one embedding said, after the threshold and margin of its band.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Vote {
-    /// This person (gallery person index).
-    Person(usize, f32),
+    /// This person (gallery person index), the similarity, and the face's live score (NaN
+    /// when not checked or the check failed to run).
+    Person(usize, f32, f32),
     /// Nobody.
     Nobody,
 }
@@ -154,6 +179,26 @@ pub enum Verdict {
         person: PersonId,
         /// Mean similarity of the agreeing votes.
         similarity: f32,
+        /// Agreeing votes.
+        votes: usize,
+        /// Mean live score of the agreeing votes (`None` without liveness).
+        liveness: Option<f32>,
+    },
+    /// The identity is confirmed but too few of its votes passed the liveness check: a photo
+    /// or screen of an enrolled person is suspected. The door stays locked.
+    SpoofSuspected {
+        /// The track.
+        track: TrackId,
+        /// Gallery index of the person shown.
+        person_index: usize,
+        /// Gallery id of the person shown.
+        person: PersonId,
+        /// Mean similarity of the agreeing votes.
+        similarity: f32,
+        /// Mean live score of the agreeing votes (NaN when no check ran).
+        liveness: f32,
+        /// Agreeing votes whose check passed.
+        passes: usize,
         /// Agreeing votes.
         votes: usize,
     },
@@ -186,6 +231,8 @@ struct TrackVotes {
     decided: bool,
     unknown_reported: bool,
     tailgate_reported: bool,
+    /// Reported as a suspected spoof: never granted, no more votes wanted.
+    spoofed: bool,
     last_vote: Duration,
 }
 
@@ -196,7 +243,9 @@ pub struct Decider {
     tracks: Vec<TrackVotes>,
     /// Last grant time per person (bounded by the number of people seen granted).
     granted_at: Vec<(PersonId, Duration)>,
-    people: Vec<(usize, usize, f32)>,
+    /// Per person in a window: (index, votes, similarity sum, live passes, live score sum,
+    /// live scores summed).
+    people: Vec<(usize, usize, f32, usize, f32, usize)>,
 }
 
 impl Decider {
@@ -220,10 +269,37 @@ impl Decider {
     /// Whether `track` wants an embedding at `now`: always before it is granted, every
     /// `recheck` after.
     pub fn wants(&self, track: TrackId, now: Duration) -> bool {
-        self.tracks
-            .iter()
-            .find(|t| t.track == track)
-            .is_none_or(|t| !t.decided || now.saturating_sub(t.last_vote) >= self.config.recheck)
+        self.tracks.iter().find(|t| t.track == track).is_none_or(|t| {
+            !t.spoofed && (!t.decided || now.saturating_sub(t.last_vote) >= self.config.recheck)
+        })
+    }
+
+    /// Whether a face of `track` with these best two matches and this size would be a vote
+    /// for a person that could lead to a grant, so its liveness should be checked: liveness is
+    /// on, the track is undecided, and the match clears the threshold and margin.
+    pub fn wants_liveness(
+        &self,
+        track: TrackId,
+        best: Option<(usize, f32)>,
+        second: Option<(usize, f32)>,
+        eye_px: f32,
+    ) -> bool {
+        self.config.liveness.is_some()
+            && !self.tracks.iter().any(|t| t.track == track && (t.decided || t.spoofed))
+            && self.counts(best, second, eye_px).is_some()
+    }
+
+    /// The person a match votes for, after the threshold of its size band and the margin.
+    fn counts(
+        &self,
+        best: Option<(usize, f32)>,
+        second: Option<(usize, f32)>,
+        eye_px: f32,
+    ) -> Option<(usize, f32)> {
+        let threshold = self.config.threshold_for(eye_px);
+        best.filter(|&(_, s)| {
+            s >= threshold && second.is_none_or(|(_, s2)| s - s2 >= self.config.margin)
+        })
     }
 
     /// When `track` last voted (zero if never), so the loop can embed the stalest tracks first.
@@ -274,14 +350,15 @@ impl Decider {
             decided: false,
             unknown_reported: false,
             tailgate_reported: false,
+            spoofed: false,
             last_vote: Duration::ZERO,
         }
     }
 
     /// Records one embedding of `track`: `best` and `second` are (person index, similarity)
     /// from [`crate::gallery::Matcher::best_two_indices`], `person_id` maps an index to its
-    /// gallery id, `face` is the face's size. Returns a verdict when one is reached.
-    #[allow(clippy::too_many_arguments)]
+    /// gallery id, `face` is the face's size. Returns a verdict when one is reached. Without
+    /// a liveness score: see [`Decider::vote_checked`].
     pub fn vote(
         &mut self,
         track: TrackId,
@@ -291,17 +368,29 @@ impl Decider {
         person_id: impl Fn(usize) -> PersonId,
         now: Duration,
     ) -> Option<Verdict> {
+        self.vote_checked(track, best, second, face, None, person_id, now)
+    }
+
+    /// [`Decider::vote`] with the face's live score (`None`: not checked, which fails the
+    /// check when liveness is on).
+    #[allow(clippy::too_many_arguments)]
+    pub fn vote_checked(
+        &mut self,
+        track: TrackId,
+        best: Option<(usize, f32)>,
+        second: Option<(usize, f32)>,
+        face: FaceSize,
+        live: Option<f32>,
+        person_id: impl Fn(usize) -> PersonId,
+        now: Duration,
+    ) -> Option<Verdict> {
         let eye_px = face.eye_px;
         let near = face.height_pct >= self.config.min_face_height_pct;
-        let threshold = self.config.threshold_for(eye_px);
-        let vote = match best {
-            Some((p, s))
-                if s >= threshold && second.is_none_or(|(_, s2)| s - s2 >= self.config.margin) =>
-            {
-                Vote::Person(p, s)
-            }
-            _ => Vote::Nobody,
+        let vote = match self.counts(best, second, eye_px) {
+            Some((p, s)) => Vote::Person(p, s, live.unwrap_or(f32::NAN)),
+            None => Vote::Nobody,
         };
+        let liveness = self.config.liveness;
         let slot = match self.tracks.iter().position(|t| t.track == track) {
             Some(i) => i,
             None => {
@@ -311,6 +400,9 @@ impl Decider {
         };
         let window = self.config.window;
         let t = &mut self.tracks[slot];
+        if t.spoofed {
+            return None;
+        }
         t.votes[t.next] = vote;
         t.best[t.next] = best.map_or(f32::NAN, |b| b.1);
         t.next = (t.next + 1) % window;
@@ -321,7 +413,7 @@ impl Decider {
             // has a majority means the track now follows someone else.
             let still = t.votes[..t.len]
                 .iter()
-                .filter(|v| matches!(v, Vote::Person(p, _) if Some(*p) == t.decided_as))
+                .filter(|v| matches!(v, Vote::Person(p, ..) if Some(*p) == t.decided_as))
                 .count();
             if t.len < window || still >= self.config.votes {
                 return None;
@@ -335,19 +427,43 @@ impl Decider {
 
         // Count votes per person in the window.
         self.people.clear();
+        let live_threshold = liveness.map_or(0.0, |l| l.threshold);
         for v in &t.votes[..t.len] {
-            if let Vote::Person(p, s) = *v {
+            if let Vote::Person(p, s, live) = *v {
+                let pass = usize::from(live >= live_threshold);
+                let (score, scored) = if live.is_finite() { (live, 1) } else { (0.0, 0) };
                 match self.people.iter_mut().find(|e| e.0 == p) {
                     Some(e) => {
                         e.1 += 1;
                         e.2 += s;
+                        e.3 += pass;
+                        e.4 += score;
+                        e.5 += scored;
                     }
-                    None => self.people.push((p, 1, s)),
+                    None => self.people.push((p, 1, s, pass, score, scored)),
                 }
             }
         }
         let majority = self.people.iter().find(|e| e.1 >= self.config.votes).copied();
-        if let Some((p, n, sum)) = majority.filter(|_| near) {
+        if let Some((p, n, sum, passes, live_sum, scored)) = majority.filter(|_| near) {
+            let live_mean = if scored > 0 { live_sum / scored as f32 } else { f32::NAN };
+            if let Some(policy) = liveness {
+                // Every agreeing vote either passed or failed, and there are at least `votes`
+                // of them, so fewer than `passes` passes means the check cannot be met by the
+                // votes that confirmed the identity.
+                if passes < policy.passes {
+                    t.spoofed = true;
+                    return Some(Verdict::SpoofSuspected {
+                        track,
+                        person_index: p,
+                        person: person_id(p),
+                        similarity: sum / n as f32,
+                        liveness: live_mean,
+                        passes,
+                        votes: n,
+                    });
+                }
+            }
             t.decided = true;
             t.decided_as = Some(p);
             // Re-checks start from an empty window.
@@ -372,6 +488,7 @@ impl Decider {
                 person,
                 similarity: sum / n as f32,
                 votes: n,
+                liveness: liveness.map(|_| live_mean),
             });
         }
         // Recognised but still too far away is not unknown: the grant waits for the approach.
@@ -415,7 +532,14 @@ mod tests {
         let v = d.vote(1, yes, None, FaceSize::eyes(40.0), id, S).unwrap();
         assert_eq!(
             v,
-            Verdict::Granted { track: 1, person_index: 0, person: 100, similarity: 0.6, votes: 3 }
+            Verdict::Granted {
+                track: 1,
+                person_index: 0,
+                person: 100,
+                similarity: 0.6,
+                votes: 3,
+                liveness: None
+            }
         );
         assert!(!d.wants(1, S));
         assert!(d.wants(1, 2 * S), "re-checked after a grant");
@@ -545,6 +669,60 @@ mod tests {
             d.vote(1, Some((0, 0.6)), None, near, id, S),
             Some(Verdict::Granted { .. })
         ));
+    }
+
+    fn live_decider(passes: usize) -> Decider {
+        let mut c = DecisionConfig::single(0.4, 0.05);
+        c.liveness = Some(LivenessPolicy { threshold: 0.5, passes });
+        Decider::new(c, 4).unwrap()
+    }
+
+    #[test]
+    fn liveness_must_pass_on_k_of_the_confirming_votes() {
+        let face = FaceSize::eyes(40.0);
+        let yes = Some((0, 0.6));
+        // Two of three pass: granted, with the mean live score.
+        let mut d = live_decider(2);
+        assert!(d.wants_liveness(1, yes, None, 40.0));
+        assert!(!d.wants_liveness(1, Some((0, 0.2)), None, 40.0), "below the threshold");
+        let mut v = None;
+        for live in [0.9, 0.1, 0.8] {
+            v = d.vote_checked(1, yes, None, face, Some(live), id, S);
+        }
+        let Some(Verdict::Granted { liveness: Some(l), votes: 3, .. }) = v else { panic!("{v:?}") };
+        assert!((l - 0.6).abs() < 1e-6, "{l}");
+        assert!(!d.wants_liveness(1, yes, None, 40.0), "decided tracks need no check");
+
+        // One of three: a suspected spoof, once; the track is never granted and wants no
+        // more votes.
+        let mut d = live_decider(2);
+        let mut verdicts = Vec::new();
+        for live in [0.9, 0.1, 0.2, 0.9, 0.9, 0.9] {
+            verdicts.extend(d.vote_checked(2, yes, None, face, Some(live), id, S));
+        }
+        assert_eq!(verdicts.len(), 1, "{verdicts:?}");
+        assert!(
+            matches!(verdicts[0], Verdict::SpoofSuspected { passes: 1, votes: 3, person: 100, .. }),
+            "{verdicts:?}"
+        );
+        assert!(!d.granted(2) && !d.wants(2, 10 * S));
+        // A missing score (the check did not run) fails.
+        let mut d = live_decider(1);
+        let mut v = None;
+        for _ in 0..3 {
+            v = d.vote_checked(3, yes, None, face, None, id, S);
+        }
+        assert!(matches!(v, Some(Verdict::SpoofSuspected { passes: 0, .. })), "{v:?}");
+        // Without liveness the score is ignored.
+        let mut d = decider();
+        for _ in 0..2 {
+            d.vote_checked(4, yes, None, face, Some(0.0), id, S);
+        }
+        let v = d.vote_checked(4, yes, None, face, Some(0.0), id, S);
+        assert!(matches!(v, Some(Verdict::Granted { liveness: None, .. })), "{v:?}");
+        let mut c = DecisionConfig::single(0.4, 0.0);
+        c.liveness = Some(LivenessPolicy { threshold: 0.5, passes: 4 });
+        assert!(c.validate().unwrap_err().starts_with("liveness"));
     }
 
     #[test]

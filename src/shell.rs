@@ -102,6 +102,7 @@ pub fn open_display(section: &DisplaySection) -> Result<Option<Display<AnySink>>
 enum Last {
     Granted(String),
     Unknown,
+    SpoofSuspected,
 }
 
 /// See the module documentation.
@@ -222,6 +223,7 @@ impl Hooks for Shell {
                 }
             }
             AppEvent::Unknown { .. } => self.last = Some((Last::Unknown, None)),
+            AppEvent::SpoofSuspected { .. } => self.last = Some((Last::SpoofSuspected, None)),
             AppEvent::CameraLost { .. } => self.camera_ok = false,
             AppEvent::CameraBack => self.camera_ok = true,
             _ => {}
@@ -270,6 +272,7 @@ impl Hooks for Shell {
             let outcome = match last {
                 Last::Granted(name) => Outcome::Granted { name },
                 Last::Unknown => Outcome::Unknown,
+                Last::SpoofSuspected => Outcome::SpoofSuspected,
             };
             at.map(|at| AccessView { at, outcome })
         });

@@ -224,6 +224,7 @@ fn steady_state_step_allocates_nothing() {
                 AppEvent::Granted { .. } => "granted",
                 AppEvent::CoolingDown { .. } => "cooling down",
                 AppEvent::Unknown { .. } => "unknown",
+                AppEvent::SpoofSuspected { .. } => "spoof suspected",
                 AppEvent::Tailgating { .. } => "tailgating",
                 AppEvent::Door(_) => "door",
                 AppEvent::CameraLost { .. } => "camera lost",

@@ -101,6 +101,13 @@ where
             };
             big_lines(target, &l, lines, FG, l.text_top()).map(|_| ())
         }
+        Screen::SpoofSuspected => {
+            // Says why, so a person refused by mistake knows to face the camera in person.
+            target.clear(RED)?;
+            cross_icon(target, l.icon_center(), l.icon, FG)?;
+            let y = big_lines(target, &l, &["Access", "denied"], FG, l.text_top())?;
+            line(target, &l, "Live face required", &FONT_10X20, 1, FG, y + l.gap / 2).map(|_| ())
+        }
         Screen::Alarm(alarm) => {
             let (bg, fg, lines, sub): (_, _, &[&str], _) = match alarm {
                 AlarmView::Forced => (RED, FG, &["Door", "forced"], "Alarm raised"),

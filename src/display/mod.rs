@@ -210,6 +210,8 @@ pub enum Outcome<'a> {
     Denied,
     /// Nobody in the gallery matched.
     Unknown,
+    /// An enrolled person's face failed the liveness check (a photo or screen is suspected).
+    SpoofSuspected,
 }
 
 /// The latest access decision and when it was made.
@@ -445,6 +447,8 @@ pub enum Screen {
     Denied,
     /// Nobody matched.
     Unknown,
+    /// A face that failed the liveness check.
+    SpoofSuspected,
     /// A door alarm.
     Alarm(AlarmView),
     /// Recognition cannot work (camera lost); lists every fault.
@@ -477,6 +481,7 @@ impl Screen {
                     }
                     Outcome::Denied => Screen::Denied,
                     Outcome::Unknown => Screen::Unknown,
+                    Outcome::SpoofSuspected => Screen::SpoofSuspected,
                 };
             }
         }
@@ -506,7 +511,14 @@ impl Screen {
 
     /// Results and alarms replace any screen at once; the rest respect the dwell time.
     fn urgent(&self) -> bool {
-        matches!(self, Screen::Granted { .. } | Screen::Denied | Screen::Unknown | Screen::Alarm(_))
+        matches!(
+            self,
+            Screen::Granted { .. }
+                | Screen::Denied
+                | Screen::Unknown
+                | Screen::SpoofSuspected
+                | Screen::Alarm(_)
+        )
     }
 
     /// A short lowercase name for the kind of screen (snapshot file names, logs).
@@ -517,6 +529,7 @@ impl Screen {
             Screen::Granted { .. } => "granted",
             Screen::Denied => "denied",
             Screen::Unknown => "unknown",
+            Screen::SpoofSuspected => "spoof",
             Screen::Alarm(AlarmView::Forced) => "alarm-forced",
             Screen::Alarm(AlarmView::HeldOpen) => "alarm-held-open",
             Screen::Error(_) => "error",

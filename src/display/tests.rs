@@ -58,6 +58,7 @@ fn fixtures() -> Vec<(&'static str, Status<'static>)> {
         ("granted", result(Outcome::Granted { name: "Amélie Durand-Lefèvre" })),
         ("denied", result(Outcome::Denied)),
         ("unknown", result(Outcome::Unknown)),
+        ("spoof", result(Outcome::SpoofSuspected)),
         (
             "alarm-forced",
             Status {
@@ -304,7 +305,7 @@ fn key_elements_of_each_screen() {
         );
         assert_eq!(count(&c, FG, right), 0, "granted {size}");
 
-        for name in ["denied", "unknown", "alarm-forced"] {
+        for name in ["denied", "unknown", "spoof", "alarm-forced"] {
             let c = get(name);
             assert_eq!(c.pixel(corner), Some(RED), "{name} {size}");
             assert!(count(&c, FG, whole(&c)) > 4000, "{name} {size}: icon and text");

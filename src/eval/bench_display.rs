@@ -43,6 +43,10 @@ fn statuses<'a>() -> Vec<(&'static str, Status<'a>)> {
         ),
         ("unknown", Status { last: Some(AccessView { at, outcome: Outcome::Unknown }), ..idle }),
         (
+            "spoof",
+            Status { last: Some(AccessView { at, outcome: Outcome::SpoofSuspected }), ..idle },
+        ),
+        (
             "forced",
             Status {
                 door: DoorView { locked: true, open: true, alarm: Some(AlarmView::Forced) },
@@ -89,7 +93,7 @@ mod tests {
     #[test]
     fn every_screen_and_size_is_measured() {
         let r = super::run(3);
-        assert_eq!(r.len(), 15);
+        assert_eq!(r.len(), 18);
         assert!(r.iter().all(|c| c.median_us > 0.0 && c.p99_us >= c.median_us));
     }
 }

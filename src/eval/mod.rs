@@ -10,6 +10,7 @@ pub mod calibrate;
 pub mod distance;
 pub mod export_calib;
 pub mod lfw;
+pub mod liveness;
 pub mod metrics;
 pub mod pairs;
 pub mod plot;

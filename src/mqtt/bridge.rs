@@ -35,6 +35,7 @@ fn access(kind: AccessKind, track: u64, eye_px: f32) -> AccessEvent {
         eye_distance_px: eye_px,
         embedding_norm: 0.0,
         liveness: None,
+        liveness_model: None,
     }
 }
 
@@ -45,13 +46,44 @@ fn door(kind: DoorKind, reason: Option<&str>) -> Message {
 /// The messages for one loop event, appended to `out`.
 pub fn messages(event: &AppEvent, out: &mut Vec<Message>) {
     match event {
-        AppEvent::Granted { track, person, name, similarity, eye_px, norm, backend: b, .. } => {
+        AppEvent::Granted {
+            track,
+            person,
+            name,
+            similarity,
+            eye_px,
+            norm,
+            backend: b,
+            liveness,
+            liveness_model,
+            ..
+        } => {
             let mut e = access(AccessKind::Granted, *track, *eye_px);
             e.person = Some(name.clone());
             e.person_id = Some(*person);
             e.similarity = finite(*similarity);
             e.backend = backend(b);
             e.embedding_norm = *norm;
+            e.liveness = liveness.and_then(finite);
+            e.liveness_model = liveness_model.map(str::to_owned);
+            out.push(Message::Access(e));
+        }
+        AppEvent::SpoofSuspected {
+            track,
+            person,
+            name,
+            similarity,
+            liveness,
+            liveness_model,
+            eye_px,
+            ..
+        } => {
+            let mut e = access(AccessKind::SpoofSuspected, *track, *eye_px);
+            e.person = Some(name.clone());
+            e.person_id = Some(*person);
+            e.similarity = finite(*similarity);
+            e.liveness = finite(*liveness);
+            e.liveness_model = Some((*liveness_model).to_owned());
             out.push(Message::Access(e));
         }
         AppEvent::CoolingDown { .. } => {}
@@ -107,7 +139,7 @@ pub fn counters(c: &AppCounters, uptime_s: u64) -> Message {
         frames: c.frames,
         faces: c.faces,
         granted: c.grants,
-        denied: 0,
+        denied: c.spoofs,
         unknown: c.unknowns,
         errors: c.corrupt_frames + c.camera_errors + c.embed_errors + c.door_errors,
         dropped_events: 0,
@@ -133,6 +165,8 @@ mod tests {
                 eye_px: 48.0,
                 norm: 21.5,
                 backend: "npu",
+                liveness: Some(0.97),
+                liveness_model: Some("minifasnet_v2+v1se"),
                 frame: 100,
             },
             &mut out,
@@ -150,6 +184,36 @@ mod tests {
             matches!(&out[1], Message::Door(d) if d.kind == DoorKind::Unlocked && d.reason.as_deref() == Some("face"))
         );
         assert!(matches!(out[2], Message::Lock(LockState::Unlocked)));
+        assert_eq!(
+            (a.liveness, a.liveness_model.as_deref()),
+            (Some(0.97), Some("minifasnet_v2+v1se"))
+        );
+    }
+
+    #[test]
+    fn a_suspected_spoof_is_an_access_event_without_a_door_change() {
+        let mut out = Vec::new();
+        messages(
+            &AppEvent::SpoofSuspected {
+                track: 2,
+                person: 5,
+                name: "Ada".into(),
+                similarity: 0.7,
+                liveness: 0.02,
+                passes: 0,
+                votes: 3,
+                liveness_model: "minifasnet_v2+v1se",
+                eye_px: 60.0,
+                frame: 9,
+            },
+            &mut out,
+        );
+        assert_eq!(out.len(), 1, "{out:?}");
+        let Message::Access(a) = &out[0] else { panic!("{out:?}") };
+        assert_eq!(
+            (a.kind, a.person.as_deref(), a.liveness),
+            (AccessKind::SpoofSuspected, Some("Ada"), Some(0.02))
+        );
     }
 
     #[test]

@@ -229,8 +229,14 @@ pub struct AccessEvent {
     pub eye_distance_px: f32,
     /// L2 norm of the raw embedding before normalisation (a quality hint).
     pub embedding_norm: f32,
-    /// Liveness score, if a liveness check ran.
+    /// Liveness score, if a liveness check ran: the mean live probability of the votes that
+    /// confirmed the identity (passed on enough of them for `granted`, too few for
+    /// `spoof_suspected`).
     pub liveness: Option<f32>,
+    /// The liveness check that scored it (e.g. `minifasnet_v2+v1se`); left out of the payload
+    /// when no check ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub liveness_model: Option<String>,
 }
 
 /// What happened to the door.
@@ -519,6 +525,7 @@ mod tests {
             eye_distance_px: 58.5,
             embedding_norm: 21.25,
             liveness: Some(0.75),
+            liveness_model: None,
         }
     }
 

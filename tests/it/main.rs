@@ -10,6 +10,7 @@ mod common;
 mod distance;
 mod enroll_live;
 mod faults;
+mod liveness;
 mod mqtt;
 mod parity;
 mod recognition;

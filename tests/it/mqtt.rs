@@ -254,6 +254,7 @@ pub(crate) fn access(kind: AccessKind, track_id: u64) -> AccessEvent {
         eye_distance_px: 58.5,
         embedding_norm: 21.25,
         liveness: None,
+        liveness_model: None,
     }
 }
 
