@@ -10,7 +10,8 @@
 //! says nothing about the C/C++ libraries underneath.
 //!
 //! Which frames: the 640x480 Hamilton stream with Lin-Manuel Miranda enrolled: faces come and
-//! go, tracks start and end, embeddings and votes run every frame. Frames in which the loop
+//! go, tracks start and end, embeddings and votes run every frame, and liveness (on here, as on
+//! the Pi) checks every face that votes for Lin-Manuel before his grant. Frames in which the loop
 //! reports an event (a grant, an unknown face, the door opening or relocking) are excluded by
 //! design: events carry names (`String`) for MQTT and the display and are rare (a handful per
 //! visitor). The test lists them and checks that they are few; every other frame after warm-up
@@ -151,6 +152,11 @@ fn steady_state_step_allocates_nothing() {
     let mut config = Config::load(&config_path).unwrap();
     config.gallery_path = dir.path().join("g.db");
     config.gallery_key_file = dir.path().join("g.key");
+    let live = config.liveness.clone().expect("board/laptop.toml has a [liveness] section");
+    config.app.decision.liveness = Some(portier::decide::LivenessPolicy {
+        threshold: live.settings.threshold,
+        passes: live.settings.passes,
+    });
 
     // Lin-Manuel Miranda enrolled from his photo, as in the appliance test.
     let mut pipeline = Pipeline::open(&config).unwrap();
@@ -176,7 +182,8 @@ fn steady_state_step_allocates_nothing() {
     })
     .unwrap();
     let (door, _, _) = portier::door::fake::idle_door(&config.door.door).unwrap();
-    let parts = Parts::cpu(pipeline, Box::new(source), matcher, Box::new(door));
+    let mut parts = Parts::cpu(pipeline, Box::new(source), matcher, Box::new(door));
+    parts.liveness = Some(Box::new(portier::liveness::MiniFasNet::open(&live.settings).unwrap()));
     let mut app = App::new(config.app.clone(), parts).unwrap();
     log::set_logger(&LOGGER).unwrap();
     log::set_max_level(log::LevelFilter::Info);
@@ -249,6 +256,7 @@ fn steady_state_step_allocates_nothing() {
     assert!(end.faces - at_warm.faces >= 250, "faces detected while counting: {end}");
     assert!(end.embeddings - at_warm.embeddings >= 100, "embeddings while counting: {end}");
     assert!(end.grants >= 1, "Lin-Manuel granted: {end}");
+    assert!(end.liveness_checks - at_warm.liveness_checks >= 3, "liveness checked: {end}");
     // Events are rare: a grant, the door's unlock and relock, a few unknown faces.
     assert!(noisy.len() <= 12, "{} frames with events", noisy.len());
     assert!(quiet >= 250, "{quiet} quiet frames");

@@ -78,6 +78,9 @@ pub fn replay(config: &Config, stream: &Path, fps: f64) -> Run {
     let (door, _, level) = portier::door::fake::idle_door(&config.door.door).unwrap();
     let mut parts = Parts::cpu(pipeline, Box::new(source), matcher, Box::new(door));
     parts.npu = npu_parts(config, None);
+    if let Some(l) = config.liveness.as_ref().filter(|l| l.enabled) {
+        parts.liveness = Some(Box::new(portier::liveness::MiniFasNet::open(&l.settings).unwrap()));
+    }
     let mut app = App::new(config.app.clone(), parts).unwrap();
     let mut events = Vec::new();
     let mut frame = 0u64;
@@ -108,16 +111,15 @@ pub fn replay(config: &Config, stream: &Path, fps: f64) -> Run {
     Run { grants, events, counters: app.counters(), relay_high: level.load(Ordering::SeqCst) }
 }
 
-pub(crate) fn video(assets: &Path, name: &str) -> PathBuf {
+pub fn video(assets: &Path, name: &str) -> PathBuf {
     assets.join("video").join(name)
 }
 
-pub(crate) const LIN: (&str, &str) =
-    ("Lin-Manuel Miranda", "face_recognition/lin-manuel-miranda.png");
-const OBAMA: (&str, &str) = ("Barack Obama", "face_recognition/obama.jpg");
-pub(crate) const HAMILTON_FPS: f64 = 29.97;
+pub const LIN: (&str, &str) = ("Lin-Manuel Miranda", "face_recognition/lin-manuel-miranda.png");
+pub const OBAMA: (&str, &str) = ("Barack Obama", "face_recognition/obama.jpg");
+pub const HAMILTON_FPS: f64 = 29.97;
 
-fn check_hamilton(run: &Run, with_obama: bool) {
+pub fn check_hamilton(run: &Run, with_obama: bool) {
     let lin: Vec<_> = run.grants.iter().filter(|g| g.0 == LIN.0).collect();
     assert_eq!(lin.len(), 1, "Lin-Manuel granted once: {:?}", run.grants);
     assert!((82..=210).contains(&lin[0].1), "Lin-Manuel granted while facing: {:?}", lin);
