@@ -276,7 +276,8 @@ impl Decider {
 
     /// Whether a face of `track` with these best two matches and this size would be a vote
     /// for a person that could lead to a grant, so its liveness should be checked: liveness is
-    /// on, the track is undecided, and the match clears the threshold and margin.
+    /// on, the match clears the threshold and margin, and the track is undecided (or, granted,
+    /// the vote names someone else).
     pub fn wants_liveness(
         &self,
         track: TrackId,
@@ -284,9 +285,17 @@ impl Decider {
         second: Option<(usize, f32)>,
         eye_px: f32,
     ) -> bool {
-        self.config.liveness.is_some()
-            && !self.tracks.iter().any(|t| t.track == track && (t.decided || t.spoofed))
-            && self.counts(best, second, eye_px).is_some()
+        if self.config.liveness.is_none() {
+            return false;
+        }
+        let vote = self.counts(best, second, eye_px);
+        match self.tracks.iter().find(|t| t.track == track) {
+            Some(t) if t.spoofed => false,
+            // Re-checks of a granted track: a vote for someone else may reopen the track and
+            // then counts towards that person's grant, so it needs its check too.
+            Some(t) if t.decided => vote.is_some_and(|(p, _)| Some(p) != t.decided_as),
+            _ => vote.is_some(),
+        }
     }
 
     /// The person a match votes for, after the threshold of its size band and the margin.
