@@ -109,7 +109,7 @@ fn enroll(config: &Config, name: &str, photo: &Path) {
     let img = portier::frame::load_image(photo).unwrap();
     let faces = pipeline.faces(img.view(), Select::All, None).unwrap();
     assert_eq!(faces.len(), 1, "{}", photo.display());
-    let mut gallery = Gallery::open(&config.gallery_path).unwrap();
+    let mut gallery = Gallery::open(&config.gallery_path, &config.gallery_key_file).unwrap();
     let model = pipeline.embedder_model_id();
     gallery.enroll(name, &model, &[faces[0].embedding.clone()], EnrollMode::New).unwrap();
 }
@@ -118,7 +118,10 @@ fn enroll(config: &Config, name: &str, photo: &Path) {
 fn show(config: &Config, photo: &Path, frames: u64) -> (Vec<AppEvent>, portier::app::Counters) {
     let pipeline = Pipeline::open(config).unwrap();
     let model = pipeline.embedder_model_id();
-    let matcher = Gallery::open(&config.gallery_path).unwrap().matcher(&model).unwrap();
+    let matcher = Gallery::open(&config.gallery_path, &config.gallery_key_file)
+        .unwrap()
+        .matcher(&model)
+        .unwrap();
     let source = ReplaySource::open(ReplaySettings {
         path: photo.to_path_buf(),
         fps: 10.0,
