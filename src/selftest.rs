@@ -1,6 +1,7 @@
 //! `portier selftest`: one command that tells a field technician what works and what does not.
 //! Every check runs, whatever failed before it, and becomes one row of a [`Report`]: the config,
-//! ONNX Runtime, the two models (one inference each on a synthetic input), the camera (opened,
+//! ONNX Runtime, the two models (one inference each on a synthetic input), the liveness models
+//! when configured (one check on a grey frame), the camera (opened,
 //! one frame decoded), the NPU, the door's GPIO lines, the MQTT broker (a message sent to
 //! `<base>/selftest` and received back), the gallery and the free disk space.
 //!
@@ -209,6 +210,11 @@ pub fn run(config: &Config, options: &SelftestOptions) -> Report {
     });
     add("detector", &mut || if ort_ok { detector(config) } else { no_runtime() });
     add("recognizer", &mut || if ort_ok { recognizer(config) } else { no_runtime() });
+    add("liveness", &mut || match config.liveness.as_ref().filter(|l| l.enabled) {
+        None => (Status::Absent, "no [liveness] section, or enabled = false".into()),
+        Some(_) if !ort_ok => no_runtime(),
+        Some(l) => liveness(&l.settings),
+    });
     add("camera", &mut || camera(config, options.camera_timeout));
     add("npu", &mut npu);
     add("gpio", &mut || gpio(config, options.pulse_relay));
@@ -343,6 +349,33 @@ fn recognizer(config: &Config) -> (Status, String) {
                 config.recognizer.path.display()
             ),
         ),
+        Err(e) => (Status::Fail, e.to_string()),
+    }
+}
+
+/// Both liveness models, one check on a grey frame with a face-sized box: the models load,
+/// have the expected outputs and give a probability.
+fn liveness(settings: &crate::liveness::LivenessSettings) -> (Status, String) {
+    use crate::liveness::LivenessCheck;
+    let started = Instant::now();
+    let mut check = match crate::liveness::MiniFasNet::open(settings) {
+        Ok(c) => c,
+        Err(e) => return (Status::Fail, e.to_string()),
+    };
+    let frame = grey_frame();
+    match check.check(frame.view(), [260.0, 180.0, 380.0, 320.0]) {
+        Ok(s) if (0.0..=1.0).contains(&s.score) => (
+            Status::Pass,
+            format!(
+                "{} + {}: grey frame scored {:.2} (threshold {}), {:.0} ms with loading",
+                file_name(&settings.v2),
+                file_name(&settings.v1se),
+                s.score,
+                settings.threshold,
+                started.elapsed().as_secs_f64() * 1e3
+            ),
+        ),
+        Ok(s) => (Status::Fail, format!("the liveness score is not a probability: {}", s.score)),
         Err(e) => (Status::Fail, e.to_string()),
     }
 }

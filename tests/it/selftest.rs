@@ -96,7 +96,7 @@ fn laptop_config_passes_and_reports_absent_parts_as_absent() {
     let table = String::from_utf8_lossy(&o.stdout);
     assert_eq!(o.status.code(), Some(0), "{table}\n{}", String::from_utf8_lossy(&o.stderr));
     let last = table.lines().last().unwrap();
-    assert_eq!(last, "selftest: 8 passed, 0 failed, 3 absent, 0 warned", "{table}");
+    assert_eq!(last, "selftest: 8 passed, 0 failed, 4 absent, 0 warned", "{table}");
     for line in ["config ", "onnxruntime ", "detector ", "camera ", "npu ", "mqtt "] {
         assert!(table.lines().any(|l| l.starts_with(line)), "no row {line:?}: {table}");
     }
@@ -122,8 +122,33 @@ fn laptop_config_passes_and_reports_absent_parts_as_absent() {
     assert_status(&report, "npu", "absent");
     assert_status(&report, "mqtt", "absent");
     assert_status(&report, "disk: outbox", "absent");
+    assert_status(&report, "liveness", "absent");
     assert!(row(&report, "gallery").1.contains("1 enrolled for `w600k_mbf_fp32`"));
     assert!(row(&report, "camera").1.contains("first frame mjpeg 640x480 decoded"));
+}
+
+#[test]
+fn liveness_models_are_checked_when_configured() {
+    let Some(assets) = common::assets() else { return };
+    let dir = assets.join("liveness");
+    let section = |v2: &Path| {
+        format!(
+            "[liveness]\nv2_model = \"{}\"\nv1se_model = \"{}\"\n",
+            v2.display(),
+            dir.join("MiniFASNetV1SE.onnx").display()
+        )
+    };
+    let s = Setup::new(&assets, None, &section(&dir.join("MiniFASNetV2.onnx")));
+    let (code, report) = s.selftest_json();
+    assert_eq!(code, Some(0), "{report:#}");
+    assert_status(&report, "liveness", "pass");
+    assert!(row(&report, "liveness").1.contains("MiniFASNetV2.onnx + MiniFASNetV1SE.onnx"));
+    // A model missing on the device (the image does not ship them yet): a failed row.
+    let s = Setup::new(&assets, None, &section(Path::new("/nonexistent/MiniFASNetV2.onnx")));
+    let (code, report) = s.selftest_json();
+    assert_eq!(code, Some(1), "{report:#}");
+    assert_status(&report, "liveness", "fail");
+    assert!(row(&report, "liveness").1.contains("/nonexistent/MiniFASNetV2.onnx"));
 }
 
 #[test]
