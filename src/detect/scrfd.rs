@@ -100,7 +100,9 @@ pub fn decode_stride(
     let anchors = (s.score.len() / (gw * gh)).max(1);
     let st = s.stride as f32;
     for (idx, &score) in s.score.iter().enumerate() {
-        if score < threshold {
+        // NaN (a broken output) fails every comparison, so `score < threshold` alone lets it
+        // through as a candidate with a NaN score.
+        if score.is_nan() || score < threshold {
             continue;
         }
         // Anchor order: row-major cells, the anchors of one cell adjacent.
@@ -191,6 +193,19 @@ mod tests {
         // Wrong input size for these outputs: a clear error.
         let err = assign(&outputs(numeric, [640, 640]), [320, 320]).unwrap_err();
         assert!(err.contains("stride"), "{err}");
+    }
+
+    /// Found by the `detect_decode` fuzz target: a NaN score passed the threshold.
+    #[test]
+    fn nan_score_is_not_a_candidate() {
+        let score = [f32::NAN, 0.9];
+        let bbox = [0.0; 8];
+        let kps = [0.0; 20];
+        let s = StrideOutputs { stride: 32, score: &score, obj: None, bbox: &bbox, kps: &kps };
+        let mut out = Vec::new();
+        decode_stride(&s, [32, 32], 0.5, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].score, 0.9);
     }
 
     #[test]

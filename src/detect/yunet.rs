@@ -55,7 +55,8 @@ pub fn decode_stride(
     let obj = s.obj.unwrap_or(s.score);
     for (idx, (&cls, &ob)) in s.score.iter().zip(obj).enumerate() {
         let score = (cls.clamp(0.0, 1.0) * ob.clamp(0.0, 1.0)).sqrt();
-        if score < threshold {
+        // NaN (a broken output) survives the clamps and fails every comparison.
+        if score.is_nan() || score < threshold {
             continue;
         }
         let (col, row) = ((idx % gw) as f32, (idx / gw) as f32);
@@ -97,6 +98,20 @@ mod tests {
         assert!((out[0].score - 0.9).abs() < 1e-6);
         assert_eq!(out[0].bbox, [32.0, 24.0, 64.0, 56.0]);
         assert_eq!(out[0].kps[0], [48.0, 32.0]);
+    }
+
+    /// Found by the `detect_decode` fuzz target (there with SCRFD): a NaN score passed the
+    /// threshold.
+    #[test]
+    fn nan_score_is_not_a_candidate() {
+        let cls = [f32::NAN, 1.0, 0.81, 1.0];
+        let obj = [1.0, f32::NAN, 1.0, 0.0];
+        let (bbox, kps) = ([0.0; 16], [0.0; 40]);
+        let s = StrideOutputs { stride: 32, score: &cls, obj: Some(&obj), bbox: &bbox, kps: &kps };
+        let mut out = Vec::new();
+        decode_stride(&s, [64, 64], 0.5, &mut out);
+        assert_eq!(out.len(), 1);
+        assert!((out[0].score - 0.9).abs() < 1e-6);
     }
 
     #[test]
