@@ -268,10 +268,10 @@ mod jpeg {
         }
     }
 
-    /// A libjpeg decompressor kept for a stream of images: created once, reused for every
-    /// frame (libjpeg's own per-image pool aside, decoding a frame allocates nothing), reset
-    /// after an error so the next frame decodes normally. Missing Huffman tables (UVC cameras
-    /// omit them) are supplied by libjpeg-turbo's standard tables.
+    /// A libjpeg decompressor kept for a stream of images: its error manager lives as long as
+    /// the stream; the decompressor's state is created afresh for every frame (no tables carry
+    /// over from one frame to the next), and aborted after an error. Missing Huffman tables
+    /// (UVC cameras omit them) are supplied by libjpeg-turbo's standard tables.
     pub(super) struct Decoder {
         /// Boxed: `cinfo.common.err` points at `err`, so neither may move.
         inner: Box<Inner>,
@@ -314,8 +314,17 @@ mod jpeg {
             let run = std::panic::AssertUnwindSafe(|| -> Result<(), (u32, u32)> {
                 // SAFETY: `bytes` outlives this call, in which libjpeg reads it; the
                 // decompressor was created in `new` and is idle (every frame ends with finish
-                // or abort). Errors unwind out of these calls to the catch_unwind below.
+                // or abort); destroying and creating it again keeps `cinfo.err` (see `new`).
+                // Errors unwind out of these calls to the catch_unwind below.
                 unsafe {
+                    // Each frame decodes alone, as in a fresh decompressor: libjpeg keeps the
+                    // quantization and Huffman tables of earlier images (JPEG's abbreviated
+                    // datastreams), so a frame whose DQT marker is damaged, or a UVC frame
+                    // without Huffman tables after one with tables of its own, would decode
+                    // with an earlier frame's tables. Found by the `frame_mjpeg` fuzz target.
+                    // A few small allocations per frame, next to libjpeg's per-image ones.
+                    jpeg_destroy_decompress(cinfo);
+                    jpeg_create_decompress(cinfo);
                     jpeg_mem_src(cinfo, bytes.as_ptr(), bytes.len() as std::os::raw::c_ulong);
                     jpeg_read_header(cinfo, 1);
                     cinfo.out_color_space = J_COLOR_SPACE::JCS_RGB;
@@ -929,6 +938,42 @@ mod tests {
         // Outside the 10x10 corner nothing changed.
         assert_eq!(out[(15 * 16 + 15) * 3], 9);
         assert_eq!(out[(2 * 16 + 12) * 3], 9);
+    }
+
+    /// Found by the `frame_mjpeg` fuzz target: a frame whose DQT marker was damaged (FF DB
+    /// became FF E3, an APP3 segment) decoded with the previous frame's quantization tables in
+    /// a reused decoder, while a fresh decoder refused it.
+    #[test]
+    fn stream_decoder_keeps_no_tables_between_frames() {
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 80)
+            .encode(gradient(16, 16).as_bytes(), 16, 16, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        // Every DQT marker segment (FF DB) becomes an APP3 segment (FF E3): no tables.
+        let mut damaged = jpeg.clone();
+        let mut pos = 2;
+        while pos + 4 <= damaged.len() && damaged[pos] == 0xFF && damaged[pos + 1] != 0xDA {
+            if damaged[pos + 1] == 0xDB {
+                damaged[pos + 1] = 0xE3;
+            }
+            pos += 2 + usize::from(u16::from_be_bytes([damaged[pos + 2], damaged[pos + 3]]));
+        }
+        assert_ne!(damaged, jpeg);
+        let frame = |data| crate::camera::RawFrame {
+            format: crate::camera::PixelFormat::Mjpeg,
+            width: 16,
+            height: 16,
+            stride: 0,
+            data,
+            sequence: 0,
+            timestamp: std::time::Duration::ZERO,
+        };
+        let mut out = RgbImage::new(0, 0);
+        assert!(FrameDecoder::new().decode(&frame(&damaged), &mut out).is_err());
+        let mut decoder = FrameDecoder::new();
+        decoder.decode(&frame(&jpeg), &mut out).unwrap();
+        let err = decoder.decode(&frame(&damaged), &mut out).unwrap_err();
+        assert!(err.to_string().contains("quantization table"), "{err}");
     }
 
     #[test]
