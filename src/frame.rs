@@ -35,6 +35,21 @@ pub enum FrameError {
         /// Declared height.
         height: u32,
     },
+    /// A camera frame whose JPEG header names another size than the camera's negotiated one
+    /// (a damaged header; refused before the decoder allocates for the size it claims).
+    #[error("{path}: the JPEG says {width}x{height}, the camera delivers {expected_width}x{expected_height}")]
+    SizeMismatch {
+        /// A label for the frame.
+        path: PathBuf,
+        /// Width in the JPEG header.
+        width: u32,
+        /// Height in the JPEG header.
+        height: u32,
+        /// The camera's width.
+        expected_width: u32,
+        /// The camera's height.
+        expected_height: u32,
+    },
     /// Zero-sized or absurdly large image.
     #[error("image {path}: unusable size {width}x{height}")]
     Dimensions {
@@ -304,14 +319,17 @@ mod jpeg {
         }
 
         /// Decodes one JPEG into `out` (resized to the picture, reusing its allocation).
+        /// `expected`: the size the camera negotiated, when known; a header that says
+        /// otherwise is refused before anything is allocated for it.
         pub(super) fn decode_into(
             &mut self,
             bytes: &[u8],
             out: &mut RgbImage,
             label: &Path,
+            expected: Option<(u32, u32)>,
         ) -> Result<(), FrameError> {
             let cinfo = &mut self.inner.cinfo;
-            let run = std::panic::AssertUnwindSafe(|| -> Result<(), (u32, u32)> {
+            let run = std::panic::AssertUnwindSafe(|| -> Result<(), (u32, u32, bool)> {
                 // SAFETY: `bytes` outlives this call, in which libjpeg reads it; the
                 // decompressor was created in `new` and is idle (every frame ends with finish
                 // or abort); destroying and creating it again keeps `cinfo.err` (see `new`).
@@ -330,7 +348,10 @@ mod jpeg {
                     cinfo.out_color_space = J_COLOR_SPACE::JCS_RGB;
                     let (w, h) = (cinfo.image_width, cinfo.image_height);
                     if w == 0 || h == 0 || w > MAX_SIDE || h > MAX_SIDE {
-                        return Err((w, h));
+                        return Err((w, h, false));
+                    }
+                    if expected.is_some_and(|e| e != (w, h)) {
+                        return Err((w, h, true));
                     }
                     jpeg_start_decompress(cinfo);
                     let (w, h) = (cinfo.output_width, cinfo.output_height);
@@ -362,8 +383,18 @@ mod jpeg {
             }
             match result {
                 Ok(Ok(())) => Ok(()),
-                Ok(Err((width, height))) => {
+                Ok(Err((width, height, false))) => {
                     Err(FrameError::Dimensions { path: label.into(), width, height })
+                }
+                Ok(Err((width, height, true))) => {
+                    let (expected_width, expected_height) = expected.unwrap_or_default();
+                    Err(FrameError::SizeMismatch {
+                        path: label.into(),
+                        width,
+                        height,
+                        expected_width,
+                        expected_height,
+                    })
                 }
                 Err(payload) => {
                     let reason = payload
@@ -386,7 +417,7 @@ mod jpeg {
     /// Decodes a baseline or progressive JPEG into a new RGB image.
     pub(super) fn decode(bytes: &[u8], label: &Path) -> Result<RgbImage, FrameError> {
         let mut img = RgbImage::new(0, 0);
-        Decoder::new().decode_into(bytes, &mut img, label)?;
+        Decoder::new().decode_into(bytes, &mut img, label, None)?;
         Ok(img)
     }
 }
@@ -425,7 +456,10 @@ impl FrameDecoder {
         const LABEL: &str = "camera frame";
         match frame.format {
             crate::camera::PixelFormat::Mjpeg => {
-                self.jpeg.decode_into(frame.data, out, Path::new(LABEL))
+                // A replay does not know its frames' size (0x0): the header decides then.
+                let expected =
+                    (frame.width > 0 && frame.height > 0).then_some((frame.width, frame.height));
+                self.jpeg.decode_into(frame.data, out, Path::new(LABEL), expected)
             }
             crate::camera::PixelFormat::Yuyv => {
                 yuyv_to_rgb(frame.data, frame.width, frame.height, frame.stride as usize, out)
@@ -943,6 +977,35 @@ mod tests {
     /// Found by the `frame_mjpeg` fuzz target: a frame whose DQT marker was damaged (FF DB
     /// became FF E3, an APP3 segment) decoded with the previous frame's quantization tables in
     /// a reused decoder, while a fresh decoder refused it.
+    /// A camera frame whose header claims another size (a damaged SOF) is refused before the
+    /// decoder allocates for it: a hostile or broken camera cannot make the loop allocate
+    /// hundreds of MiB (found while fuzzing: a header may claim 16384x16384).
+    #[test]
+    fn camera_frames_must_have_the_negotiated_size() {
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 80)
+            .encode(gradient(16, 8).as_bytes(), 16, 8, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        let frame = |width, height| crate::camera::RawFrame {
+            format: crate::camera::PixelFormat::Mjpeg,
+            width,
+            height,
+            stride: 0,
+            data: &jpeg,
+            sequence: 0,
+            timestamp: std::time::Duration::ZERO,
+        };
+        let mut out = RgbImage::new(0, 0);
+        let mut decoder = FrameDecoder::new();
+        decoder.decode(&frame(16, 8), &mut out).unwrap();
+        decoder.decode(&frame(0, 0), &mut out).unwrap();
+        let err = decoder.decode(&frame(640, 480), &mut out).unwrap_err().to_string();
+        assert!(err.contains("says 16x8") && err.contains("delivers 640x480"), "{err}");
+        // The decoder goes on with the next good frame.
+        decoder.decode(&frame(16, 8), &mut out).unwrap();
+        assert_eq!((out.width(), out.height()), (16, 8));
+    }
+
     #[test]
     fn stream_decoder_keeps_no_tables_between_frames() {
         let mut jpeg = Vec::new();

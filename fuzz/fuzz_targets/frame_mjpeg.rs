@@ -31,8 +31,10 @@ thread_local! {
 fn mjpeg(data: &[u8]) -> RawFrame<'_> {
     RawFrame {
         format: PixelFormat::Mjpeg,
-        width: 640,
-        height: 480,
+        // Unknown size (as a replay hands frames over): the header decides, as in
+        // `decode_image`, which this target compares against.
+        width: 0,
+        height: 0,
         stride: 0,
         data,
         sequence: 0,
