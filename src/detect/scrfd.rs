@@ -78,7 +78,7 @@ pub fn assign(outputs: &[OutputTensor], size: [u32; 2]) -> Result<[StrideOutputs
 pub fn rows_from_nhwc(outputs: &mut [OutputTensor], anchors: usize) {
     for o in outputs {
         let [n, h, w, c] = o.shape[..] else { continue };
-        if n != 1 || anchors == 0 || c <= 0 || c as usize % anchors != 0 {
+        if n != 1 || anchors == 0 || c <= 0 || !(c as usize).is_multiple_of(anchors) {
             continue;
         }
         let k = c as usize / anchors;

@@ -114,7 +114,7 @@ impl Geometry {
                 "grayscale or non-standard framebuffer formats are not supported".into(),
             ));
         }
-        if var.bits_per_pixel % 8 != 0 {
+        if !var.bits_per_pixel.is_multiple_of(8) {
             return Err(DisplayError::Format(format!("{} bits per pixel", var.bits_per_pixel)));
         }
         let field = |f: FbBitfield| -> Result<Field, DisplayError> {

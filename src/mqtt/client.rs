@@ -936,7 +936,8 @@ impl Worker {
                     return;
                 }
                 Err(e) => {
-                    if self.shared.outbox_errors.fetch_add(1, Ordering::Relaxed) % 100 == 0 {
+                    if self.shared.outbox_errors.fetch_add(1, Ordering::Relaxed).is_multiple_of(100)
+                    {
                         log::error!("{e}; keeping events in memory until the outbox works again");
                     }
                     self.spill_retry_at = Instant::now() + SPILL_RETRY;
