@@ -55,7 +55,7 @@ pub struct OnnxRuntimeConfig {
     /// Path of `libonnxruntime.so`; default: `ORT_DYLIB_PATH`, the development cache, then the
     /// system library directories.
     pub library: Option<PathBuf>,
-    /// Threads of the one pool all models share; 0 = one per core.
+    /// Threads of each model's pool (they sleep between runs); 0 = one per core.
     #[serde(default)]
     pub intra_threads: usize,
 }

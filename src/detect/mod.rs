@@ -12,8 +12,9 @@ pub mod yunet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::frame::{Filter, ImageView, Resizer};
-use crate::infer::{InferError, OnnxModel, OutputTensor, Preprocess, SessionOptions};
+use crate::frame::{Filter, ImageView, Planes, Resizer};
+use crate::infer::{InferError, OnnxModel, OutputTensor, PlanarRows, Preprocess, SessionOptions};
+use crate::par::Bands;
 
 /// Landmarks: image-left eye, image-right eye, nose tip, image-left mouth corner, image-right
 /// mouth corner (the order of InsightFace and OpenCV models alike).
@@ -160,7 +161,8 @@ pub struct Detector {
     settings: DetectorSettings,
     model: OnnxModel,
     resizer: Resizer,
-    letterboxed: Vec<u8>,
+    /// The preprocessing of `settings`, prepared for the letterbox's planar rows.
+    planar: PlanarRows,
     tensor: Vec<f32>,
     /// Frame pixels per input pixel of the last letterbox.
     scale: f32,
@@ -187,8 +189,8 @@ impl Detector {
         let dynamic_input = model.input().shape.get(2..4).is_some_and(|d| d.iter().all(|&v| v < 0));
         let mut det = Self {
             model,
-            resizer: Resizer::default(),
-            letterboxed: vec![0; (w * h * 3) as usize],
+            resizer: Resizer::with_bands(Bands::per_core()),
+            planar: settings.preprocess.planar_rows(),
             tensor: vec![0.0; (w * h * 3) as usize],
             scale: 1.0,
             fitted: [0; 2],
@@ -260,25 +262,25 @@ impl Detector {
         }
         // The frame is resized into a compact buffer, and only its area of the input tensor is
         // rewritten; the padding (black, normalised) is written when the geometry changes.
-        self.resizer.resize_into(
-            frame,
-            &mut self.letterboxed,
-            nw as usize,
-            nw,
-            nh,
-            self.settings.filter,
-        );
         if self.fitted != [nw, nh] {
             self.settings.preprocess.fill_constant(0, &mut self.tensor[..(3 * w * h) as usize]);
             self.fitted = [nw, nh];
         }
-        self.settings.preprocess.fill_nchw_region(
-            &self.letterboxed[..(nw * nh * 3) as usize],
-            nw as usize,
-            nh as usize,
-            w as usize,
-            h as usize,
-            &mut self.tensor,
+        let plane = (w * h) as usize;
+        let (p0, rest) = self.tensor[..3 * plane].split_at_mut(plane);
+        let (p1, p2) = rest.split_at_mut(plane);
+        let planar = self.planar;
+        let stride = w as usize;
+        self.resizer.resize_to_planes(
+            frame,
+            nw,
+            nh,
+            self.settings.filter,
+            Planes {
+                planes: [p0, p1, p2],
+                stride,
+                convert: &|row, planes| planar.convert(row, nw as usize, stride, planes),
+            },
         );
     }
 

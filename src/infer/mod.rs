@@ -76,7 +76,10 @@ pub enum InferError {
     },
 }
 
-static LOADED: OnceLock<Result<(PathBuf, ort::environment::Environment), String>> = OnceLock::new();
+/// The library's path, its environment and the intra-op thread count for every session.
+type Loaded = (PathBuf, ort::environment::Environment, usize);
+
+static LOADED: OnceLock<Result<Loaded, String>> = OnceLock::new();
 
 /// Where the library was looked for, in order.
 fn candidates(explicit: Option<&Path>) -> Vec<PathBuf> {
@@ -112,11 +115,13 @@ const LIB_NAME: &str = "libonnxruntime.so";
 /// `ORT_DYLIB_PATH`, then the development cache, then the system library directories.
 /// Later calls return the first call's outcome.
 ///
-/// Every session shares one global thread pool of `intra_threads` threads (0: one per core).
-/// With a pool per session, the detector's idle threads spin while the recognizer runs and the
-/// two fight over the cores: on two cores that doubled each model's time in the pipeline. The
-/// pool's threads still spin between runs: turning that off cost more model time (+5 ms on a
-/// 1080p frame here) than it freed for preprocessing.
+/// Every session gets its own pool of `intra_threads` threads (0: one per core), which spins
+/// only while a run of that session is in progress (`session.force_spinning_stop`): between
+/// runs the pools sleep, so the two models never fight over the cores and the letterbox gets
+/// every core between them. (With pools that keep spinning after a run, as ONNX Runtime does
+/// by default, the idle pool took a core from whatever ran next: per-session pools doubled each
+/// model's time on two cores, and one shared spinning pool left the letterbox one core. Turning
+/// spinning off altogether cost 5 ms of model time per 1080p frame here.)
 pub fn init(explicit: Option<&Path>, intra_threads: usize) -> Result<PathBuf, InferError> {
     let outcome = LOADED.get_or_init(|| {
         let list = candidates(explicit);
@@ -128,19 +133,13 @@ pub fn init(explicit: Option<&Path>, intra_threads: usize) -> Result<PathBuf, In
         };
         let builder = ort::init_from(path).map_err(|e| format!("{}|{e}", path.display()))?;
         // Only now that the library is loaded may anything else call into it.
-        let pool = ort::environment::GlobalThreadPoolOptions::default()
-            .with_intra_threads(intra_threads)
-            .map_err(|e| format!("{}|{e}", path.display()))?;
-        let env = builder
-            .with_name("portier")
-            .with_global_thread_pool(pool)
-            .build()
-            .map_err(|e| format!("{}|{e}", path.display()))?;
+        let env =
+            builder.with_name("portier").build().map_err(|e| format!("{}|{e}", path.display()))?;
         log::debug!("onnx runtime loaded from {}", path.display());
-        Ok((path.clone(), env))
+        Ok((path.clone(), env, intra_threads))
     });
     match outcome {
-        Ok((p, _)) => Ok(p.clone()),
+        Ok((p, _, _)) => Ok(p.clone()),
         Err(e) => match e.split_once('|') {
             Some(("not found", searched)) => {
                 Err(InferError::LibraryNotFound { searched: searched.to_string() })
@@ -331,8 +330,8 @@ impl OnnxModel {
             Optimization::Basic => GraphOptimizationLevel::Level1,
             Optimization::Disabled => GraphOptimizationLevel::Disable,
         };
-        let env = match LOADED.get() {
-            Some(Ok((_, env))) => env,
+        let (env, threads) = match LOADED.get() {
+            Some(Ok((_, env, threads))) => (env, *threads),
             _ => {
                 return Err(InferError::ModelLoad {
                     path: path.into(),
@@ -344,6 +343,10 @@ impl OnnxModel {
         let mut builder = Session::builder(env)
             .map_err(load)?
             .with_optimization_level(level)
+            .map_err(|e| load(e.into()))?
+            .with_intra_threads(threads)
+            .map_err(|e| load(e.into()))?
+            .with_config_entry("session.force_spinning_stop", "1")
             .map_err(|e| load(e.into()))?;
         let session = builder.commit_from_file(path).map_err(load)?;
         let inputs: Vec<TensorInfo> = session.inputs().iter().map(info).collect();
@@ -538,35 +541,36 @@ impl Preprocess {
     /// Writes an interleaved RGB image of `width * height` pixels into planar NCHW floats.
     /// `out` must hold `3 * width * height` values.
     pub fn fill_nchw(&self, rgb: &[u8], width: usize, height: usize, out: &mut [f32]) {
-        self.fill_nchw_region(rgb, width, height, width, height, out);
-    }
-
-    /// Writes an interleaved RGB image of `width * height` pixels into the top-left corner of
-    /// planar NCHW floats of `plane_w * plane_h` per channel, leaving the rest untouched.
-    pub fn fill_nchw_region(
-        &self,
-        rgb: &[u8],
-        width: usize,
-        height: usize,
-        plane_w: usize,
-        plane_h: usize,
-        out: &mut [f32],
-    ) {
-        let plane = plane_w * plane_h;
+        let plane = width * height;
         let lut = self.lut();
         let src_channel = self.source_channels();
         let (p0, rest) = out[..3 * plane].split_at_mut(plane);
         let (p1, p2) = rest.split_at_mut(plane);
-        for (y, row) in rgb.chunks_exact(width * 3).take(height).enumerate() {
-            let o = y * plane_w..y * plane_w + width;
-            for (((px, a), b), c) in
-                row.chunks_exact(3).zip(&mut p0[o.clone()]).zip(&mut p1[o.clone()]).zip(&mut p2[o])
-            {
-                *a = lut[0][usize::from(px[src_channel[0]])];
-                *b = lut[1][usize::from(px[src_channel[1]])];
-                *c = lut[2][usize::from(px[src_channel[2]])];
-            }
+        for (((px, a), b), c) in rgb.chunks_exact(3).take(plane).zip(p0).zip(p1).zip(p2) {
+            *a = lut[0][usize::from(px[src_channel[0]])];
+            *b = lut[1][usize::from(px[src_channel[1]])];
+            *c = lut[2][usize::from(px[src_channel[2]])];
         }
+    }
+
+    /// The converter of planar rows into this model's input planes (see [`PlanarRows`]).
+    pub fn planar_rows(&self) -> PlanarRows {
+        let src = self.source_channels();
+        let channels = std::array::from_fn(|c| {
+            let (mean, std) = (self.mean[c], self.std[c]);
+            let recip = 1.0 / std;
+            let exact = (0..=255u8).all(|v| {
+                let d = f32::from(v) - mean;
+                (d * recip).to_bits() == (d / std).to_bits()
+            });
+            PlaneNorm { source: src[c], mean, std, recip, exact }
+        });
+        #[cfg(target_arch = "x86_64")]
+        let wide =
+            std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw");
+        #[cfg(not(target_arch = "x86_64"))]
+        let wide = false;
+        PlanarRows { channels, wide }
     }
 
     /// Fills all three planes with the normalised value of the grey level `value` (the padding
@@ -596,6 +600,78 @@ impl Preprocess {
             }
         }
         lut
+    }
+}
+
+/// How one input plane is computed from one colour channel.
+#[derive(Debug, Clone, Copy)]
+struct PlaneNorm {
+    /// Which colour (0 red, 1 green, 2 blue) feeds the plane.
+    source: usize,
+    mean: f32,
+    std: f32,
+    recip: f32,
+    /// `(v - mean) * recip` equals `(v - mean) / std` for every byte value.
+    exact: bool,
+}
+
+/// Converts rows that are planar (`width` red bytes, `width` green, `width` blue: what
+/// [`Resizer::resize_to_planes`](crate::frame::Resizer::resize_to_planes) hands over) into a
+/// model's three input planes. Prepared once per model ([`Preprocess::planar_rows`]).
+/// Contiguous bytes become contiguous floats, a loop that vectorises, with the values of
+/// [`Preprocess::fill_nchw`]'s table: the same division, or a multiplication by the reciprocal
+/// where that gives the same float for every byte value (as for a power-of-two divisor).
+#[derive(Debug, Clone, Copy)]
+pub struct PlanarRows {
+    channels: [PlaneNorm; 3],
+    /// The CPU has AVX-512 (F, BW): the loop runs in 512-bit vectors.
+    wide: bool,
+}
+
+impl PlanarRows {
+    /// Converts `rows` (each `3 * width` bytes) into the same rows of `planes`, whose rows are
+    /// `plane_w` floats apart (the first `width` of each row are written).
+    pub fn convert(&self, rows: &[u8], width: usize, plane_w: usize, planes: [&mut [f32]; 3]) {
+        /// The same loop in 512-bit vectors (same operations per value, same results).
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f,avx512bw,avx2")]
+        fn wide(
+            this: &PlanarRows,
+            rows: &[u8],
+            width: usize,
+            plane_w: usize,
+            planes: [&mut [f32]; 3],
+        ) {
+            this.convert_with(rows, width, plane_w, planes);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if self.wide {
+            // SAFETY: `wide` is set only when the CPU has the features the function is
+            // compiled for.
+            unsafe { wide(self, rows, width, plane_w, planes) };
+            return;
+        }
+        self.convert_with(rows, width, plane_w, planes);
+    }
+
+    #[inline(always)]
+    fn convert_with(&self, rows: &[u8], width: usize, plane_w: usize, planes: [&mut [f32]; 3]) {
+        for (n, plane) in self.channels.iter().zip(planes) {
+            let offset = n.source * width;
+            for (row, out_row) in rows.chunks_exact(width * 3).zip(plane.chunks_exact_mut(plane_w))
+            {
+                let pairs = out_row[..width].iter_mut().zip(&row[offset..offset + width]);
+                if n.exact {
+                    for (o, &v) in pairs {
+                        *o = (f32::from(v) - n.mean) * n.recip;
+                    }
+                } else {
+                    for (o, &v) in pairs {
+                        *o = (f32::from(v) - n.mean) / n.std;
+                    }
+                }
+            }
+        }
     }
 }
 
