@@ -10,10 +10,8 @@
 //! `f(1)`, … can use it.
 
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
 /// Most bands a job is split into (the caller plus helpers).
 pub const MAX_BANDS: usize = 4;
@@ -43,9 +41,6 @@ struct State {
 
 struct Shared {
     state: Mutex<State>,
-    /// Helpers still running the current job: a copy of `State::pending` the caller can poll
-    /// without the lock.
-    running: AtomicUsize,
     /// Signalled when a job is published (or at quit).
     start: Condvar,
     /// Signalled when a helper finishes.
@@ -85,7 +80,6 @@ impl Bands {
                 panic: None,
                 quit: false,
             }),
-            running: AtomicUsize::new(0),
             start: Condvar::new(),
             done: Condvar::new(),
         });
@@ -137,7 +131,6 @@ impl Bands {
             st.job = Some(job);
             st.generation = st.generation.wrapping_add(1);
             st.pending = self.helpers.len();
-            self.shared.running.store(self.helpers.len(), Ordering::Release);
         }
         self.shared.start.notify_all();
         let wait = Wait(&self.shared);
@@ -153,22 +146,8 @@ impl Bands {
 /// from a panic in band 0.
 struct Wait<'a>(&'a Shared);
 
-/// How long the caller polls for the helpers after its own band before it sleeps: the bands
-/// are equal, so the helpers finish within about one thread wake-up of the caller, and a
-/// second wake-up (for the caller) would cost as much again.
-const POLL: Duration = Duration::from_micros(300);
-
 impl Drop for Wait<'_> {
     fn drop(&mut self) {
-        let deadline = Instant::now() + POLL;
-        'poll: while self.0.running.load(Ordering::Acquire) > 0 {
-            for _ in 0..64 {
-                std::hint::spin_loop();
-            }
-            if Instant::now() > deadline {
-                break 'poll;
-            }
-        }
         let mut st = self.0.lock();
         while st.pending > 0 {
             st = self.0.done.wait(st).unwrap_or_else(PoisonError::into_inner);
@@ -204,7 +183,6 @@ fn helper(shared: &Shared, index: usize) {
             st.panic.get_or_insert(payload);
         }
         st.pending -= 1;
-        shared.running.fetch_sub(1, Ordering::Release);
         if st.pending == 0 {
             shared.done.notify_all();
         }
@@ -225,6 +203,7 @@ impl Drop for Bands {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[test]
     fn every_band_runs_once_per_job() {
