@@ -1318,41 +1318,6 @@ mod tests {
         img
     }
 
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn avx2_horizontal_pass_is_bit_identical_to_scalar() {
-        if !std::is_x86_feature_detected!("avx2") {
-            eprintln!("notice: no AVX2 on this CPU; the scalar pass is the only one used");
-            return;
-        }
-        let mut state = 12345u32;
-        let row: Vec<u8> = (0..1931 * 3)
-            .map(|_| {
-                state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
-                (state >> 16) as u8
-            })
-            .collect();
-        for (dst, filter) in [
-            (640, Filter::Antialiased),
-            (517, Filter::Antialiased),
-            (1931, Filter::Antialiased),
-            (700, Filter::Bilinear),
-            (2500, Filter::Antialiased),
-        ] {
-            let mut taps = ResampleTaps::default();
-            taps.prepare(1931, dst, filter);
-            if taps.max_taps > 8 {
-                continue;
-            }
-            let mut scalar = vec![0u8; dst as usize * 3];
-            let mut simd = vec![1u8; dst as usize * 3];
-            horizontal_row(&taps, &row, &mut scalar, 0);
-            // SAFETY: AVX2 checked above; max_taps <= 8 checked above.
-            unsafe { simd::horizontal_row_avx2(&taps, &row, &mut simd) };
-            assert_eq!(scalar, simd, "{dst} {filter:?}");
-        }
-    }
-
     fn noise(w: u32, h: u32, seed: u32) -> RgbImage {
         let mut state = seed;
         let mut img = RgbImage::new(w, h);
@@ -1443,33 +1408,48 @@ mod tests {
         }
     }
 
+    /// Each SIMD horizontal kernel this CPU has gives the scalar pass's bytes, row by row, for
+    /// shrinks and enlargements (the kernels finish the row's end with other code).
     #[cfg(target_arch = "x86_64")]
     #[test]
-    fn avx512_horizontal_pass_is_bit_identical_to_scalar() {
-        if !simd::has_avx512() {
-            eprintln!("notice: no AVX-512 VBMI on this CPU; the AVX2 pass is used instead");
-            return;
-        }
+    fn simd_horizontal_passes_are_bit_identical_to_scalar() {
+        type Pass = unsafe fn(&ResampleTaps, &[u8], &mut [u8]);
+        type Usable = fn(&ResampleTaps) -> bool;
+        let kernels: [(&str, bool, Pass, Usable); 2] = [
+            ("AVX2", std::is_x86_feature_detected!("avx2"), simd::horizontal_row_avx2, |t| {
+                t.max_taps <= 8
+            }),
+            ("AVX-512", simd::has_avx512(), simd::horizontal_row_avx512, |t| {
+                !t.group_offsets.is_empty()
+            }),
+        ];
         let row = noise(1931, 1, 99);
-        for (dst, filter) in [
-            (640, Filter::Antialiased),
-            (517, Filter::Antialiased),
-            (1931, Filter::Antialiased),
-            (700, Filter::Bilinear),
-            (2500, Filter::Antialiased),
-            (483, Filter::Antialiased),
-        ] {
-            let mut taps = ResampleTaps::default();
-            taps.prepare(1931, dst, filter);
-            if taps.group_offsets.is_empty() {
+        for (name, present, pass, usable) in kernels {
+            if !present {
+                eprintln!("notice: no {name} on this CPU; that kernel is never chosen");
                 continue;
             }
-            let mut scalar = vec![0u8; dst as usize * 3];
-            let mut simd = vec![1u8; dst as usize * 3];
-            horizontal_row(&taps, row.as_bytes(), &mut scalar, 0);
-            // SAFETY: AVX-512 checked above; the group tables are filled.
-            unsafe { simd::horizontal_row_avx512(&taps, row.as_bytes(), &mut simd) };
-            assert_eq!(scalar, simd, "{dst} {filter:?}");
+            for (dst, filter) in [
+                (640, Filter::Antialiased),
+                (517, Filter::Antialiased),
+                (1931, Filter::Antialiased),
+                (700, Filter::Bilinear),
+                (2500, Filter::Antialiased),
+                (483, Filter::Antialiased),
+            ] {
+                let mut taps = ResampleTaps::default();
+                taps.prepare(1931, dst, filter);
+                if !usable(&taps) {
+                    continue;
+                }
+                let mut scalar = vec![0u8; dst as usize * 3];
+                let mut simd = vec![1u8; dst as usize * 3];
+                horizontal_row(&taps, row.as_bytes(), &mut scalar, 0);
+                // SAFETY: the CPU has the kernel's features (`present`) and the taps fit it
+                // (`usable`).
+                unsafe { pass(&taps, row.as_bytes(), &mut simd) };
+                assert_eq!(scalar, simd, "{name}: {dst} {filter:?}");
+            }
         }
     }
 
