@@ -1380,32 +1380,58 @@ mod tests {
                 r.resize_into(img.view(), &mut got, dw as usize, dw, dh, filter);
                 assert!(got == expected, "{name}: {sw}x{sh} -> {dw}x{dh} {filter:?}");
             }
-            // The portable kernel on its own (the one the Pi runs).
+            // Each kernel on its own, whichever the dispatch would pick: the portable one (what
+            // the Pi runs) and every SIMD one this CPU has.
             let (mut h, mut v) = (ResampleTaps::default(), ResampleTaps::default());
             h.prepare(sw, dw, filter);
             v.prepare(sh, dh, filter);
             let band = Band { h: &h, v: &v, src: img.view() };
-            let mut planar = vec![0u8; expected.len()];
-            band.passes(
-                &mut Scratch::default(),
-                0..dh as usize,
-                &mut planar,
-                Kernel::Scalar,
-                &mut |_, _| {},
-            );
-            let mut interleaved = vec![0u8; expected.len()];
-            for (o, row) in interleaved
-                .chunks_exact_mut(dw as usize * 3)
-                .zip(planar.chunks_exact(dw as usize * 3))
-            {
-                for x in 0..dw as usize {
-                    for c in 0..3 {
-                        o[x * 3 + c] = row[c * dw as usize + x];
+            for kernel in kernels_for(&h) {
+                let mut planar = vec![0u8; expected.len()];
+                let rows = 0..dh as usize;
+                let mut scratch = Scratch::default();
+                match kernel {
+                    Kernel::Scalar => {
+                        band.passes(&mut scratch, rows, &mut planar, kernel, &mut |_, _| {});
+                    }
+                    // SAFETY: `kernels_for` lists only kernels the CPU has and the taps fit.
+                    #[cfg(target_arch = "x86_64")]
+                    _ => unsafe {
+                        band.passes_avx2(&mut scratch, rows, &mut planar, kernel, &mut |_, _| {});
+                    },
+                }
+                let row_len = dw as usize * 3;
+                let mut interleaved = vec![0u8; expected.len()];
+                for (o, row) in
+                    interleaved.chunks_exact_mut(row_len).zip(planar.chunks_exact(row_len))
+                {
+                    for x in 0..dw as usize {
+                        for c in 0..3 {
+                            o[x * 3 + c] = row[c * dw as usize + x];
+                        }
                     }
                 }
+                assert!(interleaved == expected, "{kernel:?}: {sw}x{sh} -> {dw}x{dh} {filter:?}");
             }
-            assert!(interleaved == expected, "scalar: {sw}x{sh} -> {dw}x{dh} {filter:?}");
         }
+    }
+
+    /// The horizontal kernels this CPU can run with these taps.
+    fn kernels_for(h: &ResampleTaps) -> Vec<Kernel> {
+        #[allow(unused_mut)]
+        let mut kernels = vec![Kernel::Scalar];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") && h.max_taps <= 8 {
+                kernels.push(Kernel::Avx2);
+            }
+            if simd::has_avx512() && !h.group_offsets.is_empty() {
+                kernels.push(Kernel::Avx512);
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = h;
+        kernels
     }
 
     /// Each SIMD horizontal kernel this CPU has gives the scalar pass's bytes, row by row, for

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use portier::app::{App, AppEvent, Counters, Parts, StepOutcome};
 use portier::camera::replay::{ReplaySettings, ReplaySource};
+use portier::camera::FrameSource;
 use portier::config::Config;
 use portier::door::fake::LoggedRelay;
 use portier::door::DoorEvent;
@@ -61,22 +62,31 @@ pub fn enroll(config: &Config, assets: &Path, people: &[(&str, &str)]) {
 }
 
 /// Replays `stream` (under assets/video) through the loop, stepping at its nominal rate.
-pub fn replay(config: &Config, stream: &Path, fps: f64) -> Run {
+/// The loop's parts as `portier run` assembles them on the CPU: the config's pipeline, the
+/// gallery's matcher for its recognizer, `source`, and a fake door idle at its secure level.
+/// Also the recognizer's model id and the relay's level.
+pub(crate) fn cpu_parts(
+    config: &Config,
+    source: Box<dyn FrameSource>,
+) -> (Parts, String, Arc<AtomicBool>) {
     let pipeline = Pipeline::open(config).unwrap();
     let model = pipeline.embedder_model_id();
     let matcher = Gallery::open(&config.gallery_path, &config.gallery_key_file)
         .unwrap()
         .matcher(&model)
         .unwrap();
-    let source = ReplaySource::open(ReplaySettings {
-        path: stream.to_path_buf(),
-        fps,
-        looped: false,
-        pace: false,
-    })
-    .unwrap();
     let (door, _, level) = portier::door::fake::idle_door(&config.door.door).unwrap();
-    let mut parts = Parts::cpu(pipeline, Box::new(source), matcher, Box::new(door));
+    (Parts::cpu(pipeline, source, matcher, Box::new(door)), model, level)
+}
+
+/// A replay of `path` at `fps` on the synthetic clock (unpaced).
+pub(crate) fn replay_source(path: &Path, fps: f64, looped: bool) -> Box<dyn FrameSource> {
+    let settings = ReplaySettings { path: path.to_path_buf(), fps, looped, pace: false };
+    Box::new(ReplaySource::open(settings).unwrap())
+}
+
+pub fn replay(config: &Config, stream: &Path, fps: f64) -> Run {
+    let (mut parts, _, level) = cpu_parts(config, replay_source(stream, fps, false));
     parts.npu = npu_parts(config, None);
     if let Some(l) = config.liveness.as_ref().filter(|l| l.enabled) {
         parts.liveness = Some(Box::new(portier::liveness::MiniFasNet::open(&l.settings).unwrap()));
@@ -468,21 +478,8 @@ fn when_the_npu_dies_every_face_goes_to_the_cpu_with_one_event_and_grants_contin
     let dir = tempfile::tempdir().unwrap();
     let config = with_emulated_npu(laptop_config(&dir.path().join("g.db")), &a);
     enroll(&config, &a, &[LIN]);
-    let pipeline = Pipeline::open(&config).unwrap();
-    let model = pipeline.embedder_model_id();
-    let matcher = Gallery::open(&config.gallery_path, &config.gallery_key_file)
-        .unwrap()
-        .matcher(&model)
-        .unwrap();
-    let source = ReplaySource::open(ReplaySettings {
-        path: video(&a, "hamilton_640x480.mjpeg"),
-        fps: HAMILTON_FPS,
-        looped: false,
-        pace: false,
-    })
-    .unwrap();
-    let (door, _, _) = portier::door::fake::idle_door(&config.door.door).unwrap();
-    let mut parts = Parts::cpu(pipeline, Box::new(source), matcher, Box::new(door));
+    let source = replay_source(&video(&a, "hamilton_640x480.mjpeg"), HAMILTON_FPS, false);
+    let (mut parts, _, _) = cpu_parts(&config, source);
     let die =
         |inner| -> Box<dyn portier::embed::Embedder> { Box::new(Dying { inner, ok: 5, calls: 0 }) };
     parts.npu = npu_parts(&config, Some(&die));

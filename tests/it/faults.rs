@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use embedded_hal::digital::PinState;
-use portier::app::{App, AppEvent, Counters, Hooks, NpuParts, Parts, RemoteCommand};
+use portier::app::{App, AppEvent, Counters, Hooks, NpuParts, RemoteCommand};
 use portier::camera::replay::{split_mjpeg, ReplaySettings, ReplaySource};
 use portier::camera::{CameraError, FrameSource, PixelFormat, RawFrame};
 use portier::config::Config;
@@ -39,7 +39,6 @@ use portier::gallery::{EnrollMode, Gallery};
 use portier::mqtt::client::{run_id, Message, MqttClient};
 use portier::mqtt::events::AccessKind;
 use portier::mqtt::outbox::Outbox;
-use portier::pipeline::Pipeline;
 use portier::shell::Shell;
 use serde_json::Value;
 
@@ -297,16 +296,8 @@ impl Rig {
         npu: Option<NpuParts>,
         side: impl FnOnce(&Watch, Arc<AtomicUsize>, Arc<AtomicU64>) + Send,
     ) -> Outcome {
-        let pipeline = Pipeline::open(&self.config).unwrap();
-        let model = pipeline.embedder_model_id();
-        let matcher = Gallery::open(&self.config.gallery_path, &self.config.gallery_key_file)
-            .unwrap()
-            .matcher(&model)
-            .unwrap();
-        let door_config = &self.config.door.door;
-        let (door, _, relay) = portier::door::fake::idle_door(door_config).unwrap();
-        let secure_high = portier::door::secure_level(door_config) == PinState::High;
-        let mut parts = Parts::cpu(pipeline, source, matcher, Box::new(door));
+        let (mut parts, model, relay) = crate::appliance::cpu_parts(&self.config, source);
+        let secure_high = portier::door::secure_level(&self.config.door.door) == PinState::High;
         parts.npu = npu;
         let mut app = App::new(self.config.app.clone(), parts).unwrap();
         let mqtt = mqtt_config(self.watch.port, self.dir.path());

@@ -7,15 +7,17 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use portier::app::{App, AppEvent, Parts, StepOutcome};
-use portier::camera::replay::{ReplaySettings, ReplaySource};
+use portier::app::{App, AppEvent, StepOutcome};
 use portier::config::Config;
 use portier::eval::liveness::{read_labels, run as eval_liveness};
 use portier::gallery::{EnrollMode, Gallery};
 use portier::liveness::{MiniFasNet, DEFAULT_THRESHOLD, MINIFASNET};
 use portier::pipeline::{Pipeline, Select};
 
-use crate::appliance::{check_hamilton, laptop_config, replay, video, HAMILTON_FPS, LIN, OBAMA};
+use crate::appliance::{
+    check_hamilton, cpu_parts, laptop_config, replay, replay_source, video, HAMILTON_FPS, LIN,
+    OBAMA,
+};
 use crate::common::assets;
 
 fn samples(assets: &Path) -> PathBuf {
@@ -116,21 +118,7 @@ fn enroll(config: &Config, name: &str, photo: &Path) {
 
 /// Shows `photo` to the loop's camera (a replayed still, looped) for `frames` frames at 10 fps.
 fn show(config: &Config, photo: &Path, frames: u64) -> (Vec<AppEvent>, portier::app::Counters) {
-    let pipeline = Pipeline::open(config).unwrap();
-    let model = pipeline.embedder_model_id();
-    let matcher = Gallery::open(&config.gallery_path, &config.gallery_key_file)
-        .unwrap()
-        .matcher(&model)
-        .unwrap();
-    let source = ReplaySource::open(ReplaySettings {
-        path: photo.to_path_buf(),
-        fps: 10.0,
-        looped: true,
-        pace: false,
-    })
-    .unwrap();
-    let (door, _, _) = portier::door::fake::idle_door(&config.door.door).unwrap();
-    let mut parts = Parts::cpu(pipeline, Box::new(source), matcher, Box::new(door));
+    let (mut parts, _, _) = cpu_parts(config, replay_source(photo, 10.0, true));
     let settings = &config.liveness.as_ref().unwrap().settings;
     parts.liveness = Some(Box::new(MiniFasNet::open(settings).unwrap()));
     let mut app = App::new(config.app.clone(), parts).unwrap();
