@@ -1071,7 +1071,7 @@ impl Resizer {
                 None => job.run(&mut scratch, rows, out, &mut |_, _| {}),
             }
         };
-        match &self.bands {
+        match &mut self.bands {
             Some(bands) if n > 1 => bands.run(&run_band),
             _ => run_band(0),
         }

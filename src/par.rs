@@ -112,7 +112,8 @@ impl Bands {
 
     /// Calls `f(0)` … `f(count() - 1)`, band 0 on this thread and the others on the helpers at
     /// the same time, and returns when all have returned. A panic in any band is resumed here.
-    pub fn run(&self, f: &(dyn Fn(usize) + Sync)) {
+    /// (`&mut`: one job at a time.)
+    pub fn run(&mut self, f: &(dyn Fn(usize) + Sync)) {
         if self.helpers.is_empty() {
             f(0);
             return;
@@ -208,7 +209,7 @@ mod tests {
     #[test]
     fn every_band_runs_once_per_job() {
         for n in 1..=MAX_BANDS + 1 {
-            let bands = Bands::new(n);
+            let mut bands = Bands::new(n);
             assert_eq!(bands.count(), n.min(MAX_BANDS));
             let hits: [AtomicUsize; MAX_BANDS] = Default::default();
             for _ in 0..100 {
@@ -225,7 +226,7 @@ mod tests {
 
     #[test]
     fn bands_write_disjoint_parts_of_a_borrowed_buffer() {
-        let bands = Bands::new(3);
+        let mut bands = Bands::new(3);
         let mut data = vec![0u32; 300];
         let parts: Vec<Mutex<&mut [u32]>> = data.chunks_mut(100).map(Mutex::new).collect();
         bands.run(&|i| {
@@ -240,7 +241,7 @@ mod tests {
 
     #[test]
     fn a_helper_panic_reaches_the_caller_and_the_pool_still_works() {
-        let bands = Bands::new(2);
+        let mut bands = Bands::new(2);
         let r = catch_unwind(AssertUnwindSafe(|| {
             bands.run(&|i| assert!(i != 1, "band 1 fails"));
         }));
