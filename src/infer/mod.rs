@@ -166,7 +166,7 @@ pub enum Optimization {
     Disabled,
 }
 
-/// Options for opening a model (threads are process-wide: see [`init`]).
+/// Options for opening a model (the thread count is set once for all sessions: see [`init`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SessionOptions {
     /// Graph optimisation level.
@@ -565,12 +565,12 @@ impl Preprocess {
             });
             PlaneNorm { source: src[c], mean, std, recip, exact }
         });
-        #[cfg(target_arch = "x86_64")]
-        let wide =
-            std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw");
-        #[cfg(not(target_arch = "x86_64"))]
-        let wide = false;
-        PlanarRows { channels, wide }
+        PlanarRows {
+            channels,
+            #[cfg(target_arch = "x86_64")]
+            wide: std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512bw"),
+        }
     }
 
     /// Fills all three planes with the normalised value of the grey level `value` (the padding
@@ -625,6 +625,7 @@ struct PlaneNorm {
 pub struct PlanarRows {
     channels: [PlaneNorm; 3],
     /// The CPU has AVX-512 (F, BW): the loop runs in 512-bit vectors.
+    #[cfg(target_arch = "x86_64")]
     wide: bool,
 }
 

@@ -609,6 +609,8 @@ impl Api {
 }
 
 /// Reads a NUL-terminated C name out of a fixed array (lossy: HEF names are ASCII).
+// `c_char` is i8 on x86-64 and u8 on aarch64: the cast is needed on one, a no-op on the other.
+#[allow(clippy::unnecessary_cast)]
 pub fn name_of(raw: &[c_char]) -> String {
     let bytes: Vec<u8> = raw.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
     String::from_utf8_lossy(&bytes).into_owned()
