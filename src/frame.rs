@@ -575,19 +575,17 @@ pub struct ResampleTaps {
     /// Weights in 1/2^22 fixed point, `max_taps` per output index.
     weights: Vec<i32>,
     max_taps: usize,
-    /// With at most 8 taps: for each pair of output indices (0 and 1, 2 and 3, …), their
-    /// weights split into high and low 11-bit halves, as two 256-bit vectors: the high halves
-    /// of the even index (8 lanes of i16, zero-padded) and of the odd one, then the low
-    /// halves likewise. For the SIMD pass.
-    split: Vec<[i16; 32]>,
+    /// With at most 8 taps: the weights of each pair of output indices (0 and 1, 2 and 3, …)
+    /// split for the AVX2 pass ([`split_weights`], 32 lanes per pair: two 256-bit vectors).
+    split: Vec<i16>,
     /// For the AVX-512 pass, per group of four output indices (4g..4g+4) whose windows all lie
     /// within 64 source bytes of the first one's start (always when shrinking by up to about
     /// 4x): each index's byte offset from the group's start, repeated over its 16-byte lane.
     /// Empty when some group's windows spread wider.
     group_offsets: Vec<[u8; 64]>,
-    /// The weights of each group of four, split as in `split`: the high halves of the four
-    /// indices (8 lanes of i16 each), then the low halves.
-    group_split: Vec<[i16; 64]>,
+    /// The weights of each group of four split likewise ([`split_weights`], 64 lanes per
+    /// group: two 512-bit vectors).
+    group_split: Vec<i16>,
 }
 
 impl ResampleTaps {
@@ -633,47 +631,46 @@ impl ResampleTaps {
             self.counts.push(n as u32);
         }
         self.split.clear();
-        if max_taps <= 8 {
-            for pair in self.weights.chunks(2 * max_taps) {
-                let mut lanes = [0i16; 32];
-                for (i, w) in pair.chunks_exact(max_taps).enumerate() {
-                    for (k, &wk) in w.iter().enumerate() {
-                        // 0 <= wk <= 2^22: both halves fit an i16.
-                        lanes[8 * i + k] = (wk >> 11) as i16;
-                        lanes[16 + 8 * i + k] = (wk & 0x7ff) as i16;
-                    }
-                }
-                self.split.push(lanes);
-            }
-        }
         self.group_offsets.clear();
         self.group_split.clear();
         if max_taps <= 8 {
-            for (g, w) in self.weights.chunks(4 * max_taps).enumerate() {
-                let first = self.starts[4 * g];
+            split_weights(&self.weights, max_taps, 2, &mut self.split);
+            for group in self.starts.chunks(4) {
                 let mut offsets = [0u8; 64];
-                let mut split = [0i16; 64];
-                for (i, w) in w.chunks_exact(max_taps).enumerate() {
-                    let off = (self.starts[4 * g + i] - first) * 3;
-                    offsets[16 * i..16 * (i + 1)].fill(u8::try_from(off).unwrap_or(u8::MAX));
-                    for (k, &wk) in w.iter().enumerate() {
-                        split[8 * i + k] = (wk >> 11) as i16;
-                        split[32 + 8 * i + k] = (wk & 0x7ff) as i16;
-                    }
+                for (lane, &start) in offsets.chunks_exact_mut(16).zip(group) {
+                    lane.fill(u8::try_from((start - group[0]) * 3).unwrap_or(u8::MAX));
                 }
                 self.group_offsets.push(offsets);
-                self.group_split.push(split);
             }
             // Each window is 24 bytes from its offset; all must fit the 64 loaded.
-            if self.group_offsets.iter().any(|o| o[48] > 40) {
+            if self.group_offsets.iter().all(|o| o[48] <= 40) {
+                split_weights(&self.weights, max_taps, 4, &mut self.group_split);
+            } else {
                 self.group_offsets.clear();
-                self.group_split.clear();
             }
         }
         self.src_len = src_len;
         self.dst_len = dst_len;
         self.filter = Some(filter);
         self.max_taps = max_taps;
+    }
+}
+
+/// Splits the weights of each group of `group` consecutive output indices into high and low
+/// 11-bit halves for the SIMD passes: per group, the high halves of its indices (8 lanes of
+/// i16 each, zero-padded), then the low halves likewise, `16 * group` lanes in all. With these
+/// halves 16-bit multiply-adds compute the same integer sums as the 22-bit weights.
+fn split_weights(weights: &[i32], max_taps: usize, group: usize, out: &mut Vec<i16>) {
+    for g in weights.chunks(group * max_taps) {
+        let base = out.len();
+        out.resize(base + 16 * group, 0);
+        for (i, w) in g.chunks_exact(max_taps).enumerate() {
+            for (k, &wk) in w.iter().enumerate() {
+                // 0 <= wk <= 2^22: both halves fit an i16.
+                out[base + 8 * i + k] = (wk >> 11) as i16;
+                out[base + 8 * group + 8 * i + k] = (wk & 0x7ff) as i16;
+            }
+        }
     }
 }
 
@@ -766,8 +763,8 @@ mod simd {
                     ),
                 )
             };
-            let w = &h.split[x / 2];
-            // SAFETY: reads 32 bytes at offsets 0 and 16 (i16 units) of a 32-element i16 array.
+            let w = &h.split[x / 2 * 32..x / 2 * 32 + 32];
+            // SAFETY: reads 32 bytes at offsets 0 and 16 (i16 units) of a 32-element i16 slice.
             let (whi, wlo) = unsafe {
                 (
                     _mm256_loadu_si256(w.as_ptr().cast()),
@@ -855,14 +852,15 @@ mod simd {
                     break;
                 }
                 let g = x / 4;
+                let w = &h.group_split[g * 64..g * 64 + 64];
                 // SAFETY: bytes start..start+64 lie inside `src_row` (checked above); the
-                // tables hold 64 bytes / 64 i16 per group.
+                // tables hold 64 bytes / 64 i16 per group (`w` is that group's).
                 let (data, offsets, whi, wlo) = unsafe {
                     (
                         _mm512_loadu_si512(src_row.as_ptr().add(start).cast()),
                         _mm512_loadu_si512(h.group_offsets[g].as_ptr().cast()),
-                        _mm512_loadu_si512(h.group_split[g].as_ptr().cast()),
-                        _mm512_loadu_si512(h.group_split[g].as_ptr().add(32).cast()),
+                        _mm512_loadu_si512(w.as_ptr().cast()),
+                        _mm512_loadu_si512(w.as_ptr().add(32).cast()),
                     )
                 };
                 let sum = |c: usize| {

@@ -260,8 +260,8 @@ impl Detector {
             self.input = [w, h];
             self.fitted = [0; 2];
         }
-        // The frame is resized into a compact buffer, and only its area of the input tensor is
-        // rewritten; the padding (black, normalised) is written when the geometry changes.
+        // The frame is resized and converted row by row into its area of the input tensor
+        // only; the padding (black, normalised) is written when the geometry changes.
         if self.fitted != [nw, nh] {
             self.settings.preprocess.fill_constant(0, &mut self.tensor[..(3 * w * h) as usize]);
             self.fitted = [nw, nh];
