@@ -130,6 +130,9 @@ impl Bands {
         {
             let mut st = self.shared.lock();
             st.job = Some(job);
+            // A helper's panic left over from a job whose band 0 panicked too (and so never
+            // collected it) belongs to that job, not this one.
+            st.panic = None;
             st.generation = st.generation.wrapping_add(1);
             st.pending = self.helpers.len();
         }
@@ -251,5 +254,13 @@ mod tests {
             count.fetch_add(1, Ordering::Relaxed);
         });
         assert_eq!(count.load(Ordering::Relaxed), 2);
+        // Both bands fail: the caller's panic is the one seen, and the helper's does not
+        // surface in the next job.
+        let r = catch_unwind(AssertUnwindSafe(|| bands.run(&|i| panic!("band {i} fails"))));
+        assert!(r.is_err());
+        bands.run(&|_| {
+            count.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(count.load(Ordering::Relaxed), 4);
     }
 }
