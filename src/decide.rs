@@ -7,10 +7,16 @@
 //!
 //!
 //! With liveness on, each vote for a person also carries the live score of that face (checked
-//! by the loop only for such votes), and the person is granted only when at least `passes` of
-//! the votes that confirmed them passed; when the identity is confirmed but too few passed, the
-//! track is reported [`Verdict::SpoofSuspected`] once and never granted (the person leaves the
-//! view and comes back as a new track to try again).
+//! by the loop only for such votes). Only the votes that confirm the decision count: the
+//! `votes` most recent agreeing votes whose face was at or past the approach gate
+//! (`min_face_height_pct`). A person is granted when at least `passes` of those passed **and
+//! the deciding face (the newest) passed itself**; far votes help to establish who it is but
+//! never carry the liveness check (before, any `passes` of the whole window could pass, so
+//! live scores `[0.9, 0.1, 0.1, 0.9, 0.1]` with only the last face near were granted). While
+//! fewer than `passes` near votes agree, or the deciding face failed but the rest could still
+//! carry the check, the decision waits. When `votes` near agreeing votes are in and fewer than
+//! `passes` passed, the track is reported [`Verdict::SpoofSuspected`] once and never granted
+//! (the person leaves the view and comes back as a new track to try again).
 //!
 //! Must not: read clocks, run models, or allocate per vote: per-track state lives in a fixed
 //! ring of `MAX_WINDOW` votes in a vector sized for the tracker's `max_tracks` once.
@@ -159,9 +165,10 @@ impl FaceSize {
 /// What one embedding said, after the threshold and margin of its band.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Vote {
-    /// This person (gallery person index), the similarity, and the face's live score (NaN
-    /// when not checked or the check failed to run).
-    Person(usize, f32, f32),
+    /// This person (gallery person index), the similarity, the face's live score (NaN when
+    /// not checked or the check failed to run), and whether the face was at or past the
+    /// approach gate.
+    Person(usize, f32, f32, bool),
     /// Nobody.
     Nobody,
 }
@@ -243,9 +250,8 @@ pub struct Decider {
     tracks: Vec<TrackVotes>,
     /// Last grant time per person (bounded by the number of people seen granted).
     granted_at: Vec<(PersonId, Duration)>,
-    /// Per person in a window: (index, votes, similarity sum, live passes, live score sum,
-    /// live scores summed).
-    people: Vec<(usize, usize, f32, usize, f32, usize)>,
+    /// Per person in a window: (index, votes, similarity sum).
+    people: Vec<(usize, usize, f32)>,
 }
 
 impl Decider {
@@ -396,7 +402,7 @@ impl Decider {
         let eye_px = face.eye_px;
         let near = face.height_pct >= self.config.min_face_height_pct;
         let vote = match self.counts(best, second, eye_px) {
-            Some((p, s)) => Vote::Person(p, s, live.unwrap_or(f32::NAN)),
+            Some((p, s)) => Vote::Person(p, s, live.unwrap_or(f32::NAN), near),
             None => Vote::Nobody,
         };
         let liveness = self.config.liveness;
@@ -434,33 +440,33 @@ impl Decider {
             t.tailgate_reported = false;
         }
 
-        // Count votes per person in the window.
+        // Count votes per person in the window: identity from every vote, near or far.
         self.people.clear();
-        let live_threshold = liveness.map_or(0.0, |l| l.threshold);
         for v in &t.votes[..t.len] {
-            if let Vote::Person(p, s, live) = *v {
-                let pass = usize::from(live >= live_threshold);
-                let (score, scored) = if live.is_finite() { (live, 1) } else { (0.0, 0) };
+            if let Vote::Person(p, s, ..) = *v {
                 match self.people.iter_mut().find(|e| e.0 == p) {
                     Some(e) => {
                         e.1 += 1;
                         e.2 += s;
-                        e.3 += pass;
-                        e.4 += score;
-                        e.5 += scored;
                     }
-                    None => self.people.push((p, 1, s, pass, score, scored)),
+                    None => self.people.push((p, 1, s)),
                 }
             }
         }
         let majority = self.people.iter().find(|e| e.1 >= self.config.votes).copied();
-        if let Some((p, n, sum, passes, live_sum, scored)) = majority.filter(|_| near) {
-            let live_mean = if scored > 0 { live_sum / scored as f32 } else { f32::NAN };
+        // The deciding face is this one: it must be near and vote for the majority's person.
+        let deciding = match vote {
+            Vote::Person(p, ..) if near => Some(p),
+            _ => None,
+        };
+        if let Some((p, n, sum)) = majority.filter(|m| deciding == Some(m.0)) {
+            let mut live_mean = f32::NAN;
             if let Some(policy) = liveness {
-                // Every agreeing vote either passed or failed, and there are at least `votes`
-                // of them, so fewer than `passes` passes means the check cannot be met by the
-                // votes that confirmed the identity.
-                if passes < policy.passes {
+                let c = confirming(t, window, p, self.config.votes, policy.threshold);
+                live_mean = c.mean();
+                let deciding_passed = live.is_some_and(|l| l >= policy.threshold);
+                if c.count == self.config.votes && c.passes < policy.passes {
+                    // Every confirming vote is in and too few passed: the check cannot be met.
                     t.spoofed = true;
                     return Some(Verdict::SpoofSuspected {
                         track,
@@ -468,9 +474,14 @@ impl Decider {
                         person: person_id(p),
                         similarity: sum / n as f32,
                         liveness: live_mean,
-                        passes,
-                        votes: n,
+                        passes: c.passes,
+                        votes: c.count,
                     });
+                }
+                if c.passes < policy.passes || !deciding_passed {
+                    // Not enough near faces yet, or the deciding face itself failed while the
+                    // others could still carry the check: wait for the next face.
+                    return None;
                 }
             }
             t.decided = true;
@@ -509,6 +520,59 @@ impl Decider {
         }
         None
     }
+}
+
+/// The liveness side of the votes that confirm a decision for one person.
+#[derive(Debug, Clone, Copy, Default)]
+struct Confirming {
+    /// Confirming votes found (at most the `votes` asked for).
+    count: usize,
+    /// Of those, how many passed the live threshold.
+    passes: usize,
+    /// Sum of their finite live scores, and how many were finite.
+    score_sum: f32,
+    scored: usize,
+}
+
+impl Confirming {
+    /// Mean live score of the confirming votes (NaN when no check ran).
+    fn mean(&self) -> f32 {
+        if self.scored > 0 {
+            self.score_sum / self.scored as f32
+        } else {
+            f32::NAN
+        }
+    }
+}
+
+/// The up to `votes` most recent votes of `t` for `person` whose face was near (at or past the
+/// approach gate), newest first: the votes that confirm a decision.
+fn confirming(
+    t: &TrackVotes,
+    window: usize,
+    person: usize,
+    votes: usize,
+    threshold: f32,
+) -> Confirming {
+    let mut c = Confirming::default();
+    for back in 1..=t.len {
+        let slot = (t.next + window - back) % window;
+        if let Vote::Person(p, _, live, true) = t.votes[slot] {
+            if p != person {
+                continue;
+            }
+            c.count += 1;
+            c.passes += usize::from(live >= threshold);
+            if live.is_finite() {
+                c.score_sum += live;
+                c.scored += 1;
+            }
+            if c.count == votes {
+                break;
+            }
+        }
+    }
+    c
 }
 
 #[cfg(test)]
@@ -732,6 +796,54 @@ mod tests {
         let mut c = DecisionConfig::single(0.4, 0.0);
         c.liveness = Some(LivenessPolicy { threshold: 0.5, passes: 4 });
         assert!(c.validate().unwrap_err().starts_with("liveness"));
+    }
+
+    /// Issue 15: far votes carried live scores and any `passes` of the window could pass, so a
+    /// photo walked up with one good frame far away was granted.
+    #[test]
+    fn liveness_counts_only_near_votes_and_the_deciding_face() {
+        let yes = Some((0, 0.6));
+        let far = FaceSize { eye_px: 40.0, height_pct: 10.0 };
+        let near = FaceSize { eye_px: 40.0, height_pct: 30.0 };
+        let decider = || {
+            let mut c = DecisionConfig::single(0.4, 0.05);
+            c.window = 5;
+            c.min_face_height_pct = 20.0;
+            c.liveness = Some(LivenessPolicy { threshold: 0.5, passes: 2 });
+            Decider::new(c, 4).unwrap()
+        };
+        // [0.9, 0.1, 0.1, 0.9, 0.1], only the last face near: refused (mean 0.42).
+        let mut d = decider();
+        let scores = [0.9, 0.1, 0.1, 0.9, 0.1];
+        for (i, live) in scores.into_iter().enumerate() {
+            let face = if i == 4 { near } else { far };
+            let v = d.vote_checked(1, yes, None, face, Some(live), id, S);
+            assert!(!matches!(v, Some(Verdict::Granted { .. })), "vote {i}: {v:?}");
+        }
+        assert!(!d.granted(1));
+        // Near only, [0.9, 0.9, 0.9]: granted on the third.
+        let mut d = decider();
+        let mut verdicts = Vec::new();
+        for live in [0.9, 0.9, 0.9] {
+            verdicts.push(d.vote_checked(2, yes, None, near, Some(live), id, S));
+        }
+        assert_eq!(verdicts[..2], [None, None]);
+        assert!(matches!(verdicts[2], Some(Verdict::Granted { votes: 3, .. })), "{verdicts:?}");
+        // Near only, [0.9, 0.1, 0.1]: a suspected spoof.
+        let mut d = decider();
+        let mut v = None;
+        for live in [0.9, 0.1, 0.1] {
+            v = d.vote_checked(3, yes, None, near, Some(live), id, S);
+        }
+        assert!(matches!(v, Some(Verdict::SpoofSuspected { passes: 1, votes: 3, .. })), "{v:?}");
+        // Two of three near faces pass but the deciding face fails: no verdict on that face;
+        // the next live near face grants.
+        let mut d = decider();
+        for live in [0.9, 0.9, 0.2] {
+            assert_eq!(d.vote_checked(4, yes, None, near, Some(live), id, S), None, "{live}");
+        }
+        let v = d.vote_checked(4, yes, None, near, Some(0.8), id, S);
+        assert!(matches!(v, Some(Verdict::Granted { .. })), "{v:?}");
     }
 
     #[test]
