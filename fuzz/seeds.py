@@ -155,6 +155,19 @@ write("detect_decode", "yunet", detect(1, 0, 1, 128, 0, [0] * 12, pool))
 write("detect_decode", "yunet_special", detect(1, 0, 0, 100, 0, [0] * 12, special))
 write("detect_decode", "yunet_bad_shapes", detect(1, 1, 0, 128, 0, [0, 4, 5, 6, 7, 2, 9] + [0] * 5, pool))
 
+# --- gallery backup headers: magic, Argon2 memory KiB / passes / lanes (u32 LE), salt, sealed --
+def backup(memory_kib, passes, lanes, sealed=bytes(range(64)), magic=b"PRTRBAK\x01"):
+    return magic + struct.pack("<3I", memory_kib, passes, lanes) + bytes(range(16)) + sealed
+
+
+write("backup_header", "cheap", backup(64, 1, 1))
+write("backup_header", "export_costs", backup(1 << 16, 3, 4))
+write("backup_header", "greedy", backup(0xFFFFFFFF, 16, 16))
+write("backup_header", "zero_lanes", backup(64, 1, 0))
+write("backup_header", "short_sealed", backup(8, 1, 1, sealed=b"\x01" * 5))
+write("backup_header", "truncated", backup(64, 1, 1)[:20])
+write("backup_header", "wrong_magic", backup(64, 1, 1, magic=b"PRTRBAK\x02"))
+
 if __name__ == "__main__":
     for d in sorted(CORPUS.iterdir()):
         files = list(d.iterdir())

@@ -33,13 +33,16 @@ const HEADER_LEN: usize = MAGIC.len() + 12 + SALT_LEN;
 /// and Argon2 only multiplies the cost of each guess.
 const MIN_PASSPHRASE_CHARS: usize = 12;
 
-/// Largest Argon2 memory cost `import` accepts, in KiB (1 GiB): a crafted header must not be
-/// able to make the device swap itself to death.
-const MAX_MEMORY_KIB: u32 = 1 << 20;
+/// Largest Argon2 memory cost `import` accepts, in KiB (256 MiB, four times what `export`
+/// writes): the parameters are read from the file before anything authenticates them, so a
+/// crafted header must not be able to make a 4 GiB device swap itself to death or stall the
+/// door for minutes. Checked before any allocation.
+const MAX_MEMORY_KIB: u32 = 1 << 18;
 
-/// Largest pass and lane counts `import` accepts (bounds the work a crafted header can ask for).
-const MAX_PASSES: u32 = 16;
-const MAX_LANES: u32 = 16;
+/// Largest pass and lane counts `import` accepts (bounds the work a crafted header can ask for:
+/// at most 256 MiB x 8 passes, a few seconds on a Pi 5).
+const MAX_PASSES: u32 = 8;
+const MAX_LANES: u32 = 8;
 
 /// Argon2id cost parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,27 +226,54 @@ pub(crate) fn seal_backup(
     Ok(out)
 }
 
+/// A backup file's header, checked: its Argon2 costs within the limits `import` accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackupHeader {
+    /// Argon2 memory in KiB.
+    pub memory_kib: u32,
+    /// Argon2 passes.
+    pub passes: u32,
+    /// Argon2 lanes.
+    pub lanes: u32,
+}
+
+impl BackupHeader {
+    /// Splits a backup file into its header (checked) and the sealed content, before any key
+    /// derivation or allocation: wrong magic, a truncated header and Argon2 costs outside
+    /// [1 lane, 8 lanes] x [1 pass, 8 passes] x [8 KiB per lane, 256 MiB] are refused here.
+    pub fn parse(bytes: &[u8]) -> Result<(BackupHeader, &[u8]), String> {
+        if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+            return Err("not a portier gallery backup (wrong magic)".to_owned());
+        }
+        if bytes.len() < HEADER_LEN {
+            return Err(format!("truncated: {} bytes, shorter than the header", bytes.len()));
+        }
+        let header = &bytes[..HEADER_LEN];
+        let u32_at = |i: usize| {
+            let o = MAGIC.len() + 4 * i;
+            u32::from_le_bytes([header[o], header[o + 1], header[o + 2], header[o + 3]])
+        };
+        let h = BackupHeader { memory_kib: u32_at(0), passes: u32_at(1), lanes: u32_at(2) };
+        // Argon2's own minimum: 8 KiB of memory per lane.
+        let bounded = (1..=MAX_LANES).contains(&h.lanes)
+            && (1..=MAX_PASSES).contains(&h.passes)
+            && (8 * h.lanes..=MAX_MEMORY_KIB).contains(&h.memory_kib);
+        if !bounded {
+            return Err(format!(
+                "argon2 parameters {h:?} are outside the accepted range (1..={MAX_LANES} lanes, \
+                 1..={MAX_PASSES} passes, 8 KiB per lane..={MAX_MEMORY_KIB} KiB): damaged or \
+                 not made by portier"
+            ));
+        }
+        Ok((h, &bytes[HEADER_LEN..]))
+    }
+}
+
 /// Checks the header, derives the key and opens the content.
-pub(crate) fn open_backup(bytes: &[u8], passphrase: &str) -> Result<Zeroizing<Vec<u8>>, String> {
-    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
-        return Err("not a portier gallery backup (wrong magic)".to_owned());
-    }
-    if bytes.len() < HEADER_LEN {
-        return Err(format!("truncated: {} bytes, shorter than the header", bytes.len()));
-    }
-    let (header, sealed) = bytes.split_at(HEADER_LEN);
-    let u32_at = |i: usize| {
-        let o = MAGIC.len() + 4 * i;
-        u32::from_le_bytes([header[o], header[o + 1], header[o + 2], header[o + 3]])
-    };
-    let params = KdfParams { memory_kib: u32_at(0), passes: u32_at(1), lanes: u32_at(2) };
-    if params.memory_kib > MAX_MEMORY_KIB || params.passes > MAX_PASSES || params.lanes > MAX_LANES
-    {
-        return Err(format!(
-            "argon2 parameters {params:?} exceed the limits (at most {MAX_MEMORY_KIB} KiB, \
-             {MAX_PASSES} passes, {MAX_LANES} lanes): damaged or not made by portier"
-        ));
-    }
+pub fn open_backup(bytes: &[u8], passphrase: &str) -> Result<Zeroizing<Vec<u8>>, String> {
+    let (h, sealed) = BackupHeader::parse(bytes)?;
+    let header = &bytes[..HEADER_LEN];
+    let params = KdfParams { memory_kib: h.memory_kib, passes: h.passes, lanes: h.lanes };
     let key = derive(passphrase, &header[HEADER_LEN - SALT_LEN..], params)?;
     key.unseal(header, sealed).map_err(|e| match e {
         SealError::Authentication => {
@@ -281,6 +311,35 @@ mod tests {
         // A header asking for absurd memory is refused before any derivation.
         let mut greedy = bytes.clone();
         greedy[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(open_backup(&greedy, PASS).unwrap_err().contains("exceed the limits"));
+        assert!(open_backup(&greedy, PASS).unwrap_err().contains("outside the accepted range"));
+    }
+
+    #[test]
+    fn header_costs_are_bounded_before_any_derivation() {
+        let bytes = seal_backup(br#"{"people":[]}"#, PASS, CHEAP).unwrap();
+        let with = |at: usize, v: u32| {
+            let mut b = bytes.clone();
+            b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+            b
+        };
+        let (h, _) = BackupHeader::parse(&bytes).unwrap();
+        assert_eq!((h.memory_kib, h.passes, h.lanes), (64, 1, 1));
+        // What `export` writes is accepted.
+        let m = KdfParams::RFC9106_LOW_MEMORY;
+        let ok = with(8, m.memory_kib);
+        let ok = {
+            let mut b = ok;
+            b[12..16].copy_from_slice(&m.passes.to_le_bytes());
+            b[16..20].copy_from_slice(&m.lanes.to_le_bytes());
+            b
+        };
+        assert!(BackupHeader::parse(&ok).is_ok());
+        // 1 GiB, 16 passes, 0 passes, 0 lanes, too little memory per lane: refused.
+        for (at, v) in
+            [(8, 1 << 20), (8, (1 << 18) + 1), (12, 16), (12, 9), (12, 0), (16, 0), (16, 9), (8, 7)]
+        {
+            let err = BackupHeader::parse(&with(at, v)).unwrap_err();
+            assert!(err.contains("outside the accepted range"), "{at} {v}: {err}");
+        }
     }
 }

@@ -6,6 +6,11 @@
 //! size never collide in practice), and associated data the caller uses to bind a blob to its
 //! row, so a blob copied onto another person or model fails authentication.
 //!
+//! A key file is either the 32 key bytes themselves, or (made by `portier gallery new-key
+//! --bind rpi-otp`) the magic `PRTRKEY\x01`, a binding byte (1: Raspberry Pi OTP) and 32 random
+//! bytes from which the key is derived with the board's OTP private key (`otp.rs`): such a file
+//! is useless away from its board.
+//!
 //! Must not: log, print or put key bytes into an error or a `Debug` output; implement any
 //! cryptographic primitive itself.
 
@@ -21,8 +26,24 @@ use zeroize::Zeroizing;
 use super::GalleryError;
 use crate::secret::{write_private, Place};
 
-/// Key length of XChaCha20-Poly1305 (RFC 8439 key size), and so the key file's exact size.
+/// Key length of XChaCha20-Poly1305 (RFC 8439 key size), and so an unbound key file's size.
 pub const KEY_LEN: usize = 32;
+
+/// First bytes of a bound key file.
+const BOUND_MAGIC: &[u8; 8] = b"PRTRKEY\x01";
+/// Binding byte: the key is derived with the Raspberry Pi's OTP customer private key.
+const BINDING_RPI_OTP: u8 = 1;
+/// Size of a bound key file: magic, binding, 32 random bytes.
+const BOUND_LEN: usize = BOUND_MAGIC.len() + 1 + KEY_LEN;
+
+/// What a key file's bytes are bound to besides the file itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyBinding {
+    /// The file alone is the key.
+    File,
+    /// The key is derived from the file and the board's OTP private key (Raspberry Pi).
+    RpiOtp,
+}
 
 /// XChaCha20 nonce length (draft-irtf-cfrg-xchacha).
 pub(crate) const NONCE_LEN: usize = 24;
@@ -66,35 +87,86 @@ impl DeviceKey {
     }
 
     /// Reads the key file after checking that only its owner, the user portier runs as, can
-    /// access it. A file of any other size than 32 bytes is refused.
+    /// access it. A 32-byte file is the key; a bound file's key is derived with the board's
+    /// OTP private key (read from the firmware mailbox). Any other content is refused.
     pub fn load(path: &Path) -> Result<DeviceKey, GalleryError> {
+        Self::load_with(path, &super::otp::Mailbox::default())
+    }
+
+    /// [`DeviceKey::load`] with the OTP key from `otp` (tests).
+    pub fn load_with(
+        path: &Path,
+        otp: &dyn super::otp::OtpSource,
+    ) -> Result<DeviceKey, GalleryError> {
         crate::secret::check_private(path)
             .map_err(|source| GalleryError::KeyFileRefused { path: path.to_path_buf(), source })?;
         let io = |context| {
             move |source| GalleryError::KeyFile { path: path.to_path_buf(), context, source }
         };
-        let mut file = File::open(path).map_err(io("cannot open"))?;
-        let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
-        let mut extra = [0u8; 1];
-        let mut got = 0;
-        while got < KEY_LEN {
-            let n = file.read(&mut bytes[got..]).map_err(io("cannot read"))?;
-            if n == 0 {
-                break;
+        let file = File::open(path).map_err(io("cannot open"))?;
+        // At most one byte more than the longest format, so an oversized file is noticed.
+        let mut content = Zeroizing::new(Vec::with_capacity(BOUND_LEN + 1));
+        file.take(BOUND_LEN as u64 + 1).read_to_end(&mut content).map_err(io("cannot read"))?;
+        let bad = |reason: String| GalleryError::BadKeyFile { path: path.to_path_buf(), reason };
+        if content.len() == KEY_LEN {
+            let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
+            bytes.copy_from_slice(&content);
+            return Ok(DeviceKey { bytes });
+        }
+        if content.len() == BOUND_LEN && content.starts_with(BOUND_MAGIC) {
+            let binding = content[BOUND_MAGIC.len()];
+            if binding != BINDING_RPI_OTP {
+                return Err(bad(format!(
+                    "bound to binding {binding}, which this portier does not know"
+                )));
             }
-            got += n;
+            let otp_key = otp.private_key().map_err(|e| {
+                bad(format!("bound to this board's OTP private key, which cannot be read: {e}"))
+            })?;
+            let mut file_bytes = Zeroizing::new([0u8; KEY_LEN]);
+            file_bytes.copy_from_slice(&content[BOUND_MAGIC.len() + 1..]);
+            return Ok(DeviceKey { bytes: super::otp::derive(&otp_key, &file_bytes) });
         }
-        let more = file.read(&mut extra).map_err(io("cannot read"))?;
-        if got != KEY_LEN || more != 0 {
-            return Err(GalleryError::BadKeyFile {
-                path: path.to_path_buf(),
-                reason: format!(
-                    "{} bytes, expected exactly {KEY_LEN} (truncated, or not a portier key)",
-                    if more == 0 { got.to_string() } else { format!("more than {KEY_LEN}") }
-                ),
-            });
+        let size = if content.len() > BOUND_LEN {
+            format!("more than {BOUND_LEN}")
+        } else {
+            content.len().to_string()
+        };
+        Err(bad(format!(
+            "{size} bytes, expected exactly {KEY_LEN} or a bound key of {BOUND_LEN} (truncated, \
+             or not a portier key)"
+        )))
+    }
+
+    /// Creates a new key file bound as `binding` (see [`DeviceKey::create`]); for
+    /// [`KeyBinding::RpiOtp`] the OTP key is read first, so a board without one gets an error
+    /// and no file.
+    pub fn create_bound(
+        path: &Path,
+        binding: KeyBinding,
+        otp: &dyn super::otp::OtpSource,
+    ) -> Result<DeviceKey, GalleryError> {
+        if binding == KeyBinding::File {
+            return Self::create(path);
         }
-        Ok(DeviceKey { bytes })
+        let otp_key = otp.private_key().map_err(|e| GalleryError::BadKeyFile {
+            path: path.to_path_buf(),
+            reason: format!("cannot bind a new key to this board's OTP private key: {e}"),
+        })?;
+        let random = DeviceKey::random(path)?;
+        let mut content = Zeroizing::new(Vec::with_capacity(BOUND_LEN));
+        content.extend_from_slice(BOUND_MAGIC);
+        content.push(BINDING_RPI_OTP);
+        content.extend_from_slice(&random.bytes[..]);
+        write_private(path, &content, Place::KeepExisting).map_err(|source| {
+            GalleryError::KeyFile { path: path.to_path_buf(), context: "cannot create", source }
+        })?;
+        log::info!(
+            "gallery key {}: created a device key bound to this board's OTP private key (the \
+             file alone opens nothing)",
+            path.display()
+        );
+        Ok(DeviceKey { bytes: super::otp::derive(&otp_key, &random.bytes) })
     }
 
     /// Creates a new key file at `path` (mode 0600) and returns its key; if another process
@@ -187,6 +259,42 @@ pub(crate) fn fill_random(buf: &mut [u8]) -> Result<(), std::io::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A board whose OTP private key is `key` (or not programmed).
+    struct Board(Option<[u8; 32]>);
+
+    impl super::super::otp::OtpSource for Board {
+        fn private_key(&self) -> Result<Zeroizing<[u8; 32]>, String> {
+            self.0.map(Zeroizing::new).ok_or_else(|| "not programmed".to_owned())
+        }
+    }
+
+    #[test]
+    fn a_bound_key_opens_only_on_its_board() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gallery.key");
+        let board = Board(Some([7; 32]));
+        let made = DeviceKey::create_bound(&path, KeyBinding::RpiOtp, &board).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), BOUND_LEN as u64);
+        let blob = made.seal(b"aad", b"template").unwrap();
+        // The same board opens it.
+        let again = DeviceKey::load_with(&path, &board).unwrap();
+        assert_eq!(&again.unseal(b"aad", &blob).unwrap()[..], b"template");
+        // The card in another board: a key, but the wrong one.
+        let other = DeviceKey::load_with(&path, &Board(Some([8; 32]))).unwrap();
+        assert!(matches!(other.unseal(b"aad", &blob), Err(SealError::Authentication)));
+        // The file's own bytes are not the key.
+        let raw = &std::fs::read(&path).unwrap()[BOUND_LEN - KEY_LEN..];
+        let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
+        bytes.copy_from_slice(raw);
+        assert!(DeviceKey::from_bytes(bytes).unseal(b"aad", &blob).is_err());
+        // A board without a programmed key: a clear error, and no file is made.
+        let err = DeviceKey::load_with(&path, &Board(None)).unwrap_err();
+        assert!(err.to_string().contains("OTP private key"), "{err}");
+        let second = dir.path().join("second.key");
+        assert!(DeviceKey::create_bound(&second, KeyBinding::RpiOtp, &Board(None)).is_err());
+        assert!(!second.exists());
+    }
 
     #[test]
     fn seal_round_trips_and_binds_to_aad_and_key() {

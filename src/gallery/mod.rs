@@ -16,12 +16,13 @@
 mod backup;
 mod key;
 mod matching;
+pub mod otp;
 mod store;
 
 use std::path::PathBuf;
 
-pub use backup::{read_passphrase, ImportMode, ImportSummary};
-pub use key::{DeviceKey, KEY_LEN};
+pub use backup::{open_backup, read_passphrase, BackupHeader, ImportMode, ImportSummary};
+pub use key::{DeviceKey, KeyBinding, KEY_LEN};
 pub use matching::{Candidate, Decision, MatchPolicy, MatchResult, Matcher, UnknownReason};
 pub use store::{EnrollMode, Gallery, PersonSummary};
 

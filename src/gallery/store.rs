@@ -5,10 +5,21 @@
 //! and removed people are scrubbed from the file (secure delete + WAL truncation), because a door
 //! controller that "forgets" someone must not keep their biometric template on disk.
 //!
-//! Templates are sealed with the device key (`key.rs`) bound to (person id, model id, dim):
-//! the file alone reveals no template, and a blob moved to another row fails authentication.
-//! Schema version 2 is the sealed form; a version 1 file (plaintext `f32` blobs) is sealed in
-//! one transaction at open and then vacuumed, so no plaintext stays in free pages or the WAL.
+//! Templates are sealed with the device key (`key.rs`) bound to (person id, person name, model
+//! id, dim): the file alone reveals no template, a blob moved to another row fails
+//! authentication, and so does a row whose person was renamed behind portier's back (two names
+//! swapped in the file would otherwise swap two people's access). Person ids are never reused
+//! (`AUTOINCREMENT`): a template sealed for a removed person can never be reattached to a new
+//! one that got the same id. Schema version 3 is this form; a version 2 file (sealed, bound to
+//! the id only, ids reusable) and a version 1 file (plaintext `f32` blobs) are migrated in one
+//! transaction at open and then vacuumed, so no plaintext or old blob stays in free pages or the
+//! WAL.
+//!
+//! What encryption at rest protects, and what it does not: the templates are unreadable to
+//! whoever copies the gallery file alone (a backup, a stolen database, a log bundle). The key
+//! file sits on the same SD card (owner-only, 0600): whoever reads the whole card as root, or
+//! takes the card out, reads the key too. Binding the key to the device (on a Pi 5, its OTP
+//! customer key) is the step that closes that; see the README's "Gallery encryption".
 
 use std::fs::File;
 use std::io::{ErrorKind, Read};
@@ -25,11 +36,15 @@ use super::matching::Matcher;
 use super::{GalleryError, PersonId};
 
 /// Schema version stored in `PRAGMA user_version`; bump with a migration when the schema changes.
-/// 1: plaintext templates; 2: templates sealed with the device key (same tables).
-const SCHEMA_VERSION: i64 = 2;
+/// 1: plaintext templates; 2: templates sealed with the device key (same tables); 3: person ids
+/// never reused (`AUTOINCREMENT`), templates also bound to the person's name.
+const SCHEMA_VERSION: i64 = 3;
 
 /// Associated-data prefix of a sealed template; names the binding's layout.
-const TEMPLATE_AAD_PREFIX: &[u8] = b"portier template v2\0";
+const TEMPLATE_AAD_PREFIX: &[u8] = b"portier template v3\0";
+
+/// The version 2 binding (person id, model id, dim), read only to migrate a version 2 file.
+const TEMPLATE_AAD_PREFIX_V2: &[u8] = b"portier template v2\0";
 
 /// `PRAGMA application_id` marking a file as a portier gallery ("PRTR" in ASCII), so that an
 /// unrelated SQLite database handed to us by mistake is recognised and left alone.
@@ -45,13 +60,14 @@ const BUSY_TIMEOUT: Duration = Duration::from_millis(2000);
 /// Longest accepted person name, in characters (not bytes), so non-Latin names get the same room.
 const MAX_NAME_CHARS: usize = 64;
 
-/// Tables of schema versions 1 and 2. `template.embedding` is `dim` little-endian `f32`s,
-/// L2-normalised: in the clear in version 1, sealed with the device key in version 2 (format
-/// byte, 24-byte nonce, ciphertext, 16-byte tag; see `key.rs`).
-/// The extra index on `person_id` keeps `ON DELETE CASCADE` and `list` from scanning all templates.
+/// Tables of schema version 3. `template.embedding` is `dim` little-endian `f32`s,
+/// L2-normalised, sealed with the device key (format byte, 24-byte nonce, ciphertext, 16-byte
+/// tag; see `key.rs`). `AUTOINCREMENT`: a person id is never handed out twice, not even the
+/// highest one after its person was removed. The extra index on `person_id` keeps
+/// `ON DELETE CASCADE` and `list` from scanning all templates.
 const SCHEMA: &str = "
 CREATE TABLE person (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     name TEXT NOT NULL UNIQUE,
     created_unix INTEGER NOT NULL
 );
@@ -187,16 +203,51 @@ impl Gallery {
             gallery.create_schema()?;
         }
         gallery.check_tables()?;
-        if version == 1 {
-            gallery.seal_plaintext_templates()?;
+        if version == 1 || version == 2 {
+            gallery.migrate_to_v3()?;
         }
         Ok(gallery)
     }
 
-    /// Migration 1 → 2: seals every plaintext template in ONE transaction (a kill leaves the
-    /// file as it was), then vacuums and truncates the WAL so the plaintext does not survive in
-    /// free pages or old WAL frames.
-    fn seal_plaintext_templates(&mut self) -> Result<(), GalleryError> {
+    /// Migration 1 or 2 → 3, in ONE transaction (a kill leaves the file as it was): the person
+    /// table is rebuilt with `AUTOINCREMENT` (same ids, names and times), and every template is
+    /// sealed with the version 3 binding (a version 1 plaintext blob is sealed, a version 2 blob
+    /// opened with its old binding first). Then the file is vacuumed and the WAL truncated, so
+    /// neither plaintext nor old blobs survive in free pages or old WAL frames.
+    ///
+    /// Foreign keys are off for the rebuild (SQLite's documented way to change a table's
+    /// definition: dropping the old `person` with them on would cascade to the templates) and
+    /// `foreign_key_check` must be clean before the commit.
+    fn migrate_to_v3(&mut self) -> Result<(), GalleryError> {
+        let path = self.path.clone();
+        let path = path.as_path();
+        self.conn
+            .execute_batch("PRAGMA foreign_keys = OFF")
+            .map_err(sql_err(path, "cannot turn foreign keys off for the migration"))?;
+        let migrated = self.migrate_to_v3_tx();
+        let on = self
+            .conn
+            .execute_batch("PRAGMA foreign_keys = ON")
+            .map_err(sql_err(path, "cannot turn foreign keys back on"));
+        let (from, count) = migrated?;
+        on?;
+        let Some(count) = count else { return Ok(()) };
+        // VACUUM rebuilds the file from live rows only (no free page keeps an old copy); the
+        // truncating checkpoint then drops the WAL frames of both steps.
+        self.conn.execute_batch("VACUUM").map_err(sql_err(path, "cannot vacuum after sealing"))?;
+        self.checkpoint_truncate("migrating the gallery")?;
+        log::info!(
+            "gallery {}: sealed {count} template(s) with key file {} (schema {from} -> \
+             {SCHEMA_VERSION}: person ids never reused, templates bound to the name)",
+            path.display(),
+            self.key_file.display()
+        );
+        Ok(())
+    }
+
+    /// The transaction of [`Gallery::migrate_to_v3`]: (version found, templates sealed), with
+    /// `None` when another process migrated the file first.
+    fn migrate_to_v3_tx(&mut self) -> Result<(i64, Option<usize>), GalleryError> {
         let path = self.path.as_path();
         let tx = self
             .conn
@@ -204,8 +255,8 @@ impl Gallery {
             .map_err(sql_err(path, "cannot start migration transaction"))?;
         // Another process may have migrated the file between our probe and the lock.
         let (_, version, _) = probe(&tx, path)?;
-        if version != 1 {
-            return Ok(());
+        if !(1..SCHEMA_VERSION).contains(&version) {
+            return Ok((version, None));
         }
         let rows: Vec<PlainRow> = {
             let mut stmt = tx
@@ -229,6 +280,18 @@ impl Gallery {
             rows.collect::<Result<_, _>>()
                 .map_err(sql_err(path, "cannot read templates to migrate"))?
         };
+        tx.execute_batch(
+            "CREATE TABLE person_v3 (
+                 id INTEGER PRIMARY KEY AUTOINCREMENT,
+                 name TEXT NOT NULL UNIQUE,
+                 created_unix INTEGER NOT NULL
+             );
+             INSERT INTO person_v3 (id, name, created_unix)
+                 SELECT id, name, created_unix FROM person ORDER BY id;
+             DROP TABLE person;
+             ALTER TABLE person_v3 RENAME TO person;",
+        )
+        .map_err(sql_err(path, "cannot rebuild the person table"))?;
         {
             let mut update = tx
                 .prepare("UPDATE template SET embedding = ?1 WHERE id = ?2")
@@ -241,35 +304,55 @@ impl Gallery {
                     template_id: *template_id,
                     detail,
                 };
-                let dim = usize::try_from(*dim)
-                    .ok()
-                    .filter(|&d| d > 0 && plain.len() == d * 4)
-                    .ok_or_else(|| {
-                        corrupt(format!("plaintext blob of {} bytes for dim {dim}", plain.len()))
-                    })?;
+                let stored = plain.len();
+                let dim = usize::try_from(*dim).ok().filter(|&d| d > 0).ok_or_else(|| {
+                    corrupt(format!("dimension {dim} is not positive ({stored} bytes)"))
+                })?;
+                let opened;
+                let plain: &[u8] = if version == 1 {
+                    if stored != dim * 4 {
+                        return Err(corrupt(format!(
+                            "plaintext blob of {stored} bytes for dim {dim}"
+                        )));
+                    }
+                    plain
+                } else {
+                    let aad = template_aad_v2(*person, model_id, dim);
+                    opened = match self.key.unseal(&aad, plain) {
+                        Ok(p) => p,
+                        Err(SealError::Authentication) if *template_id == rows[0].template_id => {
+                            return Err(GalleryError::WrongKey {
+                                path: path.to_path_buf(),
+                                key_file: self.key_file.clone(),
+                                person: name.clone(),
+                            })
+                        }
+                        Err(e) => return Err(corrupt(e.to_string())),
+                    };
+                    &opened
+                };
                 let blob = self
                     .key
-                    .seal(&template_aad(*person, model_id, dim), plain)
+                    .seal(&template_aad(*person, name, model_id, dim), plain)
                     .map_err(|e| corrupt(format!("cannot seal: {e}")))?;
                 update
                     .execute(params![blob, template_id])
                     .map_err(sql_err(path, "cannot seal template"))?;
             }
         }
+        let orphans: i64 = tx
+            .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| r.get(0))
+            .map_err(sql_err(path, "cannot run foreign key check"))?;
+        if orphans != 0 {
+            return Err(GalleryError::Corrupt {
+                path: path.to_path_buf(),
+                detail: format!("{orphans} template(s) belong to no person; not migrated"),
+            });
+        }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(sql_err(path, "cannot set schema version"))?;
         tx.commit().map_err(sql_err(path, "cannot commit migration"))?;
-        // VACUUM rebuilds the file from live rows only (no free page keeps a plaintext copy);
-        // the truncating checkpoint then drops the WAL frames of both steps.
-        self.conn.execute_batch("VACUUM").map_err(sql_err(path, "cannot vacuum after sealing"))?;
-        self.checkpoint_truncate("sealing the templates")?;
-        log::info!(
-            "gallery {}: sealed {} plaintext template(s) with key file {} (schema 1 -> 2)",
-            path.display(),
-            rows.len(),
-            self.key_file.display()
-        );
-        Ok(())
+        Ok((version, Some(rows.len())))
     }
 
     /// Checkpoints the WAL into the main file and truncates it, so old page images (removed or
@@ -396,7 +479,7 @@ impl Gallery {
             (Some(id), EnrollMode::Append) => id,
             (None, _) => insert_person(&tx, path, &name, now_unix())?,
         };
-        insert_templates(&tx, path, &self.key, person, &checked)?;
+        insert_templates(&tx, path, &self.key, (person, &name), &checked)?;
         tx.commit().map_err(sql_err(path, "cannot commit enrolment"))?;
         for Checked { model_id, templates, .. } in &checked {
             log::info!(
@@ -446,7 +529,8 @@ impl Gallery {
         Ok(people)
     }
 
-    /// Renames a person, keeping their id and templates.
+    /// Renames a person, keeping their id and templates (resealed under the new name in the
+    /// same transaction: the name is part of each template's binding).
     ///
     /// Errors: [`GalleryError::UnknownPerson`] if `old` is not enrolled,
     /// [`GalleryError::NameTaken`] if `new` belongs to someone else,
@@ -473,6 +557,38 @@ impl Gallery {
         }
         tx.execute("UPDATE person SET name = ?1 WHERE id = ?2", params![new, id])
             .map_err(sql_err(path, "cannot rename person"))?;
+        let rows: Vec<(i64, String, i64, Vec<u8>)> = {
+            let mut stmt = tx
+                .prepare("SELECT id, model_id, dim, embedding FROM template WHERE person_id = ?1")
+                .map_err(sql_err(path, "cannot read templates to reseal"))?;
+            let rows = stmt
+                .query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                .map_err(sql_err(path, "cannot read templates to reseal"))?;
+            rows.collect::<Result<_, _>>().map_err(sql_err(path, "cannot read templates"))?
+        };
+        for (template_id, model_id, dim, blob) in rows {
+            let corrupt = |detail: String| GalleryError::CorruptTemplate {
+                path: path.to_path_buf(),
+                person: old.to_owned(),
+                model_id: model_id.clone(),
+                template_id,
+                detail,
+            };
+            let dim = usize::try_from(dim).map_err(|_| corrupt(format!("dimension {dim}")))?;
+            let plain = self
+                .key
+                .unseal(&template_aad(id, old, &model_id, dim), &blob)
+                .map_err(|e| corrupt(e.to_string()))?;
+            let sealed = self
+                .key
+                .seal(&template_aad(id, &new, &model_id, dim), &plain)
+                .map_err(|e| corrupt(format!("cannot seal: {e}")))?;
+            tx.execute(
+                "UPDATE template SET embedding = ?1 WHERE id = ?2",
+                params![sealed, template_id],
+            )
+            .map_err(sql_err(path, "cannot reseal template"))?;
+        }
         tx.commit().map_err(sql_err(path, "cannot commit rename"))?;
         log::info!("gallery {}: renamed {old:?} (id {id}) to {new:?}", path.display());
         Ok(())
@@ -591,7 +707,7 @@ impl Gallery {
                 .collect();
             let checked = check_sets(&tx, path, name, &sets)?;
             let id = insert_person(&tx, path, name, person.created_unix)?;
-            insert_templates(&tx, path, &self.key, id, &checked)?;
+            insert_templates(&tx, path, &self.key, (id, name), &checked)?;
             templates += checked.iter().map(|c| c.templates.len()).sum::<usize>();
         }
         tx.commit().map_err(sql_err(path, "cannot commit import"))?;
@@ -672,7 +788,7 @@ impl Gallery {
                     dim * 4 + SEAL_OVERHEAD
                 )));
             }
-            let plain = match self.key.unseal(&template_aad(person, model_id, dim), blob) {
+            let plain = match self.key.unseal(&template_aad(person, &name, model_id, dim), blob) {
                 Ok(plain) => plain,
                 // Nothing opened yet: most likely the wrong key file, not a damaged row.
                 Err(SealError::Authentication) if matcher.is_empty() => {
@@ -781,12 +897,12 @@ fn insert_person(
     Ok(tx.last_insert_rowid())
 }
 
-/// Normalises, seals and inserts validated templates for `person`.
+/// Normalises, seals and inserts validated templates for `person` (whose name is `name`).
 fn insert_templates(
     tx: &Connection,
     path: &Path,
     key: &DeviceKey,
-    person: PersonId,
+    (person, name): (PersonId, &str),
     checked: &[Checked<'_>],
 ) -> Result<(), GalleryError> {
     let mut insert = tx
@@ -798,7 +914,7 @@ fn insert_templates(
     let now = now_unix();
     for Checked { model_id, templates, dim, scales } in checked {
         let dim_sql = i64::try_from(*dim).unwrap_or(i64::MAX);
-        let aad = template_aad(person, model_id, *dim);
+        let aad = template_aad(person, name, model_id, *dim);
         let mut plain = Zeroizing::new(Vec::with_capacity(dim * 4));
         for (template, &scale) in templates.iter().zip(scales) {
             plain.clear();
@@ -819,13 +935,27 @@ fn insert_templates(
     Ok(())
 }
 
-/// Associated data of a sealed template: it binds the blob to its person, model and dimension,
-/// so a blob copied onto another row (another person, another model) fails authentication.
-fn template_aad(person: PersonId, model_id: &str, dim: usize) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(TEMPLATE_AAD_PREFIX.len() + 24 + model_id.len());
+/// Associated data of a sealed template: it binds the blob to its person (id and name), model
+/// and dimension, so a blob copied onto another row (another person, another model) fails
+/// authentication, and so does a row whose person's name was changed in the file.
+fn template_aad(person: PersonId, name: &str, model_id: &str, dim: usize) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(TEMPLATE_AAD_PREFIX.len() + 32 + name.len() + model_id.len());
     aad.extend_from_slice(TEMPLATE_AAD_PREFIX);
     aad.extend_from_slice(&person.to_le_bytes());
-    // Length-prefixed, so (model "ab", dim x) and (model "a", ...) can never encode alike.
+    // Length-prefixed, so (name "ab", model "c") and (name "a", model "bc") never encode alike.
+    aad.extend_from_slice(&(name.len() as u64).to_le_bytes());
+    aad.extend_from_slice(name.as_bytes());
+    aad.extend_from_slice(&(model_id.len() as u64).to_le_bytes());
+    aad.extend_from_slice(model_id.as_bytes());
+    aad.extend_from_slice(&(dim as u64).to_le_bytes());
+    aad
+}
+
+/// The version 2 binding (person id, model, dimension), to open a version 2 file's blobs once.
+fn template_aad_v2(person: PersonId, model_id: &str, dim: usize) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(TEMPLATE_AAD_PREFIX_V2.len() + 24 + model_id.len());
+    aad.extend_from_slice(TEMPLATE_AAD_PREFIX_V2);
+    aad.extend_from_slice(&person.to_le_bytes());
     aad.extend_from_slice(&(model_id.len() as u64).to_le_bytes());
     aad.extend_from_slice(model_id.as_bytes());
     aad.extend_from_slice(&(dim as u64).to_le_bytes());
@@ -1169,7 +1299,7 @@ mod tests {
         assert_eq!(get("PRAGMA foreign_keys"), "1");
         assert_eq!(get("PRAGMA secure_delete"), "1");
         assert_eq!(get("PRAGMA busy_timeout"), "2000");
-        assert_eq!(get("PRAGMA user_version"), "2");
+        assert_eq!(get("PRAGMA user_version"), "3");
         assert_eq!(get("PRAGMA application_id"), APPLICATION_ID.to_string());
     }
 
@@ -1283,7 +1413,7 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         let decode = |(person, b): &(i64, Vec<u8>)| -> Vec<f32> {
-            let plain = g.key.unseal(&template_aad(*person, "m", 2), b).unwrap();
+            let plain = g.key.unseal(&template_aad(*person, "Alice", "m", 2), b).unwrap();
             plain.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
         };
         assert_eq!(decode(&blobs[0]), [0.6, 0.8]);
@@ -1397,15 +1527,15 @@ mod tests {
         let path = dir.path().join("gallery.db");
         let mut g = open_at(&path).unwrap();
         g.enroll("Alice", "m", &templates(1, 1, 4), EnrollMode::New).unwrap();
-        g.conn.pragma_update(None, "user_version", 3).unwrap();
+        g.conn.pragma_update(None, "user_version", 4).unwrap();
         drop(g);
         let before = std::fs::read(&path).unwrap();
         let err = open_at(&path).unwrap_err();
         assert!(
-            matches!(err, GalleryError::UnsupportedVersion { found: 3, supported: 2, .. }),
+            matches!(err, GalleryError::UnsupportedVersion { found: 4, supported: 3, .. }),
             "{err:?}"
         );
-        assert!(err.to_string().contains("schema version 3 is newer"), "{err}");
+        assert!(err.to_string().contains("schema version 4 is newer"), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), before);
     }
 
@@ -1608,6 +1738,110 @@ mod tests {
         assert!(g.matcher("m").is_err());
     }
 
+    /// The tables of schema versions 1 and 2 (person ids reusable), as those releases made them.
+    const SCHEMA_V1_V2: &str = "
+        CREATE TABLE person (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            created_unix INTEGER NOT NULL
+        );
+        CREATE TABLE template (
+            id INTEGER PRIMARY KEY,
+            person_id INTEGER NOT NULL REFERENCES person(id) ON DELETE CASCADE,
+            model_id TEXT NOT NULL,
+            dim INTEGER NOT NULL,
+            embedding BLOB NOT NULL,
+            created_unix INTEGER NOT NULL
+        );
+        CREATE INDEX template_model_person ON template(model_id, person_id);
+        CREATE INDEX template_person ON template(person_id);
+    ";
+
+    #[test]
+    fn person_ids_are_never_reused() {
+        let mut g = Gallery::open_in_memory().unwrap();
+        let a = g.enroll("Alice", "m", &templates(1, 1, 8), EnrollMode::New).unwrap();
+        let b = g.enroll("Bob", "m", &templates(2, 1, 8), EnrollMode::New).unwrap();
+        g.remove("Bob").unwrap();
+        let c = g.enroll("Carol", "m", &templates(3, 1, 8), EnrollMode::New).unwrap();
+        assert!(a < b && b < c, "{a} {b} {c}: the removed highest id is not handed out again");
+    }
+
+    #[test]
+    fn names_are_bound_renames_reseal_and_swapped_names_fail() {
+        let mut g = Gallery::open_in_memory().unwrap();
+        let alice = templates(1, 2, 8);
+        g.enroll("Alice", "m", &alice, EnrollMode::New).unwrap();
+        g.enroll("Mallory", "m", &templates(2, 1, 8), EnrollMode::New).unwrap();
+        // A rename through portier reseals: everything still opens under the new name.
+        g.rename("Alice", "Alice B").unwrap();
+        let m = g.matcher("m").unwrap();
+        assert_eq!(m.best_two(&alice[0]).unwrap().best.unwrap().name, "Alice B");
+        // Names swapped in the file behind portier's back: Mallory would open as Alice.
+        g.conn
+            .execute_batch(
+                "UPDATE person SET name = 'tmp' WHERE name = 'Mallory';
+                 UPDATE person SET name = 'Mallory' WHERE name = 'Alice B';
+                 UPDATE person SET name = 'Alice B' WHERE name = 'tmp';",
+            )
+            .unwrap();
+        let err = g.matcher("m").unwrap_err();
+        assert!(
+            matches!(err, GalleryError::WrongKey { .. } | GalleryError::CorruptTemplate { .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn version_2_gallery_is_migrated_ids_kept_and_never_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gallery.db");
+        let key_file = path.with_extension("key");
+        let key = DeviceKey::create(&key_file).unwrap();
+        let alice = templates(21, 2, 16);
+        let bob = templates(22, 2, 16);
+        {
+            // A version 2 file: sealed, bound to the person id only; Bob has id 5.
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(SCHEMA_V1_V2).unwrap();
+            c.pragma_update(None, "application_id", APPLICATION_ID).unwrap();
+            c.pragma_update(None, "user_version", 2).unwrap();
+            for (id, name, ts) in [(2_i64, "Alice", &alice), (5, "Bob", &bob)] {
+                c.execute(
+                    "INSERT INTO person (id, name, created_unix) VALUES (?1, ?2, 5)",
+                    params![id, name],
+                )
+                .unwrap();
+                for t in ts {
+                    let norm = t.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
+                    let plain: Vec<u8> = t
+                        .iter()
+                        .flat_map(|&x| ((f64::from(x) / norm) as f32).to_le_bytes())
+                        .collect();
+                    let blob = key.seal(&template_aad_v2(id, "m", 16), &plain).unwrap();
+                    c.execute("INSERT INTO template (person_id, model_id, dim, embedding, created_unix) VALUES (?1, 'm', 16, ?2, 5)", params![id, blob]).unwrap();
+                }
+            }
+        }
+        let mut g = open_at(&path).unwrap();
+        let version: i64 = g.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, 3);
+        let people: Vec<(i64, String)> =
+            g.list().unwrap().into_iter().map(|p| (p.id, p.name)).collect();
+        assert_eq!(people, [(2, "Alice".to_owned()), (5, "Bob".to_owned())]);
+        let m = g.matcher("m").unwrap();
+        assert_eq!(m.best_two(&bob[1]).unwrap().best.unwrap().name, "Bob");
+        g.integrity_check().unwrap();
+        // Bob leaves; the next person does not get his id.
+        g.remove("Bob").unwrap();
+        let carol = g.enroll("Carol", "m", &templates(23, 1, 16), EnrollMode::New).unwrap();
+        assert!(carol > 5, "{carol}");
+        // No old (version 2) blob survives the migration anywhere in the files.
+        drop(g);
+        let g = open_at(&path).unwrap();
+        assert_eq!(g.matcher("m").unwrap().people(), 2);
+    }
+
     #[test]
     fn version_1_gallery_is_sealed_and_scrubbed_at_open() {
         let dir = tempfile::tempdir().unwrap();
@@ -1617,7 +1851,7 @@ mod tests {
         {
             // A version 1 file as the previous release wrote it: plaintext normalised f32.
             let c = Connection::open(&path).unwrap();
-            c.execute_batch(SCHEMA).unwrap();
+            c.execute_batch(SCHEMA_V1_V2).unwrap();
             c.pragma_update(None, "application_id", APPLICATION_ID).unwrap();
             c.pragma_update(None, "user_version", 1).unwrap();
             for (pid, (name, ts)) in [("Alice", &alice), ("Bob", &bob)].into_iter().enumerate() {
@@ -1645,7 +1879,7 @@ mod tests {
 
         let g = open_at(&path).unwrap();
         let version: i64 = g.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-        assert_eq!(version, 2);
+        assert_eq!(version, 3);
         let m = g.matcher("m").unwrap();
         assert_eq!((m.len(), m.people()), (7, 2));
         let r = m.best_two(&bob[1]).unwrap();
