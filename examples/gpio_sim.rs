@@ -99,6 +99,9 @@ fn name(n: &str) -> LineSpec {
 }
 
 fn main() {
+    if let Ok(spec) = std::env::var(CHILD_ENV) {
+        signal_child(&spec);
+    }
     env_logger_lite();
     if !Path::new(CONFIGFS).is_dir() {
         println!("gpio-sim: {CONFIGFS} missing (modprobe gpio-sim; mount -t configfs)");
@@ -337,8 +340,118 @@ fn main() {
         })(),
     );
 
+    // 8. Every fatal signal and SIGTERM/SIGINT, sent to a process mid-pulse, drives the real
+    //    line to its secure level within 50 ms (issue 15). The child installs a slow handler of
+    //    its own first (it sleeps 300 ms), then portier's relock, which secures and chains to
+    //    it: the process still holds the line while we read it, so what we read is what the
+    //    handler drove, not the kernel's release at exit.
+    let signals = [
+        ("SIGHUP", libc::SIGHUP),
+        ("SIGQUIT", libc::SIGQUIT),
+        ("SIGABRT", libc::SIGABRT),
+        ("SIGSEGV", libc::SIGSEGV),
+        ("SIGBUS", libc::SIGBUS),
+        ("SIGILL", libc::SIGILL),
+        ("SIGFPE", libc::SIGFPE),
+        ("SIGTERM", libc::SIGTERM),
+        ("SIGINT", libc::SIGINT),
+    ];
+    for (signame, signal) in signals {
+        report(
+            &format!("{signame} mid-pulse: the relay line reads secure within 50 ms"),
+            signal_mid_pulse(&c0, signal),
+        );
+    }
+
     println!("{passed} passed, {failed} failed");
     std::process::exit(if failed == 0 { 0 } else { 1 });
+}
+
+/// The environment variable that makes this program the child of check 8: `<chip>:<signal>`.
+const CHILD_ENV: &str = "PORTIER_GPIO_SIM_SIGNAL_CHILD";
+/// The child's lines on bank0 (free by then: 0 is held by check 7's emergency handle, 3..5 by
+/// check 1's pins).
+const CHILD_RELAY: u32 = 6;
+
+/// Parent half of check 8.
+fn signal_mid_pulse(chip: &str, signal: libc::c_int) -> Check {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::ExitStatusExt;
+    use std::time::Instant;
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let mut child = std::process::Command::new(exe)
+        .env(CHILD_ENV, format!("{chip}:{signal}"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("spawn: {e}"))?;
+    let mut line = String::new();
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    BufReader::new(stdout).read_line(&mut line).map_err(|e| format!("child: {e}"))?;
+    if line.trim() != "energised" {
+        let _ = child.kill();
+        return Err(format!("child said {line:?}"));
+    }
+    expect("relay energised before the signal", Sim::value(chip, CHILD_RELAY)?, true)?;
+    let pid = libc::pid_t::try_from(child.id()).map_err(|e| e.to_string())?;
+    let sent = Instant::now();
+    // SAFETY: kill(2) on our own child, not yet waited for.
+    if unsafe { libc::kill(pid, signal) } != 0 {
+        return Err(format!("kill: {}", std::io::Error::last_os_error()));
+    }
+    let mut secured = None;
+    while sent.elapsed() < Duration::from_millis(250) {
+        if !Sim::value(chip, CHILD_RELAY)? {
+            secured = Some(sent.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let status = child.wait().map_err(|e| format!("wait: {e}"))?;
+    let secured = secured.ok_or("the line still read energised 250 ms after the signal")?;
+    println!("  secure after {:.1} ms; child {status:?}", secured.as_secs_f64() * 1000.0);
+    expect("child ended by the signal", status.signal(), Some(signal))?;
+    if secured > Duration::from_millis(50) {
+        return Err(format!("secure only after {secured:?}"));
+    }
+    Ok(())
+}
+
+/// Child half of check 8: the pins of a fail-secure, active-high door on bank0, the relay
+/// energised, portier's relock on `signal` chained before a slow handler; waits for the signal.
+fn signal_child(spec: &str) -> ! {
+    extern "C" fn slow(_signal: libc::c_int) {
+        let pause = libc::timespec { tv_sec: 0, tv_nsec: 300_000_000 };
+        // SAFETY: nanosleep is async-signal-safe; both pointers are valid.
+        unsafe { libc::nanosleep(&pause, std::ptr::null_mut()) };
+    }
+    let fail = |what: &str| -> ! {
+        println!("child: {what}");
+        std::process::exit(2)
+    };
+    let Some((chip, signal)) = spec.split_once(':') else { fail("bad spec") };
+    let Ok(signal) = signal.parse::<libc::c_int>() else { fail("bad signal") };
+    // SAFETY: installs a handler that only calls nanosleep.
+    if unsafe { libc::signal(signal, slow as *const () as libc::sighandler_t) } == libc::SIG_ERR {
+        fail("signal");
+    }
+    let s = GpioSettings::new(
+        Some(chip.to_owned()),
+        LineSpec::Offset(CHILD_RELAY),
+        LineSpec::Offset(7),
+        LineSpec::Offset(1),
+        &DoorConfig::default(),
+    );
+    let Ok((mut relay, _contact, _button, emergency)) = open_door_pins(&s) else { fail("open") };
+    install_panic_hook(emergency);
+    if portier::door::relock::install_relock_on(&[signal]).is_err() {
+        fail("relock");
+    }
+    if relay.set_high().is_err() {
+        fail("energise");
+    }
+    println!("energised");
+    std::thread::sleep(Duration::from_secs(30));
+    fail("no signal came")
 }
 
 /// Prints `log` records to stderr at info level (the example has no logger dependency).

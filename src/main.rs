@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
@@ -125,6 +126,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Drive the lock relay to its secure (locked) level and exit: what systemd runs when
+    /// portier.service has failed for good (`OnFailure=portier-secure-door.service`), and a
+    /// technician's "lock it now". Exits 0 once the relay is at its secure level, 69 when the
+    /// lines cannot be opened (e.g. a running portier holds them).
+    SecureDoor,
     /// Validate a configuration file and exit (0 valid, 78 invalid).
     CheckConfig {
         /// The file (default: --config).
@@ -179,6 +185,16 @@ enum GalleryCommand {
         #[arg(long)]
         passphrase_file: PathBuf,
     },
+    /// Create the device key file before the first enrolment, optionally bound to this board:
+    /// `--bind rpi-otp` derives the template key from the file and the Raspberry Pi's OTP
+    /// private key, so the SD card alone (in a reader, or in another Pi) opens nothing.
+    /// Refused when the key file or a gallery already exists (export, move both away, run this,
+    /// import).
+    NewKey {
+        /// What the key is bound to besides its file.
+        #[arg(long, value_enum, default_value_t = KeyBindArg::File)]
+        bind: KeyBindArg,
+    },
     /// Enrol everyone in a backup made by `gallery export`, in one transaction.
     Import {
         /// Backup file.
@@ -191,6 +207,15 @@ enum GalleryCommand {
         #[arg(long)]
         replace: bool,
     },
+}
+
+/// `gallery new-key --bind`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum KeyBindArg {
+    /// The file alone is the key.
+    File,
+    /// The Raspberry Pi's OTP customer private key (programmed with `rpi-otp-private-key -w`).
+    RpiOtp,
 }
 
 #[derive(Subcommand, Debug)]
@@ -424,6 +449,18 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode, Failure> {
     match cli.command {
+        Command::SecureDoor => {
+            let config = Config::load(&cli.config)?;
+            // Door::new drives the relay to its secure level; dropping it keeps it there.
+            let (door, _) = open_door(&config)?;
+            let state = door.state();
+            println!(
+                "door: relay at its secure level ({:?} backend); door {}",
+                config.door.backend,
+                if state.open { "OPEN" } else { "closed" }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::CheckConfig { file } => {
             let path = file.unwrap_or(cli.config);
             let c = Config::load(&path)?;
@@ -619,7 +656,6 @@ fn run_appliance(
     fast: bool,
 ) -> Result<ExitCode, Failure> {
     use std::sync::atomic::AtomicBool;
-    use std::sync::Arc;
 
     use portier::app::{App, Parts};
     use portier::camera::replay::ReplaySettings;
@@ -651,15 +687,13 @@ fn run_appliance(
         ));
     };
 
-    // The door first: the relay is driven to its secure level before anything else can fail.
+    // The door first: the relay is driven to its secure level before anything else can fail,
+    // and from here on every way out secures it: a panic (hook), a fatal signal (SIGABRT from
+    // the watchdog, SIGHUP, SIGQUIT, SIGSEGV, ...), SIGTERM/SIGINT (in the handler, before the
+    // loop winds down), and a loop that stalls mid-pulse (the guard thread).
     let (door, emergency) = open_door(&config)?;
-    portier::door::install_panic_hook(emergency);
     let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(signal, Arc::clone(&stop)).map_err(|e| {
-            Failure::new(EX_SOFTWARE, format!("cannot handle signal {signal}: {e}"))
-        })?;
-    }
+    let door = guard_door(door, emergency, &stop)?;
 
     let source = portier::camera::open(&camera, config.frame_timeout).map_err(|e| match e {
         portier::camera::CameraError::Open { .. } if camera_is_v4l2(&camera) => {
@@ -820,7 +854,23 @@ fn open_npu_parts(config: &Config) -> Result<Option<portier::app::NpuParts>, Fai
 }
 
 /// A door and the handle its panic hook secures.
-type OpenedDoor = (Box<dyn portier::door::DoorControl>, Box<dyn portier::door::EmergencySecure>);
+type OpenedDoor = (Box<dyn portier::door::DoorControl>, Arc<dyn portier::door::EmergencySecure>);
+
+/// Registers `emergency` with the panic hook and the fatal-signal handlers, makes SIGTERM and
+/// SIGINT secure the relay and set `stop`, and wraps `door` in the relock guard.
+fn guard_door(
+    door: Box<dyn portier::door::DoorControl>,
+    emergency: Arc<dyn portier::door::EmergencySecure>,
+    stop: &Arc<std::sync::atomic::AtomicBool>,
+) -> Result<Box<dyn portier::door::DoorControl>, Failure> {
+    use portier::door::relock;
+    portier::door::install_panic_hook(Arc::clone(&emergency));
+    let fail = |e: relock::RelockError| Failure::new(EX_SOFTWARE, e);
+    relock::install_fatal_signal_relock().map_err(fail)?;
+    relock::install_stop_relock(stop).map_err(fail)?;
+    let guarded = relock::RelockGuard::new(door, emergency, relock::GUARD_MARGIN).map_err(fail)?;
+    Ok(Box::new(guarded))
+}
 
 /// The door backend named in the config, with the handle the panic hook secures.
 fn open_door(config: &Config) -> Result<OpenedDoor, Failure> {
@@ -1137,10 +1187,11 @@ fn identify(config: &Config, json: bool, photos: &[PathBuf]) -> Result<ExitCode,
 }
 
 fn gallery(config: &Config, command: GalleryCommand) -> Result<ExitCode, Failure> {
-    let mut g = Gallery::open(&config.gallery_path, &config.gallery_key_file)?;
+    // Opened per command: `new-key` must run without one (opening creates the key file).
+    let open = || Gallery::open(&config.gallery_path, &config.gallery_key_file);
     match command {
         GalleryCommand::List { json } => {
-            let people = g.list()?;
+            let people = open()?.list()?;
             if json {
                 #[derive(Serialize)]
                 struct P {
@@ -1171,26 +1222,27 @@ fn gallery(config: &Config, command: GalleryCommand) -> Result<ExitCode, Failure
             }
         }
         GalleryCommand::Remove { name } => {
-            g.remove(&name)?;
+            open()?.remove(&name)?;
             println!("removed {name}");
         }
         GalleryCommand::Rename { old, new } => {
-            g.rename(&old, &new)?;
+            open()?.rename(&old, &new)?;
             println!("renamed {old} to {new}");
         }
         GalleryCommand::Check => {
-            g.integrity_check()?;
+            open()?.integrity_check()?;
             println!("{}: ok", config.gallery_path.display());
         }
         GalleryCommand::Export { file, passphrase_file } => {
             let passphrase = portier::gallery::read_passphrase(&passphrase_file)?;
-            let people = g.export(&file, &passphrase)?;
+            let people = open()?.export(&file, &passphrase)?;
             println!("exported {people} person(s) to {}", file.display());
         }
+        GalleryCommand::NewKey { bind } => return new_key(config, bind),
         GalleryCommand::Import { file, passphrase_file, replace } => {
             let passphrase = portier::gallery::read_passphrase(&passphrase_file)?;
             let mode = if replace { ImportMode::Replace } else { ImportMode::Refuse };
-            let s = g.import(&file, &passphrase, mode)?;
+            let s = open()?.import(&file, &passphrase, mode)?;
             println!(
                 "imported {} person(s) ({} replaced, {} template(s)) from {}",
                 s.people,
@@ -1200,6 +1252,38 @@ fn gallery(config: &Config, command: GalleryCommand) -> Result<ExitCode, Failure
             );
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `gallery new-key`: a key file for a gallery that does not exist yet.
+fn new_key(config: &Config, bind: KeyBindArg) -> Result<ExitCode, Failure> {
+    use portier::gallery::{DeviceKey, KeyBinding};
+    let key_file = &config.gallery_key_file;
+    for (what, path) in [("key file", key_file), ("gallery", &config.gallery_path)] {
+        if std::fs::symlink_metadata(path).is_ok() {
+            return Err(Failure::new(
+                EX_CANTCREAT,
+                format!(
+                    "{what} {} exists: a new key would open none of its templates (export the \
+                     gallery, move the gallery and its key away, run new-key, then import)",
+                    path.display()
+                ),
+            ));
+        }
+    }
+    if let Some(dir) = key_file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Failure::new(EX_CANTCREAT, format!("key folder {}: cannot create: {e}", dir.display()))
+        })?;
+    }
+    let binding = match bind {
+        KeyBindArg::File => KeyBinding::File,
+        KeyBindArg::RpiOtp => KeyBinding::RpiOtp,
+    };
+    let otp = portier::gallery::otp::Mailbox::default();
+    DeviceKey::create_bound(key_file, binding, &otp)
+        .map_err(|e| Failure::new(EX_UNAVAILABLE, e))?;
+    println!("created {} ({bind:?} binding)", key_file.display());
     Ok(ExitCode::SUCCESS)
 }
 

@@ -502,7 +502,7 @@ fn gpio_cdev(config: &Config, pulse_relay: bool) -> (Status, String) {
         Ok(s) => s,
         Err(e) => return (Status::Fail, format!("config {}: {e}", config.source.display())),
     };
-    let (relay, mut contact, mut button, _emergency) = match open_door_pins(&settings) {
+    let (relay, mut contact, mut button, emergency) = match open_door_pins(&settings) {
         Ok(pins) => pins,
         Err(e @ crate::door::gpio::GpioError::Request { .. }) => {
             return (Status::Fail, format!("{e} (lines in use: is portier.service running?)"))
@@ -533,6 +533,14 @@ fn gpio_cdev(config: &Config, pulse_relay: bool) -> (Status, String) {
     if !pulse_relay {
         detail.push_str("; relay not pulsed (--pulse-relay)");
         return (status, detail);
+    }
+    // While the relay is energised, Ctrl-C, SIGTERM or a crash must not leave it so: secure
+    // in the handler, then end as the signal would have.
+    crate::door::install_panic_hook(emergency);
+    let relock = crate::door::relock::install_fatal_signal_relock()
+        .and_then(|()| crate::door::relock::install_relock_on(&crate::door::relock::STOP_SIGNALS));
+    if let Err(e) = relock {
+        return (Status::Fail, format!("{detail}; relay not pulsed: {e}"));
     }
     let started = Instant::now();
     let mut door = match Door::new(section.door.clone(), relay, contact, button, Duration::ZERO) {

@@ -117,6 +117,9 @@ pub struct Shell {
     /// `PORTIER_FAULT=panic-on-grant`: panic right after the first grant (tests of the
     /// emergency path).
     panic_on_grant: bool,
+    /// `PORTIER_FAULT=stall-on-grant:MS`: the loop thread sleeps MS milliseconds right after
+    /// the first grant, with the relay energised (tests of the relock guard).
+    stall_on_grant: Option<Duration>,
     /// `PORTIER_FAULT=panic-at-frame:N`: panic once N frames went through the loop, wherever
     /// the door is then (tests of the emergency path and of the restart from disk).
     panic_at_frame: Option<u64>,
@@ -157,6 +160,10 @@ impl Shell {
             model_id,
             npu_model_id: None,
             panic_on_grant: std::env::var("PORTIER_FAULT").is_ok_and(|v| v == "panic-on-grant"),
+            stall_on_grant: std::env::var("PORTIER_FAULT")
+                .ok()
+                .and_then(|v| v.strip_prefix("stall-on-grant:")?.parse().ok())
+                .map(Duration::from_millis),
             panic_at_frame: std::env::var("PORTIER_FAULT")
                 .ok()
                 .and_then(|v| v.strip_prefix("panic-at-frame:")?.parse().ok()),
@@ -220,6 +227,13 @@ impl Hooks for Shell {
                 self.last = Some((Last::Granted(name.clone()), None));
                 if self.panic_on_grant {
                     panic!("PORTIER_FAULT=panic-on-grant: injected panic with the door unlocked");
+                }
+                if let Some(stall) = self.stall_on_grant.take() {
+                    log::warn!(
+                        "PORTIER_FAULT=stall-on-grant: the loop stalls {} ms",
+                        stall.as_millis()
+                    );
+                    std::thread::sleep(stall);
                 }
             }
             AppEvent::Unknown { .. } => self.last = Some((Last::Unknown, None)),

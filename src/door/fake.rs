@@ -30,7 +30,7 @@ pub fn idle_door(config: &DoorConfig) -> Result<IdleDoor, DoorError> {
 pub type FakeDoor = Door<LoggedRelay, FixedInput, FixedInput>;
 
 /// What [`idle_door`] returns: the door, its emergency handle, and the relay level.
-pub type IdleDoor = (FakeDoor, Box<dyn EmergencySecure>, Arc<AtomicBool>);
+pub type IdleDoor = (FakeDoor, Arc<dyn EmergencySecure>, Arc<AtomicBool>);
 
 /// A relay that logs every change of level ("relay energised" / "relay released").
 #[derive(Debug)]
@@ -52,8 +52,8 @@ impl LoggedRelay {
     }
 
     /// A handle that drives this relay to its secure level from any thread.
-    pub fn emergency(&self) -> Box<dyn EmergencySecure> {
-        Box::new(FakeEmergency { high: Arc::clone(&self.high), secure_high: self.secure_high })
+    pub fn emergency(&self) -> Arc<dyn EmergencySecure> {
+        Arc::new(FakeEmergency { high: Arc::clone(&self.high), secure_high: self.secure_high })
     }
 
     fn set(&mut self, high: bool) {
@@ -91,8 +91,9 @@ struct FakeEmergency {
 impl EmergencySecure for FakeEmergency {
     fn secure_now(&self) {
         if self.high.swap(self.secure_high, Ordering::SeqCst) != self.secure_high {
-            // eprintln, not log: the logger may hold a lock the dying thread held.
-            eprintln!("portier: relay released by the emergency path");
+            // One write(2), not log or eprintln: this runs in signal handlers, and the logger
+            // may hold a lock the dying thread held.
+            super::relock::signal_safe_note("portier: relay released by the emergency path\n");
         }
     }
 }

@@ -495,11 +495,20 @@ fn resolve_lines(settings: &GpioSettings) -> Result<[LineAddr; 3], GpioError> {
     Ok([relay, contact, button])
 }
 
-/// The lock relay: one requested output line.
+/// The lock relay: one requested output line. Dropping it drives the line to its secure level
+/// first (the kernel keeps a released line's last level unless the board releases lines to
+/// their default, `dtparam=strict_gpiod` on a Raspberry Pi).
 #[derive(Debug)]
 pub struct RelayPin {
     request: Request,
     line: LineAddr,
+    secure: Value,
+}
+
+impl Drop for RelayPin {
+    fn drop(&mut self) {
+        let _ = self.request.set_lone_value(self.secure);
+    }
 }
 
 impl RelayPin {
@@ -603,7 +612,7 @@ impl EmergencySecure for RelayEmergency {
 
 /// What [`open_door_pins`] returns: relay, door contact, exit button, and the relay's
 /// emergency handle for [`crate::door::install_panic_hook`].
-pub type DoorPins = (RelayPin, InputLine, InputLine, Box<dyn EmergencySecure>);
+pub type DoorPins = (RelayPin, InputLine, InputLine, std::sync::Arc<dyn EmergencySecure>);
 
 /// Resolves and requests the three door lines. The relay is requested as an output already at
 /// `settings.relay_initial`; the inputs with `settings.input_bias`, no edge detection and no
@@ -651,7 +660,12 @@ pub fn open_door_pins(settings: &GpioSettings) -> Result<DoorPins, GpioError> {
         contact.line,
         button.line
     );
-    Ok((RelayPin { request: relay_request, line: relay }, contact, button, Box::new(emergency)))
+    Ok((
+        RelayPin { request: relay_request, line: relay, secure: value_of(settings.relay_initial) },
+        contact,
+        button,
+        std::sync::Arc::new(emergency),
+    ))
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ use embedded_hal::digital::{InputPin, OutputPin, PinState};
 pub mod fake;
 #[cfg(feature = "gpio-cdev")]
 pub mod gpio;
+pub mod relock;
 #[cfg(feature = "rppal")]
 pub mod rppal;
 
@@ -140,13 +141,14 @@ pub trait EmergencySecure: Send + Sync {
 }
 
 /// The relays the panic hook secures (see [`install_panic_hook`]).
-static EMERGENCY: std::sync::OnceLock<Box<dyn EmergencySecure>> = std::sync::OnceLock::new();
+static EMERGENCY: std::sync::OnceLock<std::sync::Arc<dyn EmergencySecure>> =
+    std::sync::OnceLock::new();
 
 /// Registers the relay to secure on panic and installs a panic hook (chained before the
 /// previous one, so the door is secured before anything is printed). Only the first call
 /// registers; later calls return false. A panic on any thread secures the relay: the loop may
 /// be the thread that died.
-pub fn install_panic_hook(relay: Box<dyn EmergencySecure>) -> bool {
+pub fn install_panic_hook(relay: std::sync::Arc<dyn EmergencySecure>) -> bool {
     if EMERGENCY.set(relay).is_err() {
         return false;
     }
@@ -159,7 +161,8 @@ pub fn install_panic_hook(relay: Box<dyn EmergencySecure>) -> bool {
 }
 
 /// Secures the relay registered with [`install_panic_hook`], if any (panic hook, fatal
-/// error path).
+/// signal handlers of [`relock`], fatal error path). Async-signal-safe: an atomic load and the
+/// handle's own signal-safe write.
 pub fn secure_on_emergency() {
     if let Some(relay) = EMERGENCY.get() {
         relay.secure_now();
@@ -331,8 +334,11 @@ pub struct Door<R: OutputPin, C: InputPin, B: InputPin> {
 
 impl<R: OutputPin, C: InputPin, B: InputPin> Door<R, C, B> {
     /// Validates `config`, drives the relay to its secure (locked) state and reads the initial
-    /// input levels (taken as settled: a door open at start raises no alarm, a button held at
-    /// start is not a press).
+    /// input levels (taken as settled: a button held at start is not a press). A door open at
+    /// start is reported (`Opened` at the first poll) and its held-open timer starts at `now`:
+    /// a door propped open while portier was down raises [`Alarm::HeldOpen`] after
+    /// [`DoorConfig::held_open_after`] unless it closes (it is not `Forced`: nobody can tell
+    /// when it opened).
     pub fn new(
         config: DoorConfig,
         relay: R,
@@ -361,6 +367,14 @@ impl<R: OutputPin, C: InputPin, B: InputPin> Door<R, C, B> {
         let pressed = door.read_pressed()?;
         door.open = Debounced::new(open, now);
         door.pressed = Debounced::new(pressed, now);
+        if open {
+            log::warn!(
+                "door: open at start; held-open alarm in {} s unless it closes",
+                door.config.held_open_after.as_secs()
+            );
+            door.opened_at = Some(now);
+            door.pending.push(DoorEvent::Opened);
+        }
         Ok(door)
     }
 
@@ -757,6 +771,35 @@ mod tests {
         assert_eq!(rig.poll(31_050), vec![DoorEvent::Closed]);
         assert_eq!(rig.door.state(), DoorState { locked: true, open: false, alarm: None });
         rig.done();
+    }
+
+    #[test]
+    fn a_door_open_at_start_is_reported_and_raises_held_open() {
+        use crate::door::fake::{FixedInput, LoggedRelay};
+        let config = DoorConfig { held_open_after: Duration::from_secs(10), ..config() };
+        // NC contact: high = open.
+        let contact = FixedInput::new(true);
+        let level = contact.level();
+        let mut door =
+            Door::new(config, LoggedRelay::new(false), contact, FixedInput::new(true), ms(0))
+                .unwrap();
+        assert!(door.state().open && door.state().locked && door.state().alarm.is_none());
+        let mut events = Vec::new();
+        door.poll(ms(10), &mut events).unwrap();
+        assert_eq!(events, [DoorEvent::Opened]);
+        events.clear();
+        door.poll(ms(9_999), &mut events).unwrap();
+        assert!(events.is_empty());
+        door.poll(ms(10_000), &mut events).unwrap();
+        assert_eq!(events, [DoorEvent::HeldOpen]);
+        assert_eq!(door.state().alarm, Some(Alarm::HeldOpen));
+        // It closes: the alarm clears.
+        level.store(false, std::sync::atomic::Ordering::SeqCst);
+        events.clear();
+        door.poll(ms(10_010), &mut events).unwrap();
+        door.poll(ms(10_100), &mut events).unwrap();
+        assert_eq!(events, [DoorEvent::Closed]);
+        assert_eq!(door.state().alarm, None);
     }
 
     #[test]

@@ -9,9 +9,12 @@
 //!
 //! The relay pin's level is written before its mode is switched to output (rppal's
 //! `into_output_low/high`), so it starts at the secure level without a glitch; it is not reset
-//! to an input when dropped (a floating relay input is not a secure state). The emergency
-//! handle shares the relay pin through a mutex that it only ever `try_lock`s: it never blocks,
-//! and gives up only if the panicking thread itself is inside a relay write.
+//! to an input when dropped (a floating relay input is not a secure state): dropping the relay
+//! drives it to its secure level and leaves it an output there, which the registers keep after
+//! the process ends. The emergency handle shares the relay pin through a mutex that it only
+//! ever `try_lock`s: it never blocks, and gives up only if the interrupted thread itself is
+//! inside a relay write (a signal handler on that thread; the write it interrupted is the
+//! loop's own, and the next start secures the relay first thing).
 //!
 //! This module must not: decide anything about the door (levels come from
 //! [`crate::door::secure_level`]), block, or allocate on the pin paths.
@@ -112,6 +115,14 @@ fn level_of(state: PinState) -> Level {
 #[derive(Debug)]
 pub struct RelayPin {
     pin: Arc<Mutex<RppalOutput>>,
+    /// The level that keeps the door locked, written on drop.
+    secure: Level,
+}
+
+impl Drop for RelayPin {
+    fn drop(&mut self) {
+        self.write(self.secure);
+    }
 }
 
 impl RelayPin {
@@ -164,7 +175,7 @@ impl EmergencySecure for RelayEmergency {
 
 /// What [`open_door_pins`] returns: relay, door contact, exit button (rppal's input pins
 /// implement the embedded-hal 1 traits), and the relay's emergency handle.
-pub type DoorPins = (RelayPin, RppalInput, RppalInput, Box<dyn EmergencySecure>);
+pub type DoorPins = (RelayPin, RppalInput, RppalInput, Arc<dyn EmergencySecure>);
 
 /// Claims the three door pins: the relay as an output already at `settings.relay_initial`, the
 /// inputs with `settings.input_bias` (no interrupts: the state machine polls).
@@ -199,7 +210,7 @@ pub fn open_door_pins(settings: &RppalSettings) -> Result<DoorPins, RppalError> 
         settings.exit_button
     );
     let emergency = RelayEmergency { pin: Arc::clone(&relay), level };
-    Ok((RelayPin { pin: relay }, contact, button, Box::new(emergency)))
+    Ok((RelayPin { pin: relay, secure: level }, contact, button, Arc::new(emergency)))
 }
 
 #[cfg(test)]

@@ -759,10 +759,18 @@ struct Proc {
 
 impl Proc {
     fn spawn(config: &Path, a: &Path, fault: Option<&str>) -> Proc {
+        Self::spawn_run(config, a, fault, &[])
+    }
+
+    /// `portier run` on the Hamilton replay with `extra` arguments after `run`; no core dumps
+    /// (the signal tests end processes by SIGQUIT, SIGABRT, SIGSEGV, ...).
+    fn spawn_run(config: &Path, a: &Path, fault: Option<&str>, extra: &[&str]) -> Proc {
+        use std::os::unix::process::CommandExt;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_portier"));
         cmd.arg("--config")
             .arg(config)
             .arg("run")
+            .args(extra)
             .arg("--replay")
             .arg(video(a, "hamilton_640x480.mjpeg"))
             .env("PORTIER_LOG", "info")
@@ -772,6 +780,17 @@ impl Proc {
             .stderr(Stdio::piped());
         if let Some(f) = fault {
             cmd.env("PORTIER_FAULT", f);
+        }
+        // SAFETY: runs in the forked child before exec; setrlimit is async-signal-safe and
+        // changes only the child's limit.
+        unsafe {
+            cmd.pre_exec(|| {
+                let none = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                if libc::setrlimit(libc::RLIMIT_CORE, &none) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
         }
         let spawned_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis();
         let spawned = Instant::now();
@@ -1023,6 +1042,171 @@ fn faults_sigterm_sigkill_and_panic_then_restart_from_disk() {
              the restart"
         ),
         recovery: format!("restart → relay secured: mean {}, worst {}", ms(mean), ms(*worst)),
+    }
+    .print();
+}
+
+/// Sends `signal` to the process with one `kill(2)` (no `kill` process in between, so the
+/// moment of sending is known to the microsecond) and returns that moment.
+fn send(p: &Proc, signal: libc::c_int) -> Instant {
+    let pid = libc::pid_t::try_from(p.child.id()).unwrap();
+    let at = Instant::now();
+    // SAFETY: kill(2) on the pid of a child we spawned and have not yet waited for.
+    let rc = unsafe { libc::kill(pid, signal) };
+    assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+    at
+}
+
+/// Issue 15: every fatal signal, and SIGTERM/SIGINT, sent to the real binary in the middle of
+/// an unlock pulse, relocks the (fake) relay within 50 ms, and the process ends as the signal
+/// says: by that signal for the fatal ones (the exit status and core dump stay truthful), with
+/// exit 0 and the summary for SIGTERM/SIGINT. Before, only SIGTERM/SIGINT were handled, and
+/// SIGHUP or SIGABRT (the watchdog's signal) left the relay energised.
+#[test]
+fn faults_every_fatal_signal_mid_pulse_relocks_within_50_ms() {
+    let Some(a) = assets() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let config = cli_config(dir.path(), &a);
+    let signals = [
+        ("SIGHUP", libc::SIGHUP),
+        ("SIGQUIT", libc::SIGQUIT),
+        ("SIGABRT", libc::SIGABRT),
+        ("SIGSEGV", libc::SIGSEGV),
+        ("SIGBUS", libc::SIGBUS),
+        ("SIGILL", libc::SIGILL),
+        ("SIGFPE", libc::SIGFPE),
+        ("SIGTERM", libc::SIGTERM),
+        ("SIGINT", libc::SIGINT),
+    ];
+    let mut worst = Duration::ZERO;
+    let mut delays = Vec::new();
+    for (name, signal) in signals {
+        let mut p = Proc::spawn_run(&config, &a, None, &["--fast"]);
+        assert!(
+            p.until(Duration::from_secs(90), |l| l.contains("relay energised")),
+            "{name}: no grant
+{}",
+            text(&p.log)
+        );
+        let sent = send(&p, signal);
+        let released = p.until(Duration::from_secs(120), |l| {
+            l.contains("relay released by the emergency path")
+        });
+        let at = p.log.last().unwrap().0;
+        let (status, out, log, _) = p.finish();
+        let all = text(&log);
+        assert!(
+            released,
+            "{name}: the relay was not released
+{all}"
+        );
+        let delay = at.saturating_duration_since(sent);
+        println!("faults: {name} mid-pulse: relay secure {} after the signal", ms(delay));
+        assert!(
+            delay <= Duration::from_millis(50),
+            "{name}: secured after {delay:?}
+{all}"
+        );
+        worst = worst.max(delay);
+        delays.push(format!("{} {}", &name[3..], ms(delay)));
+        if matches!(signal, libc::SIGTERM | libc::SIGINT) {
+            assert!(
+                status.success(),
+                "{name}: {status:?}
+{all}"
+            );
+            assert!(
+                all.contains("stopping on request"),
+                "{name}
+{all}"
+            );
+            assert!(out.contains("summary: "), "{name}: {out}");
+        } else {
+            assert_eq!(
+                status.signal(),
+                Some(signal),
+                "{name}: ends by the signal
+{all}"
+            );
+        }
+        // Never energised again after the signal.
+        let e = rposition(&log, "relay energised").unwrap();
+        let r = rposition(&log, "relay released by the emergency path").unwrap();
+        assert!(
+            r > e,
+            "{name}
+{all}"
+        );
+    }
+    Row {
+        case: "`portier run`: SIGHUP, SIGQUIT, SIGABRT, SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTERM, SIGINT mid-pulse (one run each)",
+        load: "replay as fast as processed".into(),
+        faults: format!("{} signals", signals.len()),
+        bad_inputs: "-".into(),
+        lost: "-".into(),
+        unsecured: format!("never: relay secure {} after the signal", delays.join(", ")),
+        recovery: format!("worst {}; exit by the signal (SIGTERM/SIGINT: 0)", ms(worst)),
+    }
+    .print();
+}
+
+/// Issue 15: a loop that stalls mid-pulse (`PORTIER_FAULT=stall-on-grant:4000`: the loop thread
+/// sleeps 4 s right after a grant) is relocked by the guard thread within pulse + 200 ms of the
+/// unlock, not when the loop comes back.
+#[test]
+fn faults_a_stalled_loop_is_relocked_by_the_guard() {
+    let Some(a) = assets() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let config = cli_config(dir.path(), &a);
+    let pulse = Config::load(&config).unwrap().door.door.pulse;
+    let mut p = Proc::spawn_run(&config, &a, Some("stall-on-grant:4000"), &["--fast"]);
+    assert!(
+        p.until(Duration::from_secs(90), |l| l.contains("relay energised")),
+        "{}",
+        text(&p.log)
+    );
+    let energised = p.log.last().unwrap().0;
+    let released =
+        p.until(Duration::from_secs(120), |l| l.contains("relay released by the emergency path"));
+    let at = p.log.last().unwrap().0;
+    send(&p, libc::SIGTERM);
+    let (status, _, log, _) = p.finish();
+    let all = text(&log);
+    assert!(released, "{all}");
+    assert!(all.contains("the loop stalls 4000 ms"), "{all}");
+    assert!(all.contains("relay secured by the guard"), "{all}");
+    let after = at - energised;
+    println!(
+        "faults: stalled loop: relay secure {} after the unlock (pulse {})",
+        ms(after),
+        ms(pulse)
+    );
+    assert!(
+        after >= pulse,
+        "not before the pulse's end: {after:?}
+{all}"
+    );
+    assert!(
+        after <= pulse + Duration::from_millis(200),
+        "{after:?}
+{all}"
+    );
+    assert!(
+        status.success(),
+        "{status:?}
+{all}"
+    );
+    Row {
+        case: "`portier run`: the loop stalls 4 s mid-pulse (`PORTIER_FAULT=stall-on-grant`)",
+        load: "replay as fast as processed".into(),
+        faults: "1 stall".into(),
+        bad_inputs: "-".into(),
+        lost: "-".into(),
+        unsecured: format!(
+            "for the pulse only: relay secured by the guard {} after the unlock",
+            ms(after)
+        ),
+        recovery: format!("pulse {} + {}", ms(pulse), ms(after - pulse)),
     }
     .print();
 }

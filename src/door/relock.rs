@@ -1,0 +1,398 @@
+//! Relocking that does not depend on the loop: the relay is driven to its secure level on every
+//! fatal signal, and by a guard thread when a pulse overstays its end because the loop stalled.
+//!
+//! Two holes this closes (issue 15): before, only SIGTERM/SIGINT were handled (as a flag the
+//! loop reads), so SIGABRT (systemd's watchdog), SIGHUP, SIGQUIT or a crash (SIGSEGV, SIGBUS,
+//! SIGILL, SIGFPE) mid-pulse left the strike released; and the pulse ended only in the loop's
+//! `poll`, so a loop stuck in a model run or a full disk kept the door open.
+//!
+//! * [`install_fatal_signal_relock`]: an async-signal-safe handler for SIGHUP, SIGQUIT, SIGABRT,
+//!   SIGSEGV, SIGBUS, SIGILL and SIGFPE that calls [`super::secure_on_emergency`] (one ioctl on
+//!   a pre-opened GPIO line descriptor for the GPIO backend, an atomic store for the fake),
+//!   then hands the signal on: to the handler that was there before (the standard library's
+//!   stack-overflow reporter for SIGSEGV/SIGBUS) and then to the default action, so the exit
+//!   status and the core dump stay truthful (`kill -HUP` still exits by SIGHUP). A signal that
+//!   was ignored when portier started (SIGHUP under `nohup`) stays ignored. SIGTERM and SIGINT
+//!   secure the relay in the handler too ([`install_stop_relock`]) and then stop the loop
+//!   gracefully through its flag.
+//! * [`RelockGuard`]: a [`DoorControl`] wrapper that arms a deadline (pulse + margin, on the
+//!   monotonic clock) at every unlock and disarms it when the door reports locked; a thread of
+//!   its own secures the relay when the deadline passes and logs it.
+//!
+//! Must not: allocate, lock or log in a signal handler; decide anything about the door (the
+//! state machine in [`super::Door`] does); secure the relay while a pulse is within its time.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+use super::{
+    DoorConfig, DoorControl, DoorError, DoorEvent, DoorState, EmergencySecure, UnlockReason,
+};
+
+/// The fatal signals whose default action ends the process, each of which must leave the door
+/// locked. SIGTERM and SIGINT are the stop signals ([`install_stop_relock`]); SIGKILL and
+/// SIGSTOP cannot be caught (SIGKILL's answer is the restart, which secures first thing, and
+/// on the Pi `dtparam=strict_gpiod`, which returns a released line to its default).
+pub const FATAL_SIGNALS: [libc::c_int; 7] = [
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGABRT,
+    libc::SIGSEGV,
+    libc::SIGBUS,
+    libc::SIGILL,
+    libc::SIGFPE,
+];
+
+/// The stop signals. Where the process has a loop to stop, [`install_stop_relock`] handles
+/// them; a short-lived command that drives the relay (`selftest --pulse-relay`) treats them as
+/// fatal with [`install_relock_on`].
+pub const STOP_SIGNALS: [libc::c_int; 2] = [libc::SIGTERM, libc::SIGINT];
+
+/// Signal numbers below this have a slot in [`PREVIOUS`] (Linux has 64 signals).
+const MAX_SIGNAL: usize = 65;
+
+/// The action that was installed before ours, per signal number, written once before our
+/// handler goes in and only read by it.
+static PREVIOUS: [OnceLock<libc::sigaction>; MAX_SIGNAL] = [const { OnceLock::new() }; MAX_SIGNAL];
+
+/// How many fatal signals the handler has secured the relay for (tests and the log of a
+/// process that survives: a chained handler may return for a signal sent with `kill`).
+static HANDLED: AtomicUsize = AtomicUsize::new(0);
+
+/// Fatal-signal installation errors.
+#[derive(Debug, thiserror::Error)]
+pub enum RelockError {
+    /// `sigaction` failed.
+    #[error("cannot install the relock handler for signal {signal}: {source}")]
+    Signal {
+        /// The signal number.
+        signal: libc::c_int,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The guard thread could not be started.
+    #[error("cannot start the relock guard thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// The handler for [`FATAL_SIGNALS`]: secure, then let the signal do what it did before.
+extern "C" fn on_fatal(
+    signal: libc::c_int,
+    info: *mut libc::siginfo_t,
+    context: *mut libc::c_void,
+) {
+    super::secure_on_emergency();
+    HANDLED.fetch_add(1, Ordering::SeqCst);
+    let previous = usize::try_from(signal).ok().and_then(|s| PREVIOUS.get(s)?.get().copied());
+    if let Some(previous) = previous {
+        let handler = previous.sa_sigaction;
+        if handler != libc::SIG_DFL && handler != libc::SIG_IGN {
+            if previous.sa_flags & libc::SA_SIGINFO != 0 {
+                // SAFETY: the kernel stored this value as an `sa_sigaction` handler (SA_SIGINFO
+                // set), so it is a function of this signature; it was valid when we read it and
+                // code is never unmapped. We pass it the kernel's own arguments.
+                let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+                    unsafe { std::mem::transmute(handler) };
+                f(signal, info, context);
+            } else {
+                // SAFETY: as above, a plain `sa_handler` (SA_SIGINFO clear).
+                let f: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute(handler) };
+                f(signal);
+            }
+        }
+    }
+    // The default action now, whatever the previous handler did: a real fault re-faults when
+    // the handler returns, a signal sent with `kill` is pending (it is blocked while its handler
+    // runs) and is delivered on return. Both end the process by this signal, with a core dump
+    // where the default says so.
+    // SAFETY: `sigaction` and `raise` are async-signal-safe; the struct is fully initialised
+    // (zeroed, then SIG_DFL with an empty mask).
+    unsafe {
+        let mut default: libc::sigaction = std::mem::zeroed();
+        default.sa_sigaction = libc::SIG_DFL;
+        libc::sigemptyset(&mut default.sa_mask);
+        libc::sigaction(signal, &default, std::ptr::null_mut());
+        libc::raise(signal);
+    }
+}
+
+/// Installs the relock handler for every signal in [`FATAL_SIGNALS`]. The relay it secures is
+/// the one registered with [`super::install_panic_hook`]; register that first.
+pub fn install_fatal_signal_relock() -> Result<(), RelockError> {
+    install_relock_on(&FATAL_SIGNALS)
+}
+
+/// Installs the relock handler for `signals`: secure the relay, run the handler that was there
+/// before, end the process by the signal's default action. Once per signal and process (a
+/// signal already handled is left as it is). The handler runs on the thread's alternate
+/// signal stack when it has one (the standard library gives every thread one), so a stack
+/// overflow is relocked too. A signal ignored when portier started (SIGHUP under `nohup`)
+/// stays ignored: the process does not die of it.
+pub fn install_relock_on(signals: &[libc::c_int]) -> Result<(), RelockError> {
+    for &signal in signals {
+        let slot = usize::try_from(signal).ok().and_then(|s| PREVIOUS.get(s));
+        let Some(slot) = slot else {
+            return Err(RelockError::Signal {
+                signal,
+                source: std::io::Error::from_raw_os_error(libc::EINVAL),
+            });
+        };
+        if slot.get().is_some() {
+            continue;
+        }
+        // SAFETY: `sigaction` is plain old data; all-zero is a valid value (SIG_DFL, no flags),
+        // and the call only writes the current action into it.
+        let mut previous: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: reads the current action into a valid, writable struct.
+        if unsafe { libc::sigaction(signal, std::ptr::null(), &mut previous) } != 0 {
+            return Err(RelockError::Signal { signal, source: std::io::Error::last_os_error() });
+        }
+        // Published before our handler can run, so it always finds it.
+        let _ = slot.set(previous);
+        if previous.sa_sigaction == libc::SIG_IGN {
+            continue;
+        }
+        // SAFETY: `action` is fully initialised: our handler (the SA_SIGINFO signature), an
+        // empty mask, and flags: SA_SIGINFO for that signature, SA_ONSTACK so a stack
+        // overflow still runs it, SA_RESTART so interrupted system calls of other threads go on.
+        let status = unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_fatal as *const () as libc::sighandler_t;
+            libc::sigemptyset(&mut action.sa_mask);
+            action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESTART;
+            libc::sigaction(signal, &action, std::ptr::null_mut())
+        };
+        if status != 0 {
+            return Err(RelockError::Signal { signal, source: std::io::Error::last_os_error() });
+        }
+    }
+    Ok(())
+}
+
+/// Secures the relay in the handler of SIGTERM and SIGINT and sets `stop`, so the loop ends
+/// gracefully (its last act secures again and reports the relock). The relay does not wait for
+/// the loop: a loop stuck in a model run cannot keep the door released past a stop request.
+pub fn install_stop_relock(stop: &Arc<AtomicBool>) -> Result<(), RelockError> {
+    for signal in STOP_SIGNALS {
+        let flag = Arc::clone(stop);
+        // SAFETY: the action only stores to an atomic and calls `secure_on_emergency`, which is
+        // async-signal-safe (an atomic load of the registered handle, then one ioctl or an
+        // atomic store and a `write(2)`).
+        let registered = unsafe {
+            signal_hook::low_level::register(signal, move || {
+                super::secure_on_emergency();
+                flag.store(true, Ordering::SeqCst);
+            })
+        };
+        registered.map_err(|source| RelockError::Signal { signal, source })?;
+    }
+    Ok(())
+}
+
+/// How many fatal signals have been handled in this process.
+pub fn fatal_signals_handled() -> usize {
+    HANDLED.load(Ordering::SeqCst)
+}
+
+/// Writes `message` to standard error with one `write(2)`: usable in a signal handler (no
+/// lock, no allocation, unlike `eprintln!`).
+pub fn signal_safe_note(message: &str) {
+    // SAFETY: writes `message.len()` bytes from a valid slice to fd 2; a failed or short write
+    // is ignored (there is no one left to tell).
+    let _ = unsafe { libc::write(2, message.as_ptr().cast(), message.len()) };
+}
+
+/// How long past a pulse's end the guard waits before it secures the relay itself: the loop's
+/// own relock happens at its next `poll`, within one frame (tens of milliseconds); 100 ms more
+/// means the loop is stuck.
+pub const GUARD_MARGIN: Duration = Duration::from_millis(100);
+
+/// What the loop and the guard thread share.
+#[derive(Debug, Default)]
+struct Deadline {
+    /// When the relay must be secure by, while a pulse runs; `None` while locked.
+    due: Mutex<Option<Instant>>,
+    wake: Condvar,
+    /// The guard secured the relay this many times (the loop stalled).
+    fired: AtomicUsize,
+    quit: AtomicBool,
+}
+
+/// A [`DoorControl`] whose pulses are ended by a thread of their own when the loop does not
+/// end them in time. See the module documentation.
+pub struct RelockGuard {
+    inner: Box<dyn DoorControl>,
+    shared: Arc<Deadline>,
+    margin: Duration,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for RelockGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelockGuard")
+            .field("margin", &self.margin)
+            .field("fired", &self.shared.fired.load(Ordering::SeqCst))
+            .finish_non_exhaustive()
+    }
+}
+
+impl RelockGuard {
+    /// Wraps `inner`; `emergency` is the relay's handle the guard drives to its secure level
+    /// when a pulse overstays its end by more than `margin`.
+    pub fn new(
+        inner: Box<dyn DoorControl>,
+        emergency: Arc<dyn EmergencySecure>,
+        margin: Duration,
+    ) -> Result<Self, RelockError> {
+        let shared = Arc::new(Deadline::default());
+        let guard = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("relock-guard".into())
+            .spawn(move || watch(&guard, emergency.as_ref()))
+            .map_err(RelockError::Thread)?;
+        Ok(Self { inner, shared, margin, thread: Some(thread) })
+    }
+
+    /// How often the guard secured the relay because the loop did not.
+    pub fn fired(&self) -> usize {
+        self.shared.fired.load(Ordering::SeqCst)
+    }
+
+    /// Arms the deadline after an unlock, disarms it once the door is locked.
+    fn sync(&self, unlocked_now: bool) {
+        let mut due = self.shared.due.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.inner.state().locked {
+            *due = None;
+        } else if unlocked_now || due.is_none() {
+            *due = Some(Instant::now() + self.inner.config().pulse + self.margin);
+            self.shared.wake.notify_one();
+        }
+    }
+}
+
+/// The guard thread: sleeps until the armed deadline, secures the relay when it passes.
+fn watch(shared: &Deadline, emergency: &dyn EmergencySecure) {
+    let mut due = shared.due.lock().unwrap_or_else(PoisonError::into_inner);
+    while !shared.quit.load(Ordering::SeqCst) {
+        match *due {
+            None => {
+                due = shared.wake.wait(due).unwrap_or_else(PoisonError::into_inner);
+            }
+            Some(at) => {
+                let now = Instant::now();
+                if now >= at {
+                    shared.fired.fetch_add(1, Ordering::SeqCst);
+                    emergency.secure_now();
+                    *due = None;
+                    log::error!(
+                        "door: the pulse overstayed its end by more than {} ms (the loop is \
+                         stalled); relay secured by the guard",
+                        GUARD_MARGIN.as_millis()
+                    );
+                } else {
+                    due = shared
+                        .wake
+                        .wait_timeout(due, at - now)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for RelockGuard {
+    fn drop(&mut self) {
+        self.shared.quit.store(true, Ordering::SeqCst);
+        {
+            let _due = self.shared.due.lock().unwrap_or_else(PoisonError::into_inner);
+            self.shared.wake.notify_one();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl DoorControl for RelockGuard {
+    fn unlock(&mut self, reason: UnlockReason, now: Duration) -> Result<(), DoorError> {
+        let result = self.inner.unlock(reason, now);
+        self.sync(true);
+        result
+    }
+
+    fn poll(&mut self, now: Duration, events: &mut Vec<DoorEvent>) -> Result<(), DoorError> {
+        let result = self.inner.poll(now, events);
+        self.sync(false);
+        result
+    }
+
+    fn secure(&mut self) -> Result<(), DoorError> {
+        let result = self.inner.secure();
+        self.sync(false);
+        result
+    }
+
+    fn state(&self) -> DoorState {
+        self.inner.state()
+    }
+
+    fn config(&self) -> &DoorConfig {
+        self.inner.config()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::door::fake::idle_door;
+
+    fn wait_until(limit: Duration, pred: impl Fn() -> bool) -> Option<Duration> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if pred() {
+                return Some(start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        None
+    }
+
+    #[test]
+    fn a_stalled_loop_is_relocked_by_the_guard_and_a_live_one_is_not() {
+        let config = DoorConfig { pulse: Duration::from_millis(300), ..DoorConfig::default() };
+        let (door, emergency, level) = idle_door(&config).unwrap();
+        let secure = level.load(Ordering::SeqCst);
+        let mut guarded = RelockGuard::new(Box::new(door), emergency, GUARD_MARGIN).unwrap();
+        // A live loop: it polls and relocks on time; the guard never fires.
+        let start = Instant::now();
+        guarded.unlock(UnlockReason::Remote, start.elapsed()).unwrap();
+        assert_ne!(level.load(Ordering::SeqCst), secure, "energised");
+        let mut events = Vec::new();
+        while !guarded.state().locked {
+            guarded.poll(start.elapsed(), &mut events).unwrap();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(GUARD_MARGIN * 3);
+        assert_eq!(guarded.fired(), 0);
+        // A stalled loop: unlocked, then never polled again.
+        let start = Instant::now();
+        guarded.unlock(UnlockReason::Remote, Duration::from_secs(10)).unwrap();
+        assert_ne!(level.load(Ordering::SeqCst), secure, "energised");
+        let took = wait_until(Duration::from_secs(5), || level.load(Ordering::SeqCst) == secure)
+            .expect("the guard secured the relay");
+        let after = start.elapsed();
+        assert!(took > config.pulse, "not before the pulse ended ({after:?})");
+        assert!(
+            after <= config.pulse + Duration::from_millis(200),
+            "within pulse + 200 ms: {after:?}"
+        );
+        assert_eq!(guarded.fired(), 1);
+        // The loop comes back: its own relock follows, nothing is left armed.
+        guarded.poll(Duration::from_secs(11), &mut events).unwrap();
+        assert!(guarded.state().locked);
+        assert!(events.contains(&DoorEvent::Locked));
+    }
+}
