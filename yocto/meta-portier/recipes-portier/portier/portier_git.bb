@@ -49,7 +49,8 @@ SYSTEMD_AUTO_ENABLE:${PN} = "enable"
 do_install:append() {
     # cargo_do_install has put the binary in ${bindir}.
     install -d ${D}${systemd_system_unitdir}
-    install -m 0644 ${S}/systemd/portier.service ${D}${systemd_system_unitdir}/
+    install -m 0644 ${S}/systemd/portier.service ${S}/systemd/portier-secure-door.service \
+        ${D}${systemd_system_unitdir}/
 
     install -d ${D}${nonarch_libdir}/sysusers.d ${D}${nonarch_libdir}/tmpfiles.d
     install -m 0644 ${S}/systemd/sysusers.d/portier.conf ${D}${nonarch_libdir}/sysusers.d/portier.conf
@@ -79,7 +80,9 @@ do_install:append() {
 CONFFILES:${PN} = "${sysconfdir}/portier/portier.toml"
 
 # ${datadir}/portier is in FILES:${PN} by default.
+# portier-secure-door.service is not enabled: portier.service starts it through OnFailure=.
 FILES:${PN} += "${systemd_system_unitdir}/portier.service \
+                ${systemd_system_unitdir}/portier-secure-door.service \
                 ${nonarch_libdir}/sysusers.d/portier.conf \
                 ${nonarch_libdir}/tmpfiles.d/portier.conf \
                 ${nonarch_base_libdir}/udev/rules.d/60-portier.rules \
