@@ -9,12 +9,13 @@
 //! With liveness on, each vote for a person also carries the live score of that face (checked
 //! by the loop only for such votes). Only the votes that confirm the decision count: the
 //! `votes` most recent agreeing votes whose face was at or past the approach gate
-//! (`min_face_height_pct`). A person is granted when at least `passes` of those passed **and
-//! the deciding face (the newest) passed itself**; far votes help to establish who it is but
-//! never carry the liveness check (before, any `passes` of the whole window could pass, so
-//! live scores `[0.9, 0.1, 0.1, 0.9, 0.1]` with only the last face near were granted). While
-//! fewer than `passes` near votes agree, or the deciding face failed but the rest could still
-//! carry the check, the decision waits. When `votes` near agreeing votes are in and fewer than
+//! (`min_face_height_pct`). A person is granted when all `votes` of those are in the window, at
+//! least `passes` of them passed **and the deciding face (the newest) passed itself**; far
+//! votes help to establish who it is but never carry the liveness check (before, any `passes`
+//! of the whole window could pass, so live scores `[0.9, 0.1, 0.1, 0.9, 0.1]` with only the
+//! last face near were granted, and a photo moved back and forth across the gate could retry
+//! until two near frames scored well). While fewer than `votes` near votes agree, or the
+//! deciding face failed but the rest could still carry the check, the decision waits. When `votes` near agreeing votes are in and fewer than
 //! `passes` passed, the track is reported [`Verdict::SpoofSuspected`] once and never granted
 //! (the person leaves the view and comes back as a new track to try again).
 //!
@@ -478,9 +479,11 @@ impl Decider {
                         votes: c.count,
                     });
                 }
-                if c.passes < policy.passes || !deciding_passed {
-                    // Not enough near faces yet, or the deciding face itself failed while the
-                    // others could still carry the check: wait for the next face.
+                if c.count < self.config.votes || c.passes < policy.passes || !deciding_passed {
+                    // Fewer than `votes` near faces agree yet (a photo moved back and forth
+                    // across the approach gate never gets them all into one window), or the
+                    // deciding face itself failed while the others could still carry the
+                    // check: wait for the next face.
                     return None;
                 }
             }
@@ -829,6 +832,16 @@ mod tests {
         }
         assert_eq!(verdicts[..2], [None, None]);
         assert!(matches!(verdicts[2], Some(Verdict::Granted { votes: 3, .. })), "{verdicts:?}");
+        // A photo moved back and forth across the approach gate (near, far, far, ...), with a
+        // good score on two near frames: never `votes` near faces in one window, never granted.
+        let mut d = decider();
+        let seq = [(0.1, far), (0.1, far), (0.1, near), (0.9, far), (0.9, far), (0.2, near)];
+        let seq = seq.into_iter().chain([(0.9, far), (0.9, far), (0.7, near)]);
+        let seq = seq.chain([(0.9, far), (0.9, far), (0.6, near)]);
+        for (i, (live, face)) in seq.enumerate() {
+            let v = d.vote_checked(5, yes, None, face, Some(live), id, S);
+            assert!(!matches!(v, Some(Verdict::Granted { .. })), "vote {i}: {v:?}");
+        }
         // Near only, [0.9, 0.1, 0.1]: a suspected spoof.
         let mut d = decider();
         let mut v = None;

@@ -868,7 +868,9 @@ fn guard_door(
     let fail = |e: relock::RelockError| Failure::new(EX_SOFTWARE, e);
     relock::install_fatal_signal_relock().map_err(fail)?;
     relock::install_stop_relock(stop).map_err(fail)?;
-    let guarded = relock::RelockGuard::new(door, emergency, relock::GUARD_MARGIN).map_err(fail)?;
+    let guarded = relock::RelockGuard::new(door, emergency, relock::GUARD_MARGIN)
+        .map_err(fail)?
+        .refuse_unlocks_after(Arc::clone(stop));
     Ok(Box::new(guarded))
 }
 

@@ -234,6 +234,9 @@ pub enum DoorError {
     /// The configuration is invalid.
     #[error("invalid door configuration: {0}")]
     Config(String),
+    /// The process is stopping (SIGTERM/SIGINT secured the relay): no more unlocks.
+    #[error("unlock refused: portier is stopping")]
+    Stopping,
 }
 
 fn pin_error<E: embedded_hal::digital::Error>(what: &str, err: &E) -> DoorError {
@@ -282,6 +285,8 @@ pub trait DoorControl {
     fn secure(&mut self) -> Result<(), DoorError>;
     /// See [`Door::state`].
     fn state(&self) -> DoorState;
+    /// See [`Door::relock_due`].
+    fn relock_due(&self) -> Option<Duration>;
     /// The configuration the door runs with.
     fn config(&self) -> &DoorConfig;
 }
@@ -301,6 +306,10 @@ impl<R: OutputPin, C: InputPin, B: InputPin> DoorControl for Door<R, C, B> {
 
     fn state(&self) -> DoorState {
         Door::state(self)
+    }
+
+    fn relock_due(&self) -> Option<Duration> {
+        Door::relock_due(self)
     }
 
     fn config(&self) -> &DoorConfig {
@@ -478,6 +487,15 @@ impl<R: OutputPin, C: InputPin, B: InputPin> Door<R, C, B> {
         self.pulse_until = None;
         self.grant_ended = None;
         Ok(())
+    }
+
+    /// When the running release is due to end (on the caller's clock), while unlocked.
+    pub fn relock_due(&self) -> Option<Duration> {
+        if self.unlocked {
+            self.pulse_until
+        } else {
+            None
+        }
     }
 
     /// The current state.

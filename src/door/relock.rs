@@ -30,10 +30,11 @@ use super::{
     DoorConfig, DoorControl, DoorError, DoorEvent, DoorState, EmergencySecure, UnlockReason,
 };
 
-/// The fatal signals whose default action ends the process, each of which must leave the door
-/// locked. SIGTERM and SIGINT are the stop signals ([`install_stop_relock`]); SIGKILL and
-/// SIGSTOP cannot be caught (SIGKILL's answer is the restart, which secures first thing, and
-/// on the Pi `dtparam=strict_gpiod`, which returns a released line to its default).
+/// The fatal signals a crash, the watchdog or an operator sends, each of which must leave the
+/// door locked (the fault-injection suite sends each of them mid-pulse). SIGTERM and SIGINT are
+/// the stop signals ([`install_stop_relock`]); SIGKILL and SIGSTOP cannot be caught (SIGKILL's
+/// answer is the restart, which secures first thing, `dtparam=strict_gpiod` on the Pi, which
+/// returns a released line to its default, and `OnFailure=`).
 pub const FATAL_SIGNALS: [libc::c_int; 7] = [
     libc::SIGHUP,
     libc::SIGQUIT,
@@ -42,6 +43,25 @@ pub const FATAL_SIGNALS: [libc::c_int; 7] = [
     libc::SIGBUS,
     libc::SIGILL,
     libc::SIGFPE,
+];
+
+/// The other signals whose default action ends the process (signal(7)): nobody sends them to
+/// portier on purpose, which is exactly why a stray one must not leave the door released.
+/// The real-time signals are added at install time (`SIGRTMIN()..=SIGRTMAX()`: glibc keeps the
+/// two below SIGRTMIN for itself). SIGPIPE is ignored by Rust's runtime, so it is left alone
+/// (an ignored signal stays ignored).
+pub const OTHER_TERMINATING_SIGNALS: [libc::c_int; 11] = [
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGALRM,
+    libc::SIGPWR,
+    libc::SIGTRAP,
+    libc::SIGSYS,
+    libc::SIGXCPU,
+    libc::SIGXFSZ,
+    libc::SIGVTALRM,
+    libc::SIGPROF,
+    libc::SIGIO,
 ];
 
 /// The stop signals. Where the process has a loop to stop, [`install_stop_relock`] handles
@@ -117,10 +137,15 @@ extern "C" fn on_fatal(
     }
 }
 
-/// Installs the relock handler for every signal in [`FATAL_SIGNALS`]. The relay it secures is
-/// the one registered with [`super::install_panic_hook`]; register that first.
+/// Installs the relock handler for every signal whose default action ends the process, but
+/// the stop signals: [`FATAL_SIGNALS`], [`OTHER_TERMINATING_SIGNALS`] and the real-time
+/// signals. The relay it secures is the one registered with [`super::install_panic_hook`];
+/// register that first.
 pub fn install_fatal_signal_relock() -> Result<(), RelockError> {
-    install_relock_on(&FATAL_SIGNALS)
+    install_relock_on(&FATAL_SIGNALS)?;
+    install_relock_on(&OTHER_TERMINATING_SIGNALS)?;
+    let realtime: Vec<libc::c_int> = (libc::SIGRTMIN()..=libc::SIGRTMAX()).collect();
+    install_relock_on(&realtime)
 }
 
 /// Installs the relock handler for `signals`: secure the relay, run the handler that was there
@@ -203,9 +228,9 @@ pub fn signal_safe_note(message: &str) {
     let _ = unsafe { libc::write(2, message.as_ptr().cast(), message.len()) };
 }
 
-/// How long past a pulse's end the guard waits before it secures the relay itself: the loop's
-/// own relock happens at its next `poll`, within one frame (tens of milliseconds); 100 ms more
-/// means the loop is stuck.
+/// How long past a pulse's end the guard waits before it secures the relay itself. The loop's
+/// own relock happens at its next `poll`, usually within a frame; when the guard is first, the
+/// pulse is over anyway, so securing then is never wrong, only early for a slow loop.
 pub const GUARD_MARGIN: Duration = Duration::from_millis(100);
 
 /// What the loop and the guard thread share.
@@ -226,6 +251,9 @@ pub struct RelockGuard {
     shared: Arc<Deadline>,
     margin: Duration,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Set by the stop signals' handler: from then on unlocks are refused (the handler has
+    /// secured the relay; the loop may still be finishing a step that would grant).
+    stopping: Option<Arc<AtomicBool>>,
 }
 
 impl std::fmt::Debug for RelockGuard {
@@ -251,7 +279,17 @@ impl RelockGuard {
             .name("relock-guard".into())
             .spawn(move || watch(&guard, emergency.as_ref()))
             .map_err(RelockError::Thread)?;
-        Ok(Self { inner, shared, margin, thread: Some(thread) })
+        Ok(Self { inner, shared, margin, thread: Some(thread), stopping: None })
+    }
+
+    /// Refuses every unlock once `stop` is set ([`DoorError::Stopping`]).
+    pub fn refuse_unlocks_after(mut self, stop: Arc<AtomicBool>) -> Self {
+        self.stopping = Some(stop);
+        self
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.as_ref().is_some_and(|s| s.load(Ordering::SeqCst))
     }
 
     /// How often the guard secured the relay because the loop did not.
@@ -259,15 +297,29 @@ impl RelockGuard {
         self.shared.fired.load(Ordering::SeqCst)
     }
 
-    /// Arms the deadline after an unlock, disarms it once the door is locked.
-    fn sync(&self, unlocked_now: bool) {
+    /// Arms the deadline before a call that may energise the relay (an unlock, or a poll that
+    /// may see the exit button): a full pulse from now, unless one is armed already. So a call
+    /// that blocks after energising (a stalled logger) is still covered.
+    fn arm(&self) {
         let mut due = self.shared.due.lock().unwrap_or_else(PoisonError::into_inner);
-        if self.inner.state().locked {
-            *due = None;
-        } else if unlocked_now || due.is_none() {
+        if due.is_none() {
             *due = Some(Instant::now() + self.inner.config().pulse + self.margin);
             self.shared.wake.notify_one();
         }
+    }
+
+    /// After a call: disarms once the door is locked; while a release runs, re-arms from the
+    /// door's own end of it (`now` is the loop's clock at the call), so an extension (another
+    /// grant, the exit button) moves the deadline with it.
+    fn sync(&self, now: Duration) {
+        let mut due = self.shared.due.lock().unwrap_or_else(PoisonError::into_inner);
+        *due = match self.inner.relock_due() {
+            None if self.inner.state().locked => None,
+            // Unlocked with no end (a failed relock the next poll retries): due now.
+            None => Some(Instant::now() + self.margin),
+            Some(end) => Some(Instant::now() + end.saturating_sub(now) + self.margin),
+        };
+        self.shared.wake.notify_one();
     }
 }
 
@@ -285,9 +337,9 @@ fn watch(shared: &Deadline, emergency: &dyn EmergencySecure) {
                     shared.fired.fetch_add(1, Ordering::SeqCst);
                     emergency.secure_now();
                     *due = None;
-                    log::error!(
-                        "door: the pulse overstayed its end by more than {} ms (the loop is \
-                         stalled); relay secured by the guard",
+                    log::warn!(
+                        "door: the loop had not relocked {} ms after the pulse's end (stalled \
+                         or slow); relay secured by the guard",
                         GUARD_MARGIN.as_millis()
                     );
                 } else {
@@ -317,25 +369,40 @@ impl Drop for RelockGuard {
 
 impl DoorControl for RelockGuard {
     fn unlock(&mut self, reason: UnlockReason, now: Duration) -> Result<(), DoorError> {
+        if self.stopping() {
+            log::warn!("door: unlock ({reason:?}) refused: stopping");
+            return Err(DoorError::Stopping);
+        }
+        self.arm();
         let result = self.inner.unlock(reason, now);
-        self.sync(true);
+        self.sync(now);
         result
     }
 
     fn poll(&mut self, now: Duration, events: &mut Vec<DoorEvent>) -> Result<(), DoorError> {
+        // The exit button unlocks inside `poll`.
+        self.arm();
         let result = self.inner.poll(now, events);
-        self.sync(false);
+        if self.stopping() && !self.inner.state().locked {
+            // A release the exit button started after the stop signal: end it now.
+            let _ = self.inner.secure();
+        }
+        self.sync(now);
         result
     }
 
     fn secure(&mut self) -> Result<(), DoorError> {
         let result = self.inner.secure();
-        self.sync(false);
+        self.sync(Duration::ZERO);
         result
     }
 
     fn state(&self) -> DoorState {
         self.inner.state()
+    }
+
+    fn relock_due(&self) -> Option<Duration> {
+        self.inner.relock_due()
     }
 
     fn config(&self) -> &DoorConfig {
@@ -394,5 +461,54 @@ mod tests {
         guarded.poll(Duration::from_secs(11), &mut events).unwrap();
         assert!(guarded.state().locked);
         assert!(events.contains(&DoorEvent::Locked));
+    }
+
+    #[test]
+    fn an_exit_button_extension_moves_the_deadline_and_a_stop_refuses_unlocks() {
+        use crate::door::fake::{FixedInput, LoggedRelay};
+        use crate::door::Door;
+        let config = DoorConfig { pulse: Duration::from_millis(300), ..DoorConfig::default() };
+        let relay = LoggedRelay::new(false);
+        let level = relay.level();
+        let emergency = relay.emergency();
+        let button = FixedInput::new(true); // active low: released
+        let pressed = button.level();
+        let door = Door::new(config.clone(), relay, FixedInput::new(false), button, Duration::ZERO)
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut guarded = RelockGuard::new(Box::new(door), emergency, GUARD_MARGIN)
+            .unwrap()
+            .refuse_unlocks_after(Arc::clone(&stop));
+        let start = Instant::now();
+        let mut events = Vec::new();
+        guarded.unlock(UnlockReason::Remote, start.elapsed()).unwrap();
+        // The exit button at 150 ms (accepted after the 50 ms debounce): the release now ends
+        // at about 500 ms, not 300 ms.
+        while start.elapsed() < Duration::from_millis(260) {
+            if start.elapsed() >= Duration::from_millis(150) {
+                pressed.store(false, Ordering::SeqCst);
+            }
+            guarded.poll(start.elapsed(), &mut events).unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(events.contains(&DoorEvent::ExitRequested), "{events:?}");
+        let due = guarded.relock_due().unwrap();
+        assert!(due >= Duration::from_millis(450), "{due:?}");
+        // The loop stalls now. Past the first pulse's deadline (300 + 100 ms) the relay is
+        // still energised: the guard follows the extension.
+        while start.elapsed() < Duration::from_millis(430) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(level.load(Ordering::SeqCst), "released by the guard before the extended end");
+        assert_eq!(guarded.fired(), 0);
+        assert!(wait_until(Duration::from_secs(3), || !level.load(Ordering::SeqCst)).is_some());
+        assert_eq!(guarded.fired(), 1);
+        // After the stop signal, no unlock goes through.
+        guarded.poll(start.elapsed(), &mut events).unwrap();
+        pressed.store(true, Ordering::SeqCst);
+        stop.store(true, Ordering::SeqCst);
+        let refused = guarded.unlock(UnlockReason::Remote, start.elapsed());
+        assert_eq!(refused, Err(DoorError::Stopping));
+        assert!(!level.load(Ordering::SeqCst) && guarded.state().locked);
     }
 }
