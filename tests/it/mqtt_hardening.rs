@@ -135,7 +135,7 @@ fn a_home_assistant_status_flood_keeps_memory_flat_and_discovery_coalesced() {
     assert!(births >= FLOOD as u64 * 9 / 10, "the flood reached the client: {births}");
     assert!(growth_kb < 10 * 1024, "RSS grew by {growth_kb} KiB");
     let flood_rounds = configs / per_round;
-    assert!(configs % per_round == 0, "whole rounds only: {configs}");
+    assert!(configs.is_multiple_of(per_round), "whole rounds only: {configs}");
     assert!(flood_rounds >= 1, "a round after the burst, so Home Assistant hears the entities");
     // One per interval while the flood lasts, one after it.
     let allowed = (flood_s / DISCOVERY_MIN_INTERVAL.as_secs_f64()).ceil() as usize + 2;
