@@ -16,11 +16,22 @@
 //!   envelope id.
 //! - **Availability**: `online` (retained) right after every CONNACK, `offline` (retained) as
 //!   the last will, and published before a clean [`MqttClient::shutdown`].
-//! - **Retained states** (lock, door contact, last person, similarity, backend, counters):
-//!   published when they change, and all of them again after every reconnect. The last person,
-//!   similarity and backend sensors follow the access events.
+//! - **Retained states** (lock, door contact, door alarm, last person, similarity, backend,
+//!   counters): published when they change, and all of them again after every reconnect. Lock,
+//!   contact and alarm come from the door's real state ([`Message::DoorState`], which the shell
+//!   sends at its first tick and on every change), so a state a crash left retained is
+//!   corrected at the next start. The last person, similarity and backend sensors follow the
+//!   access events; similarity and liveness scores only with `publish_scores = true`.
 //! - **Home Assistant discovery**: published retained after every CONNACK, and again when
-//!   `<prefix>/status` says `online` (a restarted Home Assistant).
+//!   `<prefix>/status` says `online` (a restarted Home Assistant). Anyone on the broker can
+//!   publish that, so births are only counted: at most one round is pending, and rounds go out
+//!   at most once per [`DISCOVERY_MIN_INTERVAL`] (one log line each, with the count).
+//! - **Supervision**: the worker runs under `catch_unwind`; a panic restarts it with back-off
+//!   ([`RESTART_MIN`] to [`RESTART_MAX`]) and a new connection, the loop's messages waiting in
+//!   memory meanwhile; [`MqttStats::health`] and [`MqttStats::restarts`] make it visible.
+//! - **State files**: a damaged outbox log is set aside and a fresh one started, and the
+//!   verifier's replay state (`super::replay`) is loaded at start and written before an
+//!   accepted command reaches the loop; either damage raises a `state_damaged` event.
 //! - **Commands** on `<base>/command` and `<base>/lock/set` go through the command module's
 //!   [`Verifier`]; accepted ones come out of [`MqttClient::commands`] (the loop polls it with
 //!   `try_recv`), refusals are published as `command_refused` system events saying why (at most
