@@ -584,7 +584,20 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        Self::parse(&text, path)
+        let config = Self::parse(&text, path)?;
+        // A password written into the config makes the config a secret file: the same
+        // owner-only rule as `mqtt.password_file` (which is the better place for it).
+        if config.mqtt.enabled && config.mqtt.password.is_some() {
+            crate::secret::check_private(path).map_err(|e| ConfigError::Invalid {
+                path: path.into(),
+                key: "mqtt.password".into(),
+                reason: format!(
+                    "this file holds a password, so it must be private: {e}; or move the \
+                     password to mqtt.password_file"
+                ),
+            })?;
+        }
+        Ok(config)
     }
 
     /// Parses and validates config text; `path` names it in errors and anchors relative paths.

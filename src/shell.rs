@@ -15,9 +15,9 @@ use crate::display::{
     AccessView, ClockTime, Display, DisplayConfig, DisplayError, DoorView, EmbedBackend, Health,
     LinkState, NameDisplay, Outcome, Screen, Sink, Status,
 };
-use crate::door::Alarm;
+use crate::door::{Alarm, DoorState};
 use crate::gallery::Gallery;
-use crate::mqtt::client::{Message, MqttClient};
+use crate::mqtt::client::{Message, MqttClient, MqttHealth};
 
 /// Any display sink, chosen at start-up.
 pub struct AnySink(Box<dyn Sink + Send>);
@@ -129,6 +129,10 @@ pub struct Shell {
     last: Option<(Last, Option<Duration>)>,
     camera_ok: bool,
     display_errors: u64,
+    /// The door state last handed to MQTT (`None` before the first tick).
+    door_sent: Option<DoorState>,
+    /// MQTT health at the last tick, to log each change once.
+    mqtt_health: MqttHealth,
 }
 
 impl std::fmt::Debug for Shell {
@@ -171,6 +175,8 @@ impl Shell {
             last: None,
             camera_ok: true,
             display_errors: 0,
+            door_sent: None,
+            mqtt_health: MqttHealth::Connecting,
         }
     }
 
@@ -276,6 +282,23 @@ impl Hooks for Shell {
                 "PORTIER_FAULT=panic-at-frame: injected panic at frame {}",
                 app.counters().frames
             );
+        }
+        if let Some(client) = &self.mqtt {
+            // The truth about the door, retained: at the first tick (a crash may have left
+            // UNLOCKED retained at the broker) and whenever it changes. The client republishes
+            // it at every reconnect. Only a few bytes, and only on change: nothing per frame.
+            let door = app.door_state();
+            if self.door_sent != Some(door) && client.send(Message::DoorState(door)) {
+                self.door_sent = Some(door);
+            }
+            let health = client.stats().health;
+            if health != self.mqtt_health {
+                match health {
+                    MqttHealth::Up => log::info!("mqtt: health {}", health.as_str()),
+                    _ => log::warn!("mqtt: health {} (the door works without it)", health.as_str()),
+                }
+                self.mqtt_health = health;
+            }
         }
         let Some(display) = self.display.as_mut() else { return };
         if let Some((_, at)) = &mut self.last {

@@ -16,11 +16,22 @@
 //!   envelope id.
 //! - **Availability**: `online` (retained) right after every CONNACK, `offline` (retained) as
 //!   the last will, and published before a clean [`MqttClient::shutdown`].
-//! - **Retained states** (lock, door contact, last person, similarity, backend, counters):
-//!   published when they change, and all of them again after every reconnect. The last person,
-//!   similarity and backend sensors follow the access events.
+//! - **Retained states** (lock, door contact, door alarm, last person, similarity, backend,
+//!   counters): published when they change, and all of them again after every reconnect. Lock,
+//!   contact and alarm come from the door's real state ([`Message::DoorState`], which the shell
+//!   sends at its first tick and on every change), so a state a crash left retained is
+//!   corrected at the next start. The last person, similarity and backend sensors follow the
+//!   access events; similarity and liveness scores only with `publish_scores = true`.
 //! - **Home Assistant discovery**: published retained after every CONNACK, and again when
-//!   `<prefix>/status` says `online` (a restarted Home Assistant).
+//!   `<prefix>/status` says `online` (a restarted Home Assistant). Anyone on the broker can
+//!   publish that, so births are only counted: at most one round is pending, and rounds go out
+//!   at most once per [`DISCOVERY_MIN_INTERVAL`] (one log line each, with the count).
+//! - **Supervision**: the worker runs under `catch_unwind`; a panic restarts it with back-off
+//!   ([`RESTART_MIN`] to [`RESTART_MAX`]) and a new connection, the loop's messages waiting in
+//!   memory meanwhile; [`MqttStats::health`] and [`MqttStats::restarts`] make it visible.
+//! - **State files**: a damaged outbox log is set aside and a fresh one started, and the
+//!   verifier's replay state (`super::replay`) is loaded at start and written before an
+//!   accepted command reaches the loop; either damage raises a `state_damaged` event.
 //! - **Commands** on `<base>/command` and `<base>/lock/set` go through the command module's
 //!   [`Verifier`]; accepted ones come out of [`MqttClient::commands`] (the loop polls it with
 //!   `try_recv`), refusals are published as `command_refused` system events saying why (at most
@@ -46,7 +57,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -58,12 +69,13 @@ use rumqttc::{
 };
 use serde::Deserialize;
 
-use super::command::{Command, Verifier};
+use super::command::{Command, Refusal, Verifier};
 use super::discovery::{self, DeviceInfo, DiscoveryMessage};
 use super::events::{
     self, AccessEvent, Counters, DoorEvent, LockState, Sequencer, SystemEvent, Topics,
 };
 use super::outbox::{self, Outbox, OutboxError};
+use super::replay;
 
 /// Messages the loop can queue before [`MqttClient::send`] refuses (and counts) more. The loop
 /// makes a few events a second; this covers minutes of a thread stalled on a slow disk.
@@ -99,6 +111,19 @@ const REQUEST_CAPACITY: usize = 512;
 /// Most events kept in memory while the outbox refuses writes (disk full or failing): about a
 /// day of a busy door's events at a few hundred bytes each, a few hundred KiB of RAM.
 pub const SPILL_MAX: usize = 2048;
+
+/// Shortest time between two discovery rounds asked for by Home Assistant births: a flood of
+/// `online` on `<prefix>/status` (anyone on the broker can publish there) costs one round per
+/// this, and a birth after a quiet spell is answered at once.
+pub const DISCOVERY_MIN_INTERVAL: Duration = Duration::from_secs(10);
+/// Without a broker connection this long, [`MqttStats::health`] says `Down`.
+pub const DOWN_AFTER: Duration = Duration::from_secs(60);
+/// First wait before restarting a failed client thread; doubles up to [`RESTART_MAX`].
+pub const RESTART_MIN: Duration = Duration::from_secs(1);
+/// Longest wait before restarting a failed client thread.
+pub const RESTART_MAX: Duration = Duration::from_secs(60);
+/// A thread that ran this long before failing starts the back-off from [`RESTART_MIN`] again.
+const RESTART_RESET: Duration = Duration::from_secs(300);
 
 /// How often the outbox is tried again while it refuses writes.
 const SPILL_RETRY: Duration = Duration::from_secs(1);
@@ -150,6 +175,12 @@ pub struct MqttConfig {
     pub command_window_s: u32,
     /// Device id: discovery topics, unique ids, and the `device` of commands and envelopes.
     pub device_id: String,
+    /// Allow a password without TLS, i.e. readable by anyone on the network path. Refused
+    /// (`mqtt.tls`) unless set: only for a broker on the same host or a network you trust.
+    pub allow_plaintext_password: bool,
+    /// Put similarity and liveness scores into access events and publish the similarity
+    /// sensor. Off by default: scores tell an eavesdropper how close a face came.
+    pub publish_scores: bool,
 }
 
 /// The `[mqtt.tls]` section: the broker's CA and an optional client certificate (PEM files).
@@ -184,6 +215,8 @@ impl Default for MqttConfig {
             command_key_file: None,
             command_window_s: 30,
             device_id: "portier".to_owned(),
+            allow_plaintext_password: false,
+            publish_scores: false,
         }
     }
 }
@@ -209,6 +242,8 @@ impl fmt::Debug for MqttConfig {
             .field("command_key_file", &self.command_key_file)
             .field("command_window_s", &self.command_window_s)
             .field("device_id", &self.device_id)
+            .field("allow_plaintext_password", &self.allow_plaintext_password)
+            .field("publish_scores", &self.publish_scores)
             .finish()
     }
 }
@@ -282,6 +317,16 @@ impl MqttConfig {
         }
         if self.username.as_deref().is_some_and(|u| u.is_empty() || u.contains(char::is_control)) {
             return Err(("mqtt.username", "must be non-empty and printable".to_owned()));
+        }
+        let has_password = self.password.is_some() || self.password_file.is_some();
+        if has_password && self.tls.is_none() && !self.allow_plaintext_password {
+            return Err((
+                "mqtt.tls",
+                "a password without TLS crosses the network in clear: add [mqtt.tls] with \
+                 ca_file (and port 8883), or set mqtt.allow_plaintext_password = true for a \
+                 broker on a network you trust"
+                    .to_owned(),
+            ));
         }
         if let Some(tls) = &self.tls {
             if tls.client_cert_file.is_some() != tls.client_key_file.is_some() {
@@ -387,6 +432,11 @@ pub enum Message {
     Lock(LockState),
     /// The door contact: `true` when open (retained, published when it changes).
     Contact(bool),
+    /// The door as the loop sees it now: lock (the relay's commanded level), contact and alarm
+    /// states, each retained, published when it changes and again at every (re)connect. The
+    /// shell sends it at the first tick and on every change, so a retained state left by a
+    /// crash is corrected as soon as the broker is reached.
+    DoorState(crate::door::DoorState),
 }
 
 /// A message and when the loop sent it.
@@ -395,11 +445,62 @@ struct Stamped {
     message: Message,
 }
 
+/// How the MQTT side is doing, for the shell, the display and the log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MqttHealth {
+    /// Not connected yet, or lost for less than [`DOWN_AFTER`]: retrying.
+    #[default]
+    Connecting,
+    /// Connected to the broker.
+    Up,
+    /// No broker connection for [`DOWN_AFTER`] or longer: a persistent failure (events wait
+    /// in the outbox).
+    Down,
+    /// The client thread failed and waits to be restarted (events wait in memory).
+    Restarting,
+}
+
+impl MqttHealth {
+    /// `up`, `connecting`, `down`, `restarting`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            MqttHealth::Up => "up",
+            MqttHealth::Connecting => "connecting",
+            MqttHealth::Down => "down",
+            MqttHealth::Restarting => "restarting",
+        }
+    }
+
+    fn to_u8(self) -> u8 {
+        self as u8
+    }
+
+    fn from_u8(v: u8) -> MqttHealth {
+        match v {
+            1 => MqttHealth::Up,
+            2 => MqttHealth::Down,
+            3 => MqttHealth::Restarting,
+            _ => MqttHealth::Connecting,
+        }
+    }
+}
+
 /// Counters of the MQTT client, read with [`MqttClient::stats`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MqttStats {
     /// Whether a broker connection is up now.
     pub connected: bool,
+    /// The state of the connection and of the thread.
+    pub health: MqttHealth,
+    /// Restarts of the client thread after it failed (panicked).
+    pub restarts: u64,
+    /// `online` messages from Home Assistant on `<prefix>/status` (each asks for discovery).
+    pub ha_births: u64,
+    /// Discovery rounds queued: one per connection, and at most one per
+    /// [`DISCOVERY_MIN_INTERVAL`] for births however many arrive.
+    pub discovery_rounds: u64,
+    /// Verified commands refused because the loop's command queue was full.
+    pub commands_busy: u64,
     /// Successful connections (CONNACKs) since start.
     pub connects: u64,
     /// Messages [`MqttClient::send`] refused because the channel was full.
@@ -429,7 +530,14 @@ pub struct MqttStats {
 #[derive(Default)]
 struct Shared {
     stop: AtomicBool,
+    /// Test hook: the thread panics at its next turn ([`MqttClient::inject_panic`]).
+    inject_panic: AtomicBool,
     connected: AtomicBool,
+    health: AtomicU8,
+    restarts: AtomicU64,
+    ha_births: AtomicU64,
+    discovery_rounds: AtomicU64,
+    commands_busy: AtomicU64,
     connects: AtomicU64,
     channel_full: AtomicU64,
     acked: AtomicU64,
@@ -476,6 +584,17 @@ impl MqttClient {
         device: DeviceInfo,
         run_id: &str,
     ) -> Result<MqttClient, MqttError> {
+        MqttClient::start_with_clock(config, device, run_id, unix_s)
+    }
+
+    /// [`MqttClient::start`] with the clock the command verifier reads (unix seconds): tests
+    /// set it back to show that a clock behind the persisted mark refuses every command.
+    pub fn start_with_clock(
+        config: &MqttConfig,
+        device: DeviceInfo,
+        run_id: &str,
+        clock: fn() -> i64,
+    ) -> Result<MqttClient, MqttError> {
         config.validate().map_err(|(key, reason)| MqttError::Config { key, reason })?;
         if device.device_id != config.device_id {
             return Err(MqttError::Config {
@@ -493,7 +612,7 @@ impl MqttClient {
             .map_err(|reason| MqttError::Config { key: "mqtt.base_topic", reason })?;
 
         let options = mqtt_options(config, &topics)?;
-        let verifier = match &config.command_key_file {
+        let mut verifier = match &config.command_key_file {
             Some(path) => {
                 let key = read_key(path)?;
                 let verifier =
@@ -510,35 +629,72 @@ impl MqttClient {
                 None
             }
         };
-        let outbox =
-            Outbox::open(&config.outbox_dir, config.outbox_max_events, config.outbox_max_bytes)?;
+        // Alarms raised before the thread runs, published first.
+        let mut startup_events = Vec::new();
+        let (outbox, outbox_dir) = open_outbox(config, &mut startup_events)?;
+        if let Some(verifier) = &mut verifier {
+            match replay::load(&outbox_dir, config.command_window_s, clock()) {
+                replay::Loaded::Fresh => {}
+                replay::Loaded::State(state) => {
+                    if state.clock_mark.is_some_and(|mark| clock() < mark) {
+                        log::warn!(
+                            "mqtt: the clock is behind the last accepted command; every command \
+                             is refused (clock_behind) until it catches up"
+                        );
+                    }
+                    verifier.restore(state);
+                }
+                replay::Loaded::Damaged { kept, detail, state } => {
+                    let kept_as = kept.map(|k| k.display().to_string()).unwrap_or_default();
+                    log::error!(
+                        "mqtt: the command replay state is damaged ({detail}); kept as \
+                         {kept_as:?}; commands signed before {} are refused",
+                        state.floor.unwrap_or_default().saturating_add(1)
+                    );
+                    verifier.restore(state);
+                    startup_events.push(SystemEvent::StateDamaged {
+                        file: "command_replay".to_owned(),
+                        kept_as,
+                        detail,
+                    });
+                }
+            }
+        }
 
         let (tx, rx) = mpsc::sync_channel(CHANNEL_CAPACITY);
         let (cmd_tx, commands) = mpsc::sync_channel(COMMAND_CAPACITY);
         let (done_tx, done) = mpsc::channel();
         let shared = Arc::new(Shared::default());
-        let (client, mut connection) = Client::new(options, REQUEST_CAPACITY);
-        let mut network = connection.eventloop.network_options();
-        network.set_connection_timeout(CONNECT_TIMEOUT_S);
-        connection.eventloop.set_network_options(network);
+        let (client, connection) = new_connection(&options);
 
-        let discovery = discovery::discovery_messages(&config.discovery_prefix, &topics, &device);
-        let worker = Worker {
-            prefix: config.discovery_prefix.clone(),
+        let mut discovery =
+            discovery::discovery_messages(&config.discovery_prefix, &topics, &device);
+        if !config.publish_scores {
+            // The similarity sensor would only ever say "unknown".
+            discovery.retain(|m| !m.topic.ends_with("/similarity/config"));
+        }
+        let mut worker = Worker {
+            status_topic: discovery::status_topic(&config.discovery_prefix),
             sequencer: Sequencer::new(run_id, &config.device_id),
             topics,
             discovery,
+            options,
             client,
             connection,
             outbox,
+            outbox_dir,
+            publish_scores: config.publish_scores,
+            clock,
             verifier,
             rx,
+            held: VecDeque::new(),
             cmd_tx,
             shared: Arc::clone(&shared),
             connected: false,
             retry_at: Instant::now(),
             backoff: BACKOFF_MIN,
             failures: 0,
+            down_since: Instant::now(),
             next_send: 0,
             unrouted: VecDeque::new(),
             inflight: HashMap::new(),
@@ -549,17 +705,30 @@ impl MqttClient {
             spill_retry_at: Instant::now(),
             subscribed: false,
             refusal_window: (Instant::now(), 0),
+            births: 0,
+            discovery_due: false,
+            last_discovery: None,
         };
+        for event in startup_events {
+            worker.push_system(unix_ms(), event);
+        }
         worker.update_outbox_stats();
         let thread = std::thread::Builder::new()
             .name("mqtt".to_owned())
             .spawn(move || {
-                worker.run();
+                supervise(worker);
                 // The receiver may be gone (handle dropped): nobody to tell then.
                 let _ = done_tx.send(());
             })
             .map_err(MqttError::Spawn)?;
         Ok(MqttClient { tx: Some(tx), commands, shared, thread: Some(thread), done })
+    }
+
+    /// Test hook: makes the client thread panic at its next turn, to show that it is
+    /// restarted (with back-off) and that no event is lost meanwhile.
+    #[doc(hidden)]
+    pub fn inject_panic(&self) {
+        self.shared.inject_panic.store(true, Ordering::SeqCst);
     }
 
     /// Queues `message` for the thread without blocking. Returns `false` (and counts it in
@@ -587,6 +756,11 @@ impl MqttClient {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         MqttStats {
             connected: s.connected.load(Ordering::Relaxed),
+            health: MqttHealth::from_u8(s.health.load(Ordering::Relaxed)),
+            restarts: get(&s.restarts),
+            ha_births: get(&s.ha_births),
+            discovery_rounds: get(&s.discovery_rounds),
+            commands_busy: get(&s.commands_busy),
             connects: get(&s.connects),
             channel_full: get(&s.channel_full),
             acked: get(&s.acked),
@@ -646,6 +820,85 @@ fn unix_ms() -> i64 {
 
 fn unix_s() -> i64 {
     unix_ms().div_euclid(1000)
+}
+
+/// The outbox in `config.outbox_dir`. A damaged log is set aside and a fresh one started; a
+/// directory that cannot be used at all (read-only or failing card) falls back to one in the
+/// temporary folder until the next start. Either raises an alarm event: the door keeps
+/// working, and whoever reads the events learns why some may be missing. Returns the outbox
+/// and the folder it is in (where the replay state lives too).
+fn open_outbox(
+    config: &MqttConfig,
+    alarms: &mut Vec<SystemEvent>,
+) -> Result<(Outbox, PathBuf), MqttError> {
+    let (max_events, max_bytes) = (config.outbox_max_events, config.outbox_max_bytes);
+    let error = match Outbox::open_or_set_aside(&config.outbox_dir, max_events, max_bytes) {
+        Ok((outbox, aside)) => {
+            if let Some((kept, detail)) = aside {
+                alarms.push(SystemEvent::StateDamaged {
+                    file: "outbox".to_owned(),
+                    kept_as: kept.display().to_string(),
+                    detail,
+                });
+            }
+            return Ok((outbox, config.outbox_dir.clone()));
+        }
+        Err(e @ OutboxError::InvalidBounds { .. }) => return Err(MqttError::Outbox(e)),
+        Err(e) => e,
+    };
+    let fallback = std::env::temp_dir().join(format!("portier-outbox-{}", std::process::id()));
+    log::error!(
+        "mqtt: {error}; events wait in {} until the next start (check the card)",
+        fallback.display()
+    );
+    let outbox = Outbox::open(&fallback, max_events, max_bytes)?;
+    alarms.push(SystemEvent::StateDamaged {
+        file: "outbox".to_owned(),
+        kept_as: String::new(),
+        detail: format!("{error}; using {} until the next start", fallback.display()),
+    });
+    Ok((outbox, fallback))
+}
+
+/// A rumqttc client and its connection for `options`, with our connect timeout.
+fn new_connection(options: &MqttOptions) -> (Client, Connection) {
+    let (client, mut connection) = Client::new(options.clone(), REQUEST_CAPACITY);
+    let mut network = connection.eventloop.network_options();
+    network.set_connection_timeout(CONNECT_TIMEOUT_S);
+    connection.eventloop.set_network_options(network);
+    (client, connection)
+}
+
+/// Runs the worker, and restarts it with back-off whenever it panics: MQTT trouble must never
+/// take the door's events or commands down for good. Messages from the loop wait in memory
+/// (at most [`SPILL_MAX`]) during the back-off; the outbox, the retained states and the replay
+/// state are the worker's and survive the restart; the connection is made anew.
+fn supervise(mut worker: Worker) {
+    let mut backoff = RESTART_MIN;
+    loop {
+        let started = Instant::now();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run()));
+        let Err(panic) = outcome else { return };
+        let reason = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".to_owned());
+        if started.elapsed() >= RESTART_RESET {
+            backoff = RESTART_MIN;
+        }
+        let restarts = worker.shared.restarts.fetch_add(1, Ordering::Relaxed) + 1;
+        worker.set_health(MqttHealth::Restarting);
+        worker.shared.connected.store(false, Ordering::Relaxed);
+        log::error!(
+            "mqtt: the client thread failed ({reason}); restart {restarts} in {backoff:?}; \
+             events wait meanwhile"
+        );
+        worker.wait_before_restart(backoff);
+        backoff = (backoff * 2).min(RESTART_MAX);
+        worker.reset_connection();
+        worker.push_system(unix_ms(), SystemEvent::MqttRestarted { restarts, reason });
+    }
 }
 
 /// Broker address, identity, will, keep-alive, credentials and TLS.
@@ -783,15 +1036,25 @@ fn rustls_config(tls: &MqttTlsConfig) -> Result<rustls::ClientConfig, MqttError>
 
 /// The thread's state. Per-connection fields are reset at every CONNACK.
 struct Worker {
-    prefix: String,
+    /// `<prefix>/status`, where Home Assistant announces itself.
+    status_topic: String,
     topics: Topics,
     sequencer: Sequencer,
     discovery: Vec<DiscoveryMessage>,
+    /// What a new connection is made from (after a restart of the worker).
+    options: MqttOptions,
     client: Client,
     connection: Connection,
     outbox: Outbox,
+    /// The outbox's folder, where the replay state is kept too.
+    outbox_dir: PathBuf,
+    publish_scores: bool,
+    /// Unix seconds, for the command verifier.
+    clock: fn() -> i64,
     verifier: Option<Verifier>,
     rx: Receiver<Stamped>,
+    /// Messages received while the worker waited to be restarted, handled first.
+    held: VecDeque<Stamped>,
     cmd_tx: SyncSender<Command>,
     shared: Arc<Shared>,
     connected: bool,
@@ -800,6 +1063,8 @@ struct Worker {
     backoff: Duration,
     /// Failed attempts since the last connection, to log the first one only.
     failures: u64,
+    /// Since when there is no connection (meaningful while `connected` is false).
+    down_since: Instant,
     /// Lowest outbox seq not yet sent on this connection.
     next_send: u64,
     /// Our publish requests in order, not yet given a packet id by rumqttc: the outbox seq, or
@@ -822,11 +1087,20 @@ struct Worker {
     subscribed: bool,
     /// Start of the current minute of refusal events and how many were published in it.
     refusal_window: (Instant, u32),
+    /// Home Assistant births since the last discovery round (for the one log line per round).
+    births: u64,
+    /// A birth asked for a discovery round that has not gone out yet (coalesced: one at most).
+    discovery_due: bool,
+    /// When the last discovery round was queued.
+    last_discovery: Option<Instant>,
 }
 
 impl Worker {
-    fn run(mut self) {
+    fn run(&mut self) {
         loop {
+            if self.shared.inject_panic.swap(false, Ordering::SeqCst) {
+                panic!("injected panic (MqttClient::inject_panic)");
+            }
             self.drain_messages();
             self.drain_spill();
             if self.shared.stop.load(Ordering::SeqCst) {
@@ -834,6 +1108,7 @@ impl Worker {
                 return;
             }
             if self.connected {
+                self.maybe_rediscover();
                 self.flush_requests();
                 self.pump_outbox();
                 match self.connection.recv_timeout(TICK) {
@@ -865,6 +1140,9 @@ impl Worker {
 
     /// Handles every message queued by the loop.
     fn drain_messages(&mut self) {
+        while let Some(stamped) = self.held.pop_front() {
+            self.handle(stamped);
+        }
         loop {
             match self.rx.try_recv() {
                 Ok(stamped) => self.handle(stamped),
@@ -876,15 +1154,24 @@ impl Worker {
     fn handle(&mut self, stamped: Stamped) {
         let Stamped { unix_ms, message } = stamped;
         match message {
-            Message::Access(event) => {
+            Message::Access(mut event) => {
+                if !self.publish_scores {
+                    // How close a face came to a template, and how live it looked, help an
+                    // attacker tune a photo or a mask: only published when asked for.
+                    event.similarity = None;
+                    event.second_similarity = None;
+                    event.liveness = None;
+                }
                 self.set_state(
                     self.topics.last_person(),
                     events::last_person_payload(event.person.as_deref()).into_bytes(),
                 );
-                self.set_state(
-                    self.topics.last_similarity(),
-                    events::similarity_payload(event.similarity).into_bytes(),
-                );
+                if self.publish_scores {
+                    self.set_state(
+                        self.topics.last_similarity(),
+                        events::similarity_payload(event.similarity).into_bytes(),
+                    );
+                }
                 self.set_state(
                     self.topics.last_backend(),
                     event.backend.as_str().as_bytes().to_vec(),
@@ -916,7 +1203,90 @@ impl Worker {
                     events::contact_payload(open).as_bytes().to_vec(),
                 );
             }
+            Message::DoorState(door) => {
+                let lock = if door.locked { LockState::Locked } else { LockState::Unlocked };
+                self.set_state(self.topics.lock_state(), lock.payload().as_bytes().to_vec());
+                self.set_state(
+                    self.topics.contact_state(),
+                    events::contact_payload(door.open).as_bytes().to_vec(),
+                );
+                self.set_state(
+                    self.topics.alarm_state(),
+                    events::alarm_payload(door.alarm).as_bytes().to_vec(),
+                );
+            }
         }
+    }
+
+    fn set_health(&self, health: MqttHealth) {
+        self.shared.health.store(health.to_u8(), Ordering::Relaxed);
+    }
+
+    /// Keeps a message from the loop in memory while the worker waits to be restarted (the
+    /// oldest go first beyond [`SPILL_MAX`], counted).
+    fn hold(&mut self, stamped: Stamped) {
+        if self.held.len() >= SPILL_MAX {
+            self.held.pop_front();
+            bump(&self.shared.spill_dropped);
+        }
+        self.held.push_back(stamped);
+    }
+
+    /// Waits `wait` (less if asked to stop), taking the loop's messages off the channel so
+    /// that it never fills: they wait in memory and are handled once the worker runs again.
+    fn wait_before_restart(&mut self, wait: Duration) {
+        let end = Instant::now() + wait;
+        while !self.shared.stop.load(Ordering::SeqCst) {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            match self.rx.recv_timeout(left.min(IDLE_WAIT)) {
+                Ok(stamped) => self.hold(stamped),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+    }
+
+    /// A new broker connection after a failure; what the failed one had in flight is sent
+    /// again from the outbox.
+    fn reset_connection(&mut self) {
+        let (client, connection) = new_connection(&self.options);
+        self.client = client;
+        self.connection = connection;
+        self.connected = false;
+        self.shared.connected.store(false, Ordering::Relaxed);
+        self.set_health(MqttHealth::Connecting);
+        self.down_since = Instant::now();
+        self.retry_at = Instant::now();
+        self.backoff = BACKOFF_MIN;
+        self.next_send = 0;
+        self.unrouted.clear();
+        self.inflight.clear();
+        self.outbox_outstanding = 0;
+        self.to_publish.clear();
+        self.subscribed = false;
+    }
+
+    /// Queues the discovery round births asked for, at most one per
+    /// [`DISCOVERY_MIN_INTERVAL`]: a burst of births gets one round at once and one after it
+    /// (so Home Assistant, whichever birth was its own, hears the entities after its start).
+    fn maybe_rediscover(&mut self) {
+        if !self.discovery_due {
+            return;
+        }
+        if self.last_discovery.is_some_and(|t| t.elapsed() < DISCOVERY_MIN_INTERVAL) {
+            return;
+        }
+        log::info!(
+            "mqtt: Home Assistant came online ({} birth message(s) since the last \
+             announcement); announcing the entities again",
+            self.births
+        );
+        self.births = 0;
+        self.discovery_due = false;
+        self.queue_discovery();
     }
 
     fn push_system(&mut self, unix_ms: i64, event: SystemEvent) {
@@ -1019,12 +1389,9 @@ impl Worker {
     /// Subscriptions and retained publications, as far as rumqttc's channel takes them.
     fn flush_requests(&mut self) {
         if !self.subscribed {
-            let filters = [
-                self.topics.command(),
-                self.topics.lock_command(),
-                discovery::status_topic(&self.prefix),
-            ]
-            .map(|path| SubscribeFilter::new(path, QoS::AtLeastOnce));
+            let filters =
+                [self.topics.command(), self.topics.lock_command(), self.status_topic.clone()]
+                    .map(|path| SubscribeFilter::new(path, QoS::AtLeastOnce));
             match self.client.try_subscribe_many(filters) {
                 Ok(()) => self.subscribed = true,
                 Err(e) => log::debug!("mqtt: subscription deferred: {e}"),
@@ -1070,14 +1437,17 @@ impl Worker {
                     || publish.topic == self.topics.lock_command()
                 {
                     self.on_command(&publish.payload, publish.retain);
-                } else if publish.topic == discovery::status_topic(&self.prefix)
+                } else if publish.topic == self.status_topic
                     && discovery::is_ha_birth(&publish.payload)
                     // A retained birth comes with the subscription, right after the discovery
                     // of this connection went out.
                     && !publish.retain
                 {
-                    log::info!("mqtt: Home Assistant came online; announcing the entities again");
-                    self.queue_discovery();
+                    // Anyone on the broker can publish here: only counted and coalesced, the
+                    // round itself goes out from `maybe_rediscover`, rate-limited.
+                    bump(&self.shared.ha_births);
+                    self.births += 1;
+                    self.discovery_due = true;
                 }
             }
             Event::Outgoing(Outgoing::Publish(pkid)) => {
@@ -1108,6 +1478,7 @@ impl Worker {
     fn on_connack(&mut self) {
         self.connected = true;
         self.shared.connected.store(true, Ordering::Relaxed);
+        self.set_health(MqttHealth::Up);
         bump(&self.shared.connects);
         log::info!("mqtt: connected; {} events pending in the outbox", self.outbox.stats().pending);
         self.backoff = BACKOFF_MIN;
@@ -1126,8 +1497,13 @@ impl Worker {
     }
 
     fn queue_discovery(&mut self) {
+        // A round still waiting for room in rumqttc's channel is replaced, not repeated.
+        let discovery = &self.discovery;
+        self.to_publish.retain(|(topic, _)| !discovery.iter().any(|m| &m.topic == topic));
         let messages = self.discovery.iter().filter(|m| !m.payload.is_empty());
         self.to_publish.extend(messages.map(|m| (m.topic.clone(), m.payload.clone())));
+        self.last_discovery = Some(Instant::now());
+        bump(&self.shared.discovery_rounds);
     }
 
     fn on_connection_error(&mut self, error: &ConnectionError) {
@@ -1146,7 +1522,19 @@ impl Worker {
             self.connected = false;
             self.shared.connected.store(false, Ordering::Relaxed);
             self.to_publish.clear();
+            self.down_since = Instant::now();
         }
+        let down_for = self.down_since.elapsed();
+        let health = if down_for >= DOWN_AFTER { MqttHealth::Down } else { MqttHealth::Connecting };
+        if health == MqttHealth::Down
+            && MqttHealth::from_u8(self.shared.health.load(Ordering::Relaxed)) != health
+        {
+            log::error!(
+                "mqtt: no broker connection for {}s; events wait in the outbox",
+                down_for.as_secs()
+            );
+        }
+        self.set_health(health);
         self.failures += 1;
         log::debug!("mqtt: {why}; next attempt in {:?}", self.backoff);
         self.retry_at = Instant::now() + self.backoff;
@@ -1154,9 +1542,24 @@ impl Worker {
     }
 
     fn on_command(&mut self, payload: &[u8], retained: bool) {
+        let now = (self.clock)();
         let result = match &mut self.verifier {
             Some(verifier) => verifier
-                .verify(payload, retained, unix_s())
+                .verify(payload, retained, now)
+                .and_then(|command| {
+                    // Durable before the loop sees it: a command accepted but not on disk
+                    // could be replayed after a restart.
+                    match replay::save(&self.outbox_dir, &verifier.state()) {
+                        Ok(()) => Ok(command),
+                        Err(e) => {
+                            log::error!(
+                                "mqtt: cannot write the command replay state in {}: {e}",
+                                self.outbox_dir.display()
+                            );
+                            Err(Refusal::StateUnwritable)
+                        }
+                    }
+                })
                 .map_err(|r| (r.reason().to_owned(), r.to_string())),
             None => Err(("disabled".to_owned(), "no command key is configured".to_owned())),
         };
@@ -1172,6 +1575,7 @@ impl Worker {
                     }
                     Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                         self.shared.commands_accepted.fetch_sub(1, Ordering::Relaxed);
+                        bump(&self.shared.commands_busy);
                         ("busy".to_owned(), format!("{action}: the command queue is full"))
                     }
                 }
@@ -1282,6 +1686,14 @@ mod tests {
             ),
             ("mqtt.tls.client_key_file", MqttConfig { tls: Some(tls), ..Default::default() }),
             (
+                "mqtt.tls",
+                MqttConfig {
+                    username: Some("u".into()),
+                    password_file: Some("p".into()),
+                    ..Default::default()
+                },
+            ),
+            (
                 "mqtt.base_topic",
                 MqttConfig { base_topic: Some("a/#".into()), ..Default::default() },
             ),
@@ -1299,6 +1711,29 @@ mod tests {
             assert_eq!(got, key, "{reason}");
             assert!(!reason.is_empty());
         }
+    }
+
+    #[test]
+    fn a_password_without_tls_needs_an_explicit_allowance() {
+        let login = MqttConfig {
+            username: Some("u".into()),
+            password: Some("x".into()),
+            ..MqttConfig::default()
+        };
+        assert_eq!(login.validate().unwrap_err().0, "mqtt.tls");
+        let allowed = MqttConfig { allow_plaintext_password: true, ..login.clone() };
+        assert_eq!(allowed.validate(), Ok(()));
+        let tls = MqttTlsConfig {
+            ca_file: "ca.pem".into(),
+            client_cert_file: None,
+            client_key_file: None,
+        };
+        assert_eq!(MqttConfig { tls: Some(tls), port: 8883, ..login }.validate(), Ok(()));
+        // A login without a password, or no login at all, sends nothing secret.
+        assert_eq!(
+            MqttConfig { username: Some("u".into()), ..MqttConfig::default() }.validate(),
+            Ok(())
+        );
     }
 
     #[test]

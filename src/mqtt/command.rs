@@ -66,8 +66,10 @@
 //! 5. `action` is known (`unknown_action`);
 //! 6. signature, compared in constant time (`bad_signature`). An uppercase hex `sig` is
 //!    refused as `malformed`: the format is lowercase only, one canonical spelling;
-//! 7. timestamp: `abs(now - ts) <= window` (`stale`; the edge itself is accepted);
-//! 8. nonce not seen before (`replayed`).
+//! 7. the clock is not behind the persisted `clock_mark` (`clock_behind`);
+//! 8. timestamp: `abs(now - ts) <= window` (`stale`; the edge itself is accepted);
+//! 9. `ts` is above the floor: `max_ts - window` and any floor set after damage (`below_mark`);
+//! 10. nonce not seen before (`replayed`).
 //!
 //! # Nonce cache
 //!
@@ -83,13 +85,28 @@
 //! Only a sender holding the key can fill the cache, at a rate of `max_nonces` commands per
 //! window; size it above the legitimate command rate (e.g. 256 for a 30 s window).
 //!
-//! Limit: replay protection assumes the door's clock does not step back by more than the
-//! window; after a large backward step an already-forgotten command could become fresh again.
+//! # Across restarts and clock steps
+//!
+//! The nonce cache alone forgets everything at a restart, and trusts the wall clock. So the
+//! verifier also keeps two marks, and its whole memory is a [`ReplayState`] that the MQTT thread
+//! persists after every accepted command (`super::replay`, written atomically before the command
+//! reaches the loop) and hands back at start:
+//!
+//! - `max_ts`, the highest accepted `ts`: a command whose `ts` is not newer than
+//!   `max_ts - window` is refused (`below_mark`), whatever the clock says. Every nonce that
+//!   could still be replayed above that floor is in the persisted cache.
+//! - `clock_mark`, the door's own clock at the last acceptance: while the clock reads earlier
+//!   than that, it was set back (or a restart came up with a wrong clock), and **every** command
+//!   is refused (`clock_behind`), because the window check cannot be trusted then.
+//! - `floor`, an extra "refuse `ts` at or below this", set when the persisted state was damaged
+//!   and had to be put aside (see `super::replay`).
+//!
+//! These checks come after the signature check, so only a holder of the key learns of them.
 
 use std::fmt;
 
 use hmac::{Hmac, Mac};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -189,11 +206,29 @@ pub enum Refusal {
     /// The message had the MQTT retain flag; commands are never accepted from retained
     /// messages.
     Retained,
+    /// The door's clock reads earlier than when it last accepted a command: it was set back,
+    /// so no timestamp can be judged and every command is refused until it catches up.
+    ClockBehind {
+        /// How far behind the persisted mark the clock is, in seconds.
+        behind_s: i64,
+    },
+    /// The timestamp is not newer than the persisted floor (the highest accepted timestamp
+    /// minus the window, or the floor set after a damaged state file).
+    BelowMark {
+        /// The command's timestamp.
+        ts: i64,
+        /// Timestamps at or below this are refused.
+        floor: i64,
+    },
+    /// The accepted command could not be made durable in the replay state file, so it could
+    /// be replayed after a restart: refused (set by the MQTT thread, not by [`Verifier`]).
+    StateUnwritable,
 }
 
 impl Refusal {
     /// Short snake_case code for events: `too_large`, `malformed`, `unknown_action`,
-    /// `wrong_device`, `bad_signature`, `stale`, `replayed`, `retained`.
+    /// `wrong_device`, `bad_signature`, `stale`, `replayed`, `retained`, `clock_behind`,
+    /// `below_mark`, `state_unwritable`.
     pub fn reason(&self) -> &'static str {
         match self {
             Refusal::TooLarge { .. } => "too_large",
@@ -204,6 +239,9 @@ impl Refusal {
             Refusal::Stale { .. } => "stale",
             Refusal::Replayed => "replayed",
             Refusal::Retained => "retained",
+            Refusal::ClockBehind { .. } => "clock_behind",
+            Refusal::BelowMark { .. } => "below_mark",
+            Refusal::StateUnwritable => "state_unwritable",
         }
     }
 }
@@ -228,6 +266,19 @@ impl fmt::Display for Refusal {
             ),
             Refusal::Replayed => f.write_str("replayed command: nonce already used"),
             Refusal::Retained => f.write_str("retained command refused: publish without retain"),
+            Refusal::ClockBehind { behind_s } => write!(
+                f,
+                "the door's clock is {behind_s} s behind the last accepted command: it was set \
+                 back; every command is refused until it catches up (check NTP)"
+            ),
+            Refusal::BelowMark { ts, floor } => write!(
+                f,
+                "command timestamp {ts} is not newer than {floor}, the floor kept across restarts"
+            ),
+            Refusal::StateUnwritable => f.write_str(
+                "the replay state file cannot be written: refused, it could be replayed after a \
+                 restart",
+            ),
         }
     }
 }
@@ -235,9 +286,27 @@ impl fmt::Display for Refusal {
 impl std::error::Error for Refusal {}
 
 /// One accepted nonce and the signed timestamp it came with.
-struct Seen {
-    nonce: String,
-    ts: i64,
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seen {
+    /// The nonce.
+    pub nonce: String,
+    /// Its signed timestamp.
+    pub ts: i64,
+}
+
+/// Everything the verifier must remember across a restart (see the module documentation):
+/// what `super::replay` persists.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayState {
+    /// The door's clock (unix s) when it last accepted a command.
+    pub clock_mark: Option<i64>,
+    /// The highest accepted command timestamp.
+    pub max_ts: Option<i64>,
+    /// Timestamps at or below this are refused (set after a damaged state file).
+    pub floor: Option<i64>,
+    /// Nonces accepted inside the window.
+    pub nonces: Vec<Seen>,
 }
 
 /// Checks received commands: signature, device, timestamp window and replay.
@@ -250,6 +319,9 @@ pub struct Verifier {
     window_s: u32,
     max_nonces: usize,
     nonces: Vec<Seen>,
+    clock_mark: Option<i64>,
+    max_ts: Option<i64>,
+    floor: Option<i64>,
 }
 
 /// The JSON object on the wire. Strings are owned, but the payload is at most 1024 bytes.
@@ -281,8 +353,16 @@ impl Verifier {
         max_nonces: usize,
     ) -> Result<Verifier, String> {
         // Build first so that `Drop` wipes the key on every error path too.
-        let verifier =
-            Verifier { key, device: device.to_owned(), window_s, max_nonces, nonces: Vec::new() };
+        let verifier = Verifier {
+            key,
+            device: device.to_owned(),
+            window_s,
+            max_nonces,
+            nonces: Vec::new(),
+            clock_mark: None,
+            max_ts: None,
+            floor: None,
+        };
         if verifier.key.len() < MIN_KEY_LEN {
             return Err(format!(
                 "command key is {} bytes; at least {MIN_KEY_LEN} are needed (32 random bytes \
@@ -338,12 +418,57 @@ impl Verifier {
         mac.update(message(&wire.device, action, wire.ts, &wire.nonce).as_bytes());
         // Constant-time comparison.
         mac.verify_slice(&sig).map_err(|_| Refusal::BadSignature)?;
+        if let Some(mark) = self.clock_mark.filter(|&mark| now_unix < mark) {
+            return Err(Refusal::ClockBehind { behind_s: mark.saturating_sub(now_unix) });
+        }
         let skew_s = now_unix.saturating_sub(wire.ts);
         if skew_s.unsigned_abs() > u64::from(self.window_s) {
             return Err(Refusal::Stale { skew_s });
         }
+        if let Some(floor) = self.effective_floor().filter(|&floor| wire.ts <= floor) {
+            return Err(Refusal::BelowMark { ts: wire.ts, floor });
+        }
         self.remember(&wire.nonce, wire.ts, now_unix)?;
+        self.max_ts = Some(self.max_ts.map_or(wire.ts, |m| m.max(wire.ts)));
+        self.clock_mark = Some(self.clock_mark.map_or(now_unix, |m| m.max(now_unix)));
         Ok(Command { action, ts: wire.ts, nonce: wire.nonce })
+    }
+
+    /// Timestamps at or below this are refused: the highest accepted one minus the window, or
+    /// the floor set after damage, whichever is higher.
+    fn effective_floor(&self) -> Option<i64> {
+        let from_max = self.max_ts.map(|m| m.saturating_sub(i64::from(self.window_s)));
+        match (from_max, self.floor) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// What must survive a restart: persist it after every accepted command.
+    pub fn state(&self) -> ReplayState {
+        ReplayState {
+            clock_mark: self.clock_mark,
+            max_ts: self.max_ts,
+            floor: self.floor,
+            nonces: self.nonces.clone(),
+        }
+    }
+
+    /// Takes back what [`Verifier::state`] gave before a restart. At most `max_nonces` nonces
+    /// are kept (the newest by timestamp; a longer list can only come from a file written
+    /// with a larger cache): the floor rises to the newest one left out, so none of those can
+    /// be replayed.
+    pub fn restore(&mut self, state: ReplayState) {
+        let ReplayState { clock_mark, max_ts, mut floor, mut nonces } = state;
+        nonces.sort_by_key(|seen| std::cmp::Reverse(seen.ts));
+        if let Some(newest_dropped) = nonces.get(self.max_nonces).map(|seen| seen.ts) {
+            floor = Some(floor.map_or(newest_dropped, |f| f.max(newest_dropped)));
+        }
+        nonces.truncate(self.max_nonces);
+        self.nonces = nonces;
+        self.clock_mark = clock_mark;
+        self.max_ts = max_ts;
+        self.floor = floor;
     }
 
     /// Builds a signed payload (for tests, the CLI and documentation examples).
@@ -986,6 +1111,9 @@ mod tests {
             (Refusal::Stale { skew_s: -31 }, "stale"),
             (Refusal::Replayed, "replayed"),
             (Refusal::Retained, "retained"),
+            (Refusal::ClockBehind { behind_s: 5 }, "clock_behind"),
+            (Refusal::BelowMark { ts: 1, floor: 2 }, "below_mark"),
+            (Refusal::StateUnwritable, "state_unwritable"),
         ];
         for (refusal, reason) in cases {
             assert_eq!(refusal.reason(), reason);
@@ -1060,5 +1188,82 @@ mod tests {
         assert_eq!(v.cached_nonces(), 1);
         assert!(outcomes.get("malformed").copied().unwrap_or(0) > 1000, "{outcomes:?}");
         assert!(outcomes.get("bad_signature").copied().unwrap_or(0) > 10, "{outcomes:?}");
+    }
+
+    #[test]
+    fn replay_after_a_restart_is_refused_with_the_restored_state() {
+        let mut v = verifier();
+        let payload = signed(Action::Unlock, NOW, NONCE);
+        assert!(v.verify(&payload, false, NOW).is_ok());
+        let state = v.state();
+        let mut restarted = verifier();
+        restarted.restore(state.clone());
+        assert_eq!(restarted.verify(&payload, false, NOW + 1), Err(Refusal::Replayed));
+        // Without the state, the same payload would pass: the persistence is what refuses it.
+        assert!(verifier().verify(&payload, false, NOW + 1).is_ok());
+        // A fresh command still passes after the restart.
+        assert!(restarted
+            .verify(&signed(Action::Lock, NOW + 2, "fresh-nonce-00002"), false, NOW + 2)
+            .is_ok());
+    }
+
+    #[test]
+    fn a_clock_set_back_refuses_every_command_until_it_catches_up() {
+        let mut v = verifier();
+        assert!(v.verify(&signed(Action::Unlock, NOW, NONCE), false, NOW).is_ok());
+        let mut restarted = verifier();
+        restarted.restore(v.state());
+        let back = NOW - 3600;
+        // A command signed for the wrong clock, fresh by that clock: refused.
+        let fresh = signed(Action::Unlock, back, "set-back-nonce-01");
+        assert_eq!(
+            restarted.verify(&fresh, false, back),
+            Err(Refusal::ClockBehind { behind_s: 3600 })
+        );
+        // The old command: refused whatever the clock says.
+        let old = signed(Action::Unlock, back, "recorded-nonce-01");
+        assert_eq!(
+            restarted.verify(&old, false, back),
+            Err(Refusal::ClockBehind { behind_s: 3600 })
+        );
+        // Once the clock is back at the mark, commands are judged again.
+        assert!(restarted
+            .verify(&signed(Action::Lock, NOW + 5, "caught-up-nonce-1"), false, NOW + 5)
+            .is_ok());
+    }
+
+    #[test]
+    fn timestamps_at_or_below_the_mark_are_refused() {
+        let mut v = verifier();
+        let w = i64::from(WINDOW);
+        // Accepted from a sender whose clock runs a window ahead.
+        assert!(v.verify(&signed(Action::Lock, NOW + w, "ahead-nonce-00001"), false, NOW).is_ok());
+        let at_floor = signed(Action::Lock, NOW, "floor-nonce-00001");
+        assert_eq!(
+            v.verify(&at_floor, false, NOW),
+            Err(Refusal::BelowMark { ts: NOW, floor: NOW })
+        );
+        assert!(v.verify(&signed(Action::Lock, NOW + 1, "above-nonce-00001"), false, NOW).is_ok());
+        // A floor set after damage.
+        let mut damaged = verifier();
+        damaged.restore(ReplayState { floor: Some(NOW + w), ..ReplayState::default() });
+        assert!(matches!(
+            damaged.verify(&signed(Action::Lock, NOW + w, NONCE), false, NOW + w),
+            Err(Refusal::BelowMark { .. })
+        ));
+        assert!(damaged
+            .verify(&signed(Action::Lock, NOW + w + 1, NONCE), false, NOW + w + 1)
+            .is_ok());
+    }
+
+    #[test]
+    fn restore_keeps_at_most_max_nonces_and_raises_the_floor_over_the_rest() {
+        let mut v = Verifier::new(KEY.to_vec(), DEVICE, WINDOW, 2).unwrap();
+        let nonces =
+            (0..4).map(|i| Seen { nonce: format!("restored-nonce-{i:02}"), ts: NOW + i }).collect();
+        v.restore(ReplayState { nonces, ..ReplayState::default() });
+        assert_eq!(v.cached_nonces(), 2);
+        let dropped = signed(Action::Lock, NOW + 1, "restored-nonce-01");
+        assert!(matches!(v.verify(&dropped, false, NOW + 1), Err(Refusal::BelowMark { .. })));
     }
 }

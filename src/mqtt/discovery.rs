@@ -178,7 +178,7 @@ pub fn discovery_messages(
     let device_block = device_block(device, &id);
     let origin = json!({ "name": MANUFACTURER, "sw_version": device.sw_version });
 
-    let entities: [(&str, &str, &str, Value); 7] = [
+    let entities: [(&str, &str, &str, Value); 8] = [
         (
             "lock",
             "door",
@@ -229,6 +229,16 @@ pub fn discovery_messages(
                 "value_template": "{{ value_json.frames }}",
                 "state_class": "total_increasing",
                 "entity_category": "diagnostic",
+            }),
+        ),
+        (
+            "sensor",
+            "alarm",
+            "Door alarm",
+            json!({
+                "state_topic": topics.alarm_state(),
+                "device_class": "enum",
+                "options": events::ALARM_PAYLOADS,
             }),
         ),
         (
@@ -358,6 +368,7 @@ mod tests {
                 "homeassistant/sensor/frontdoor/similarity/config",
                 "homeassistant/sensor/frontdoor/backend/config",
                 "homeassistant/sensor/frontdoor/frames/config",
+                "homeassistant/sensor/frontdoor/alarm/config",
                 "homeassistant/binary_sensor/frontdoor/door_contact/config",
             ]
         );
@@ -463,7 +474,7 @@ mod tests {
     #[test]
     fn schema_keys_are_allowed_and_required_keys_present() {
         let all = configs(&device());
-        assert_eq!(all.len(), 7);
+        assert_eq!(all.len(), 8);
         for ((component, object_id), config) in &all {
             let (allowed, required) = schema(component);
             for key in config.keys() {

@@ -122,6 +122,11 @@ impl Topics {
         self.topic("door/contact")
     }
 
+    /// `<base>/alarm/state`: [`alarm_payload`], retained.
+    pub fn alarm_state(&self) -> String {
+        self.topic("alarm/state")
+    }
+
     /// `<base>/sensor/last_person`: [`last_person_payload`], retained.
     pub fn last_person(&self) -> String {
         self.topic("sensor/last_person")
@@ -298,6 +303,23 @@ pub enum SystemEvent {
         /// Human-readable detail.
         detail: String,
     },
+    /// A state file was damaged: it was renamed aside (kept for inspection) and a fresh one
+    /// started. An alarm: events or replay protection may have been lost with it.
+    StateDamaged {
+        /// Which file: `"outbox"` or `"command_replay"`.
+        file: String,
+        /// Where the damaged file is kept (empty if it could not be renamed).
+        kept_as: String,
+        /// What was wrong with it.
+        detail: String,
+    },
+    /// The MQTT thread failed and was restarted (events waited meanwhile).
+    MqttRestarted {
+        /// Restarts since the appliance started.
+        restarts: u64,
+        /// What went wrong.
+        reason: String,
+    },
     /// The appliance started.
     Started {
         /// The portier version.
@@ -370,6 +392,18 @@ pub const fn contact_payload(open: bool) -> &'static str {
         CONTACT_OPEN
     } else {
         CONTACT_CLOSED
+    }
+}
+
+/// The door alarm payloads: none, the door held open too long, the door forced open.
+pub const ALARM_PAYLOADS: [&str; 3] = ["none", "held_open", "forced"];
+
+/// The alarm state payload: `none`, `held_open` or `forced` ([`ALARM_PAYLOADS`]).
+pub const fn alarm_payload(alarm: Option<crate::door::Alarm>) -> &'static str {
+    match alarm {
+        None => ALARM_PAYLOADS[0],
+        Some(crate::door::Alarm::HeldOpen) => ALARM_PAYLOADS[1],
+        Some(crate::door::Alarm::Forced) => ALARM_PAYLOADS[2],
     }
 }
 

@@ -6,6 +6,8 @@
 //! - [`command`]: verification of signed remote commands (HMAC-SHA256, time window, nonces).
 //! - [`outbox`]: the durable, bounded on-disk queue events wait in until the broker
 //!   acknowledges them.
+//! - [`replay`]: the command verifier's nonces and marks on disk, so that a signed command
+//!   cannot be replayed after a restart or a clock set back.
 //! - [`bridge`]: the loop's events as MQTT messages.
 //! - [`client`]: the MQTT client thread (rumqttc, blocking API): outbox-backed QoS 1
 //!   publishing, availability, retained states, discovery, verified commands.
@@ -18,3 +20,4 @@ pub mod command;
 pub mod discovery;
 pub mod events;
 pub mod outbox;
+pub mod replay;

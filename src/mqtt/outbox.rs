@@ -407,6 +407,39 @@ impl Outbox {
         Ok(outbox)
     }
 
+    /// Opens the outbox like [`Outbox::open`], but a log that is not an outbox (a garbage
+    /// header: damage, or another program's file) does not stop the appliance: it is renamed
+    /// aside as `outbox.log.damaged-<unix ms>` (kept for inspection, never deleted) and a fresh
+    /// outbox is started. Returns the outbox and, when that happened, the name it was kept
+    /// under and what was wrong, for the caller's alarm event.
+    pub fn open_or_set_aside(
+        dir: &Path,
+        max_entries: usize,
+        max_bytes: u64,
+    ) -> Result<(Outbox, Option<(PathBuf, String)>), OutboxError> {
+        match Outbox::open(dir, max_entries, max_bytes) {
+            Ok(outbox) => Ok((outbox, None)),
+            Err(OutboxError::NotAnOutbox { path, detail }) => {
+                let stamp = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis())
+                    .unwrap_or_default();
+                let aside = dir.join(format!("{LOG_NAME}.damaged-{stamp}"));
+                fs::rename(&path, &aside)
+                    .map_err(|e| io_err(&path, "renaming the damaged log aside", e))?;
+                sync_dir(dir)?;
+                log::error!(
+                    "outbox {}: not an outbox file ({detail}); kept as {} and started afresh",
+                    path.display(),
+                    aside.display()
+                );
+                let outbox = Outbox::open(dir, max_entries, max_bytes)?;
+                Ok((outbox, Some((aside, detail))))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Appends durably (written and fdatasync'ed before returning). Returns its sequence number
     /// (strictly increasing across restarts). Drops oldest entries beyond the bounds, counting
     /// them in dropped_total (persisted across restarts too).
@@ -878,6 +911,11 @@ const fn crc_table() -> [u32; 256] {
         n += 1;
     }
     table
+}
+
+/// CRC-32/IEEE of `bytes` (also the replay state file's check).
+pub(crate) fn crc32(bytes: &[u8]) -> u32 {
+    crc32_update(CRC_INIT, bytes) ^ CRC_INIT
 }
 
 /// Feeds `bytes` into a CRC register (start with `CRC_INIT`, XOR the result with `CRC_INIT`).
@@ -1640,5 +1678,24 @@ mod tests {
         assert!(pushes >= 100 && acks >= 50, "children did too little: {pushes} pushes");
         let len = fs::metadata(dir.path().join(LOG_NAME)).unwrap().len();
         assert!(len < pushes * CRASH_PAYLOAD as u64, "never compacted: {len} bytes");
+    }
+
+    #[test]
+    fn a_garbage_log_is_set_aside_and_a_fresh_outbox_started() {
+        let dir = dir_with_log(b"this is not an outbox at all, just garbage bytes");
+        let (mut outbox, aside) = Outbox::open_or_set_aside(dir.path(), 100, 1 << 20).unwrap();
+        let (kept, detail) = aside.unwrap();
+        assert!(!detail.is_empty());
+        assert_eq!(
+            std::fs::read(&kept).unwrap(),
+            b"this is not an outbox at all, just garbage bytes"
+        );
+        assert!(kept.file_name().unwrap().to_string_lossy().starts_with("outbox.log.damaged-"));
+        assert_eq!(outbox.stats().pending, 0);
+        outbox.push("t/a", b"x").unwrap();
+        drop(outbox);
+        let (outbox, aside) = Outbox::open_or_set_aside(dir.path(), 100, 1 << 20).unwrap();
+        assert!(aside.is_none());
+        assert_eq!(outbox.stats().pending, 1);
     }
 }

@@ -12,6 +12,7 @@ mod enroll_live;
 mod faults;
 mod liveness;
 mod mqtt;
+mod mqtt_hardening;
 mod parity;
 mod recognition;
 mod selftest;

@@ -26,9 +26,9 @@ use rumqttc::{Event, Incoming, MqttOptions, Publish, QoS};
 use serde_json::Value;
 
 const MOSQUITTO: &str = "/usr/sbin/mosquitto";
-const DEVICE: &str = "frontdoor";
+pub(crate) const DEVICE: &str = "frontdoor";
 pub(crate) const BASE: &str = "portier/frontdoor";
-const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
+pub(crate) const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
 /// Generous: the machine is shared, and a reconnect backs off up to 10 s.
 pub(crate) const WAIT: Duration = Duration::from_secs(20);
 
@@ -123,7 +123,7 @@ impl Broker {
         }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
     }
 }
@@ -143,7 +143,7 @@ pub(crate) struct Sub {
     pub(crate) rx: Receiver<Publish>,
     subacks: Receiver<()>,
     /// Everything received so far, in order.
-    seen: Vec<Publish>,
+    pub(crate) seen: Vec<Publish>,
 }
 
 impl Sub {
@@ -181,12 +181,12 @@ impl Sub {
         self.subacks.recv_timeout(WAIT).expect("SUBACK");
     }
 
-    fn publish(&self, topic: &str, payload: &[u8], retain: bool) {
+    pub(crate) fn publish(&self, topic: &str, payload: &[u8], retain: bool) {
         self.client.publish(topic, QoS::AtLeastOnce, retain, payload.to_vec()).unwrap();
     }
 
     /// The first message received (now or within `timeout`) after index `from` that matches.
-    fn wait_from(
+    pub(crate) fn wait_from(
         &mut self,
         from: usize,
         timeout: Duration,
@@ -209,7 +209,18 @@ impl Sub {
         }
     }
 
-    fn wait(&mut self, timeout: Duration, pred: impl Fn(&Publish) -> bool) -> Option<Publish> {
+    /// Takes everything received so far into `seen` without waiting.
+    pub(crate) fn drain(&mut self) {
+        while let Ok(p) = self.rx.try_recv() {
+            self.seen.push(p);
+        }
+    }
+
+    pub(crate) fn wait(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&Publish) -> bool,
+    ) -> Option<Publish> {
         self.wait_from(0, timeout, pred)
     }
 }
@@ -258,7 +269,7 @@ pub(crate) fn access(kind: AccessKind, track_id: u64) -> AccessEvent {
     }
 }
 
-fn connected(client: &MqttClient) -> bool {
+pub(crate) fn connected(client: &MqttClient) -> bool {
     wait_until(WAIT, || client.stats().connected)
 }
 
@@ -408,7 +419,8 @@ fn discovery_states_events_and_clean_shutdown() {
     }
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(dir.path(), "");
-    let client = start(&config(broker.port, dir.path()));
+    // With scores: the similarity sensor is announced and its state published.
+    let client = start(&MqttConfig { publish_scores: true, ..config(broker.port, dir.path()) });
     assert!(connected(&client), "not connected; broker log:\n{}", broker.log());
     client.send(Message::Lock(LockState::Locked));
     client.send(Message::Contact(false));
@@ -425,6 +437,7 @@ fn discovery_states_events_and_clean_shutdown() {
         ("sensor", "similarity"),
         ("sensor", "backend"),
         ("sensor", "frames"),
+        ("sensor", "alarm"),
         ("binary_sensor", "door_contact"),
     ];
     let mut unique_ids = HashSet::new();
@@ -756,12 +769,12 @@ fn broker_down_at_start_then_restart_of_portier_sends_the_outbox() {
     client.shutdown(Duration::from_secs(10)).unwrap();
 }
 
-fn nonce(i: u32) -> String {
+pub(crate) fn nonce(i: u32) -> String {
     let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
     format!("n{i:04}x{t:x}")
 }
 
-fn now_s() -> i64 {
+pub(crate) fn now_s() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
@@ -980,7 +993,7 @@ fn a_signed_unlock_over_mqtt_pulses_the_door() {
 }
 
 /// Writes a file only its owner can read: portier refuses key and password files others can.
-fn write_secret(path: &std::path::Path, bytes: &[u8]) {
+pub(crate) fn write_secret(path: &std::path::Path, bytes: &[u8]) {
     std::fs::write(path, bytes).unwrap();
     #[cfg(unix)]
     {
