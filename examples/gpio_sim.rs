@@ -363,6 +363,10 @@ fn main() {
         );
     }
 
+    // 9. The relock guard over the real lines: an unlock that no poll ever ends (a stalled
+    //    loop) is secured within pulse + 200 ms.
+    report("relock guard: a stalled loop's pulse ends within pulse + 200 ms", guard_on_lines(&c0));
+
     println!("{passed} passed, {failed} failed");
     std::process::exit(if failed == 0 { 0 } else { 1 });
 }
@@ -372,6 +376,43 @@ const CHILD_ENV: &str = "PORTIER_GPIO_SIM_SIGNAL_CHILD";
 /// The child's lines on bank0 (free by then: 0 is held by check 7's emergency handle, 3..5 by
 /// check 1's pins).
 const CHILD_RELAY: u32 = 6;
+
+/// Check 9.
+fn guard_on_lines(chip: &str) -> Check {
+    use portier::door::relock::{RelockGuard, GUARD_MARGIN};
+    use portier::door::DoorControl;
+    use std::time::Instant;
+    let config = DoorConfig { pulse: Duration::from_millis(300), ..DoorConfig::default() };
+    let s = GpioSettings::new(
+        Some(chip.to_owned()),
+        LineSpec::Offset(CHILD_RELAY),
+        LineSpec::Offset(7),
+        LineSpec::Offset(1),
+        &config,
+    );
+    let (relay, contact, button, emergency) = open_door_pins(&s).map_err(|e| e.to_string())?;
+    let door = Door::new(config.clone(), relay, contact, button, Duration::ZERO)
+        .map_err(|e| e.to_string())?;
+    let mut guarded =
+        RelockGuard::new(Box::new(door), emergency, GUARD_MARGIN).map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    guarded.unlock(UnlockReason::Remote, Duration::ZERO).map_err(|e| e.to_string())?;
+    expect("relay energised", Sim::value(chip, CHILD_RELAY)?, true)?;
+    let mut secured = None;
+    while start.elapsed() < Duration::from_secs(2) {
+        if !Sim::value(chip, CHILD_RELAY)? {
+            secured = Some(start.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let secured = secured.ok_or("still energised 2 s after a 300 ms pulse")?;
+    println!("  secured {:.0} ms after the unlock", secured.as_secs_f64() * 1000.0);
+    if secured < config.pulse || secured > config.pulse + Duration::from_millis(200) {
+        return Err(format!("secured after {secured:?}, outside [pulse, pulse + 200 ms]"));
+    }
+    expect("guard fired once", guarded.fired(), 1)
+}
 
 /// Parent half of check 8.
 fn signal_mid_pulse(chip: &str, signal: libc::c_int) -> Check {
@@ -409,7 +450,12 @@ fn signal_mid_pulse(chip: &str, signal: libc::c_int) -> Check {
     let status = child.wait().map_err(|e| format!("wait: {e}"))?;
     let secured = secured.ok_or("the line still read energised 250 ms after the signal")?;
     println!("  secure after {:.1} ms; child {status:?}", secured.as_secs_f64() * 1000.0);
-    expect("child ended by the signal", status.signal(), Some(signal))?;
+    if matches!(signal, libc::SIGTERM | libc::SIGINT) {
+        // The stop path `portier run` uses: secured in the handler, then a graceful exit.
+        expect("child exit after a stop signal", status.code(), Some(0))?;
+    } else {
+        expect("child ended by the signal", status.signal(), Some(signal))?;
+    }
     if secured > Duration::from_millis(50) {
         return Err(format!("secure only after {secured:?}"));
     }
@@ -418,6 +464,8 @@ fn signal_mid_pulse(chip: &str, signal: libc::c_int) -> Check {
 
 /// Child half of check 8: the pins of a fail-secure, active-high door on bank0, the relay
 /// energised, portier's relock on `signal` chained before a slow handler; waits for the signal.
+/// SIGTERM/SIGINT take the path `portier run` takes (`install_stop_relock`: secure in the
+/// handler, set the stop flag); the child then holds the line 300 ms more and exits 0.
 fn signal_child(spec: &str) -> ! {
     extern "C" fn slow(_signal: libc::c_int) {
         let pause = libc::timespec { tv_sec: 0, tv_nsec: 300_000_000 };
@@ -430,9 +478,13 @@ fn signal_child(spec: &str) -> ! {
     };
     let Some((chip, signal)) = spec.split_once(':') else { fail("bad spec") };
     let Ok(signal) = signal.parse::<libc::c_int>() else { fail("bad signal") };
-    // SAFETY: installs a handler that only calls nanosleep.
-    if unsafe { libc::signal(signal, slow as *const () as libc::sighandler_t) } == libc::SIG_ERR {
-        fail("signal");
+    let stop_path = matches!(signal, libc::SIGTERM | libc::SIGINT);
+    if !stop_path {
+        // SAFETY: installs a handler that only calls nanosleep.
+        let previous = unsafe { libc::signal(signal, slow as *const () as libc::sighandler_t) };
+        if previous == libc::SIG_ERR {
+            fail("signal");
+        }
     }
     let s = GpioSettings::new(
         Some(chip.to_owned()),
@@ -443,14 +495,26 @@ fn signal_child(spec: &str) -> ! {
     );
     let Ok((mut relay, _contact, _button, emergency)) = open_door_pins(&s) else { fail("open") };
     install_panic_hook(emergency);
-    if portier::door::relock::install_relock_on(&[signal]).is_err() {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let installed = if stop_path {
+        portier::door::relock::install_stop_relock(&stop)
+    } else {
+        portier::door::relock::install_relock_on(&[signal])
+    };
+    if installed.is_err() {
         fail("relock");
     }
     if relay.set_high().is_err() {
         fail("energise");
     }
     println!("energised");
-    std::thread::sleep(Duration::from_secs(30));
+    for _ in 0..3000 {
+        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(300));
+            std::process::exit(0);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     fail("no signal came")
 }
 

@@ -235,9 +235,19 @@ struct RawDoor {
     contact: Option<ContactName>,
     lock: Option<LockName>,
     relay_active_high: Option<bool>,
+    /// `relay_active_high = false` is refused unless this says the installer knows why.
+    accept_active_low_relay: Option<bool>,
     exit_button_active_low: Option<bool>,
     debounce_ms: Option<u64>,
     gpio: Option<GpioLines>,
+}
+
+/// Only the `[door]` table of a config file, every other table ignored unread (see
+/// [`Config::load_door`]).
+#[derive(Debug, Deserialize)]
+struct DoorOnly {
+    #[serde(default)]
+    door: RawDoor,
 }
 
 /// Which door I/O backend drives the pins.
@@ -600,6 +610,33 @@ impl Config {
         Ok(config)
     }
 
+    /// Reads and validates only the `[door]` table of a config file: what `portier secure-door`
+    /// needs to drive the relay secure when the service has failed, even for a config that
+    /// fails elsewhere (a bad key in `[mqtt]` is what made it fail, for example).
+    pub fn load_door(path: &Path) -> Result<DoorSection, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let de = toml::Deserializer::parse(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            location: String::new(),
+            message: e.message().replace('\n', " ").trim().to_string(),
+        })?;
+        let raw: DoorOnly = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            ConfigError::Parse {
+                path: path.into(),
+                location: format!("key `{key}`: "),
+                message: e.into_inner().message().replace('\n', " ").trim().to_string(),
+            }
+        })?;
+        let invalid = |key: &str, reason: String| ConfigError::Invalid {
+            path: path.into(),
+            key: key.into(),
+            reason,
+        };
+        door_config(&raw.door, &invalid)
+    }
+
     /// Parses and validates config text; `path` names it in errors and anchors relative paths.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let parse_err = |e: toml::de::Error, key: String| {
@@ -949,6 +986,16 @@ fn door_config(raw: &RawDoor, invalid: Invalid<'_>) -> Result<DoorSection, Confi
     }
     if let Some(v) = raw.relay_active_high {
         door.relay_active_high = v;
+    }
+    if !door.relay_active_high && raw.accept_active_low_relay != Some(true) {
+        return Err(invalid(
+            "door.relay_active_high",
+            "an active-low relay input energises whenever the GPIO is not driven (boot, a line \
+             released with dtparam=strict_gpiod, a crash, the Pi unplugged): with a fail-secure \
+             strike the door opens. Use an active-high input (board/pi5-hailo8/WIRING.md), or \
+             set door.accept_active_low_relay = true if the wiring holds it off another way"
+                .into(),
+        ));
     }
     if let Some(v) = raw.exit_button_active_low {
         door.exit_button_active_low = v;

@@ -126,11 +126,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Drive the lock relay to its secure (locked) level and exit: what systemd runs when
-    /// portier.service has failed for good (`OnFailure=portier-secure-door.service`), and a
-    /// technician's "lock it now". Exits 0 once the relay is at its secure level, 69 when the
-    /// lines cannot be opened (e.g. a running portier holds them).
-    SecureDoor,
+    /// Drive the lock relay to its secure (locked) level: what systemd runs when portier.service
+    /// has failed (`OnFailure=portier-secure-door.service`), and a technician's "lock it now".
+    /// Reads only the config's `[door]` table. Exits 0 once the relay is at its secure level
+    /// (with `--hold`: when stopped, still secure), 69 when the lines cannot be opened (e.g. a
+    /// running portier holds them).
+    SecureDoor {
+        /// Keep holding the lines at their secure level until SIGTERM/SIGINT (a released line
+        /// may return to a level that is not secure: a fail-safe maglock's secure level is
+        /// energised).
+        #[arg(long)]
+        hold: bool,
+    },
     /// Validate a configuration file and exit (0 valid, 78 invalid).
     CheckConfig {
         /// The file (default: --config).
@@ -449,18 +456,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode, Failure> {
     match cli.command {
-        Command::SecureDoor => {
-            let config = Config::load(&cli.config)?;
-            // Door::new drives the relay to its secure level; dropping it keeps it there.
-            let (door, _) = open_door(&config)?;
-            let state = door.state();
-            println!(
-                "door: relay at its secure level ({:?} backend); door {}",
-                config.door.backend,
-                if state.open { "OPEN" } else { "closed" }
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::SecureDoor { hold } => secure_door(&cli.config, hold),
         Command::CheckConfig { file } => {
             let path = file.unwrap_or(cli.config);
             let c = Config::load(&path)?;
@@ -691,7 +687,7 @@ fn run_appliance(
     // and from here on every way out secures it: a panic (hook), a fatal signal (SIGABRT from
     // the watchdog, SIGHUP, SIGQUIT, SIGSEGV, ...), SIGTERM/SIGINT (in the handler, before the
     // loop winds down), and a loop that stalls mid-pulse (the guard thread).
-    let (door, emergency) = open_door(&config)?;
+    let (door, emergency) = open_door(&config.door, &config.source)?;
     let stop = Arc::new(AtomicBool::new(false));
     let door = guard_door(door, emergency, &stop)?;
 
@@ -853,6 +849,34 @@ fn open_npu_parts(config: &Config) -> Result<Option<portier::app::NpuParts>, Fai
     Ok(Some(portier::app::NpuParts { embedder, matcher, router }))
 }
 
+/// `secure-door`: the door lines from the config's `[door]` table alone, driven secure.
+fn secure_door(config: &Path, hold: bool) -> Result<ExitCode, Failure> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let section = Config::load_door(config)?;
+    // Door::new drives the relay to its secure level; dropping a relay pin drives it there too.
+    let (door, emergency) = open_door(&section, config)?;
+    let state = door.state();
+    println!(
+        "door: relay at its secure level ({:?} backend); door {}",
+        section.backend,
+        if state.open { "OPEN" } else { "closed" }
+    );
+    if hold {
+        let stop = Arc::new(AtomicBool::new(false));
+        portier::door::install_panic_hook(emergency);
+        let fail = |e: portier::door::relock::RelockError| Failure::new(EX_SOFTWARE, e);
+        portier::door::relock::install_fatal_signal_relock().map_err(fail)?;
+        portier::door::relock::install_stop_relock(&stop).map_err(fail)?;
+        println!("door: holding the lines until stopped");
+        while !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        drop(door);
+        println!("door: released the lines at their secure level");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// A door and the handle its panic hook secures.
 type OpenedDoor = (Box<dyn portier::door::DoorControl>, Arc<dyn portier::door::EmergencySecure>);
 
@@ -874,11 +898,11 @@ fn guard_door(
     Ok(Box::new(guarded))
 }
 
-/// The door backend named in the config, with the handle the panic hook secures.
-fn open_door(config: &Config) -> Result<OpenedDoor, Failure> {
+/// The door backend named in `section` (of the config file `source`), with the handle the
+/// panic hook secures.
+fn open_door(section: &portier::config::DoorSection, source: &Path) -> Result<OpenedDoor, Failure> {
     use portier::config::DoorBackend;
 
-    let section = &config.door;
     let door_err = |e: portier::door::DoorError| Failure::new(EX_UNAVAILABLE, e);
     match section.backend {
         DoorBackend::Fake => {
@@ -891,7 +915,7 @@ fn open_door(config: &Config) -> Result<OpenedDoor, Failure> {
         DoorBackend::GpioCdev => {
             use portier::door::gpio::{open_door_pins, GpioSettings};
             let settings = GpioSettings::from_config(section).map_err(|e| {
-                Failure::new(EX_CONFIG, format!("config {}: {e}", config.source.display()))
+                Failure::new(EX_CONFIG, format!("config {}: {e}", source.display()))
             })?;
             let (relay, contact, button, emergency) =
                 open_door_pins(&settings).map_err(|e| Failure::new(EX_UNAVAILABLE, e))?;
@@ -908,14 +932,14 @@ fn open_door(config: &Config) -> Result<OpenedDoor, Failure> {
         #[cfg(feature = "rppal")]
         DoorBackend::Rppal => {
             use portier::door::rppal::{open_door_pins, RppalSettings};
-            let lines = section.gpio.as_ref().ok_or_else(|| missing_lines(config))?;
+            let lines = section.gpio.as_ref().ok_or_else(|| missing_lines(source))?;
             let pin = |key: &str, id: &portier::config::LineId| match id {
                 portier::config::LineId::Offset(o) if *o < 64 => Ok(*o as u8),
                 _ => Err(Failure::new(
                     EX_CONFIG,
                     format!(
                         "config {}: key `door.gpio.{key}`: rppal takes BCM pin numbers (0..64)",
-                        config.source.display()
+                        source.display()
                     ),
                 )),
             };
@@ -943,17 +967,17 @@ fn open_door(config: &Config) -> Result<OpenedDoor, Failure> {
             format!(
                 "config {}: key `door.backend`: {other:?} is not built into this binary (build \
                  with the matching feature)",
-                config.source.display()
+                source.display()
             ),
         )),
     }
 }
 
 #[cfg(feature = "rppal")]
-fn missing_lines(config: &Config) -> Failure {
+fn missing_lines(source: &Path) -> Failure {
     Failure::new(
         EX_CONFIG,
-        format!("config {}: key `door.gpio`: required by this backend", config.source.display()),
+        format!("config {}: key `door.gpio`: required by this backend", source.display()),
     )
 }
 

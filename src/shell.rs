@@ -120,6 +120,10 @@ pub struct Shell {
     /// `PORTIER_FAULT=stall-on-grant:MS`: the loop thread sleeps MS milliseconds right after
     /// the first grant, with the relay energised (tests of the relock guard).
     stall_on_grant: Option<Duration>,
+    /// `PORTIER_FAULT=segv-on-grant` / `overflow-on-grant`: a real memory fault, or a stack
+    /// overflow, on the loop thread right after the first grant (tests of the fatal-signal
+    /// relock with faults the kernel raises, not `kill`).
+    crash_on_grant: Option<Crash>,
     /// `PORTIER_FAULT=panic-at-frame:N`: panic once N frames went through the loop, wherever
     /// the door is then (tests of the emergency path and of the restart from disk).
     panic_at_frame: Option<u64>,
@@ -133,6 +137,54 @@ pub struct Shell {
     door_sent: Option<DoorState>,
     /// MQTT health at the last tick, to log each change once.
     mqtt_health: MqttHealth,
+}
+
+/// A crash injected for tests (`PORTIER_FAULT`).
+#[derive(Debug, Clone, Copy)]
+enum Crash {
+    /// A write to a page mapped without access: SIGSEGV from the MMU.
+    Segv,
+    /// Unbounded recursion: the guard page, then the standard library's overflow report and
+    /// SIGABRT.
+    StackOverflow,
+}
+
+impl Crash {
+    fn now(self) {
+        match self {
+            Crash::Segv => {
+                log::warn!("PORTIER_FAULT=segv-on-grant: writing to a protected page");
+                // SAFETY: deliberately faulting, for the fault-injection tests only: a fresh
+                // anonymous page with no access rights; the write traps before it happens.
+                unsafe {
+                    let page = libc::mmap(
+                        std::ptr::null_mut(),
+                        4096,
+                        libc::PROT_NONE,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                        -1,
+                        0,
+                    );
+                    if page != libc::MAP_FAILED {
+                        std::ptr::write_volatile(page.cast::<u8>(), 1);
+                    }
+                }
+            }
+            Crash::StackOverflow => {
+                log::warn!("PORTIER_FAULT=overflow-on-grant: recursing without end");
+                std::hint::black_box(recurse(0));
+            }
+        }
+    }
+}
+
+/// Recursion that only a stack overflow ends (the depth limit is never reached).
+fn recurse(depth: u64) -> u64 {
+    let frame = std::hint::black_box([depth; 64]);
+    if depth == u64::MAX {
+        return frame[0];
+    }
+    recurse(depth + 1).wrapping_add(frame[1])
 }
 
 impl std::fmt::Debug for Shell {
@@ -164,6 +216,11 @@ impl Shell {
             model_id,
             npu_model_id: None,
             panic_on_grant: std::env::var("PORTIER_FAULT").is_ok_and(|v| v == "panic-on-grant"),
+            crash_on_grant: match std::env::var("PORTIER_FAULT").as_deref() {
+                Ok("segv-on-grant") => Some(Crash::Segv),
+                Ok("overflow-on-grant") => Some(Crash::StackOverflow),
+                _ => None,
+            },
             stall_on_grant: std::env::var("PORTIER_FAULT")
                 .ok()
                 .and_then(|v| v.strip_prefix("stall-on-grant:")?.parse().ok())
@@ -233,6 +290,9 @@ impl Hooks for Shell {
                 self.last = Some((Last::Granted(name.clone()), None));
                 if self.panic_on_grant {
                     panic!("PORTIER_FAULT=panic-on-grant: injected panic with the door unlocked");
+                }
+                if let Some(crash) = self.crash_on_grant.take() {
+                    crash.now();
                 }
                 if let Some(stall) = self.stall_on_grant.take() {
                     log::warn!(

@@ -71,6 +71,14 @@ pub fn parse_response(m: &[u32; MESSAGE_WORDS]) -> Result<Zeroizing<[u8; 32]>, S
     if m[2] != TAG_GET_PRIVATE_KEY || m[4] & 0x8000_0000 == 0 {
         return Err("the firmware did not answer the private-key tag (firmware too old?)".into());
     }
+    let answered = m[4] & 0x7FFF_FFFF;
+    if answered < VALUE_BYTES || m[6] != KEY_ROWS {
+        return Err(format!(
+            "the firmware answered {answered} bytes for {} rows, expected {VALUE_BYTES} for \
+             {KEY_ROWS}",
+            m[6]
+        ));
+    }
     let mut key = Zeroizing::new([0u8; 32]);
     for (i, word) in m[7..7 + KEY_ROWS as usize].iter().enumerate() {
         // OTP rows are 32-bit words; `rpi-otp-private-key` prints them as big-endian hex.
@@ -184,6 +192,9 @@ mod tests {
         let mut old = m;
         old[4] = 40;
         assert!(parse_response(&old).unwrap_err().contains("firmware"));
+        let mut short = m;
+        short[4] = 0x8000_0000 | 8;
+        assert!(parse_response(&short).unwrap_err().contains("answered 8 bytes"));
     }
 
     #[test]
