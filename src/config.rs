@@ -1234,6 +1234,34 @@ margin = 0.05
     }
 
     #[test]
+    fn an_active_low_relay_needs_the_installer_to_accept_it() {
+        let low = format!("{GOOD}\n[door]\nrelay_active_high = false\n");
+        let err = Config::parse(&low, Path::new("c.toml")).unwrap_err().to_string();
+        assert!(err.contains("key `door.relay_active_high`"), "{err}");
+        assert!(err.contains("accept_active_low_relay"), "{err}");
+        let accepted = format!("{low}accept_active_low_relay = true\n");
+        let c = Config::parse(&accepted, Path::new("c.toml")).unwrap();
+        assert!(!c.door.door.relay_active_high);
+    }
+
+    #[test]
+    fn the_door_table_loads_even_when_the_rest_is_broken() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("portier.toml");
+        // A bad key elsewhere (what made the service fail) and no [detector] at all.
+        let text = "[mqtt]\nno_such_key = 1\n[door]\npulse_ms = 1500\nlock = \"fail-safe\"\n";
+        std::fs::write(&path, text).unwrap();
+        assert!(Config::load(&path).is_err());
+        let door = Config::load_door(&path).unwrap();
+        assert_eq!(door.door.pulse, Duration::from_millis(1500));
+        assert_eq!(door.door.lock, crate::door::LockWiring::FailSafe);
+        // A broken [door] itself is still named.
+        std::fs::write(&path, "[door]\npulse_ms = 0\n").unwrap();
+        let err = Config::load_door(&path).unwrap_err().to_string();
+        assert!(err.contains("door.pulse_ms"), "{err}");
+    }
+
+    #[test]
     fn liveness_section_resolves_and_is_checked() {
         let c = Config::parse(GOOD, Path::new("c.toml")).unwrap();
         assert_eq!((c.liveness, c.app.decision.liveness), (None, None));
