@@ -168,6 +168,39 @@ write("backup_header", "short_sealed", backup(8, 1, 1, sealed=b"\x01" * 5))
 write("backup_header", "truncated", backup(64, 1, 1)[:20])
 write("backup_header", "wrong_magic", backup(64, 1, 1, magic=b"PRTRBAK\x02"))
 
+# --- outbox logs: MAGIC, then MARKER len crc body records (src/mqtt/outbox.rs, "File format") --
+OUTBOX_MAGIC = b"PORTIER-OUTBOX\x00\x01"
+
+
+def record(body):
+    import zlib
+    n = struct.pack("<I", len(body))
+    return b"\x5a\x0b\x0c\x7e" + n + struct.pack("<I", zlib.crc32(n + body)) + body
+
+
+def entry(seq, topic, payload):
+    t = topic.encode()
+    return record(b"\x02" + struct.pack("<QH", seq, len(t)) + t + payload)
+
+
+checkpoint = record(b"\x01" + struct.pack("<QQ", 7, 2))
+events = [entry(7, "portier/front/event/access", b'{"kind":"granted"}'),
+          entry(8, "portier/front/event/access", b'{"kind":"unknown"}'),
+          entry(9, "portier/front/lock/state", b"LOCKED")]
+ack = record(b"\x03" + struct.pack("<Q", 8))
+drop = record(b"\x04" + struct.pack("<QQ", 7, 3))
+log = OUTBOX_MAGIC + checkpoint + b"".join(events) + ack
+write("outbox_recover", "three_events_one_acked", log)
+write("outbox_recover", "dropped", log + drop)
+write("outbox_recover", "torn_last_record", log + events[0][:15])
+flipped = bytearray(log)
+flipped[len(OUTBOX_MAGIC) + len(checkpoint) + 6] ^= 0x40
+write("outbox_recover", "flipped_length", bytes(flipped))
+write("outbox_recover", "header_only", OUTBOX_MAGIC)
+write("outbox_recover", "truncated_header", OUTBOX_MAGIC[:9])
+write("outbox_recover", "newer_version", OUTBOX_MAGIC[:-1] + b"\x02" + checkpoint)
+write("outbox_recover", "garbage", b"\x00garbage, not an outbox\xff" * 3)
+
 if __name__ == "__main__":
     for d in sorted(CORPUS.iterdir()):
         files = list(d.iterdir())
