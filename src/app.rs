@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::align::{align_face, AlignedFace};
 use crate::camera::{CameraError, FrameSource};
-use crate::decide::{Decider, DecisionConfig, FaceSize, Verdict};
+use crate::decide::{Decider, DecisionConfig, FaceSize, Space, Verdict};
 use crate::detect::{Detection, Detector};
 use crate::door::{DoorControl, DoorError, DoorEvent, UnlockReason};
 use crate::embed::{Embedder, MAX_DIM};
@@ -694,7 +694,8 @@ impl App {
                 );
                 continue;
             }
-            let Some((norm, backend, best, second)) = self.embed_and_match(q.eye_distance, now)
+            let Some((norm, backend, space, best, second)) =
+                self.embed_and_match(q.eye_distance, now)
             else {
                 continue;
             };
@@ -716,13 +717,15 @@ impl App {
                 eye_px: q.eye_distance,
                 height_pct: 100.0 * height / self.frame.height().max(1) as f32,
             };
-            let live = if self.decider.wants_liveness(track, best, second, q.eye_distance) {
+            let live = if self.decider.wants_liveness_in(space, track, best, second, q.eye_distance)
+            {
                 self.check_liveness(&det, sequence, track, now)
             } else {
                 None
             };
             let matcher = &self.matcher;
-            let verdict = self.decider.vote_checked(
+            let verdict = self.decider.vote_in(
+                space,
                 track,
                 best,
                 second,
@@ -778,14 +781,15 @@ impl App {
     /// Embeds the aligned crop where the router says (NPU for close faces while it is healthy
     /// and its norm is above the cliff, the CPU otherwise) and matches it against the templates
     /// of that same model. The best two come back as indices of the CPU matcher's people, so
-    /// votes from both backends count for the same person. `None` when the face cannot be
-    /// embedded or matched (counted, rate-limited warning).
+    /// votes from both backends count for the same person, each judged by its own model's
+    /// thresholds ([`Space`]). `None` when the face cannot be embedded or matched (counted,
+    /// rate-limited warning).
     #[allow(clippy::type_complexity)]
     fn embed_and_match(
         &mut self,
         eye_px: f32,
         now: Duration,
-    ) -> Option<(f32, &'static str, Option<(usize, f32)>, Option<(usize, f32)>)> {
+    ) -> Option<(f32, &'static str, Space, Option<(usize, f32)>, Option<(usize, f32)>)> {
         if let Some(npu) = self.npu.as_mut() {
             if npu.router.route(eye_px, now) == Route::Npu {
                 let result = npu.embedder.embed(&self.crop, &mut self.embedding);
@@ -814,7 +818,7 @@ impl App {
                                         self.matcher.index_of(id).map(|j| (j, sim))
                                     })
                                 };
-                                return Some((norm, "npu", map(best), map(second)));
+                                return Some((norm, "npu", Space::Npu, map(best), map(second)));
                             }
                             Err(e) => {
                                 self.counters.embed_errors += 1;
@@ -841,7 +845,7 @@ impl App {
         };
         self.counters.embeddings += 1;
         match self.matcher.best_two_indices(&self.embedding[..self.cpu_dim]) {
-            Ok((best, second)) => Some((norm, self.backend, best, second)),
+            Ok((best, second)) => Some((norm, self.backend, Space::Cpu, best, second)),
             Err(e) => {
                 self.counters.embed_errors += 1;
                 if let Some(suppressed) = self.embed_log.allow(now) {

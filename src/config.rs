@@ -757,18 +757,31 @@ impl Config {
         let mut app = app;
         if let Some(r) = &routing {
             r.validate().map_err(|e| invalid(&format!("routing.{}", e.key), e.reason))?;
-            // The calibrated thresholds by size are the decision's unless it names its own.
-            if raw.decision.bands.is_none() {
-                app.decision.bands = r
-                    .bands
+            // Each embedding space keeps its own thresholds: `[routing] bands` are the NPU
+            // model's; the CPU recognizer's are `[decision] bands`, else `[routing] cpu_bands`,
+            // else one band at `matching.threshold` (issue 16: a CPU fallback judged with the
+            // NPU's thresholds admitted the CPU model's impostors).
+            let size_bands = |bands: &[crate::route::BandThreshold]| -> Vec<_> {
+                bands
                     .iter()
                     .map(|b| crate::decide::SizeBand {
                         min_eye_px: b.min_eye_distance_px,
                         threshold: b.threshold_cosine,
                     })
-                    .collect();
-                app.decision.validate().map_err(|reason| invalid("routing.bands", reason))?;
+                    .collect()
+            };
+            app.decision.npu_bands = size_bands(&r.bands);
+            if raw.decision.bands.is_none() && !r.cpu_bands.is_empty() {
+                app.decision.bands = size_bands(&r.cpu_bands);
             }
+            app.decision.validate().map_err(|reason| {
+                let key = if reason.starts_with("npu_bands") {
+                    "routing.bands"
+                } else {
+                    "routing.cpu_bands"
+                };
+                invalid(key, reason)
+            })?;
         }
         let gallery_path = resolve(&raw.gallery.path);
         let gallery_key_file = raw
@@ -1231,6 +1244,25 @@ margin = 0.05
             .replace("path = \"gallery.db\"", "path = \"gallery.db\"\nkey_file = \"gallery.db\"");
         let err = Config::parse(&text, Path::new("c.toml")).unwrap_err().to_string();
         assert!(err.contains("key `gallery.key_file`"), "{err}");
+    }
+
+    #[test]
+    fn routing_bands_are_the_npus_and_cpu_bands_the_cpus() {
+        let routing = "\n[routing]\nnpu_min_eye_distance_px = 12.0\n\
+                       [[routing.bands]]\nmin_eye_distance_px = 0.0\nthreshold_cosine = 0.25\n";
+        // Without cpu_bands the CPU keeps matching.threshold (0.3), the NPU gets its bands.
+        let c = Config::parse(&format!("{GOOD}{routing}"), Path::new("c.toml")).unwrap();
+        let d = &c.app.decision;
+        assert_eq!(d.threshold_in(crate::decide::Space::Cpu, 50.0), 0.3);
+        assert_eq!(d.threshold_in(crate::decide::Space::Npu, 50.0), 0.25);
+        let cpu = "[[routing.cpu_bands]]\nmin_eye_distance_px = 0.0\nthreshold_cosine = 0.41\n";
+        let c = Config::parse(&format!("{GOOD}{routing}{cpu}"), Path::new("c.toml")).unwrap();
+        assert_eq!(c.app.decision.threshold_in(crate::decide::Space::Cpu, 50.0), 0.41);
+        let bad = cpu.replace("0.41", "1.41");
+        let err = Config::parse(&format!("{GOOD}{routing}{bad}"), Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("routing.cpu_bands"), "{err}");
     }
 
     #[test]

@@ -55,9 +55,14 @@ pub struct DecisionConfig {
     pub votes: usize,
     /// Votes considered (M, the last M embeddings of the track).
     pub window: usize,
-    /// Thresholds by face size, ascending by `min_eye_px`; the first band starts at
-    /// `min_eye_px` of the faces that are embedded at all.
+    /// Thresholds by face size for embeddings of the CPU recognizer, ascending by `min_eye_px`;
+    /// the first band starts at `min_eye_px` of the faces that are embedded at all.
     pub bands: Vec<SizeBand>,
+    /// Thresholds by face size for embeddings of the NPU's model (empty: `bands`). Each
+    /// embedding space has its own similarity scale: a CPU embedding judged against the NPU
+    /// model's thresholds (after a fallback, or below the norm cliff) would admit the CPU
+    /// model's impostors wherever its scale sits higher (issue 16).
+    pub npu_bands: Vec<SizeBand>,
     /// Lead over the second-best person a vote needs.
     pub margin: f32,
     /// A person granted less than this ago is not granted again.
@@ -88,6 +93,7 @@ impl DecisionConfig {
             recheck: Duration::from_millis(200),
             min_face_height_pct: 0.0,
             liveness: None,
+            npu_bands: Vec::new(),
         }
     }
 
@@ -108,15 +114,22 @@ impl DecisionConfig {
         if self.bands.is_empty() {
             return Err("bands must hold at least one band".into());
         }
-        for (i, band) in self.bands.iter().enumerate() {
-            if !(band.threshold > -1.0 && band.threshold <= 1.0) {
-                return Err(format!("bands[{i}].threshold {} is not in (-1, 1]", band.threshold));
-            }
-            if !(band.min_eye_px >= 0.0 && band.min_eye_px.is_finite()) {
-                return Err(format!("bands[{i}].min_eye_px {} is not >= 0", band.min_eye_px));
-            }
-            if i > 0 && band.min_eye_px <= self.bands[i - 1].min_eye_px {
-                return Err(format!("bands[{i}].min_eye_px must be above the previous band's"));
+        for (name, bands) in [("bands", &self.bands), ("npu_bands", &self.npu_bands)] {
+            for (i, band) in bands.iter().enumerate() {
+                if !(band.threshold > -1.0 && band.threshold <= 1.0) {
+                    return Err(format!(
+                        "{name}[{i}].threshold {} is not in (-1, 1]",
+                        band.threshold
+                    ));
+                }
+                if !(band.min_eye_px >= 0.0 && band.min_eye_px.is_finite()) {
+                    return Err(format!("{name}[{i}].min_eye_px {} is not >= 0", band.min_eye_px));
+                }
+                if i > 0 && band.min_eye_px <= bands[i - 1].min_eye_px {
+                    return Err(format!(
+                        "{name}[{i}].min_eye_px must be above the previous band's"
+                    ));
+                }
             }
         }
         if !(0.0..=100.0).contains(&self.min_face_height_pct) {
@@ -136,15 +149,34 @@ impl DecisionConfig {
         Ok(())
     }
 
-    /// The threshold for a face `eye_px` apart at the eyes (the first band's below it).
+    /// The CPU recognizer's threshold for a face `eye_px` apart at the eyes (the first band's
+    /// below it).
     pub fn threshold_for(&self, eye_px: f32) -> f32 {
-        self.bands
+        self.threshold_in(Space::Cpu, eye_px)
+    }
+
+    /// The threshold for an embedding of `space` of a face `eye_px` apart at the eyes.
+    pub fn threshold_in(&self, space: Space, eye_px: f32) -> f32 {
+        let bands = match space {
+            Space::Npu if !self.npu_bands.is_empty() => &self.npu_bands,
+            _ => &self.bands,
+        };
+        bands
             .iter()
             .rev()
             .find(|b| eye_px >= b.min_eye_px)
-            .or(self.bands.first())
+            .or(bands.first())
             .map_or(1.0, |b| b.threshold)
     }
+}
+
+/// Which model's embedding space a similarity was measured in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Space {
+    /// The CPU recognizer (float32), also for every fallback from the NPU.
+    Cpu,
+    /// The NPU's model.
+    Npu,
 }
 
 /// How big a face is in the frame.
@@ -292,10 +324,22 @@ impl Decider {
         second: Option<(usize, f32)>,
         eye_px: f32,
     ) -> bool {
+        self.wants_liveness_in(Space::Cpu, track, best, second, eye_px)
+    }
+
+    /// [`Decider::wants_liveness`] for a match measured in `space`.
+    pub fn wants_liveness_in(
+        &self,
+        space: Space,
+        track: TrackId,
+        best: Option<(usize, f32)>,
+        second: Option<(usize, f32)>,
+        eye_px: f32,
+    ) -> bool {
         if self.config.liveness.is_none() {
             return false;
         }
-        let vote = self.counts(best, second, eye_px);
+        let vote = self.counts(space, best, second, eye_px);
         match self.tracks.iter().find(|t| t.track == track) {
             Some(t) if t.spoofed => false,
             // Re-checks of a granted track: a vote for someone else may reopen the track and
@@ -305,14 +349,16 @@ impl Decider {
         }
     }
 
-    /// The person a match votes for, after the threshold of its size band and the margin.
+    /// The person a match votes for, after the threshold of its space's size band and the
+    /// margin.
     fn counts(
         &self,
+        space: Space,
         best: Option<(usize, f32)>,
         second: Option<(usize, f32)>,
         eye_px: f32,
     ) -> Option<(usize, f32)> {
-        let threshold = self.config.threshold_for(eye_px);
+        let threshold = self.config.threshold_in(space, eye_px);
         best.filter(|&(_, s)| {
             s >= threshold && second.is_none_or(|(_, s2)| s - s2 >= self.config.margin)
         })
@@ -400,9 +446,26 @@ impl Decider {
         person_id: impl Fn(usize) -> PersonId,
         now: Duration,
     ) -> Option<Verdict> {
+        self.vote_in(Space::Cpu, track, best, second, face, live, person_id, now)
+    }
+
+    /// [`Decider::vote_checked`] for a match measured in `space`: judged against that space's
+    /// thresholds.
+    #[allow(clippy::too_many_arguments)]
+    pub fn vote_in(
+        &mut self,
+        space: Space,
+        track: TrackId,
+        best: Option<(usize, f32)>,
+        second: Option<(usize, f32)>,
+        face: FaceSize,
+        live: Option<f32>,
+        person_id: impl Fn(usize) -> PersonId,
+        now: Duration,
+    ) -> Option<Verdict> {
         let eye_px = face.eye_px;
         let near = face.height_pct >= self.config.min_face_height_pct;
-        let vote = match self.counts(best, second, eye_px) {
+        let vote = match self.counts(space, best, second, eye_px) {
             Some((p, s)) => Vote::Person(p, s, live.unwrap_or(f32::NAN), near),
             None => Vote::Nobody,
         };
@@ -857,6 +920,41 @@ mod tests {
         }
         let v = d.vote_checked(4, yes, None, near, Some(0.8), id, S);
         assert!(matches!(v, Some(Verdict::Granted { .. })), "{v:?}");
+    }
+
+    /// Issue 16: the PaddleX impostor at 0.446 would pass the NPU model's bands (~0.25-0.29)
+    /// but is judged with the CPU recognizer's own threshold when the CPU produced it.
+    #[test]
+    fn each_embedding_is_judged_by_its_own_models_thresholds() {
+        let mut c = DecisionConfig::single(0.47, 0.05);
+        c.npu_bands = vec![
+            SizeBand { min_eye_px: 0.0, threshold: 0.29 },
+            SizeBand { min_eye_px: 40.0, threshold: 0.25 },
+        ];
+        assert_eq!(c.threshold_in(Space::Npu, 50.0), 0.25);
+        assert_eq!(c.threshold_in(Space::Cpu, 50.0), 0.47);
+        let impostor = Some((0, 0.446));
+        let face = FaceSize::eyes(50.0);
+        // Three CPU embeddings (the NPU is down): refused, reported unknown.
+        let mut d = Decider::new(c.clone(), 4).unwrap();
+        let mut verdicts = Vec::new();
+        for _ in 0..5 {
+            verdicts.extend(d.vote_in(Space::Cpu, 1, impostor, None, face, None, id, S));
+        }
+        assert!(verdicts.iter().all(|v| !matches!(v, Verdict::Granted { .. })), "{verdicts:?}");
+        assert!(matches!(verdicts[..], [Verdict::Unknown { .. }]), "{verdicts:?}");
+        // The same similarities from the NPU's model are votes (its scale is lower).
+        let mut d = Decider::new(c.clone(), 4).unwrap();
+        let mut v = None;
+        for _ in 0..3 {
+            v = d.vote_in(Space::Npu, 2, impostor, None, face, None, id, S);
+        }
+        assert!(matches!(v, Some(Verdict::Granted { .. })), "{v:?}");
+        // Without NPU bands both spaces use the CPU bands; bad NPU bands are named.
+        c.npu_bands.clear();
+        assert_eq!(c.threshold_in(Space::Npu, 50.0), 0.47);
+        c.npu_bands = vec![SizeBand { min_eye_px: 0.0, threshold: 1.5 }];
+        assert!(c.validate().unwrap_err().starts_with("npu_bands[0]"));
     }
 
     #[test]

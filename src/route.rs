@@ -53,9 +53,15 @@ pub struct RoutingConfig {
     /// After an NPU failure, how long every face stays on the CPU before the NPU is tried again.
     #[serde(default = "default_retry_ms")]
     pub npu_retry_ms: u64,
-    /// Similarity thresholds by face size, in ascending `min_eye_distance_px`; the first band
-    /// starts at 0 so that every face has one.
+    /// Similarity thresholds by face size for the NPU model's embeddings (what the router sends
+    /// it), in ascending `min_eye_distance_px`; the first band starts at 0 so that every face
+    /// has one.
     pub bands: Vec<BandThreshold>,
+    /// Similarity thresholds by face size for the CPU recognizer's embeddings, every size
+    /// (far faces, and close ones after a fallback); written by `portier calibrate`. Empty:
+    /// `[decision] bands`, else one band at `matching.threshold`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cpu_bands: Vec<BandThreshold>,
 }
 
 fn default_retry_ms() -> u64 {
@@ -73,6 +79,7 @@ impl RoutingConfig {
             npu_norm_cliff: 0.0,
             npu_retry_ms: default_retry_ms(),
             bands: vec![BandThreshold { min_eye_distance_px: 0.0, threshold_cosine: threshold }],
+            cpu_bands: Vec::new(),
         }
     }
 
@@ -93,36 +100,43 @@ impl RoutingConfig {
                 format!("must be in 1..=3600000, got {}", self.npu_retry_ms),
             ));
         }
-        let Some(first) = self.bands.first() else {
+        if self.bands.is_empty() {
             return Err(bad("bands", "at least one band is needed".into()));
-        };
-        if first.min_eye_distance_px != 0.0 {
-            return Err(bad(
-                "bands[0].min_eye_distance_px",
-                format!("the first band must start at 0 to cover every face, got {}", {
-                    first.min_eye_distance_px
-                }),
-            ));
         }
-        for (i, b) in self.bands.iter().enumerate() {
-            if !(-1.0..=1.0).contains(&b.threshold_cosine) {
-                return Err(bad(
-                    &format!("bands[{i}].threshold_cosine"),
-                    format!("a cosine similarity in -1..=1, got {}", b.threshold_cosine),
-                ));
+        for (name, bands) in [("bands", &self.bands), ("cpu_bands", &self.cpu_bands)] {
+            if let Some(first) = bands.first() {
+                if first.min_eye_distance_px != 0.0 {
+                    return Err(bad(
+                        &format!("{name}[0].min_eye_distance_px"),
+                        format!("the first band must start at 0 to cover every face, got {}", {
+                            first.min_eye_distance_px
+                        }),
+                    ));
+                }
             }
-            let m = b.min_eye_distance_px;
-            if !m.is_finite() {
-                return Err(bad(&format!("bands[{i}].min_eye_distance_px"), format!("got {m}")));
-            }
-            if i > 0 && m <= self.bands[i - 1].min_eye_distance_px {
-                return Err(bad(
-                    &format!("bands[{i}].min_eye_distance_px"),
-                    format!(
-                        "bands must be in strictly ascending order, got {m} after {}",
-                        self.bands[i - 1].min_eye_distance_px
-                    ),
-                ));
+            for (i, b) in bands.iter().enumerate() {
+                if !(-1.0..=1.0).contains(&b.threshold_cosine) {
+                    return Err(bad(
+                        &format!("{name}[{i}].threshold_cosine"),
+                        format!("a cosine similarity in -1..=1, got {}", b.threshold_cosine),
+                    ));
+                }
+                let m = b.min_eye_distance_px;
+                if !m.is_finite() {
+                    return Err(bad(
+                        &format!("{name}[{i}].min_eye_distance_px"),
+                        format!("got {m}"),
+                    ));
+                }
+                if i > 0 && m <= bands[i - 1].min_eye_distance_px {
+                    return Err(bad(
+                        &format!("{name}[{i}].min_eye_distance_px"),
+                        format!(
+                            "bands must be in strictly ascending order, got {m} after {}",
+                            bands[i - 1].min_eye_distance_px
+                        ),
+                    ));
+                }
             }
         }
         Ok(())
@@ -284,6 +298,7 @@ mod tests {
                 BandThreshold { min_eye_distance_px: 16.0, threshold_cosine: 0.28 },
                 BandThreshold { min_eye_distance_px: 32.0, threshold_cosine: 0.32 },
             ],
+            cpu_bands: Vec::new(),
         }
     }
 

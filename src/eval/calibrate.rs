@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::distance::{
-    npu_index, sweep, DistanceError, Line, Outcome, Sweep, SweepArgs, MIN_FACES_TO_JUDGE,
+    npu_index, sweep, DistanceError, Line, Outcome, Sample, Sweep, SweepArgs, MIN_FACES_TO_JUDGE,
     RELIABLE_MEDIAN_COSINE,
 };
 use super::metrics;
@@ -176,6 +176,7 @@ pub fn calibrate(sweep: &Sweep, npu: usize) -> Result<Calibration, DistanceError
         npu_norm_cliff: cliff,
         npu_retry_ms: 5_000,
         bands: vec![BandThreshold { min_eye_distance_px: 0.0, threshold_cosine: 1.0 }],
+        cpu_bands: Vec::new(),
     };
     let mut router = crate::route::Router::new(routing_probe.clone(), true)
         .map_err(|e| DistanceError::Calibration(e.to_string()))?;
@@ -191,6 +192,73 @@ pub fn calibrate(sweep: &Sweep, npu: usize) -> Result<Calibration, DistanceError
                 .collect()
         })
         .collect();
+    // The NPU model's thresholds (the router's choice of backend in each band, so the bands
+    // below its minimum size are the CPU's), and the CPU recognizer's at every size: a CPU
+    // embedding of a close face (a fallback) is judged by the CPU's own scale (issue 16).
+    let npu_label = |size: u32| if size >= npu_min { name.clone() } else { "float32".to_owned() };
+    let (bands, band_notes) = measure_bands(
+        sweep,
+        &sizes,
+        &gallery,
+        &mut |s| sweep.backend_for(Line::Routed { npu }, s, Some(&mut router)),
+        &npu_label,
+    )?;
+    let (cpu_bands, cpu_notes) =
+        measure_bands(sweep, &sizes, &gallery, &mut |_| 0, &|_| "float32".to_owned())?;
+    let routing = RoutingConfig {
+        npu_min_eye_distance_px: npu_min as f32,
+        npu_norm_cliff: round3(cliff),
+        npu_retry_ms: 5_000,
+        bands,
+        cpu_bands,
+    };
+    routing.validate().map_err(|e| DistanceError::Calibration(e.to_string()))?;
+    let mut toml = String::new();
+    toml.push_str(&format!(
+        "# Written by `portier calibrate` from a sweep of {} photos ({} identities) at eye \
+         distances {:?} px and the originals;\n# detected landmarks; probes at each size against \
+         the other photos at full size.\n",
+        sweep.photos.len(),
+        sweep.identities,
+        sizes
+    ));
+    for n in &notes {
+        toml.push_str(n);
+        toml.push('\n');
+    }
+    toml.push_str(&cliff_note);
+    toml.push('\n');
+    toml.push_str(&format!(
+        "# bands: threshold at FAR {BAND_FAR:.0e} for the backend the router uses in the band:\n"
+    ));
+    for n in &band_notes {
+        toml.push_str(n);
+        toml.push('\n');
+    }
+    toml.push_str(&format!(
+        "# cpu_bands: threshold at FAR {BAND_FAR:.0e} of the CPU recognizer at every size (far \
+         faces, and close ones after a fallback from the NPU):\n"
+    ));
+    for n in &cpu_notes {
+        toml.push_str(n);
+        toml.push('\n');
+    }
+    let body = toml::to_string(&Wrapper { routing: &routing })
+        .map_err(|e| DistanceError::Calibration(format!("cannot encode TOML: {e}")))?;
+    toml.push_str(&body);
+    Ok(Calibration { routing, toml })
+}
+
+/// Thresholds at [`BAND_FAR`] by face size, each size's probes embedded by the backend
+/// `choose` picks for them, against the other photos' original-size embeddings of the same
+/// backend; a size without pairs merges into the band below. Also the notes that explain them.
+fn measure_bands(
+    sweep: &Sweep,
+    sizes: &[u32],
+    gallery: &[Vec<Option<&[f32]>>],
+    choose: &mut dyn FnMut(&Sample) -> usize,
+    label: &dyn Fn(u32) -> String,
+) -> Result<(Vec<BandThreshold>, Vec<String>), DistanceError> {
     let mut bands = Vec::new();
     let mut band_notes = Vec::new();
     for (k, &size) in sizes.iter().enumerate() {
@@ -203,7 +271,7 @@ pub fn calibrate(sweep: &Sweep, npu: usize) -> Result<Calibration, DistanceError
         for &si in &size_indices {
             for (i, o) in sweep.outcomes[0][si].iter().enumerate() {
                 let Outcome::Embedded(s) = o else { continue };
-                let b = sweep.backend_for(Line::Routed { npu }, s, Some(&mut router));
+                let b = choose(s);
                 for (j, g) in gallery[b].iter().enumerate() {
                     let Some(g) = g else { continue };
                     if j == i {
@@ -232,7 +300,7 @@ pub fn calibrate(sweep: &Sweep, npu: usize) -> Result<Calibration, DistanceError
             "#   band from {start} px (measured at {size} px{}, on {}): threshold {:.3} = FAR {:.1e} \
              over {} impostor pairs, TAR {:.3} over {} genuine pairs",
             if size_indices.len() > 1 { " and the originals" } else { "" },
-            if size >= npu_min { name.as_str() } else { "float32" },
+            label(size),
             t.threshold,
             t.far_achieved,
             impostor.len(),
@@ -243,39 +311,7 @@ pub fn calibrate(sweep: &Sweep, npu: usize) -> Result<Calibration, DistanceError
     if bands.is_empty() {
         return Err(DistanceError::Calibration("no band had any pair to measure".into()));
     }
-    let routing = RoutingConfig {
-        npu_min_eye_distance_px: npu_min as f32,
-        npu_norm_cliff: round3(cliff),
-        npu_retry_ms: 5_000,
-        bands,
-    };
-    routing.validate().map_err(|e| DistanceError::Calibration(e.to_string()))?;
-    let mut toml = String::new();
-    toml.push_str(&format!(
-        "# Written by `portier calibrate` from a sweep of {} photos ({} identities) at eye \
-         distances {:?} px and the originals;\n# detected landmarks; probes at each size against \
-         the other photos at full size.\n",
-        sweep.photos.len(),
-        sweep.identities,
-        sizes
-    ));
-    for n in &notes {
-        toml.push_str(n);
-        toml.push('\n');
-    }
-    toml.push_str(&cliff_note);
-    toml.push('\n');
-    toml.push_str(&format!(
-        "# bands: threshold at FAR {BAND_FAR:.0e} for the backend the router uses in the band:\n"
-    ));
-    for n in &band_notes {
-        toml.push_str(n);
-        toml.push('\n');
-    }
-    let body = toml::to_string(&Wrapper { routing: &routing })
-        .map_err(|e| DistanceError::Calibration(format!("cannot encode TOML: {e}")))?;
-    toml.push_str(&body);
-    Ok(Calibration { routing, toml })
+    Ok((bands, band_notes))
 }
 
 #[derive(serde::Serialize)]

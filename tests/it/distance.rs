@@ -47,6 +47,10 @@ fn emulated_int8_w600k_and_the_router() {
     // Calibrate on the sweep, then compare routed, CPU-only and NPU-only.
     let c = calibrate::calibrate(&s, 1).unwrap();
     eprintln!("{}", c.toml);
+    // The CPU recognizer's own thresholds at every size, beside the NPU model's (issue 16).
+    assert_eq!(c.routing.cpu_bands.len(), c.routing.bands.len(), "{}", c.toml);
+    assert_eq!(c.routing.cpu_bands[0].min_eye_distance_px, 0.0);
+    assert!(c.toml.contains("[[routing.cpu_bands]]"), "{}", c.toml);
     let cpu = rates(&s, Line::Backend(0), None);
     let npu = rates(&s, Line::Backend(1), None);
     let routed = rates(&s, Line::Routed { npu: 1 }, Some(&c.routing));
