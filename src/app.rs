@@ -462,6 +462,16 @@ impl App {
             router: n.router,
         });
         let dim = cpu_dim.max(npu.as_ref().map_or(0, |n| n.dim));
+        let mut events = Vec::with_capacity(16);
+        if npu.as_ref().is_some_and(|n| !n.router.npu_up()) {
+            // Opened late (see `embed::reopen`): say so with the first events, not at the first
+            // close face.
+            events.push(AppEvent::NpuFallback {
+                reason: "the NPU could not be opened at start; faces run on the CPU while it is \
+                         opened again"
+                    .into(),
+            });
+        }
         Ok(Self {
             tracker: Tracker::new(settings.tracker),
             settings,
@@ -482,7 +492,7 @@ impl App {
             decider,
             door: parts.door,
             door_events: Vec::with_capacity(8),
-            events: Vec::with_capacity(16),
+            events,
             counters: Counters::default(),
             candidates: Vec::with_capacity(64),
             camera_lost: false,

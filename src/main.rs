@@ -823,14 +823,16 @@ fn camera_is_v4l2(camera: &portier::config::CameraConfig) -> bool {
 }
 
 /// The NPU side of the loop when `[npu]` names one: its recognizer, its templates and the
-/// router (`[routing]`, or CPU below 12 px eye distance and no norm cliff by default).
+/// router (`[routing]`, or CPU below 12 px eye distance and no norm cliff by default). An NPU
+/// that cannot be opened does not stop the door: the loop starts on the CPU (one
+/// `npu_fallback` event) and the NPU is opened again with back-off ([`Reopening`]).
+///
+/// [`Reopening`]: portier::embed::reopen::Reopening
 fn open_npu_parts(config: &Config) -> Result<Option<portier::app::NpuParts>, Failure> {
-    let Some(embedder) =
-        portier::embed::open_npu(config).map_err(|e| Failure::from(PipelineError::Embed(e)))?
-    else {
+    use portier::embed::reopen::Reopening;
+    let Some(id) = config.npu.model_id() else {
         return Ok(None);
     };
-    let id = embedder.model_id().to_string();
     let matcher = match open_matcher(config, &id)? {
         Some(m) => m,
         None => Gallery::open_in_memory()?.matcher(&id)?,
@@ -839,8 +841,33 @@ fn open_npu_parts(config: &Config) -> Result<Option<portier::app::NpuParts>, Fai
         .routing
         .clone()
         .unwrap_or_else(|| portier::route::RoutingConfig::default_for(config.matching.threshold));
-    let router = portier::route::Router::new(routing, true)
+    let mut router = portier::route::Router::new(routing, true)
         .map_err(|e| Failure::new(EX_CONFIG, format!("config {}: {e}", config.source.display())))?;
+    let embedder: Box<dyn portier::embed::Embedder> = match portier::embed::open_npu(config) {
+        Ok(Some(e)) => e,
+        Ok(None) => return Ok(None),
+        Err(e) => {
+            log::error!(
+                "npu: cannot open {id}: {e}; running every face on the CPU and opening it again \
+                 in the background"
+            );
+            // The router starts with the NPU down: the first retry comes after npu_retry_ms.
+            router.npu_result(false, std::time::Duration::ZERO);
+            let dim = if matcher.is_empty() { portier::embed::MAX_DIM } else { matcher.dim() };
+            let for_later = config.clone();
+            let open: portier::embed::reopen::Opener = Box::new(move || {
+                portier::embed::open_npu(&for_later)?.ok_or_else(|| {
+                    portier::embed::EmbedError::Output {
+                        path: for_later.npu.model.clone().unwrap_or_default(),
+                        reason: "no NPU configured".into(),
+                    }
+                })
+            });
+            let first = std::time::Duration::from_millis(router.config().npu_retry_ms);
+            let max = std::time::Duration::from_secs(300);
+            Box::new(Reopening::new(id.clone(), dim, open, &e, first, max))
+        }
+    };
     log::info!(
         "npu: {id} for faces from {} px between the eyes, {} people enrolled for it",
         router.config().npu_min_eye_distance_px,

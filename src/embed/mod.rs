@@ -10,6 +10,7 @@
 pub mod cpu;
 #[cfg(feature = "hailo")]
 pub mod npu;
+pub mod reopen;
 
 use std::path::PathBuf;
 

@@ -510,3 +510,66 @@ fn when_the_npu_dies_every_face_goes_to_the_cpu_with_one_event_and_grants_contin
     assert_eq!(grants[0].0, LIN.0);
     assert_eq!(grants[0].1, "cpu", "granted on the CPU after the NPU died");
 }
+
+/// Issue 16: an NPU that cannot be opened when `portier run` starts does not stop the door.
+/// The real binary with the emulated NPU's model missing at start runs on the CPU (one
+/// `npu_fallback` event, exit 0 at the end, not 69), opens the NPU once the model appears, and
+/// grants throughout.
+#[test]
+fn an_npu_missing_at_start_runs_on_the_cpu_and_is_opened_later() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Command, Stdio};
+    let Some(a) = assets() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = cli_config(dir.path(), &a);
+    // Enrol again with the NPU's templates too, its model at a path we control.
+    let model = dir.path().join("npu.onnx");
+    std::fs::copy(a.join("models/derived/w600k_mbf_int8_qdq_pct.onnx"), &model).unwrap();
+    let mut text = std::fs::read_to_string(&config_path).unwrap();
+    text.push_str(&format!(
+        "\n[npu]\nbackend = \"emulated\"\nmodel = \"{}\"\nid = \"w600k_mbf_int8\"\n\n[routing]\n\
+         npu_min_eye_distance_px = 12.0\nnpu_retry_ms = 500\n[[routing.bands]]\n\
+         min_eye_distance_px = 0.0\nthreshold_cosine = 0.32\n",
+        model.display()
+    ));
+    std::fs::write(&config_path, text).unwrap();
+    let config = Config::load(&config_path).unwrap();
+    std::fs::remove_file(&config.gallery_path).unwrap();
+    enroll(&config, &a, &[LIN]);
+    let parked = dir.path().join("parked.onnx");
+    std::fs::rename(&model, &parked).unwrap();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portier"))
+        .arg("--config")
+        .arg(&config_path)
+        .arg("run")
+        .arg("--replay")
+        .arg(video(&a, "hamilton_640x480.mjpeg"))
+        .env("PORTIER_LOG", "info")
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    let mut line = String::new();
+    let mut restored = false;
+    while stderr.read_line(&mut line).unwrap() > 0 {
+        log.push_str(&line);
+        if !restored && line.contains("npu: cannot open") {
+            // The model arrives while the door runs on the CPU.
+            std::fs::rename(&parked, &model).unwrap();
+            restored = true;
+        }
+        line.clear();
+    }
+    let mut out = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}\n{log}");
+    assert!(restored, "{log}");
+    assert!(log.contains("npu: opened w600k_mbf_int8 after a failed start"), "{log}");
+    assert!(log.contains("npu back"), "{log}");
+    assert!(out.contains("granted: Lin-Manuel Miranda"), "{out}\n{log}");
+}
