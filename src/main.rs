@@ -811,10 +811,18 @@ fn start_mqtt(config: &Config) -> Result<Option<portier::mqtt::client::MqttClien
             log::info!("mqtt: publishing to {}:{}", m.host, m.port);
             Ok(Some(c))
         }
-        Err(e @ MqttError::Config { .. }) => {
-            Err(Failure::new(EX_CONFIG, format!("config {}: {e}", config.source.display())))
+        // MQTT trouble never stops the door (issue 15): a credential file that is missing or
+        // readable by others, a CA that does not load. The door runs without events and remote
+        // commands; `portier selftest` and `check-config` name the problem.
+        Err(e) => {
+            let what = if matches!(e, MqttError::Config { .. }) { "config " } else { "" };
+            log::error!(
+                "mqtt: {what}{}: {e}; the door runs WITHOUT MQTT (no events, no remote commands) \
+                 until this is fixed and portier restarted",
+                config.source.display()
+            );
+            Ok(None)
         }
-        Err(e) => Err(Failure::new(EX_UNAVAILABLE, e)),
     }
 }
 

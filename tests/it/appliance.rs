@@ -573,3 +573,37 @@ fn an_npu_missing_at_start_runs_on_the_cpu_and_is_opened_later() {
     assert!(log.contains("npu back"), "{log}");
     assert!(out.contains("granted: Lin-Manuel Miranda"), "{out}\n{log}");
 }
+
+/// Issue 15: MQTT trouble never stops the door, not even a credential file missing at start
+/// (a freshly flashed device before the technician has put the broker's password in place):
+/// `portier run` grants on its own and says loudly that it runs without MQTT.
+#[test]
+fn a_missing_mqtt_credential_file_does_not_stop_the_door() {
+    let Some(a) = assets() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = cli_config(dir.path(), &a);
+    let mut text = std::fs::read_to_string(&config_path).unwrap();
+    text.push_str(&format!(
+        "\n[mqtt]\nenabled = true\nhost = \"127.0.0.1\"\nport = 9\nusername = \"portier\"\n\
+         password_file = \"{}\"\nallow_plaintext_password = true\ndevice_id = \"frontdoor\"\n\
+         outbox_dir = \"{}\"\n",
+        dir.path().join("missing.password").display(),
+        dir.path().join("outbox").display()
+    ));
+    std::fs::write(&config_path, text).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portier"))
+        .arg("--config")
+        .arg(&config_path)
+        .args(["run", "--fast", "--replay"])
+        .arg(video(&a, "hamilton_640x480.mjpeg"))
+        .env("PORTIER_LOG", "info")
+        .env_remove("NOTIFY_SOCKET")
+        .output()
+        .unwrap();
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{:?}\n{stderr}", out.status);
+    assert!(stderr.contains("the door runs WITHOUT MQTT"), "{stderr}");
+    assert!(stderr.contains("missing.password"), "{stderr}");
+    assert!(stdout.contains("granted: Lin-Manuel Miranda"), "{stdout}\n{stderr}");
+}
