@@ -1738,24 +1738,13 @@ mod tests {
         assert!(g.matcher("m").is_err());
     }
 
-    /// The tables of schema versions 1 and 2 (person ids reusable), as those releases made them.
-    const SCHEMA_V1_V2: &str = "
-        CREATE TABLE person (
-            id INTEGER PRIMARY KEY,
-            name TEXT NOT NULL UNIQUE,
-            created_unix INTEGER NOT NULL
-        );
-        CREATE TABLE template (
-            id INTEGER PRIMARY KEY,
-            person_id INTEGER NOT NULL REFERENCES person(id) ON DELETE CASCADE,
-            model_id TEXT NOT NULL,
-            dim INTEGER NOT NULL,
-            embedding BLOB NOT NULL,
-            created_unix INTEGER NOT NULL
-        );
-        CREATE INDEX template_model_person ON template(model_id, person_id);
-        CREATE INDEX template_person ON template(person_id);
-    ";
+    /// The tables of schema versions 1 and 2 as those releases made them: version 3's but for
+    /// `AUTOINCREMENT` (person ids reusable).
+    fn schema_v1_v2() -> String {
+        let old = SCHEMA.replace("PRIMARY KEY AUTOINCREMENT", "PRIMARY KEY");
+        assert_ne!(old, SCHEMA);
+        old
+    }
 
     #[test]
     fn person_ids_are_never_reused() {
@@ -1803,7 +1792,7 @@ mod tests {
         {
             // A version 2 file: sealed, bound to the person id only; Bob has id 5.
             let c = Connection::open(&path).unwrap();
-            c.execute_batch(SCHEMA_V1_V2).unwrap();
+            c.execute_batch(&schema_v1_v2()).unwrap();
             c.pragma_update(None, "application_id", APPLICATION_ID).unwrap();
             c.pragma_update(None, "user_version", 2).unwrap();
             for (id, name, ts) in [(2_i64, "Alice", &alice), (5, "Bob", &bob)] {
@@ -1851,7 +1840,7 @@ mod tests {
         {
             // A version 1 file as the previous release wrote it: plaintext normalised f32.
             let c = Connection::open(&path).unwrap();
-            c.execute_batch(SCHEMA_V1_V2).unwrap();
+            c.execute_batch(&schema_v1_v2()).unwrap();
             c.pragma_update(None, "application_id", APPLICATION_ID).unwrap();
             c.pragma_update(None, "user_version", 1).unwrap();
             for (pid, (name, ts)) in [("Alice", &alice), ("Bob", &bob)].into_iter().enumerate() {
