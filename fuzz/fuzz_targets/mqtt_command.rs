@@ -4,6 +4,8 @@
 //! checks (module doc of `portier::mqtt::command`), and for any payload:
 //! - a verifier holding another key accepts nothing;
 //! - an accepted payload is refused as `replayed` when it comes again;
+//! - a timestamp at or below the highest accepted one minus the window is `below_mark`, also
+//!   when its nonce is new (the floor that survives restarts);
 //! - the nonce cache never holds more than its bound.
 
 #![no_main]
@@ -20,6 +22,7 @@ const MAX_NONCES: usize = 3;
 const START: i64 = 1_764_355_200;
 
 /// The verdict the module doc promises for a signed command, as a reason code.
+#[allow(clippy::too_many_arguments)]
 fn expected(
     device: &str,
     ts: i64,
@@ -28,6 +31,7 @@ fn expected(
     len: usize,
     now: i64,
     cache: &mut Vec<(String, i64)>,
+    marks: Marks,
 ) -> &'static str {
     let nonce_ok = (16..=64).contains(&nonce.len())
         && nonce.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
@@ -39,8 +43,12 @@ fn expected(
         "malformed"
     } else if device != DEVICE {
         "wrong_device"
+    } else if marks.clock.is_some_and(|mark| now < mark) {
+        "clock_behind"
     } else if now.saturating_sub(ts).unsigned_abs() > u64::from(WINDOW) {
         "stale"
+    } else if marks.max_ts.is_some_and(|m| ts <= m.saturating_sub(i64::from(WINDOW))) {
+        "below_mark"
     } else {
         cache.retain(|(_, seen)| now.saturating_sub(*seen) <= i64::from(WINDOW));
         if cache.iter().any(|(n, _)| n == nonce) {
@@ -50,6 +58,21 @@ fn expected(
         } else {
             "accepted"
         }
+    }
+}
+
+/// What the verifier keeps across restarts (module doc, "Across restarts and clock steps"):
+/// the highest accepted `ts` and the clock at the last acceptance.
+#[derive(Debug, Clone, Copy, Default)]
+struct Marks {
+    max_ts: Option<i64>,
+    clock: Option<i64>,
+}
+
+impl Marks {
+    fn accepted(&mut self, ts: i64, now: i64) {
+        self.max_ts = Some(self.max_ts.map_or(ts, |m| m.max(ts)));
+        self.clock = Some(self.clock.map_or(now, |m| m.max(now)));
     }
 }
 
@@ -95,6 +118,7 @@ fn run(data: &[u8]) {
         panic!("valid verifier settings refused");
     };
     let mut cache: Vec<(String, i64)> = Vec::new();
+    let mut marks = Marks::default();
     let mut now = START;
     for _ in 0..16 {
         if input.0.is_empty() {
@@ -117,7 +141,8 @@ fn run(data: &[u8]) {
             };
             let nonce = input.text(b"0123456789abcdefXYZ_-+ ");
             let payload = Verifier::sign(KEY, &device, action, ts, &nonce);
-            let want = expected(&device, ts, &nonce, retained, payload.len(), now, &mut cache);
+            let want =
+                expected(&device, ts, &nonce, retained, payload.len(), now, &mut cache, marks);
             (payload, Some((want, action, ts, nonce)))
         };
         let result = verifier.verify(&payload, retained, now);
@@ -127,6 +152,7 @@ fn run(data: &[u8]) {
                 // Raw payloads that are validly signed (the seeds are) update the model too.
                 cache.retain(|(_, seen)| now.saturating_sub(*seen) <= i64::from(WINDOW));
                 cache.push((command.nonce.clone(), command.ts));
+                marks.accepted(command.ts, now);
                 assert_eq!(verifier.verify(&payload, false, now), Err(Refusal::Replayed));
             }
             Err(refusal) => {
