@@ -898,10 +898,8 @@ fn secure_door(config: &Path, hold: bool) -> Result<ExitCode, Failure> {
     );
     if hold {
         let stop = Arc::new(AtomicBool::new(false));
-        portier::door::install_panic_hook(emergency);
-        let fail = |e: portier::door::relock::RelockError| Failure::new(EX_SOFTWARE, e);
-        portier::door::relock::install_fatal_signal_relock().map_err(fail)?;
-        portier::door::relock::install_stop_relock(&stop).map_err(fail)?;
+        portier::door::relock::secure_on_every_exit(emergency, Some(&stop))
+            .map_err(|e| Failure::new(EX_SOFTWARE, e))?;
         println!("door: holding the lines until stopped");
         while !stop.load(Ordering::SeqCst) {
             std::thread::sleep(std::time::Duration::from_millis(200));
@@ -923,10 +921,8 @@ fn guard_door(
     stop: &Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<Box<dyn portier::door::DoorControl>, Failure> {
     use portier::door::relock;
-    portier::door::install_panic_hook(Arc::clone(&emergency));
     let fail = |e: relock::RelockError| Failure::new(EX_SOFTWARE, e);
-    relock::install_fatal_signal_relock().map_err(fail)?;
-    relock::install_stop_relock(stop).map_err(fail)?;
+    relock::secure_on_every_exit(Arc::clone(&emergency), Some(stop)).map_err(fail)?;
     let guarded = relock::RelockGuard::new(door, emergency, relock::GUARD_MARGIN)
         .map_err(fail)?
         .refuse_unlocks_after(Arc::clone(stop));

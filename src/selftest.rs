@@ -536,10 +536,7 @@ fn gpio_cdev(config: &Config, pulse_relay: bool) -> (Status, String) {
     }
     // While the relay is energised, Ctrl-C, SIGTERM or a crash must not leave it so: secure
     // in the handler, then end as the signal would have.
-    crate::door::install_panic_hook(emergency);
-    let relock = crate::door::relock::install_fatal_signal_relock()
-        .and_then(|()| crate::door::relock::install_relock_on(&crate::door::relock::STOP_SIGNALS));
-    if let Err(e) = relock {
+    if let Err(e) = crate::door::relock::secure_on_every_exit(emergency, None) {
         return (Status::Fail, format!("{detail}; relay not pulsed: {e}"));
     }
     let started = Instant::now();

@@ -215,6 +215,23 @@ pub fn install_stop_relock(stop: &Arc<AtomicBool>) -> Result<(), RelockError> {
     Ok(())
 }
 
+/// Registers `emergency` everywhere the process can end: the panic hook, every signal whose
+/// default action ends the process, and the stop signals. With `stop`, SIGTERM and SIGINT
+/// secure the relay and set the flag for a loop to wind down ([`install_stop_relock`]); without
+/// one (a short-lived command that drives the relay) they end the process like the others.
+/// The one place `run`, `secure-door --hold` and `selftest --pulse-relay` arm the relock.
+pub fn secure_on_every_exit(
+    emergency: Arc<dyn EmergencySecure>,
+    stop: Option<&Arc<AtomicBool>>,
+) -> Result<(), RelockError> {
+    super::install_panic_hook(emergency);
+    install_fatal_signal_relock()?;
+    match stop {
+        Some(stop) => install_stop_relock(stop),
+        None => install_relock_on(&STOP_SIGNALS),
+    }
+}
+
 /// How many fatal signals have been handled in this process.
 pub fn fatal_signals_handled() -> usize {
     HANDLED.load(Ordering::SeqCst)
