@@ -294,6 +294,23 @@ pub(crate) fn cli_config(dir: &Path, assets: &Path) -> PathBuf {
     path
 }
 
+/// The real binary as the process tests run it: `portier --config CONFIG run EXTRA --replay
+/// <the Hamilton clip>`, info logging, no systemd notify socket, no `PORTIER_FAULT` inherited
+/// from the test's own environment.
+pub(crate) fn portier_run(config: &Path, assets: &Path, extra: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_portier"));
+    cmd.arg("--config")
+        .arg(config)
+        .arg("run")
+        .args(extra)
+        .arg("--replay")
+        .arg(video(assets, "hamilton_640x480.mjpeg"))
+        .env("PORTIER_LOG", "info")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("PORTIER_FAULT");
+    cmd
+}
+
 /// Starts `portier run` on the Hamilton stream in real time, waits until the relay is
 /// energised, then calls `kill` and returns (exit status, stderr).
 fn run_until_unlocked(
@@ -303,17 +320,9 @@ fn run_until_unlocked(
     kill: impl FnOnce(u32),
 ) -> (std::process::ExitStatus, String, String) {
     use std::io::{BufRead, BufReader, Read};
-    use std::process::{Command, Stdio};
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_portier"));
-    cmd.arg("--config")
-        .arg(config)
-        .arg("run")
-        .arg("--replay")
-        .arg(video(assets, "hamilton_640x480.mjpeg"))
-        .env("PORTIER_LOG", "info")
-        .env_remove("NOTIFY_SOCKET")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    use std::process::Stdio;
+    let mut cmd = portier_run(config, assets, &[]);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     if let Some(f) = fault {
         cmd.env("PORTIER_FAULT", f);
     }
@@ -518,7 +527,7 @@ fn when_the_npu_dies_every_face_goes_to_the_cpu_with_one_event_and_grants_contin
 #[test]
 fn an_npu_missing_at_start_runs_on_the_cpu_and_is_opened_later() {
     use std::io::{BufRead, BufReader, Read};
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     let Some(a) = assets() else { return };
     let dir = tempfile::tempdir().unwrap();
     let config_path = cli_config(dir.path(), &a);
@@ -539,14 +548,7 @@ fn an_npu_missing_at_start_runs_on_the_cpu_and_is_opened_later() {
     let parked = dir.path().join("parked.onnx");
     std::fs::rename(&model, &parked).unwrap();
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_portier"))
-        .arg("--config")
-        .arg(&config_path)
-        .arg("run")
-        .arg("--replay")
-        .arg(video(&a, "hamilton_640x480.mjpeg"))
-        .env("PORTIER_LOG", "info")
-        .env_remove("NOTIFY_SOCKET")
+    let mut child = portier_run(&config_path, &a, &[])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -591,15 +593,7 @@ fn a_missing_mqtt_credential_file_does_not_stop_the_door() {
         dir.path().join("outbox").display()
     ));
     std::fs::write(&config_path, text).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portier"))
-        .arg("--config")
-        .arg(&config_path)
-        .args(["run", "--fast", "--replay"])
-        .arg(video(&a, "hamilton_640x480.mjpeg"))
-        .env("PORTIER_LOG", "info")
-        .env_remove("NOTIFY_SOCKET")
-        .output()
-        .unwrap();
+    let out = portier_run(&config_path, &a, &["--fast"]).output().unwrap();
     let (stdout, stderr) =
         (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{:?}\n{stderr}", out.status);

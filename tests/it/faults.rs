@@ -766,18 +766,8 @@ impl Proc {
     /// (the signal tests end processes by SIGQUIT, SIGABRT, SIGSEGV, ...).
     fn spawn_run(config: &Path, a: &Path, fault: Option<&str>, extra: &[&str]) -> Proc {
         use std::os::unix::process::CommandExt;
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_portier"));
-        cmd.arg("--config")
-            .arg(config)
-            .arg("run")
-            .args(extra)
-            .arg("--replay")
-            .arg(video(a, "hamilton_640x480.mjpeg"))
-            .env("PORTIER_LOG", "info")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("PORTIER_FAULT")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        let mut cmd = crate::appliance::portier_run(config, a, extra);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         if let Some(f) = fault {
             cmd.env("PORTIER_FAULT", f);
         }

@@ -17,7 +17,7 @@ use portier::mqtt::command::{Action, Verifier};
 use portier::mqtt::events::AccessKind;
 use rumqttc::Publish;
 
-use crate::appliance::{cli_config, video};
+use crate::appliance::cli_config;
 use crate::common::assets;
 use crate::mqtt::{
     access, config, connected, device, have_mosquitto, json, nonce, now_s, start, wait_until,
@@ -332,15 +332,7 @@ struct Run {
 
 impl Run {
     fn spawn(config: &Path, assets: &Path) -> Run {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_portier"))
-            .arg("--config")
-            .arg(config)
-            .arg("run")
-            .arg("--replay")
-            .arg(video(assets, "hamilton_640x480.mjpeg"))
-            .env("PORTIER_LOG", "info")
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("PORTIER_FAULT")
+        let mut child = crate::appliance::portier_run(config, assets, &[])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
