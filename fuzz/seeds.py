@@ -196,6 +196,9 @@ write("outbox_recover", "torn_last_record", log + events[0][:15])
 flipped = bytearray(log)
 flipped[len(OUTBOX_MAGIC) + len(checkpoint) + 6] ^= 0x40
 write("outbox_recover", "flipped_length", bytes(flipped))
+flipped_magic = bytearray(log)
+flipped_magic[3] ^= 0x20
+write("outbox_recover", "flipped_magic", bytes(flipped_magic))
 write("outbox_recover", "header_only", OUTBOX_MAGIC)
 write("outbox_recover", "truncated_header", OUTBOX_MAGIC[:9])
 write("outbox_recover", "newer_version", OUTBOX_MAGIC[:-1] + b"\x02" + checkpoint)

@@ -89,12 +89,13 @@ struct FakeEmergency {
 }
 
 impl EmergencySecure for FakeEmergency {
-    fn secure_now(&self) {
+    fn secure_now(&self) -> bool {
         if self.high.swap(self.secure_high, Ordering::SeqCst) != self.secure_high {
             // One write(2), not log or eprintln: this runs in signal handlers, and the logger
             // may hold a lock the dying thread held.
             super::relock::signal_safe_note("portier: relay released by the emergency path\n");
         }
+        true
     }
 }
 

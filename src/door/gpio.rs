@@ -593,20 +593,21 @@ pub struct RelayEmergency {
 }
 
 impl EmergencySecure for RelayEmergency {
-    fn secure_now(&self) {
+    fn secure_now(&self) -> bool {
         // `as _`: the request type is c_ulong on glibc and c_int on musl (same bits).
         #[allow(clippy::cast_lossless)]
         // SAFETY: `self.fd` is an open GPIO line-request descriptor owned by `self`; the request
         // number encodes a read/write of `size_of::<LineValues>()` bytes, and the pointer is to a
         // valid, aligned `repr(C)` `LineValues` that outlives the call (the kernel only reads it
-        // for SET_VALUES). The result is ignored: there is no one left to tell.
-        let _ = unsafe {
+        // for SET_VALUES).
+        let status = unsafe {
             libc::ioctl(
                 self.fd.as_raw_fd(),
                 GPIO_V2_LINE_SET_VALUES_IOCTL as _,
                 &self.values as *const LineValues,
             )
         };
+        status >= 0
     }
 }
 

@@ -135,9 +135,11 @@ pub fn secure_level(config: &DoorConfig) -> PinState {
 /// GPIO line descriptor, the fake relay's shared state); must be async-signal-tolerant in
 /// practice: no locks that the loop might hold, no allocation.
 pub trait EmergencySecure: Send + Sync {
-    /// Drives the relay to its secure level now; errors are ignored (there is no one left to
-    /// tell), but the attempt is made every time.
-    fn secure_now(&self);
+    /// Drives the relay to its secure level now, and says whether that worked as far as the
+    /// backend can tell (the ioctl succeeded, the pin was written). Callers in signal handlers
+    /// and the panic hook ignore the answer (there is no one left to tell); the attempt is made
+    /// every time.
+    fn secure_now(&self) -> bool;
 }
 
 /// The relays the panic hook secures (see [`install_panic_hook`]).

@@ -17,7 +17,13 @@
 //!   gracefully through its flag.
 //! * [`RelockGuard`]: a [`DoorControl`] wrapper that arms a deadline (pulse + margin, on the
 //!   monotonic clock) at every unlock and disarms it when the door reports locked; a thread of
-//!   its own secures the relay when the deadline passes and logs it.
+//!   its own secures the relay when the deadline passes and logs it. The guard's relock is
+//!   flagged to the loop: from then on [`DoorControl::state`] says locked, and the next call
+//!   into the door (the loop's next poll) records it in the state machine, which reports
+//!   `Locked` as for any relock. So the retained lock state goes back to `LOCKED` at the next
+//!   tick, not only when the loop's own clock reaches the pulse's end (which may be later: the
+//!   guard follows the monotonic clock, the loop its own time, and an extension made by a call
+//!   that stalled after energising is not yet known to the guard).
 //!
 //! Must not: allocate, lock or log in a signal handler; decide anything about the door (the
 //! state machine in [`super::Door`] does); secure the relay while a pulse is within its time.
@@ -258,6 +264,8 @@ struct Deadline {
     wake: Condvar,
     /// The guard secured the relay this many times (the loop stalled).
     fired: AtomicUsize,
+    /// The guard secured the relay and the door's state machine does not know yet.
+    relocked: AtomicBool,
     quit: AtomicBool,
 }
 
@@ -309,6 +317,25 @@ impl RelockGuard {
         self.stopping.as_ref().is_some_and(|s| s.load(Ordering::SeqCst))
     }
 
+    /// Whether the guard secured the relay behind the state machine's back.
+    fn relocked_by_guard(&self) -> bool {
+        self.shared.relocked.load(Ordering::SeqCst)
+    }
+
+    /// Records a relock the guard made in the state machine: it secures (again: the relay is
+    /// at its secure level already) and reports `Locked` at its next poll. First thing in every
+    /// call, so a new unlock after the guard fired starts a full pulse. A guard that fires
+    /// during a call, past a deadline armed before it, is recorded at the next call: at worst a
+    /// release that call started ends early, which is the safe side.
+    fn catch_up(&mut self) {
+        if self.shared.relocked.swap(false, Ordering::SeqCst) {
+            log::warn!("door: locked by the relock guard; the lock state follows");
+            if let Err(e) = self.inner.secure() {
+                log::error!("door: recording the guard's relock: {e}");
+            }
+        }
+    }
+
     /// How often the guard secured the relay because the loop did not.
     pub fn fired(&self) -> usize {
         self.shared.fired.load(Ordering::SeqCst)
@@ -352,13 +379,25 @@ fn watch(shared: &Deadline, emergency: &dyn EmergencySecure) {
                 let now = Instant::now();
                 if now >= at {
                     shared.fired.fetch_add(1, Ordering::SeqCst);
-                    emergency.secure_now();
-                    *due = None;
-                    log::warn!(
-                        "door: the loop had not relocked {} ms after the pulse's end (stalled \
-                         or slow); relay secured by the guard",
-                        GUARD_MARGIN.as_millis()
-                    );
+                    if emergency.secure_now() {
+                        // After the relay is secure: from now on the door is reported locked.
+                        shared.relocked.store(true, Ordering::SeqCst);
+                        *due = None;
+                        log::warn!(
+                            "door: the loop had not relocked {} ms after the pulse's end \
+                             (stalled or slow); relay secured by the guard",
+                            GUARD_MARGIN.as_millis()
+                        );
+                    } else {
+                        // Not reported locked while the relay may still be released: tried
+                        // again after another margin.
+                        *due = Some(now + GUARD_MARGIN);
+                        log::error!(
+                            "door: the loop had not relocked {} ms after the pulse's end, and \
+                             the guard could not drive the relay secure; trying again",
+                            GUARD_MARGIN.as_millis()
+                        );
+                    }
                 } else {
                     due = shared
                         .wake
@@ -386,6 +425,7 @@ impl Drop for RelockGuard {
 
 impl DoorControl for RelockGuard {
     fn unlock(&mut self, reason: UnlockReason, now: Duration) -> Result<(), DoorError> {
+        self.catch_up();
         if self.stopping() {
             log::warn!("door: unlock ({reason:?}) refused: stopping");
             return Err(DoorError::Stopping);
@@ -397,6 +437,7 @@ impl DoorControl for RelockGuard {
     }
 
     fn poll(&mut self, now: Duration, events: &mut Vec<DoorEvent>) -> Result<(), DoorError> {
+        self.catch_up();
         // The exit button unlocks inside `poll`.
         self.arm();
         let result = self.inner.poll(now, events);
@@ -409,17 +450,21 @@ impl DoorControl for RelockGuard {
     }
 
     fn secure(&mut self) -> Result<(), DoorError> {
+        self.catch_up();
         let result = self.inner.secure();
         self.sync(Duration::ZERO);
         result
     }
 
+    /// The state machine's, but locked (and no relock due) once the guard has secured the
+    /// relay, until the next call records it.
     fn state(&self) -> DoorState {
-        self.inner.state()
+        let state = self.inner.state();
+        DoorState { locked: state.locked || self.relocked_by_guard(), ..state }
     }
 
     fn relock_due(&self) -> Option<Duration> {
-        self.inner.relock_due()
+        self.inner.relock_due().filter(|_| !self.relocked_by_guard())
     }
 
     fn config(&self) -> &DoorConfig {
@@ -444,12 +489,19 @@ mod tests {
         None
     }
 
-    #[test]
-    fn a_stalled_loop_is_relocked_by_the_guard_and_a_live_one_is_not() {
+    /// The fake door with a 300 ms pulse behind a guard; its config, the relay's level and the
+    /// level that is secure.
+    fn guarded_door() -> (RelockGuard, DoorConfig, Arc<AtomicBool>, bool) {
         let config = DoorConfig { pulse: Duration::from_millis(300), ..DoorConfig::default() };
         let (door, emergency, level) = idle_door(&config).unwrap();
         let secure = level.load(Ordering::SeqCst);
-        let mut guarded = RelockGuard::new(Box::new(door), emergency, GUARD_MARGIN).unwrap();
+        let guarded = RelockGuard::new(Box::new(door), emergency, GUARD_MARGIN).unwrap();
+        (guarded, config, level, secure)
+    }
+
+    #[test]
+    fn a_stalled_loop_is_relocked_by_the_guard_and_a_live_one_is_not() {
+        let (mut guarded, config, level, secure) = guarded_door();
         // A live loop: it polls and relocks on time; the guard never fires.
         let start = Instant::now();
         guarded.unlock(UnlockReason::Remote, start.elapsed()).unwrap();
@@ -478,6 +530,87 @@ mod tests {
         guarded.poll(Duration::from_secs(11), &mut events).unwrap();
         assert!(guarded.state().locked);
         assert!(events.contains(&DoorEvent::Locked));
+    }
+
+    /// An emergency handle whose first `fails` attempts do not reach the relay.
+    struct Flaky {
+        inner: Arc<dyn EmergencySecure>,
+        fails: std::sync::atomic::AtomicU32,
+    }
+
+    impl EmergencySecure for Flaky {
+        fn secure_now(&self) -> bool {
+            let left = self.fails.load(Ordering::SeqCst);
+            if left > 0 {
+                self.fails.store(left - 1, Ordering::SeqCst);
+                return false;
+            }
+            self.inner.secure_now()
+        }
+    }
+
+    #[test]
+    fn a_guard_relock_that_fails_is_not_reported_locked_and_is_tried_again() {
+        let config = DoorConfig { pulse: Duration::from_millis(300), ..DoorConfig::default() };
+        let (door, emergency, level) = idle_door(&config).unwrap();
+        let secure = level.load(Ordering::SeqCst);
+        let flaky = Arc::new(Flaky { inner: emergency, fails: 2.into() });
+        let mut guarded = RelockGuard::new(Box::new(door), flaky, GUARD_MARGIN).unwrap();
+        guarded.unlock(UnlockReason::Remote, Duration::from_secs(10)).unwrap();
+        // The loop stalls; the guard's first attempt fails: still released, and said so.
+        assert!(wait_until(Duration::from_secs(5), || guarded.fired() == 1).is_some());
+        assert_ne!(level.load(Ordering::SeqCst), secure);
+        assert!(!guarded.state().locked);
+        // Tried again after another margin each time, until the relay is secure.
+        assert!(wait_until(Duration::from_secs(5), || guarded.fired() == 3).is_some());
+        assert!(wait_until(Duration::from_secs(5), || guarded.state().locked).is_some());
+        assert_eq!(level.load(Ordering::SeqCst), secure);
+    }
+
+    #[test]
+    fn the_guards_relock_is_the_doors_state_at_once_and_its_locked_event_at_the_next_poll() {
+        let (mut guarded, _, level, secure) = guarded_door();
+        let mut events = Vec::new();
+        // The loop's own clock: the release runs until 10.3 s on it.
+        let at = |ms: u64| Duration::from_millis(10_000 + ms);
+        guarded.unlock(UnlockReason::Remote, at(0)).unwrap();
+        guarded.poll(at(0), &mut events).unwrap();
+        assert_eq!(events, [DoorEvent::Unlocked { reason: UnlockReason::Remote }]);
+        // The loop stalls; the guard secures the relay.
+        assert!(wait_until(Duration::from_secs(5), || guarded.fired() == 1).is_some());
+        assert_eq!(level.load(Ordering::SeqCst), secure);
+        // Said at once, before the loop's next call: locked, no relock due.
+        assert!(guarded.state().locked);
+        assert_eq!(guarded.relock_due(), None);
+        // The loop's next poll, its clock still inside the release: `Locked` now, not at 10.3 s.
+        events.clear();
+        guarded.poll(at(100), &mut events).unwrap();
+        assert_eq!(events, [DoorEvent::Locked]);
+        assert!(guarded.state().locked && level.load(Ordering::SeqCst) == secure);
+        events.clear();
+        guarded.poll(at(400), &mut events).unwrap();
+        assert!(events.is_empty(), "no second relock at the old end: {events:?}");
+
+        // Fired again, and the loop's next call is a new unlock: the relock is recorded first,
+        // then the new release runs a full pulse.
+        guarded.unlock(UnlockReason::Remote, at(500)).unwrap();
+        assert!(wait_until(Duration::from_secs(5), || guarded.fired() == 2).is_some());
+        guarded.unlock(UnlockReason::ExitButton, at(600)).unwrap();
+        assert_ne!(level.load(Ordering::SeqCst), secure, "energised again");
+        assert!(!guarded.state().locked);
+        assert_eq!(guarded.relock_due(), Some(at(900)));
+        events.clear();
+        guarded.poll(at(600), &mut events).unwrap();
+        assert_eq!(
+            events,
+            [
+                DoorEvent::Unlocked { reason: UnlockReason::Remote },
+                DoorEvent::Locked,
+                DoorEvent::Unlocked { reason: UnlockReason::ExitButton }
+            ]
+        );
+        guarded.poll(at(900), &mut events).unwrap();
+        assert!(guarded.state().locked && level.load(Ordering::SeqCst) == secure);
     }
 
     #[test]

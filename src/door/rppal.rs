@@ -160,16 +160,21 @@ pub struct RelayEmergency {
 }
 
 impl EmergencySecure for RelayEmergency {
-    fn secure_now(&self) {
+    fn secure_now(&self) -> bool {
         for _ in 0..EMERGENCY_TRIES {
             match self.pin.try_lock() {
-                Ok(mut pin) => return pin.write(self.level),
+                Ok(mut pin) => {
+                    pin.write(self.level);
+                    return true;
+                }
                 Err(TryLockError::Poisoned(poisoned)) => {
-                    return poisoned.into_inner().write(self.level)
+                    poisoned.into_inner().write(self.level);
+                    return true;
                 }
                 Err(TryLockError::WouldBlock) => std::thread::yield_now(),
             }
         }
+        false
     }
 }
 

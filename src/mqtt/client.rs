@@ -16,8 +16,8 @@
 //!   envelope id.
 //! - **Availability**: `online` (retained) right after every CONNACK, `offline` (retained) as
 //!   the last will, and published before a clean [`MqttClient::shutdown`].
-//! - **Retained states** (lock, door contact, door alarm, last person, similarity, backend,
-//!   counters): published when they change, and all of them again after every reconnect. Lock,
+//! - **Retained states** (lock, door contact, door alarm, NPU, last person, similarity,
+//!   backend, counters): published when they change, and all of them again after every reconnect. Lock,
 //!   contact and alarm come from the door's real state ([`Message::DoorState`], which the shell
 //!   sends at its first tick and on every change), so a state a crash left retained is
 //!   corrected at the next start. The last person, similarity and backend sensors follow the
@@ -25,16 +25,23 @@
 //! - **Home Assistant discovery**: published retained after every CONNACK, and again when
 //!   `<prefix>/status` says `online` (a restarted Home Assistant). Anyone on the broker can
 //!   publish that, so births are only counted: at most one round is pending, and rounds go out
-//!   at most once per [`DISCOVERY_MIN_INTERVAL`] (one log line each, with the count).
+//!   at most once per [`DISCOVERY_MIN_INTERVAL`]. Their log line, like those of lost and made
+//!   connections, backs off while the traffic lasts (`LogBackoff`: the interval doubles up to
+//!   [`LOG_BACKOFF_MAX`], each line with the count of those left out).
 //! - **Supervision**: the worker runs under `catch_unwind`; a panic restarts it with back-off
 //!   ([`RESTART_MIN`] to [`RESTART_MAX`]) and a new connection, the loop's messages waiting in
 //!   memory meanwhile; [`MqttStats::health`] and [`MqttStats::restarts`] make it visible.
-//! - **State files**: a damaged outbox log is set aside and a fresh one started, and the
-//!   verifier's replay state (`super::replay`) is loaded at start and written before an
-//!   accepted command reaches the loop; either damage raises a `state_damaged` event.
+//! - **State files**: an outbox log with a damaged header is resynced on its records (the
+//!   pending events carried over, only the header bytes kept aside), one with no valid record
+//!   is set aside and a fresh one started (an outbox folder that cannot be used at all falls
+//!   back to the temporary folder, for events only).
+//!   The verifier's replay state (`super::replay`) is always in the configured `outbox_dir`:
+//!   loaded and written back at start, and written before an accepted command reaches the
+//!   loop. Damage raises a `state_damaged` event; a replay state that cannot be written a
+//!   `state_unwritable` one, and every command is refused (`state_unwritable`) meanwhile.
 //! - **Commands** on `<base>/command` and `<base>/lock/set` go through the command module's
-//!   [`Verifier`]; accepted ones come out of [`MqttClient::commands`] (the loop polls it with
-//!   `try_recv`), refusals are published as `command_refused` system events saying why (at most
+//!   [`Verifier`]; accepted ones come out of [`MqttClient::next_command`] (the loop polls it;
+//!   one that waited in the queue past the window is dropped there as `stale`), refusals are published as `command_refused` system events saying why (at most
 //!   [`REFUSAL_EVENTS_PER_MINUTE`], the rest counted). A retained command is always refused,
 //!   so the broker can never replay an unlock at reconnect.
 //!
@@ -69,7 +76,7 @@ use rumqttc::{
 };
 use serde::Deserialize;
 
-use super::command::{Command, Refusal, Verifier};
+use super::command::{Command, Refusal, ReplayState, Verifier};
 use super::discovery::{self, DeviceInfo, DiscoveryMessage};
 use super::events::{
     self, AccessEvent, Counters, DoorEvent, LockState, Sequencer, SystemEvent, Topics,
@@ -116,6 +123,13 @@ pub const SPILL_MAX: usize = 2048;
 /// `online` on `<prefix>/status` (anyone on the broker can publish there) costs one round per
 /// this, and a birth after a quiet spell is answered at once.
 pub const DISCOVERY_MIN_INTERVAL: Duration = Duration::from_secs(10);
+/// First interval between two log lines that outside traffic repeats (a discovery round per
+/// Home Assistant birth flood, a connection that keeps dropping); it doubles while the traffic
+/// goes on, up to [`LOG_BACKOFF_MAX`] (`LogBackoff`).
+pub const LOG_BACKOFF_MIN: Duration = DISCOVERY_MIN_INTERVAL;
+/// Longest interval between two such log lines, and the quiet spell after which the next line
+/// comes at once again.
+pub const LOG_BACKOFF_MAX: Duration = Duration::from_secs(600);
 /// Without a broker connection this long, [`MqttStats::health`] says `Down`.
 pub const DOWN_AFTER: Duration = Duration::from_secs(60);
 /// First wait before restarting a failed client thread; doubles up to [`RESTART_MAX`].
@@ -437,6 +451,9 @@ pub enum Message {
     /// shell sends it at the first tick and on every change, so a retained state left by a
     /// crash is corrected as soon as the broker is reached.
     DoorState(crate::door::DoorState),
+    /// What the NPU is doing (retained on `<base>/npu/state`, published when it changes and
+    /// again at every (re)connect); the shell sends it at the first tick and on every change.
+    Npu(crate::app::NpuUse),
 }
 
 /// A message and when the loop sent it.
@@ -501,6 +518,10 @@ pub struct MqttStats {
     pub discovery_rounds: u64,
     /// Verified commands refused because the loop's command queue was full.
     pub commands_busy: u64,
+    /// Verified commands dropped instead of carried out because they waited in the queue
+    /// until their timestamp left the window (each also in `commands_refused`, with a `stale`
+    /// refusal event).
+    pub commands_stale: u64,
     /// Successful connections (CONNACKs) since start.
     pub connects: u64,
     /// Messages [`MqttClient::send`] refused because the channel was full.
@@ -518,7 +539,7 @@ pub struct MqttStats {
     pub spill_pending: u64,
     /// Events dropped from that memory queue because it was full (the oldest go first).
     pub spill_dropped: u64,
-    /// Commands verified and handed to the loop.
+    /// Commands verified and handed to the loop (less those it dropped as stale).
     pub commands_accepted: u64,
     /// Commands refused (every refusal, published or not).
     pub commands_refused: u64,
@@ -538,6 +559,7 @@ struct Shared {
     ha_births: AtomicU64,
     discovery_rounds: AtomicU64,
     commands_busy: AtomicU64,
+    commands_stale: AtomicU64,
     connects: AtomicU64,
     channel_full: AtomicU64,
     acked: AtomicU64,
@@ -560,6 +582,9 @@ fn bump(counter: &AtomicU64) {
 pub struct MqttClient {
     tx: Option<SyncSender<Stamped>>,
     commands: Receiver<Command>,
+    /// The verifier's clock and window, to judge a command again when the loop takes it.
+    clock: fn() -> i64,
+    window_s: u32,
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
     done: Receiver<()>,
@@ -631,34 +656,9 @@ impl MqttClient {
         };
         // Alarms raised before the thread runs, published first.
         let mut startup_events = Vec::new();
-        let (outbox, outbox_dir) = open_outbox(config, &mut startup_events)?;
+        let outbox = open_outbox(config, &mut startup_events)?;
         if let Some(verifier) = &mut verifier {
-            match replay::load(&outbox_dir, config.command_window_s, clock()) {
-                replay::Loaded::Fresh => {}
-                replay::Loaded::State(state) => {
-                    if state.clock_mark.is_some_and(|mark| clock() < mark) {
-                        log::warn!(
-                            "mqtt: the clock is behind the last accepted command; every command \
-                             is refused (clock_behind) until it catches up"
-                        );
-                    }
-                    verifier.restore(state);
-                }
-                replay::Loaded::Damaged { kept, detail, state } => {
-                    let kept_as = kept.map(|k| k.display().to_string()).unwrap_or_default();
-                    log::error!(
-                        "mqtt: the command replay state is damaged ({detail}); kept as \
-                         {kept_as:?}; commands signed before {} are refused",
-                        state.floor.unwrap_or_default().saturating_add(1)
-                    );
-                    verifier.restore(state);
-                    startup_events.push(SystemEvent::StateDamaged {
-                        file: "command_replay".to_owned(),
-                        kept_as,
-                        detail,
-                    });
-                }
-            }
+            restore_replay(verifier, &config.outbox_dir, clock(), &mut startup_events);
         }
 
         let (tx, rx) = mpsc::sync_channel(CHANNEL_CAPACITY);
@@ -682,7 +682,7 @@ impl MqttClient {
             client,
             connection,
             outbox,
-            outbox_dir,
+            replay_dir: config.outbox_dir.clone(),
             publish_scores: config.publish_scores,
             clock,
             verifier,
@@ -706,6 +706,9 @@ impl MqttClient {
             subscribed: false,
             refusal_window: (Instant::now(), 0),
             births: 0,
+            rediscover_log: LogBackoff::default(),
+            lost_log: LogBackoff::default(),
+            connected_log: LogBackoff::default(),
             discovery_due: false,
             last_discovery: None,
         };
@@ -721,7 +724,15 @@ impl MqttClient {
                 let _ = done_tx.send(());
             })
             .map_err(MqttError::Spawn)?;
-        Ok(MqttClient { tx: Some(tx), commands, shared, thread: Some(thread), done })
+        Ok(MqttClient {
+            tx: Some(tx),
+            commands,
+            clock,
+            window_s: config.command_window_s,
+            shared,
+            thread: Some(thread),
+            done,
+        })
     }
 
     /// Test hook: makes the client thread panic at its next turn, to show that it is
@@ -744,8 +755,36 @@ impl MqttClient {
         }
     }
 
-    /// Verified commands, oldest first: the loop polls this with `try_recv` and carries them
-    /// out (an unlock pulses the door like a recognised face).
+    /// The next verified command to carry out, oldest first, or `None` when none waits: the
+    /// loop polls this and carries it out (an unlock pulses the door like a recognised face).
+    ///
+    /// Commands are judged again here, on the verifier's clock: one that waited in the queue
+    /// (a loop stalled in a model run or on a slow disk) until `now - ts` left the window is
+    /// dropped, not carried out late: a `command_refused` event with reason `stale` says so,
+    /// and [`MqttStats::commands_stale`] counts it. Never blocks.
+    pub fn next_command(&self) -> Option<Command> {
+        loop {
+            let command = self.commands.try_recv().ok()?;
+            let waited = (self.clock)().saturating_sub(command.ts);
+            if waited <= i64::from(self.window_s) {
+                return Some(command);
+            }
+            let refusal = Refusal::Stale { skew_s: waited };
+            let detail = format!(
+                "{}: {refusal}; it waited for the door's loop and was not carried out",
+                command.action
+            );
+            log::warn!("mqtt: dropped a remote command ({}): {detail}", refusal.reason());
+            self.shared.commands_accepted.fetch_sub(1, Ordering::Relaxed);
+            bump(&self.shared.commands_refused);
+            bump(&self.shared.commands_stale);
+            let reason = refusal.reason().to_owned();
+            self.send(Message::System(SystemEvent::CommandRefused { reason, detail }));
+        }
+    }
+
+    /// The queue of verified commands as the MQTT thread fills it, without the check of
+    /// [`MqttClient::next_command`] (which the loop uses): for tests that wait for a command.
     pub fn commands(&self) -> &Receiver<Command> {
         &self.commands
     }
@@ -761,6 +800,7 @@ impl MqttClient {
             ha_births: get(&s.ha_births),
             discovery_rounds: get(&s.discovery_rounds),
             commands_busy: get(&s.commands_busy),
+            commands_stale: get(&s.commands_stale),
             connects: get(&s.connects),
             channel_full: get(&s.channel_full),
             acked: get(&s.acked),
@@ -822,15 +862,13 @@ fn unix_s() -> i64 {
     unix_ms().div_euclid(1000)
 }
 
-/// The outbox in `config.outbox_dir`. A damaged log is set aside and a fresh one started; a
-/// directory that cannot be used at all (read-only or failing card) falls back to one in the
+/// The outbox in `config.outbox_dir`. A log with a damaged header is resynced (its pending
+/// events carried over, the header bytes kept aside), one that is not an outbox at all is set
+/// aside and a fresh one started; a directory that cannot be used at all (read-only or failing card) falls back to one in the
 /// temporary folder until the next start. Either raises an alarm event: the door keeps
-/// working, and whoever reads the events learns why some may be missing. Returns the outbox
-/// and the folder it is in (where the replay state lives too).
-fn open_outbox(
-    config: &MqttConfig,
-    alarms: &mut Vec<SystemEvent>,
-) -> Result<(Outbox, PathBuf), MqttError> {
+/// working, and whoever reads the events learns why some may be missing. The fallback is for
+/// events only: the command replay state stays in `config.outbox_dir` ([`restore_replay`]).
+fn open_outbox(config: &MqttConfig, alarms: &mut Vec<SystemEvent>) -> Result<Outbox, MqttError> {
     let (max_events, max_bytes) = (config.outbox_max_events, config.outbox_max_bytes);
     let error = match Outbox::open_or_set_aside(&config.outbox_dir, max_events, max_bytes) {
         Ok((outbox, aside)) => {
@@ -841,7 +879,7 @@ fn open_outbox(
                     detail,
                 });
             }
-            return Ok((outbox, config.outbox_dir.clone()));
+            return Ok(outbox);
         }
         Err(e @ OutboxError::InvalidBounds { .. }) => return Err(MqttError::Outbox(e)),
         Err(e) => e,
@@ -857,7 +895,110 @@ fn open_outbox(
         kept_as: String::new(),
         detail: format!("{error}; using {} until the next start", fallback.display()),
     });
-    Ok((outbox, fallback))
+    Ok(outbox)
+}
+
+/// Gives `verifier` its memory from `dir`, the configured `outbox_dir` and never a fallback
+/// (a fresh state elsewhere would let old signed commands through again), and writes it back
+/// at once. A damaged or unreadable file is set aside with a `state_damaged` alarm and its
+/// floor kept (`super::replay`); a state that cannot be written raises a `state_unwritable`
+/// alarm: every command is then refused (`state_unwritable`) until it can be, since an
+/// accepted command that is not on disk could be replayed after a restart.
+///
+/// Whatever was found, the floor is raised to the start time `now`: a command signed before
+/// the start is refused (`below_mark`). So a deleted state file, or an old copy put back,
+/// cannot reopen the window for commands recorded before the start; nothing signed before a
+/// start could have been meant for this run (the session is clean: the broker queues nothing).
+fn restore_replay(verifier: &mut Verifier, dir: &Path, now: i64, alarms: &mut Vec<SystemEvent>) {
+    let mut state = match replay::load(dir, verifier.window_s(), now) {
+        replay::Loaded::Fresh => ReplayState::default(),
+        replay::Loaded::State(state) => {
+            if state.clock_mark.is_some_and(|mark| now < mark) {
+                log::warn!(
+                    "mqtt: the clock is behind the last accepted command; every command is \
+                     refused (clock_behind) until it catches up"
+                );
+            }
+            state
+        }
+        replay::Loaded::Damaged { kept, detail, state } => {
+            let kept_as = kept.map(|k| k.display().to_string()).unwrap_or_default();
+            log::error!(
+                "mqtt: the command replay state is damaged ({detail}); kept as {kept_as:?}; \
+                 commands signed before {} are refused",
+                state.floor.unwrap_or_default().saturating_add(1)
+            );
+            alarms.push(SystemEvent::StateDamaged {
+                file: "command_replay".to_owned(),
+                kept_as,
+                detail,
+            });
+            state
+        }
+    };
+    let window = i64::from(verifier.window_s());
+    if let Some(ahead) = state.floor.map(|floor| floor.saturating_sub(now)).filter(|&d| d > window)
+    {
+        // Written by a start whose clock was ahead (a wrong RTC before the time was synced):
+        // every command signed before it is refused (below_mark), and nothing else says so.
+        log::warn!(
+            "mqtt: the command replay floor is {ahead} s ahead of the clock; remote commands \
+             signed before it are refused (below_mark). If the clock was wrong at an earlier \
+             start, stop portier and run `portier mqtt reset-replay`"
+        );
+    }
+    state.floor = Some(state.floor.map_or(now, |floor| floor.max(now)));
+    verifier.restore(state);
+    if let Err(e) = replay::save(dir, &verifier.state()) {
+        let detail = format!(
+            "{}: {e}; every remote command is refused (state_unwritable) until it can be written",
+            dir.join(replay::STATE_NAME).display()
+        );
+        log::error!("mqtt: cannot write the command replay state {detail}");
+        alarms.push(SystemEvent::StateUnwritable { file: "command_replay".to_owned(), detail });
+    }
+}
+
+/// One log line that outside traffic can repeat for as long as it lasts (Home Assistant births,
+/// a connection that keeps dropping): the first at once, then one per interval, the interval
+/// doubling from [`LOG_BACKOFF_MIN`] to [`LOG_BACKOFF_MAX`] while the traffic goes on; after
+/// [`LOG_BACKOFF_MAX`] without any, the next line comes at once again. So a flood that lasts
+/// for days costs a few lines an hour, each with the count of those left out.
+#[derive(Debug, Default)]
+struct LogBackoff {
+    interval: Duration,
+    /// When a line was last logged, and when the traffic was last seen.
+    logged: Option<Instant>,
+    seen: Option<Instant>,
+    /// Lines left out since the last one logged.
+    unlogged: u64,
+}
+
+impl LogBackoff {
+    /// Whether to log the line now: `Some(lines left out since the last one)` when yes.
+    fn allow(&mut self, now: Instant) -> Option<u64> {
+        let quiet = self.seen.is_none_or(|t| now.saturating_duration_since(t) >= LOG_BACKOFF_MAX);
+        self.seen = Some(now);
+        if quiet {
+            self.interval = LOG_BACKOFF_MIN;
+        } else if self.logged.is_some_and(|t| now.saturating_duration_since(t) < self.interval) {
+            self.unlogged += 1;
+            return None;
+        } else {
+            self.interval = (self.interval * 2).min(LOG_BACKOFF_MAX);
+        }
+        self.logged = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
+    }
+}
+
+/// `"; 12 more rounds not logged"` for a log line, or nothing when none was left out.
+fn not_logged(count: u64, what: &str) -> String {
+    match count {
+        0 => String::new(),
+        1 => format!("; 1 more {what} not logged"),
+        n => format!("; {n} more {what}s not logged"),
+    }
 }
 
 /// A rumqttc client and its connection for `options`, with our connect timeout.
@@ -1046,8 +1187,9 @@ struct Worker {
     client: Client,
     connection: Connection,
     outbox: Outbox,
-    /// The outbox's folder, where the replay state is kept too.
-    outbox_dir: PathBuf,
+    /// Where the replay state is kept: the configured `outbox_dir`, also while the outbox
+    /// itself had to fall back to the temporary folder.
+    replay_dir: PathBuf,
     publish_scores: bool,
     /// Unix seconds, for the command verifier.
     clock: fn() -> i64,
@@ -1087,8 +1229,12 @@ struct Worker {
     subscribed: bool,
     /// Start of the current minute of refusal events and how many were published in it.
     refusal_window: (Instant, u32),
-    /// Home Assistant births since the last discovery round (for the one log line per round).
+    /// Home Assistant births since the last logged discovery round.
     births: u64,
+    /// The log lines of discovery rounds, of lost connections and of connections.
+    rediscover_log: LogBackoff,
+    lost_log: LogBackoff,
+    connected_log: LogBackoff,
     /// A birth asked for a discovery round that has not gone out yet (coalesced: one at most).
     discovery_due: bool,
     /// When the last discovery round was queued.
@@ -1215,6 +1361,12 @@ impl Worker {
                     events::alarm_payload(door.alarm).as_bytes().to_vec(),
                 );
             }
+            Message::Npu(state) => {
+                self.set_state(
+                    self.topics.npu_state(),
+                    events::npu_payload(state).as_bytes().to_vec(),
+                );
+            }
         }
     }
 
@@ -1279,12 +1431,15 @@ impl Worker {
         if self.last_discovery.is_some_and(|t| t.elapsed() < DISCOVERY_MIN_INTERVAL) {
             return;
         }
-        log::info!(
-            "mqtt: Home Assistant came online ({} birth message(s) since the last \
-             announcement); announcing the entities again",
-            self.births
-        );
-        self.births = 0;
+        if let Some(unlogged) = self.rediscover_log.allow(Instant::now()) {
+            log::info!(
+                "mqtt: Home Assistant came online ({} birth message(s) since the last such \
+                 line{}); announcing the entities again",
+                self.births,
+                not_logged(unlogged, "round")
+            );
+            self.births = 0;
+        }
         self.discovery_due = false;
         self.queue_discovery();
     }
@@ -1480,7 +1635,13 @@ impl Worker {
         self.shared.connected.store(true, Ordering::Relaxed);
         self.set_health(MqttHealth::Up);
         bump(&self.shared.connects);
-        log::info!("mqtt: connected; {} events pending in the outbox", self.outbox.stats().pending);
+        if let Some(unlogged) = self.connected_log.allow(Instant::now()) {
+            log::info!(
+                "mqtt: connected; {} events pending in the outbox{}",
+                self.outbox.stats().pending,
+                not_logged(unlogged, "connection")
+            );
+        }
         self.backoff = BACKOFF_MIN;
         self.failures = 0;
         // A new session: rumqttc dropped its in-flight copies, the outbox sends them again.
@@ -1508,7 +1669,10 @@ impl Worker {
 
     fn on_connection_error(&mut self, error: &ConnectionError) {
         if self.connected {
-            log::warn!("mqtt: connection lost: {error}; reconnecting");
+            if let Some(unlogged) = self.lost_log.allow(Instant::now()) {
+                let unlogged = not_logged(unlogged, "loss");
+                log::warn!("mqtt: connection lost: {error}; reconnecting{unlogged}");
+            }
         } else if self.failures == 0 {
             log::warn!("mqtt: cannot connect: {error}; retrying in the background");
         } else {
@@ -1549,12 +1713,12 @@ impl Worker {
                 .and_then(|command| {
                     // Durable before the loop sees it: a command accepted but not on disk
                     // could be replayed after a restart.
-                    match replay::save(&self.outbox_dir, &verifier.state()) {
+                    match replay::save(&self.replay_dir, &verifier.state()) {
                         Ok(()) => Ok(command),
                         Err(e) => {
                             log::error!(
                                 "mqtt: cannot write the command replay state in {}: {e}",
-                                self.outbox_dir.display()
+                                self.replay_dir.display()
                             );
                             Err(Refusal::StateUnwritable)
                         }
@@ -1652,6 +1816,7 @@ impl Worker {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use super::super::command::Action;
     use super::*;
 
     #[test]
@@ -1838,6 +2003,78 @@ mod tests {
         assert!(!client.stats().connected);
         client.shutdown(Duration::from_secs(10)).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_replay_floor_rises_to_the_start_and_is_written_back() {
+        use super::super::command::Seen;
+        const NOW: i64 = 1_764_355_200;
+        let verifier = || Verifier::new(vec![7; 32], "frontdoor", 30, MAX_NONCES).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let saved = || replay::decode(&std::fs::read(dir.path().join(replay::STATE_NAME)).unwrap());
+        // No file (first start, or deleted): nothing signed before the start passes.
+        let (mut v, mut alarms) = (verifier(), Vec::new());
+        restore_replay(&mut v, dir.path(), NOW, &mut alarms);
+        assert!(alarms.is_empty(), "{alarms:?}");
+        assert_eq!(v.state().floor, Some(NOW));
+        assert_eq!(saved().unwrap(), v.state(), "written back at once");
+        let old = Verifier::sign(&[7; 32], "frontdoor", Action::Unlock, NOW, "a-recorded-nonce-1");
+        assert_eq!(v.verify(&old, false, NOW + 1), Err(Refusal::BelowMark { ts: NOW, floor: NOW }));
+        let new =
+            Verifier::sign(&[7; 32], "frontdoor", Action::Unlock, NOW + 1, "a-fresh-nonce-001");
+        assert!(v.verify(&new, false, NOW + 1).is_ok());
+        // A saved state: its nonces and marks are kept, a lower floor is raised, a higher kept.
+        for (floor, expect) in [(Some(NOW - 100), NOW + 50), (Some(NOW + 90), NOW + 90)] {
+            let state = ReplayState {
+                clock_mark: Some(NOW),
+                max_ts: Some(NOW),
+                floor,
+                nonces: vec![Seen { nonce: "a-recorded-nonce-1".into(), ts: NOW }],
+            };
+            replay::save(dir.path(), &state).unwrap();
+            let mut v = verifier();
+            restore_replay(&mut v, dir.path(), NOW + 50, &mut Vec::new());
+            assert_eq!(v.state(), ReplayState { floor: Some(expect), ..state });
+            assert_eq!(saved().unwrap(), v.state());
+        }
+    }
+
+    #[test]
+    fn a_repeated_log_line_backs_off_to_one_per_ten_minutes_and_counts_the_rest() {
+        let start = Instant::now();
+        // Lines logged (at seconds since start) and how many each says were left out.
+        let run = |log: &mut LogBackoff, every: Duration, over: Duration, from: Duration| {
+            let mut lines = Vec::new();
+            let mut at = from;
+            while at < from + over {
+                if let Some(unlogged) = log.allow(start + at) {
+                    lines.push((at.as_secs(), unlogged));
+                }
+                at += every;
+            }
+            lines
+        };
+        // A discovery round every 10 s for two hours (a birth flood): 720 rounds.
+        let mut log = LogBackoff::default();
+        let hours = Duration::from_secs(7200);
+        let lines = run(&mut log, DISCOVERY_MIN_INTERVAL, hours, Duration::ZERO);
+        let firsts: Vec<u64> = lines.iter().take(7).map(|l| l.0).collect();
+        assert_eq!(firsts, [0, 10, 30, 70, 150, 310, 630], "the interval doubles");
+        assert!(lines.windows(2).skip(6).all(|w| w[1].0 - w[0].0 == 600), "{lines:?}");
+        assert!(lines.len() <= 7 + 11, "{} lines for 720 rounds", lines.len());
+        let counted: u64 = lines.iter().map(|l| l.1 + 1).sum();
+        assert_eq!(counted + log.unlogged, 720, "every round logged or counted");
+        // Quiet for ten minutes: the next line comes at once, and the back-off starts over.
+        let after = hours + LOG_BACKOFF_MAX;
+        let lines = run(&mut log, DISCOVERY_MIN_INTERVAL, Duration::from_secs(40), after);
+        assert_eq!(lines[0].0, after.as_secs());
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        // A connection dropping twice a second for an hour: a handful of lines.
+        let mut log = LogBackoff::default();
+        let lines = run(&mut log, Duration::from_millis(500), hours / 2, Duration::ZERO);
+        assert!(lines.len() <= 12, "{lines:?}");
+        assert_eq!(not_logged(0, "loss"), "");
+        assert_eq!(not_logged(3, "round"), "; 3 more rounds not logged");
     }
 
     #[test]

@@ -68,7 +68,8 @@
 //!    refused as `malformed`: the format is lowercase only, one canonical spelling;
 //! 7. the clock is not behind the persisted `clock_mark` (`clock_behind`);
 //! 8. timestamp: `abs(now - ts) <= window` (`stale`; the edge itself is accepted);
-//! 9. `ts` is above the floor: `max_ts - window` and any floor set after damage (`below_mark`);
+//! 9. `ts` is above the floor: `max_ts - window` and the `floor` of the state (the start time,
+//!    or higher after damage) (`below_mark`);
 //! 10. nonce not seen before (`replayed`).
 //!
 //! # Nonce cache
@@ -98,8 +99,10 @@
 //! - `clock_mark`, the door's own clock at the last acceptance: while the clock reads earlier
 //!   than that, it was set back (or a restart came up with a wrong clock), and **every** command
 //!   is refused (`clock_behind`), because the window check cannot be trusted then.
-//! - `floor`, an extra "refuse `ts` at or below this", set when the persisted state was damaged
-//!   and had to be put aside (see `super::replay`).
+//! - `floor`, an extra "refuse `ts` at or below this": the MQTT thread raises it to its start
+//!   time at every start (a command signed before the start is refused, so a deleted or
+//!   outdated state file cannot reopen the window), and higher when the persisted state was
+//!   damaged and had to be put aside (see `super::replay`).
 //!
 //! These checks come after the signature check, so only a holder of the key learns of them.
 
@@ -213,7 +216,7 @@ pub enum Refusal {
         behind_s: i64,
     },
     /// The timestamp is not newer than the persisted floor (the highest accepted timestamp
-    /// minus the window, or the floor set after a damaged state file).
+    /// minus the window, the start time, or the floor set after a damaged state file).
     BelowMark {
         /// The command's timestamp.
         ts: i64,
@@ -303,7 +306,8 @@ pub struct ReplayState {
     pub clock_mark: Option<i64>,
     /// The highest accepted command timestamp.
     pub max_ts: Option<i64>,
-    /// Timestamps at or below this are refused (set after a damaged state file).
+    /// Timestamps at or below this are refused (the start time, or higher after a damaged
+    /// state file).
     pub floor: Option<i64>,
     /// Nonces accepted inside the window.
     pub nonces: Vec<Seen>,
@@ -442,6 +446,11 @@ impl Verifier {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    /// The largest accepted `abs(now - ts)`, in seconds.
+    pub fn window_s(&self) -> u32 {
+        self.window_s
     }
 
     /// What must survive a restart: persist it after every accepted command.

@@ -1,5 +1,5 @@
 //! Home Assistant MQTT discovery: the retained config messages that make the appliance appear in
-//! Home Assistant as one device with a lock, an access event, four sensors and a door contact,
+//! Home Assistant as one device with a lock, an access event, six sensors and a door contact,
 //! all reading the topics of [`super::events::Topics`].
 //!
 //! Publish every [`DiscoveryMessage`] retained on connect, and again whenever Home Assistant's
@@ -178,7 +178,7 @@ pub fn discovery_messages(
     let device_block = device_block(device, &id);
     let origin = json!({ "name": MANUFACTURER, "sw_version": device.sw_version });
 
-    let entities: [(&str, &str, &str, Value); 8] = [
+    let entities: [(&str, &str, &str, Value); 9] = [
         (
             "lock",
             "door",
@@ -239,6 +239,17 @@ pub fn discovery_messages(
                 "state_topic": topics.alarm_state(),
                 "device_class": "enum",
                 "options": events::ALARM_PAYLOADS,
+            }),
+        ),
+        (
+            "sensor",
+            "npu",
+            "NPU",
+            json!({
+                "state_topic": topics.npu_state(),
+                "device_class": "enum",
+                "options": events::NPU_PAYLOADS,
+                "entity_category": "diagnostic",
             }),
         ),
         (
@@ -369,6 +380,7 @@ mod tests {
                 "homeassistant/sensor/frontdoor/backend/config",
                 "homeassistant/sensor/frontdoor/frames/config",
                 "homeassistant/sensor/frontdoor/alarm/config",
+                "homeassistant/sensor/frontdoor/npu/config",
                 "homeassistant/binary_sensor/frontdoor/door_contact/config",
             ]
         );
@@ -474,7 +486,7 @@ mod tests {
     #[test]
     fn schema_keys_are_allowed_and_required_keys_present() {
         let all = configs(&device());
-        assert_eq!(all.len(), 8);
+        assert_eq!(all.len(), 9);
         for ((component, object_id), config) in &all {
             let (allowed, required) = schema(component);
             for key in config.keys() {

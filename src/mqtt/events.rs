@@ -142,6 +142,11 @@ impl Topics {
         self.topic("sensor/backend")
     }
 
+    /// `<base>/npu/state`: [`npu_payload`], retained.
+    pub fn npu_state(&self) -> String {
+        self.topic("npu/state")
+    }
+
     /// `<base>/command`: subscribed; signed JSON commands.
     pub fn command(&self) -> String {
         self.topic("command")
@@ -313,6 +318,15 @@ pub enum SystemEvent {
         /// What was wrong with it.
         detail: String,
     },
+    /// A state file cannot be written (read-only or failing card, a path that is not a
+    /// folder). An alarm: for `"command_replay"` every remote command is refused
+    /// (`state_unwritable`) until it can be written.
+    StateUnwritable {
+        /// Which file: `"command_replay"`.
+        file: String,
+        /// The file, the error, and what follows from it.
+        detail: String,
+    },
     /// The MQTT thread failed and was restarted (events waited meanwhile).
     MqttRestarted {
         /// Restarts since the appliance started.
@@ -404,6 +418,25 @@ pub const fn alarm_payload(alarm: Option<crate::door::Alarm>) -> &'static str {
         None => ALARM_PAYLOADS[0],
         Some(crate::door::Alarm::HeldOpen) => ALARM_PAYLOADS[1],
         Some(crate::door::Alarm::Forced) => ALARM_PAYLOADS[2],
+    }
+}
+
+/// The NPU state payloads ([`npu_payload`]).
+pub const NPU_PAYLOADS: [&str; 5] =
+    ["npu", "cpu_fallback", "not_installed", "templates_missing", "off"];
+
+/// The NPU state payload: `npu` (close faces on the NPU), `cpu_fallback` (the NPU failed:
+/// every face on the CPU while it is retried), `not_installed` (its model file is not on the
+/// device: CPU only), `templates_missing` (people enrolled without its templates: CPU until
+/// they are enrolled again) or `off` (no NPU configured).
+pub const fn npu_payload(state: crate::app::NpuUse) -> &'static str {
+    use crate::app::NpuUse;
+    match state {
+        NpuUse::Active => NPU_PAYLOADS[0],
+        NpuUse::Fallback => NPU_PAYLOADS[1],
+        NpuUse::NotInstalled => NPU_PAYLOADS[2],
+        NpuUse::TemplatesMissing => NPU_PAYLOADS[3],
+        NpuUse::Off => NPU_PAYLOADS[4],
     }
 }
 
@@ -722,6 +755,10 @@ mod tests {
                     detail: s("no \"sig\" field"),
                 },
                 r#""kind":"command_refused","reason":"malformed","detail":"no \"sig\" field"}"#,
+            ),
+            (
+                SystemEvent::StateUnwritable { file: s("command_replay"), detail: s("EROFS") },
+                r#""kind":"state_unwritable","file":"command_replay","detail":"EROFS"}"#,
             ),
             (
                 SystemEvent::Started { version: s("0.1.0") },

@@ -35,7 +35,12 @@
 //! Sequence numbers and counters are u64. Recovery reads the file once and replays the valid
 //! records in order. A record whose CRC or shape is wrong is skipped by scanning for the next
 //! MARKER that starts a valid record, so a flipped length byte does not lose the rest of the
-//! file. A damaged stretch followed by valid records, or a complete but damaged last record,
+//! file. A damaged header (a flipped bit in MAGIC, the version byte included) is resynced the
+//! same way: when valid records follow it, from offset 16 on, they are recovered, the log is
+//! rewritten with a good header, and only the 16 damaged header bytes are kept aside
+//! (`outbox.log.damaged-<unix ms>`). A file in which no valid record follows a wrong header is
+//! not an outbox and is left untouched. So a future format version must change MARKER (or
+//! every body kind): a reader of version 1 must never find its records valid. A damaged stretch followed by valid records, or a complete but damaged last record,
 //! counts as one lost event; an incomplete last record is an interrupted append whose `push`
 //! never returned and is not counted. Any damage makes `open` compact at once, so it is reported
 //! and counted only once.
@@ -323,13 +328,25 @@ impl Outbox {
     ///
     /// Recovers after a crash: a torn/partial last record is ignored (and truncated away),
     /// corrupt records are skipped with a warning and counted in
-    /// [`OutboxStats::dropped_total`], never a panic. Pending events beyond the bounds (smaller
-    /// bounds than last time) are dropped oldest first and counted. A log file that is not an
-    /// outbox is an error and is left untouched.
+    /// [`OutboxStats::dropped_total`], never a panic. A damaged header followed by valid
+    /// records is resynced: the records are recovered and the damaged header bytes kept aside
+    /// (see the module documentation). Pending events beyond the bounds (smaller bounds than
+    /// last time) are dropped oldest first and counted. A log file that is not an outbox (no
+    /// valid record after a wrong header) is an error and is left untouched.
     ///
     /// On disk the outbox takes less than about twice `max_bytes` plus 23 bytes per entry
     /// plus 64 KiB (see the module documentation on compaction).
     pub fn open(dir: &Path, max_entries: usize, max_bytes: u64) -> Result<Outbox, OutboxError> {
+        Outbox::open_reporting(dir, max_entries, max_bytes).map(|(outbox, _)| outbox)
+    }
+
+    /// [`Outbox::open`], and when a damaged header was resynced, where its bytes are kept and
+    /// what was wrong.
+    fn open_reporting(
+        dir: &Path,
+        max_entries: usize,
+        max_bytes: u64,
+    ) -> Result<(Outbox, Option<(PathBuf, String)>), OutboxError> {
         if max_entries == 0 || max_bytes == 0 {
             return Err(OutboxError::InvalidBounds {
                 dir: dir.to_path_buf(),
@@ -347,9 +364,27 @@ impl Outbox {
             Err(e) => return Err(io_err(&tmp, "removing the interrupted compaction", e)),
         }
 
-        let (mut state, rewrite) = match fs::read(&path) {
-            Ok(bytes) => recover(&path, &bytes)?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => (State::fresh(), true),
+        let (mut state, rewrite, resynced) = match fs::read(&path) {
+            Ok(bytes) => {
+                let (state, rewrite, header) = recover(&path, &bytes)?;
+                // Only the header was damaged: keep its bytes, the records are carried over.
+                let resynced = header.map(|detail| {
+                    let kept = keep_damaged_header(dir, &bytes[..MAGIC.len()]);
+                    let detail = format!(
+                        "damaged header ({detail}); {} pending events carried over",
+                        state.pending.len()
+                    );
+                    log::error!(
+                        "outbox {}: {detail}; the damaged header is kept as {:?}",
+                        path.display(),
+                        kept
+                    );
+                    // An empty path when it could not be kept.
+                    (kept.unwrap_or_default(), detail)
+                });
+                (state, rewrite, resynced)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => (State::fresh(), true, None),
             Err(e) => return Err(io_err(&path, "reading", e)),
         };
 
@@ -404,27 +439,25 @@ impl Outbox {
             buf: Vec::new(),
         };
         outbox.maybe_compact();
-        Ok(outbox)
+        Ok((outbox, resynced))
     }
 
-    /// Opens the outbox like [`Outbox::open`], but a log that is not an outbox (a garbage
-    /// header: damage, or another program's file) does not stop the appliance: it is renamed
-    /// aside as `outbox.log.damaged-<unix ms>` (kept for inspection, never deleted) and a fresh
-    /// outbox is started. Returns the outbox and, when that happened, the name it was kept
-    /// under and what was wrong, for the caller's alarm event.
+    /// Opens the outbox like [`Outbox::open`], but a log that is not an outbox (no valid record
+    /// after a garbage header: another program's file, or damage beyond repair) does not stop
+    /// the appliance: it is renamed aside as `outbox.log.damaged-<unix ms>` (kept for
+    /// inspection, never deleted) and a fresh outbox is started. Returns the outbox and, when a
+    /// file was set aside (that log, or only the damaged header of a log whose records were
+    /// carried over), the name it was kept under and what was wrong, for the caller's alarm
+    /// event.
     pub fn open_or_set_aside(
         dir: &Path,
         max_entries: usize,
         max_bytes: u64,
     ) -> Result<(Outbox, Option<(PathBuf, String)>), OutboxError> {
-        match Outbox::open(dir, max_entries, max_bytes) {
-            Ok(outbox) => Ok((outbox, None)),
+        match Outbox::open_reporting(dir, max_entries, max_bytes) {
+            Ok(opened) => Ok(opened),
             Err(OutboxError::NotAnOutbox { path, detail }) => {
-                let stamp = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_millis())
-                    .unwrap_or_default();
-                let aside = dir.join(format!("{LOG_NAME}.damaged-{stamp}"));
+                let aside = damaged_name(dir);
                 fs::rename(&path, &aside)
                     .map_err(|e| io_err(&path, "renaming the damaged log aside", e))?;
                 sync_dir(dir)?;
@@ -629,21 +662,29 @@ enum Record<'a> {
     Drop { up_to: u64, dropped_total: u64 },
 }
 
-/// Rebuilds the state from the log's bytes; the flag says whether the log must be rewritten.
-fn recover(path: &Path, bytes: &[u8]) -> Result<(State, bool), OutboxError> {
+/// Rebuilds the state from the log's bytes. Also says whether the log must be rewritten, and
+/// what was wrong with a damaged header that valid records follow (resynced).
+fn recover(path: &Path, bytes: &[u8]) -> Result<(State, bool, Option<String>), OutboxError> {
     if bytes.len() < MAGIC.len() && MAGIC.starts_with(bytes) {
         // Holds no record, so nothing is lost; our own writes never leave such a file, but a
         // file system repair might.
         log::warn!("outbox {}: empty or truncated header, starting afresh", path.display());
-        return Ok((State::fresh(), true));
+        return Ok((State::fresh(), true, None));
     }
+    let mut header = None;
     if !bytes.starts_with(MAGIC) {
         let name = &MAGIC[..MAGIC.len() - 1];
         let detail = match (bytes.starts_with(name), bytes.get(MAGIC.len() - 1)) {
             (true, Some(version)) => format!("format version {version}, this build reads 1"),
             _ => "no outbox header".to_owned(),
         };
-        return Err(OutboxError::NotAnOutbox { path: path.to_path_buf(), detail });
+        // A bit flip in the header must not cost the events behind it: resync on the records.
+        // Without one valid record the file is somebody else's (or lost): left untouched.
+        if find_record(bytes, MAGIC.len()).is_none() {
+            return Err(OutboxError::NotAnOutbox { path: path.to_path_buf(), detail });
+        }
+        let bits: u32 = MAGIC.iter().zip(bytes).map(|(a, b)| (a ^ b).count_ones()).sum();
+        header = Some(format!("{bits} bit(s) of the 16 header bytes wrong"));
     }
 
     let mut state = State::fresh();
@@ -685,7 +726,43 @@ fn recover(path: &Path, bytes: &[u8]) -> Result<(State, bool), OutboxError> {
         state.next_seq = state.next_seq.saturating_add(damaged_bytes.div_ceil(MIN_ENTRY_RECORD));
         state.dropped_total += lost;
     }
-    Ok((state, damaged_bytes > 0))
+    Ok((state, damaged_bytes > 0 || header.is_some(), header))
+}
+
+/// A name for a damaged file in `dir` that nothing has yet: `outbox.log.damaged-<unix ms>`,
+/// with `-2`, `-3`, ... behind it in the rare case that the millisecond is taken.
+fn damaged_name(dir: &Path) -> PathBuf {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default();
+    let first = dir.join(format!("{LOG_NAME}.damaged-{stamp}"));
+    if !first.exists() {
+        return first;
+    }
+    (2..1000)
+        .map(|n| dir.join(format!("{LOG_NAME}.damaged-{stamp}-{n}")))
+        .find(|p| !p.exists())
+        .unwrap_or(first)
+}
+
+/// Keeps a damaged header's bytes in a file of their own, for inspection (which bit flipped
+/// says something about the card). Best effort: the records are carried over either way;
+/// `None` when the file could not be written.
+fn keep_damaged_header(dir: &Path, header: &[u8]) -> Option<PathBuf> {
+    let kept = damaged_name(dir);
+    let written = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&kept)
+        .and_then(|mut f| f.write_all(header).and_then(|()| f.sync_all()));
+    match written {
+        Ok(()) => Some(kept),
+        Err(e) => {
+            log::warn!("outbox {}: cannot keep the damaged header: {e}", kept.display());
+            None
+        }
+    }
 }
 
 fn apply(state: &mut State, max_seq: &mut u64, record: Record<'_>) {
@@ -1310,6 +1387,54 @@ mod tests {
         let message = Outbox::open(dir.path(), 10, 4096).err().unwrap().to_string();
         assert!(message.contains("format version 2"), "{message}");
         assert_eq!(log_bytes(dir.path()), future);
+    }
+
+    #[test]
+    fn a_flipped_bit_in_the_header_carries_the_events_over_and_sets_only_the_header_aside() {
+        // In the name, in its NUL, in the version byte.
+        for (at, bit) in [(3, 0x20), (MAGIC.len() - 2, 0x80), (MAGIC.len() - 1, 0x02)] {
+            let (dir, pushed, _) = five_events();
+            let mut outbox = open(dir.path());
+            outbox.ack(pushed[1]).unwrap();
+            let pending = outbox.peek(usize::MAX);
+            drop(outbox);
+            let mut bytes = log_bytes(dir.path());
+            bytes[at] ^= bit;
+            fs::write(dir.path().join(LOG_NAME), &bytes).unwrap();
+
+            let (mut outbox, aside) =
+                Outbox::open_or_set_aside(dir.path(), MANY, MANY_BYTES).unwrap();
+            assert_eq!(outbox.peek(usize::MAX), pending, "byte {at}");
+            assert_eq!(outbox.stats().dropped_total, 0, "nothing lost");
+            let (kept, detail) = aside.expect("the damaged header is reported");
+            assert_eq!(fs::read(&kept).unwrap(), &bytes[..MAGIC.len()], "only the header kept");
+            assert!(detail.contains("1 bit(s)"), "{detail}");
+            assert!(detail.contains("4 pending events carried over"), "{detail}");
+            assert!(log_bytes(dir.path()).starts_with(MAGIC), "rewritten with a good header");
+            let after = outbox.push(TOPIC, b"after").unwrap();
+            assert!(after > pushed[4]);
+            drop(outbox);
+            let (again, aside) = Outbox::open_or_set_aside(dir.path(), MANY, MANY_BYTES).unwrap();
+            assert!(aside.is_none(), "reported once");
+            assert_eq!(seqs(&again), [pushed[0], pushed[2], pushed[3], pushed[4], after]);
+            let names: BTreeSet<String> = fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            assert_eq!(names.len(), 2, "the log and the header's file: {names:?}");
+        }
+
+        // The header and the checkpoint behind it destroyed: the events are still carried
+        // over, the damaged stretch counted as one lost event and no seq handed out twice.
+        let (dir, pushed, entries) = five_events();
+        let mut bytes = log_bytes(dir.path());
+        bytes[..MAGIC.len() + 8].fill(0);
+        fs::write(dir.path().join(LOG_NAME), &bytes).unwrap();
+        let (mut outbox, aside) = Outbox::open_or_set_aside(dir.path(), MANY, MANY_BYTES).unwrap();
+        assert!(aside.unwrap().1.contains("5 pending events carried over"));
+        assert_eq!(outbox.peek(usize::MAX), entries);
+        assert_eq!(outbox.stats().dropped_total, 1);
+        assert!(outbox.push(TOPIC, b"after").unwrap() > pushed[4]);
     }
 
     #[test]

@@ -438,6 +438,7 @@ fn discovery_states_events_and_clean_shutdown() {
         ("sensor", "backend"),
         ("sensor", "frames"),
         ("sensor", "alarm"),
+        ("sensor", "npu"),
         ("binary_sensor", "door_contact"),
     ];
     let mut unique_ids = HashSet::new();
@@ -463,6 +464,7 @@ fn discovery_states_events_and_clean_shutdown() {
     client.send(Message::Lock(LockState::Unlocked));
     client.send(Message::Contact(true));
     client.send(Message::Counters(Counters { frames: 100, ..Counters::default() }));
+    client.send(Message::Npu(portier::app::NpuUse::NotInstalled));
     let topic = |t: &str| format!("{BASE}/{t}");
     let granted = sub.wait_from(mark, WAIT, |p| p.topic == topic("event/access")).unwrap();
     let granted = json(&granted);
@@ -485,6 +487,7 @@ fn discovery_states_events_and_clean_shutdown() {
         ("sensor/last_person", "Ada"),
         ("sensor/similarity", "0.610"),
         ("sensor/backend", "npu"),
+        ("npu/state", "not_installed"),
     ] {
         assert!(sub.wait_from(mark, WAIT, |p| is(p, &topic(t), payload)).is_some(), "{t}");
     }
@@ -514,6 +517,7 @@ fn discovery_states_events_and_clean_shutdown() {
         ("sensor/last_person", "Ada"),
         ("sensor/similarity", "0.610"),
         ("sensor/backend", "npu"),
+        ("npu/state", "not_installed"),
     ] {
         let p = late.wait(WAIT, |p| p.topic == topic(t)).unwrap_or_else(|| panic!("no {t}"));
         assert!(p.retain && p.payload == payload.as_bytes(), "{t}: {p:?}");
@@ -778,6 +782,14 @@ pub(crate) fn now_s() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
+/// Waits until the clock has left the unix second `started`: a client refuses every command
+/// signed at or before the second it started in (`below_mark`).
+pub(crate) fn after_second(started: i64) {
+    while now_s() <= started {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn signed_commands_accepted_others_refused() {
     if !have_mosquitto() {
@@ -789,12 +801,14 @@ fn signed_commands_accepted_others_refused() {
     write_secret(&key_file, &[KEY, b"\n"].concat());
     let mut cfg = config(broker.port, dir.path());
     cfg.command_key_file = Some(key_file);
+    let started = now_s();
     let client = start(&cfg);
     assert!(connected(&client));
     let mut sub = Sub::connect(broker.port, "sender", false);
     sub.subscribe(&format!("{BASE}/event/system"));
     // The client subscribes right after CONNACK; give that SUBSCRIBE a moment to be handled.
     std::thread::sleep(Duration::from_millis(300));
+    after_second(started);
     let command_topic = format!("{BASE}/command");
 
     let valid = Verifier::sign(KEY, DEVICE, Action::Unlock, now_s(), &nonce(1));
@@ -890,6 +904,51 @@ fn retained_command_is_never_executed() {
     assert_eq!(reasons, BTreeMap::from([("retained".to_owned(), 2)]));
 }
 
+/// The loop of the end-to-end tests, with a shell around `client`: the laptop config's models,
+/// one photo replayed in a loop (nobody enrolled, so nobody is granted), the fake door with
+/// `pulse`, made into the loop's door by `door` (given the door and its emergency handle).
+/// Returns the loop, the shell and the relay's level.
+pub(crate) fn photo_loop(
+    assets: &Path,
+    dir: &Path,
+    pulse: Duration,
+    pace: bool,
+    client: MqttClient,
+    door: impl FnOnce(
+        portier::door::fake::FakeDoor,
+        std::sync::Arc<dyn portier::door::EmergencySecure>,
+    ) -> Box<dyn portier::door::DoorControl>,
+) -> (portier::app::App, portier::shell::Shell, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use portier::app::{App, Parts};
+    use portier::camera::replay::{ReplaySettings, ReplaySource};
+    use portier::pipeline::Pipeline;
+
+    let config = crate::appliance::laptop_config(&dir.join("g.db"));
+    let pipeline = Pipeline::open(&config).unwrap();
+    let model = pipeline.embedder_model_id();
+    let matcher = portier::gallery::Gallery::open_in_memory().unwrap().matcher(&model).unwrap();
+    let source = ReplaySource::open(ReplaySettings {
+        path: assets.join("faces/full/face_recognition/biden.jpg"),
+        fps: 10.0,
+        looped: true,
+        pace,
+    })
+    .unwrap();
+    let mut door_config = config.door.door.clone();
+    door_config.pulse = pulse;
+    let (fake, emergency, level) = portier::door::fake::idle_door(&door_config).unwrap();
+    let parts = Parts::cpu(pipeline, Box::new(source), matcher, door(fake, emergency));
+    let app = App::new(config.app.clone(), parts).unwrap();
+    let shell = portier::shell::Shell::new(
+        Some(client),
+        None,
+        config.gallery_path,
+        config.gallery_key_file,
+        model,
+    );
+    (app, shell, level)
+}
+
 /// End to end: a signed unlock published to the broker reaches the running loop through the
 /// MQTT thread and the shell, the door pulses (the fake relay is energised, then released),
 /// and the door events and lock state come back over MQTT.
@@ -897,10 +956,6 @@ fn retained_command_is_never_executed() {
 fn a_signed_unlock_over_mqtt_pulses_the_door() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
-
-    use portier::app::{App, Parts};
-    use portier::camera::replay::{ReplaySettings, ReplaySource};
-    use portier::pipeline::Pipeline;
 
     if !have_mosquitto() {
         return;
@@ -916,33 +971,13 @@ fn a_signed_unlock_over_mqtt_pulses_the_door() {
     let mut sub = Sub::connect(broker.port, "home-assistant", false);
     sub.subscribe(&format!("{BASE}/#"));
 
-    // The loop: the laptop config's models, one photo replayed in a loop, the fake door with a
-    // short pulse.
-    let config = crate::appliance::laptop_config(&dir.path().join("g.db"));
-    let pipeline = Pipeline::open(&config).unwrap();
-    let model = pipeline.embedder_model_id();
-    let matcher = portier::gallery::Gallery::open_in_memory().unwrap().matcher(&model).unwrap();
-    let source = ReplaySource::open(ReplaySettings {
-        path: assets.join("faces/full/face_recognition/biden.jpg"),
-        fps: 10.0,
-        looped: true,
-        pace: true,
-    })
-    .unwrap();
-    let mut door_config = config.door.door.clone();
-    door_config.pulse = Duration::from_millis(600);
-    let (door, _, level) = portier::door::fake::idle_door(&door_config).unwrap();
-    let parts = Parts::cpu(pipeline, Box::new(source), matcher, Box::new(door));
-    let mut app = App::new(config.app.clone(), parts).unwrap();
+    let started = now_s();
     let client = start(&cfg);
     assert!(connected(&client));
-    let mut shell = portier::shell::Shell::new(
-        Some(client),
-        None,
-        config.gallery_path,
-        config.gallery_key_file,
-        model,
-    );
+    // A short pulse; the door as it is.
+    let pulse = Duration::from_millis(600);
+    let (mut app, mut shell, level) =
+        photo_loop(&assets, dir.path(), pulse, true, client, |door, _| Box::new(door));
     // The loop runs here (it is not Send: its backends are owned by this thread); the
     // "home automation" side runs on another thread and stops the loop when done.
     let stop = Arc::new(AtomicBool::new(false));
@@ -952,6 +987,7 @@ fn a_signed_unlock_over_mqtt_pulses_the_door() {
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             // The client subscribes to commands right after CONNACK.
             std::thread::sleep(Duration::from_millis(800));
+            after_second(started);
             assert!(!relay_level.load(Ordering::SeqCst), "relay secure before the command");
             let mark = sub.seen.len();
             let unlock = Verifier::sign(KEY, DEVICE, Action::Unlock, now_s(), &nonce(77));

@@ -20,8 +20,8 @@ use rumqttc::Publish;
 use crate::appliance::cli_config;
 use crate::common::assets;
 use crate::mqtt::{
-    access, config, connected, device, have_mosquitto, json, nonce, now_s, start, wait_until,
-    write_secret, Broker, Sub, BASE, DEVICE, KEY, WAIT,
+    access, after_second, config, connected, device, have_mosquitto, json, nonce, now_s,
+    photo_loop, start, wait_until, write_secret, Broker, Sub, BASE, DEVICE, KEY, WAIT,
 };
 
 const FLOOD: usize = 300_000;
@@ -110,7 +110,7 @@ fn a_home_assistant_status_flood_keeps_memory_flat_and_discovery_coalesced() {
     std::thread::sleep(Duration::from_secs(1));
     watcher.drain();
     let per_round = watcher.seen.len();
-    assert_eq!(per_round, 7, "one round: 8 entities minus the similarity sensor (scores off)");
+    assert_eq!(per_round, 8, "one round: 9 entities minus the similarity sensor (scores off)");
     let mark = watcher.seen.len();
 
     let flooder = Sub::connect(broker.port, "flooder", false);
@@ -156,10 +156,18 @@ fn command_config(port: u16, dir: &Path) -> portier::mqtt::client::MqttConfig {
 
 /// The next `command_refused` system event from `from` on, its reason.
 fn refusal(sub: &mut Sub, from: usize) -> Option<String> {
-    let p = sub.wait_from(from, WAIT, |p| {
-        p.topic == format!("{BASE}/event/system") && json(p)["kind"] == "command_refused"
-    })?;
-    json(&p)["reason"].as_str().map(str::to_owned)
+    let event = system_event(sub, from, |e| e["kind"] == "command_refused")?;
+    event["reason"].as_str().map(str::to_owned)
+}
+
+/// The next system event from `from` on whose payload matches `pred`.
+fn system_event(
+    sub: &mut Sub,
+    from: usize,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> Option<serde_json::Value> {
+    let topic = format!("{BASE}/event/system");
+    sub.wait_from(from, WAIT, |p| p.topic == topic && pred(&json(p))).map(|p| json(&p))
 }
 
 /// Issue 15: a signed unlock recorded off the broker and sent again after a restart of
@@ -177,11 +185,13 @@ fn a_recorded_command_is_refused_after_a_restart_and_a_clock_set_back_with_an_ev
     sub.subscribe(&format!("{BASE}/event/system"));
     let topic = format!("{BASE}/command");
 
-    let unlock = Verifier::sign(KEY, DEVICE, Action::Unlock, now_s(), &nonce(1));
     let client = start(&cfg);
     assert!(connected(&client));
     // The client subscribes to commands right after CONNACK.
     std::thread::sleep(Duration::from_millis(800));
+    // From a sender whose clock runs 25 s ahead: after the restart below it is still inside
+    // the window and above the floor of the start, so only the persisted nonce refuses it.
+    let unlock = Verifier::sign(KEY, DEVICE, Action::Unlock, now_s() + 25, &nonce(1));
     sub.publish(&topic, &unlock, false);
     let accepted = client.commands().recv_timeout(WAIT).expect("accepted before the restart");
     assert_eq!(accepted.action, Action::Unlock);
@@ -228,6 +238,197 @@ fn a_recorded_command_is_refused_after_a_restart_and_a_clock_set_back_with_an_ev
     sub.publish(&topic, &unlock, false);
     assert_eq!(refusal(&mut sub, mark).as_deref(), Some("below_mark"));
     client.shutdown(Duration::from_secs(10)).unwrap();
+}
+
+/// Review of the MQTT command code, finding 2: a missing replay state file read as a first
+/// start, so deleting it reopened the window for every command recorded before. The floor now
+/// rises to the start time: whatever was signed before the start is refused (`below_mark`),
+/// what is signed after it goes through.
+#[test]
+fn a_deleted_replay_state_does_not_reopen_the_window() {
+    if !have_mosquitto() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), "");
+    let cfg = command_config(broker.port, dir.path());
+    let mut sub = Sub::connect(broker.port, "home-assistant", false);
+    sub.subscribe(&format!("{BASE}/event/system"));
+    let topic = format!("{BASE}/command");
+
+    let started = now_s();
+    let client = start(&cfg);
+    assert!(connected(&client));
+    std::thread::sleep(Duration::from_millis(800));
+    after_second(started);
+    let unlock = Verifier::sign(KEY, DEVICE, Action::Unlock, now_s(), &nonce(1));
+    sub.publish(&topic, &unlock, false);
+    assert_eq!(client.commands().recv_timeout(WAIT).expect("accepted").action, Action::Unlock);
+    client.shutdown(Duration::from_secs(10)).unwrap();
+
+    let state = cfg.outbox_dir.join(portier::mqtt::replay::STATE_NAME);
+    std::fs::remove_file(&state).unwrap();
+    let started = now_s();
+    let client = start(&cfg);
+    assert!(connected(&client));
+    assert!(state.exists(), "the state is written back at start");
+    std::thread::sleep(Duration::from_millis(800));
+    let mark = sub.seen.len();
+    sub.publish(&topic, &unlock, false);
+    assert_eq!(refusal(&mut sub, mark).as_deref(), Some("below_mark"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(client.commands().try_recv().is_err(), "the recorded unlock never reached the loop");
+    after_second(started);
+    let lock = Verifier::sign(KEY, DEVICE, Action::Lock, now_s(), &nonce(2));
+    sub.publish(&topic, &lock, false);
+    assert_eq!(client.commands().recv_timeout(WAIT).expect("a new command").action, Action::Lock);
+    client.shutdown(Duration::from_secs(10)).unwrap();
+}
+
+/// Review of the MQTT command code, finding 3: a verified command waited in the loop's queue
+/// for as long as the loop was busy and was carried out however late. When the loop takes it,
+/// it is judged again: past the window it is dropped with a `stale` refusal event.
+#[test]
+fn a_command_that_waited_past_its_window_is_dropped_not_carried_out() {
+    if !have_mosquitto() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), "");
+    let cfg = portier::mqtt::client::MqttConfig {
+        command_window_s: 1,
+        ..command_config(broker.port, dir.path())
+    };
+    let mut sub = Sub::connect(broker.port, "home-assistant", false);
+    sub.subscribe(&format!("{BASE}/event/system"));
+    let topic = format!("{BASE}/command");
+    let started = now_s();
+    let client = start(&cfg);
+    assert!(connected(&client));
+    std::thread::sleep(Duration::from_millis(800));
+    after_second(started);
+
+    // Accepted by the MQTT thread, then the loop is busy for 2.5 s.
+    let mark = sub.seen.len();
+    sub.publish(&topic, &Verifier::sign(KEY, DEVICE, Action::Unlock, now_s(), &nonce(1)), false);
+    assert!(wait_until(WAIT, || client.stats().commands_accepted == 1), "accepted");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(client.next_command(), None, "the unlock is not carried out 2.5 s late");
+    let event = system_event(&mut sub, mark, |e| e["kind"] == "command_refused").expect("event");
+    assert_eq!(event["reason"], "stale", "{event}");
+    assert!(event["detail"].as_str().unwrap().starts_with("unlock: stale command"), "{event}");
+    let stats = client.stats();
+    assert_eq!(
+        (stats.commands_accepted, stats.commands_refused, stats.commands_stale),
+        (0, 1, 1),
+        "{stats:?}"
+    );
+
+    // One the loop takes in time is carried out.
+    sub.publish(&topic, &Verifier::sign(KEY, DEVICE, Action::Lock, now_s(), &nonce(2)), false);
+    let mut taken = None;
+    assert!(wait_until(WAIT, || {
+        taken = client.next_command();
+        taken.is_some()
+    }));
+    assert_eq!(taken.map(|c| c.action), Some(Action::Lock));
+    client.shutdown(Duration::from_secs(10)).unwrap();
+}
+
+fn an_hour_ahead() -> i64 {
+    now_s() + 3600
+}
+
+/// Review of the MQTT command code, finding 1: when the outbox folder could not be used, the
+/// outbox fell back to the temporary folder and the command replay state went with it, i.e.
+/// started empty there: old signed commands passed again. The replay state now stays in the
+/// configured folder whatever the outbox does; where it cannot be written every command is
+/// refused (`state_unwritable`) with an alarm, never run on a fresh state.
+///
+/// One test for both cases: the fallback folder is per process, so two tests here must not use
+/// it at once.
+#[test]
+fn the_replay_state_stays_in_outbox_dir_when_the_outbox_falls_back() {
+    if !have_mosquitto() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), "");
+    let cfg = command_config(broker.port, dir.path());
+    let mut sub = Sub::connect(broker.port, "home-assistant", false);
+    sub.subscribe(&format!("{BASE}/event/system"));
+    let topic = format!("{BASE}/command");
+    let fallback = std::env::temp_dir().join(format!("portier-outbox-{}", std::process::id()));
+
+    // A run whose clock is an hour ahead accepts a command: its clock mark is an hour ahead.
+    let started = now_s();
+    let client = MqttClient::start_with_clock(&cfg, device(), "t3st", an_hour_ahead).unwrap();
+    assert!(connected(&client));
+    std::thread::sleep(Duration::from_millis(800));
+    after_second(started);
+    sub.publish(
+        &topic,
+        &Verifier::sign(KEY, DEVICE, Action::Lock, an_hour_ahead(), &nonce(1)),
+        false,
+    );
+    assert_eq!(client.commands().recv_timeout(WAIT).expect("accepted").action, Action::Lock);
+    client.shutdown(Duration::from_secs(10)).unwrap();
+
+    // The outbox folder cannot hold an outbox now (its log is a folder): events fall back to
+    // the temporary folder, but the replay state is still read from `outbox_dir`: with the
+    // clock right again, every command is refused (`clock_behind`) rather than accepted by an
+    // empty state.
+    let log = cfg.outbox_dir.join("outbox.log");
+    std::fs::remove_file(&log).unwrap();
+    std::fs::create_dir(&log).unwrap();
+    let mark = sub.seen.len();
+    let client = start(&cfg);
+    assert!(connected(&client));
+    let alarm =
+        system_event(&mut sub, mark, |e| e["kind"] == "state_damaged").expect("the outbox alarm");
+    assert_eq!(alarm["file"], "outbox", "{alarm}");
+    assert!(alarm["detail"].as_str().unwrap().contains(&*fallback.to_string_lossy()), "{alarm}");
+    std::thread::sleep(Duration::from_millis(800));
+    let mark = sub.seen.len();
+    sub.publish(&topic, &Verifier::sign(KEY, DEVICE, Action::Unlock, now_s(), &nonce(2)), false);
+    assert_eq!(refusal(&mut sub, mark).as_deref(), Some("clock_behind"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(client.commands().try_recv().is_err(), "nothing reached the loop");
+    client.shutdown(Duration::from_secs(10)).unwrap();
+    assert!(!fallback.join(portier::mqtt::replay::STATE_NAME).exists(), "no state in {fallback:?}");
+    let kept = std::fs::read(cfg.outbox_dir.join(portier::mqtt::replay::STATE_NAME)).unwrap();
+    let kept = portier::mqtt::replay::decode(&kept).unwrap();
+    assert!(kept.clock_mark.is_some_and(|m| m > now_s() + 3000), "{kept:?}");
+
+    // A configured folder whose path runs through a file: nothing can be read or written
+    // there. The state is damage (an alarm), cannot be written (an alarm), and every valid
+    // command is refused as `state_unwritable`.
+    let blocked = dir.path().join("a-file");
+    std::fs::write(&blocked, b"not a folder").unwrap();
+    let cfg = portier::mqtt::client::MqttConfig { outbox_dir: blocked.join("outbox"), ..cfg };
+    let mark = sub.seen.len();
+    let client = start(&cfg);
+    assert!(connected(&client));
+    let damaged = system_event(&mut sub, mark, |e| {
+        e["kind"] == "state_damaged" && e["file"] == "command_replay"
+    })
+    .expect("state_damaged for the replay state");
+    assert!(damaged["detail"].as_str().unwrap().contains("cannot read"), "{damaged}");
+    let unwritable = system_event(&mut sub, mark, |e| e["kind"] == "state_unwritable")
+        .expect("state_unwritable");
+    assert_eq!(unwritable["file"], "command_replay", "{unwritable}");
+    // Without a modification time the damage floor is the start plus the window: a command
+    // signed a window ahead passes every other check once the clock has moved on a second.
+    std::thread::sleep(Duration::from_millis(1500));
+    let mark = sub.seen.len();
+    let ahead = now_s() + i64::from(cfg.command_window_s);
+    sub.publish(&topic, &Verifier::sign(KEY, DEVICE, Action::Unlock, ahead, &nonce(3)), false);
+    assert_eq!(refusal(&mut sub, mark).as_deref(), Some("state_unwritable"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(client.commands().try_recv().is_err(), "nothing reached the loop");
+    client.shutdown(Duration::from_secs(10)).unwrap();
+    assert!(!fallback.join(portier::mqtt::replay::STATE_NAME).exists(), "no state in {fallback:?}");
+    let _ = std::fs::remove_dir_all(&fallback);
 }
 
 fn is_access(p: &Publish) -> bool {
@@ -320,6 +521,72 @@ fn door_state_is_retained_and_republished_after_a_reconnect() {
     after.subscribe(&format!("{BASE}/#"));
     expect(&mut after);
     client.shutdown(Duration::from_secs(10)).unwrap();
+}
+
+/// Review of the MQTT command code, finding 7: when the relock guard secured the relay of a
+/// stalled loop, the door's state machine still said unlocked, so the retained lock state
+/// stayed `UNLOCKED` until the loop's own clock reached the pulse's end. Now the guard's relock
+/// is the door's state at the loop's next tick (retained `LOCKED`) and its `locked` door event
+/// follows at the next poll, with the loop's clock still inside the pulse.
+#[test]
+fn the_relock_guards_relock_is_published_at_the_next_tick() {
+    use std::sync::atomic::Ordering;
+
+    use portier::app::{App, RemoteCommand};
+    use portier::door::relock::{RelockGuard, GUARD_MARGIN};
+    use portier::shell::Shell;
+
+    if !have_mosquitto() {
+        return;
+    }
+    let Some(a) = assets() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), "");
+    let mut sub = Sub::connect(broker.port, "home-assistant", false);
+    sub.subscribe(&format!("{BASE}/#"));
+    let lock_topic = format!("{BASE}/lock/state");
+    let lock = |p: &Publish, state: &[u8]| p.topic == lock_topic && &p.payload[..] == state;
+
+    let client = start(&config(broker.port, dir.path()));
+    assert!(connected(&client));
+    // A 300 ms pulse, the door behind a relock guard as `portier run` has it.
+    let (mut app, mut shell, level) =
+        photo_loop(&a, dir.path(), Duration::from_millis(300), false, client, |door, emergency| {
+            Box::new(RelockGuard::new(Box::new(door), emergency, GUARD_MARGIN).unwrap())
+        });
+    let secure = level.load(Ordering::SeqCst);
+    // One turn of the loop at `ms` on its own clock, as `App::run` makes it.
+    let turn = |app: &mut App, shell: &mut Shell, ms: u64| {
+        let now = Duration::from_millis(ms);
+        app.step(now).unwrap();
+        for event in app.drain_events() {
+            portier::app::Hooks::event(shell, &event);
+        }
+        portier::app::Hooks::tick(shell, app, now);
+    };
+
+    app.apply_command(RemoteCommand::Unlock, Duration::ZERO);
+    turn(&mut app, &mut shell, 0);
+    assert_ne!(level.load(Ordering::SeqCst), secure, "energised");
+    assert!(sub.wait(WAIT, |p| lock(p, b"UNLOCKED")).is_some(), "UNLOCKED published");
+    // The loop stalls past the pulse's end plus the margin: the guard secures the relay.
+    assert!(wait_until(WAIT, || level.load(Ordering::SeqCst) == secure), "the guard relocked");
+    // The loop's next turn, its clock 100 ms into the 300 ms pulse: LOCKED, and the event.
+    let mark = sub.seen.len();
+    turn(&mut app, &mut shell, 100);
+    assert!(app.door_state().locked);
+    let locked = sub.wait_from(mark, Duration::from_secs(5), |p| lock(p, b"LOCKED"));
+    assert!(locked.is_some(), "LOCKED published at the next tick");
+    let event = sub.wait_from(mark, Duration::from_secs(5), |p| {
+        p.topic == format!("{BASE}/event/door") && json(p)["kind"] == "locked"
+    });
+    assert!(event.is_some(), "the locked door event");
+    // What a subscriber arriving now gets: LOCKED, retained.
+    let mut late = Sub::connect(broker.port, "late", false);
+    late.subscribe(&lock_topic);
+    let retained = late.wait(WAIT, |p| p.topic == lock_topic).unwrap();
+    assert!(retained.retain && &retained.payload[..] == b"LOCKED", "{retained:?}");
+    shell.shutdown(Duration::from_secs(3));
 }
 
 /// A `portier run` process on the Hamilton stream with its stderr lines read on a thread.
