@@ -412,6 +412,108 @@ pub struct NpuParts {
     pub matcher: Matcher,
     /// Which face goes where.
     pub router: Router,
+    /// Why the NPU is not used at start (it could not be opened, or its model is degenerate):
+    /// the router starts with it down and the loop's first event is an `npu_fallback` with this
+    /// reason. `None` when it opened and passed its probe.
+    pub fallback: Option<String>,
+    /// The NPU's model file was missing at start (an image built without a HEF): the loop runs
+    /// on the CPU and reports the NPU as not installed ([`NpuUse::NotInstalled`]) until the file
+    /// appears and opens.
+    pub not_installed: Option<std::path::PathBuf>,
+}
+
+impl NpuParts {
+    /// The NPU side of `portier run` when `[npu]` names one (`None` otherwise): its recognizer
+    /// opened and probed ([`crate::embed::open_npu_probed`]), its templates `matcher`, and the
+    /// router (`[routing]`, or CPU below 12 px eye distance and no norm cliff by default).
+    ///
+    /// An NPU that cannot be opened, or whose model is degenerate, does not stop the door: the
+    /// loop starts on the CPU (one `npu_fallback` event with the reason) and the NPU is opened
+    /// (and probed) again with back-off ([`crate::embed::reopen::Reopening`]), so a HEF that is
+    /// replaced on disk is picked up; so is an NPU lost while running (a device reset). The
+    /// error is a `[routing]` that cannot be used.
+    pub fn open(
+        config: &crate::config::Config,
+        matcher: Matcher,
+    ) -> Result<Option<Self>, crate::route::RouteConfigError> {
+        use crate::embed::reopen::{Opener, Reopening};
+        use crate::embed::{open_npu_probed, EmbedError};
+        let Some(id) = config.npu.model_id() else { return Ok(None) };
+        let routing = config
+            .routing
+            .clone()
+            .unwrap_or_else(|| crate::route::RoutingConfig::default_for(config.matching.threshold));
+        let mut router = Router::new(routing, true)?;
+        let mut fallback = None;
+        // An image built without the HEF runs on the CPU and says so: a missing model file is
+        // "not installed", not a fault (it is opened once the file is copied in).
+        let not_installed = crate::npu_state::not_installed(config);
+        let for_later = config.clone();
+        let mut open: Opener = Box::new(move || {
+            // Still not installed: say so without opening the device (a second on a Hailo).
+            if let Some(model) = crate::npu_state::not_installed(&for_later) {
+                return Err(crate::npu_state::not_installed_error(&model));
+            }
+            open_npu_probed(&for_later)?.ok_or_else(|| EmbedError::Output {
+                path: for_later.npu.model.clone().unwrap_or_default(),
+                reason: "no NPU configured".into(),
+            })
+        });
+        let first = Duration::from_millis(router.config().npu_retry_ms);
+        let max = Duration::from_secs(300);
+        // The first attempt is the opener's own; opened or not, the NPU is opened (and probed)
+        // again with back-off whenever it is lost (a device reset).
+        let embedder: Box<dyn Embedder> = match open() {
+            Ok(e) => Box::new(Reopening::opened(e, open, first, max)),
+            Err(e) => {
+                if let Some(model) = &not_installed {
+                    log::warn!(
+                        "npu: cannot open {id}: {e}; portier runs CPU only (install the HEF: \
+                         yocto/README.md; it is opened once it is there)"
+                    );
+                    fallback = Some(format!(
+                        "not installed: {} does not exist; every face runs on the CPU (CPU only)",
+                        model.display()
+                    ));
+                } else {
+                    log::error!(
+                        "npu: cannot use {id}: {e}; running every face on the CPU and opening \
+                         it again in the background"
+                    );
+                    fallback = Some(format!(
+                        "the NPU could not be used at start ({e}); faces run on the CPU while it \
+                         is opened again"
+                    ));
+                }
+                // The router starts with the NPU down: the first retry after npu_retry_ms.
+                router.npu_result(false, Duration::ZERO);
+                let dim = if matcher.is_empty() { MAX_DIM } else { matcher.dim() };
+                Box::new(Reopening::new(id.clone(), dim, open, &e, first, max))
+            }
+        };
+        log::info!(
+            "npu: {id} for faces from {} px between the eyes, {} people enrolled for it",
+            router.config().npu_min_eye_distance_px,
+            matcher.people()
+        );
+        Ok(Some(Self { embedder, matcher, router, fallback, not_installed }))
+    }
+}
+
+/// What the NPU is doing for the loop, for the log, the display and MQTT's retained state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NpuUse {
+    /// No NPU configured: every face on the CPU by design.
+    Off,
+    /// Close faces are embedded on the NPU.
+    Active,
+    /// The NPU failed (or could not be opened): every face on the CPU while it is retried.
+    Fallback,
+    /// The NPU's model file is not installed: every face on the CPU (CPU only).
+    NotInstalled,
+    /// The NPU works, but some enrolled people have no templates for its model (enrolled
+    /// while it was not installed): every face on the CPU until they are enrolled again.
+    TemplatesMissing,
 }
 
 /// The NPU side of a running loop.
@@ -420,6 +522,10 @@ struct Npu {
     matcher: Matcher,
     router: Router,
     dim: usize,
+    /// The model file was missing at start and the NPU has not opened since.
+    not_installed: bool,
+    /// Every person enrolled for the CPU's model has templates for the NPU's model too.
+    covers: bool,
 }
 
 impl Parts {
@@ -443,6 +549,27 @@ impl Parts {
     }
 }
 
+impl Npu {
+    /// Whether every person enrolled for the CPU's model has templates for the NPU's model
+    /// too. A person enrolled while the NPU's model was not installed has CPU templates only:
+    /// a close face of theirs embedded on the NPU would match nobody, so until they are
+    /// enrolled again (`portier enroll --append`, with the model in place) every face stays on
+    /// the CPU, where everyone can be recognised. Logged whenever it is found.
+    fn check_templates(&mut self, cpu: &Matcher) {
+        let missing = crate::npu_state::missing_templates(cpu, &self.matcher);
+        self.covers = missing == 0;
+        if missing > 0 {
+            log::warn!(
+                "npu: {missing} of {} enrolled people have no templates for {} (enrolled while \
+                 it was not installed): every face runs on the CPU until they are enrolled \
+                 again with `portier enroll --append`",
+                cpu.people(),
+                self.matcher.model_id()
+            );
+        }
+    }
+}
+
 impl App {
     /// Assembles the loop; buffers are sized here, once.
     pub fn new(settings: AppSettings, parts: Parts) -> Result<Self, AppError> {
@@ -455,23 +582,31 @@ impl App {
             ));
         }
         let cpu_dim = parts.embedder.dim().min(MAX_DIM);
-        let npu = parts.npu.map(|n| Npu {
-            dim: n.embedder.dim().min(MAX_DIM),
-            embedder: n.embedder,
-            matcher: n.matcher,
-            router: n.router,
+        let mut events = Vec::with_capacity(16);
+        let npu = parts.npu.map(|n| {
+            if !n.router.npu_up() {
+                // Opened late (see `embed::reopen`): say so with the first events, not at the
+                // first close face.
+                events.push(AppEvent::NpuFallback {
+                    reason: n.fallback.clone().unwrap_or_else(|| {
+                        "the NPU could not be opened at start; faces run on the CPU while it is \
+                         opened again"
+                            .into()
+                    }),
+                });
+            }
+            let mut npu = Npu {
+                dim: n.embedder.dim().min(MAX_DIM),
+                embedder: n.embedder,
+                matcher: n.matcher,
+                router: n.router,
+                not_installed: n.not_installed.is_some(),
+                covers: true,
+            };
+            npu.check_templates(&parts.matcher);
+            npu
         });
         let dim = cpu_dim.max(npu.as_ref().map_or(0, |n| n.dim));
-        let mut events = Vec::with_capacity(16);
-        if npu.as_ref().is_some_and(|n| !n.router.npu_up()) {
-            // Opened late (see `embed::reopen`): say so with the first events, not at the first
-            // close face.
-            events.push(AppEvent::NpuFallback {
-                reason: "the NPU could not be opened at start; faces run on the CPU while it is \
-                         opened again"
-                    .into(),
-            });
-        }
         Ok(Self {
             tracker: Tracker::new(settings.tracker),
             settings,
@@ -554,6 +689,9 @@ impl App {
     /// Replaces the gallery (after an enrolment or a reload command); votes start over.
     pub fn set_matcher(&mut self, matcher: Matcher) {
         self.matcher = matcher;
+        if let Some(npu) = self.npu.as_mut() {
+            npu.check_templates(&self.matcher);
+        }
         self.decider.reset();
     }
 
@@ -561,6 +699,7 @@ impl App {
     pub fn set_npu_matcher(&mut self, matcher: Matcher) {
         if let Some(npu) = self.npu.as_mut() {
             npu.matcher = matcher;
+            npu.check_templates(&self.matcher);
         }
         self.decider.reset();
     }
@@ -568,6 +707,17 @@ impl App {
     /// Whether faces are embedded on the NPU now (configured and healthy).
     pub fn npu_up(&self) -> bool {
         self.npu.as_ref().is_some_and(|n| n.router.npu_up())
+    }
+
+    /// What the NPU is doing for the loop now.
+    pub fn npu_use(&self) -> NpuUse {
+        match &self.npu {
+            None => NpuUse::Off,
+            Some(n) if n.router.npu_up() && !n.covers => NpuUse::TemplatesMissing,
+            Some(n) if n.router.npu_up() => NpuUse::Active,
+            Some(n) if n.not_installed => NpuUse::NotInstalled,
+            Some(_) => NpuUse::Fallback,
+        }
     }
 
     /// Whether an NPU is configured at all.
@@ -800,7 +950,7 @@ impl App {
         eye_px: f32,
         now: Duration,
     ) -> Option<(f32, &'static str, Space, Option<(usize, f32)>, Option<(usize, f32)>)> {
-        if let Some(npu) = self.npu.as_mut() {
+        if let Some(npu) = self.npu.as_mut().filter(|n| n.covers) {
             if npu.router.route(eye_px, now) == Route::Npu {
                 let result = npu.embedder.embed(&self.crop, &mut self.embedding);
                 let event = npu.router.npu_result(result.is_ok(), now);
@@ -811,6 +961,7 @@ impl App {
                     }
                     (_, Some(NpuEvent::Recovered)) => {
                         log::info!("npu back");
+                        npu.not_installed = false;
                         self.events.push(AppEvent::NpuBack);
                     }
                     _ => {}
@@ -1006,9 +1157,13 @@ impl App {
             RemoteCommand::SetMatcher(matchers) => {
                 let (m, npu) = *matchers;
                 log::info!("gallery: {} people enrolled now", m.people());
-                self.set_matcher(m);
-                if let Some(n) = npu {
-                    self.set_npu_matcher(n);
+                match npu {
+                    // Both at once: the NPU's templates are checked against the new CPU ones.
+                    Some(n) => {
+                        self.matcher = m;
+                        self.set_npu_matcher(n);
+                    }
+                    None => self.set_matcher(m),
                 }
             }
         }

@@ -475,7 +475,7 @@ pub struct SpiPanelSection {
 }
 
 /// The `[npu]` section: the second recognizer, for close faces (see `route.rs`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct NpuSection {
     /// none | emulated (an INT8/A16W8 QDQ ONNX model on the CPU: routing without a Hailo) |
@@ -488,6 +488,24 @@ pub struct NpuSection {
     pub id: Option<String>,
     /// `libhailort.so` to load (hailo; default: `HAILORT_LIBRARY`, then the system's).
     pub library: Option<PathBuf>,
+    /// hailo: open the Hailo-8 through HailoRT's multi-process service (`hailort_service`,
+    /// the `hailort.service` unit), so that several processes share it: `portier enroll` while
+    /// `portier run` holds the device. Every process that opens the device needs it, and the
+    /// service must run. Off: the first process holds the device exclusively.
+    #[serde(default)]
+    pub multi_process_service: bool,
+    /// The float32 ONNX parent of the NPU model (the same network before quantisation): `portier
+    /// npu check` runs it on the CPU and compares every embedding with the NPU's.
+    pub twin: Option<PathBuf>,
+    /// Channel order of the NPU model's input (a HEF: the order its calibration set was
+    /// written in, see `portier export-calib`); default: `[recognizer] channel_order`.
+    pub channel_order: Option<ChannelOrder>,
+    /// The NPU model's normalisation `(x - mean) / std`, per input channel in its channel order
+    /// (a HEF compiles it in with its model script's `normalization`; an emulated model and the
+    /// twin are run with it); default: `[recognizer] mean` and `std`.
+    pub mean: Option<[f32; 3]>,
+    /// See `mean`.
+    pub std: Option<[f32; 3]>,
 }
 
 /// NPU backends.
@@ -504,6 +522,17 @@ pub enum NpuBackend {
 }
 
 impl NpuSection {
+    /// The NPU model's preprocessing: its channel order and normalisation (filled from
+    /// `[recognizer]` where the file leaves them out; ArcFace's RGB, 127.5 and 127.5 for a
+    /// section not read from a file).
+    pub fn preprocess(&self) -> Preprocess {
+        Preprocess {
+            order: self.channel_order.unwrap_or(ChannelOrder::Rgb),
+            mean: self.mean.unwrap_or([127.5; 3]),
+            std: self.std.unwrap_or([127.5; 3]),
+        }
+    }
+
     /// The NPU's model id, when an NPU is configured.
     pub fn model_id(&self) -> Option<String> {
         if self.backend == NpuBackend::None {
@@ -753,6 +782,15 @@ impl Config {
         if npu.backend != NpuBackend::None && npu.model.is_none() {
             return Err(invalid("npu.model", "required when an NPU backend is set".into()));
         }
+        if npu.multi_process_service && npu.backend != NpuBackend::Hailo {
+            return Err(invalid(
+                "npu.multi_process_service",
+                "HailoRT's multi-process service applies to backend = \"hailo\" only; remove \
+                 the key or set the backend"
+                    .into(),
+            ));
+        }
+        npu_preprocess_and_twin(&mut npu, &recognizer.preprocess, &resolve, &invalid)?;
         let routing = raw.routing.clone();
         let mut app = app;
         if let Some(r) = &routing {
@@ -831,6 +869,49 @@ impl Config {
 }
 
 type Invalid<'a> = &'a dyn Fn(&str, String) -> ConfigError;
+
+/// Fills the NPU model's channel order and normalisation from the CPU recognizer's where
+/// `[npu]` leaves them out, checks them, and checks and resolves `npu.twin`.
+fn npu_preprocess_and_twin(
+    npu: &mut NpuSection,
+    recognizer: &Preprocess,
+    resolve: &dyn Fn(&Path) -> PathBuf,
+    invalid: Invalid<'_>,
+) -> Result<(), ConfigError> {
+    npu.channel_order.get_or_insert(recognizer.order);
+    let mean = *npu.mean.get_or_insert(recognizer.mean);
+    let std = *npu.std.get_or_insert(recognizer.std);
+    if !mean.iter().all(|m| m.is_finite()) {
+        return Err(invalid("npu.mean", format!("every value must be finite, got {mean:?}")));
+    }
+    check_std(&invalid, "npu.std", std)?;
+    let Some(twin) = npu.twin.as_deref().map(resolve) else { return Ok(()) };
+    if npu.backend == NpuBackend::None {
+        return Err(invalid(
+            "npu.twin",
+            "the float32 twin of an NPU model needs an NPU (`npu.backend`)".into(),
+        ));
+    }
+    if twin.extension().is_none_or(|e| !e.eq_ignore_ascii_case("onnx")) {
+        return Err(invalid(
+            "npu.twin",
+            format!(
+                "the NPU model's float32 parent as an ONNX file (it runs on the CPU), got {}",
+                twin.display()
+            ),
+        ));
+    }
+    if npu.model.as_deref() == Some(twin.as_path()) {
+        return Err(invalid(
+            "npu.twin",
+            "is the NPU model itself: name its float32 parent (the network before \
+             quantisation)"
+                .into(),
+        ));
+    }
+    npu.twin = Some(twin);
+    Ok(())
+}
 
 fn liveness_config(
     raw: &RawLiveness,
@@ -1151,6 +1232,19 @@ fn check_std(
     }
 }
 
+/// A config for unit tests elsewhere: the smallest detector, recognizer and gallery (files that
+/// need not exist, relative to `/nonexistent`) followed by `extra` (`[matching]` and the
+/// sections under test).
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) fn test_config(extra: &str) -> Config {
+    let text = format!(
+        "[detector]\nmodel = \"d.onnx\"\nkind = \"scrfd\"\n[recognizer]\nmodel = \"r.onnx\"\n\
+         [gallery]\npath = \"g.db\"\n{extra}"
+    );
+    Config::parse(&text, Path::new("/nonexistent/portier.toml")).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1235,6 +1329,21 @@ margin = 0.05
     }
 
     #[test]
+    fn multi_process_service_is_read_and_checked() {
+        let npu = "\n[npu]\nbackend = \"hailo\"\nmodel = \"r.hef\"\n";
+        let c = Config::parse(&format!("{GOOD}{npu}"), Path::new("c.toml")).unwrap();
+        assert!(!c.npu.multi_process_service);
+        let text = format!("{GOOD}{npu}multi_process_service = true\n");
+        assert!(Config::parse(&text, Path::new("c.toml")).unwrap().npu.multi_process_service);
+        let text = text.replace("\"hailo\"", "\"emulated\"");
+        let err = Config::parse(&text, Path::new("c.toml")).unwrap_err().to_string();
+        assert!(err.contains("key `npu.multi_process_service`"), "{err}");
+        let text = format!("{GOOD}{npu}multi_process_service = \"yes\"\n");
+        let err = Config::parse(&text, Path::new("c.toml")).unwrap_err().to_string();
+        assert!(err.contains("npu.multi_process_service"), "{err}");
+    }
+
+    #[test]
     fn gallery_key_file_is_resolved_and_kept_apart_from_the_gallery() {
         let text = GOOD
             .replace("path = \"gallery.db\"", "path = \"gallery.db\"\nkey_file = \"keys/g.key\"");
@@ -1263,6 +1372,39 @@ margin = 0.05
             .unwrap_err()
             .to_string();
         assert!(err.contains("routing.cpu_bands"), "{err}");
+    }
+
+    #[test]
+    fn npu_twin_and_preprocessing_are_resolved_and_checked() {
+        let npu = "\n[npu]\nbackend = \"hailo\"\nmodel = \"m/r.hef\"\n";
+        // Without keys the NPU model takes the CPU recognizer's preprocessing.
+        let c = Config::parse(&format!("{GOOD}{npu}"), Path::new("/etc/p/c.toml")).unwrap();
+        assert_eq!(c.npu.preprocess(), c.recognizer.preprocess);
+        assert_eq!(c.npu.twin, None);
+        let keys = "twin = \"m/r.onnx\"\nchannel_order = \"bgr\"\nmean = [1.0, 2.0, 3.0]\n\
+                    std = [4.0, 5.0, 6.0]\n";
+        let c = Config::parse(&format!("{GOOD}{npu}{keys}"), Path::new("/etc/p/c.toml")).unwrap();
+        assert_eq!(c.npu.twin.as_deref(), Some(Path::new("/etc/p/m/r.onnx")));
+        assert_eq!(
+            c.npu.preprocess(),
+            Preprocess { order: ChannelOrder::Bgr, mean: [1.0, 2.0, 3.0], std: [4.0, 5.0, 6.0] }
+        );
+        for (line, key) in [
+            ("twin = \"m/r.hef\"", "npu.twin"),
+            ("twin = \"r.onnx\"\nmodel = \"r.onnx\"", "npu.twin"),
+            ("std = [1.0, 0.0, 1.0]", "npu.std"),
+            ("mean = [1.0, nan, 1.0]", "npu.mean"),
+            ("channel_order = \"rgba\"", "npu.channel_order"),
+        ] {
+            let text = format!("{GOOD}\n[npu]\nbackend = \"emulated\"\n{line}\n");
+            let text =
+                if line.contains("model") { text } else { format!("{text}model = \"q.onnx\"\n") };
+            let err = Config::parse(&text, Path::new("c.toml")).unwrap_err().to_string();
+            assert!(err.contains(&format!("key `{key}`")), "{line}: {err}");
+        }
+        let text = format!("{GOOD}\n[npu]\ntwin = \"r.onnx\"\n");
+        let err = Config::parse(&text, Path::new("c.toml")).unwrap_err().to_string();
+        assert!(err.contains("key `npu.twin`") && err.contains("needs an NPU"), "{err}");
     }
 
     #[test]

@@ -819,7 +819,7 @@ pub fn command(config: &Config, args: &LiveArgs) -> Result<PersonId, EnrolError>
     );
     // The NPU (when configured) is opened before the capture, so a broken one is reported
     // before anyone stands in front of the camera.
-    let mut npu = crate::embed::open_npu(config)?;
+    let mut npu = crate::npu_state::open_for_enrolment(config)?;
     let live = capture(source.as_mut(), &mut pipeline.detector, settings, config.frame_timeout)?;
     let mut captured = live.finish(&mut pipeline.embedder, &matcher, name)?;
     if let Some(npu) = npu.as_mut() {

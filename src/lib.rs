@@ -19,6 +19,7 @@
 //! - [`config`]: the TOML configuration.
 //! - [`eval`]: verification statistics, LFW protocol, benchmarks.
 //! - [`mqtt`]: MQTT payloads, Home Assistant discovery, signed commands (issue 4, partial).
+//! - [`npu_state`]: whether the NPU's model is installed (CPU only when it is not).
 //! - [`par`]: bands of a pixel pass on several cores (the letterbox).
 //! - [`secret`]: permission checks for files holding keys and passwords.
 //! - [`selftest`]: `portier selftest`, every part of the appliance checked in one table.
@@ -39,6 +40,7 @@ pub mod gallery;
 pub mod infer;
 pub mod liveness;
 pub mod mqtt;
+pub mod npu_state;
 pub mod par;
 pub mod pipeline;
 pub mod route;

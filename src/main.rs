@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
 use portier::config::{Config, ConfigError};
-use portier::eval::{bench, bench_loop, calibrate, distance, export_calib, lfw, verify};
+use portier::eval::{bench, bench_loop, calibrate, distance, export_calib, lfw, npu_check, verify};
 use portier::frame::load_image;
 use portier::gallery::{
     Decision, EnrollMode, Gallery, GalleryError, ImportMode, Matcher, UnknownReason,
@@ -111,6 +111,11 @@ enum Command {
     Calibrate(calibrate::CalibrateArgs),
     /// Write aligned 112x112 crops, far faces included, as a Hailo calibration set (.npy).
     ExportCalib(export_calib::ExportCalibArgs),
+    /// Check the NPU model before it serves a door (exits 1 when it is refused).
+    Npu {
+        #[command(subcommand)]
+        command: NpuCommand,
+    },
     /// Check a camera: open it, capture frames, report format, size and gaps.
     Camera {
         #[command(subcommand)]
@@ -125,6 +130,9 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Aligned face crops for the NPU acceptance check (as `portier npu check --crops`).
+        #[arg(long, default_value = npu_check::DEFAULT_CROPS)]
+        npu_crops: PathBuf,
     },
     /// Drive the lock relay to its secure (locked) level: what systemd runs when portier.service
     /// has failed (`OnFailure=portier-secure-door.service`), and a technician's "lock it now".
@@ -138,11 +146,36 @@ enum Command {
         #[arg(long)]
         hold: bool,
     },
+    /// MQTT maintenance.
+    Mqtt {
+        #[command(subcommand)]
+        command: MqttCommand,
+    },
     /// Validate a configuration file and exit (0 valid, 78 invalid).
     CheckConfig {
         /// The file (default: --config).
         file: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum MqttCommand {
+    /// Start the remote-command replay state (`command-replay.json` in `mqtt.outbox_dir`)
+    /// afresh: for a door that refuses every command because its clock ran ahead
+    /// (`clock_behind`) or a floor is in the future. Stop portier first. Commands signed
+    /// before now stay refused; the old file is kept as `command-replay.json.reset-<ms>`. If
+    /// the clock ran ahead, rotate the command key too: commands recorded then become current
+    /// again later.
+    ResetReplay,
+}
+
+#[derive(Subcommand, Debug)]
+enum NpuCommand {
+    /// Acceptance check on aligned face crops of known people: the configured NPU model (and
+    /// its float32 twin, `[npu] twin`) embeds every crop; per-crop cosine NPU to twin, the
+    /// norms' spread, different people's similarity against the NPU threshold, and the probe
+    /// `portier run` uses. Refuses a degenerate model (exit 1).
+    Check(npu_check::NpuCheckArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -457,6 +490,34 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode, Failure> {
     match cli.command {
         Command::SecureDoor { hold } => secure_door(&cli.config, hold),
+        Command::Mqtt { command: MqttCommand::ResetReplay } => {
+            let config = Config::load(&cli.config)?;
+            let dir = &config.mqtt.outbox_dir;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+            let window = config.mqtt.command_window_s;
+            let kept = portier::mqtt::replay::reset(dir, now, window).map_err(|e| {
+                Failure::new(
+                    EX_CANTCREAT,
+                    format!(
+                        "mqtt: cannot reset the replay state in {}: {e} (left as it was)",
+                        dir.display()
+                    ),
+                )
+            })?;
+            println!(
+                "mqtt: replay state in {} reset: commands signed at or before {} (now and one \
+                 {window} s window) are refused, nothing else is remembered",
+                dir.display(),
+                now.saturating_add(i64::from(window))
+            );
+            match kept {
+                Some(kept) => println!("  the old state is kept as {}", kept.display()),
+                None => println!("  there was no state before"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::CheckConfig { file } => {
             let path = file.unwrap_or(cli.config);
             let c = Config::load(&path)?;
@@ -483,10 +544,29 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 "off".into()
             };
             println!("  camera {camera}; door {:?}; mqtt {mqtt}", c.door.backend);
+            if let (Some(id), Some(model)) = (c.npu.model_id(), &c.npu.model) {
+                let twin = c.npu.twin.as_ref().map_or("none".into(), |t| t.display().to_string());
+                println!(
+                    "  npu {:?} {} as `{id}`, {:?} input; float32 twin {twin}",
+                    c.npu.backend,
+                    model.display(),
+                    c.npu.preprocess()
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Camera { command: CameraCommand::Check { device, frames, timeout_ms } } => {
             camera_check(&device, frames, std::time::Duration::from_millis(timeout_ms))
+        }
+        Command::Npu { command: NpuCommand::Check(args) } => {
+            let config = Config::load(&cli.config)?;
+            let report = npu_check::check(&config, &args.crops).map_err(distance_failure)?;
+            if args.json {
+                print_json(&report);
+            } else {
+                println!("{}", npu_check::table(&report));
+            }
+            Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Calibrate(args) => {
             let config = Config::load(&cli.config)?;
@@ -505,11 +585,19 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 s.reference,
                 s.no_face
             );
+            println!(
+                "  {:?} channel order, normalisation mean {:?} std {:?} ([npu]): {}",
+                s.preprocess.order,
+                s.preprocess.mean,
+                s.preprocess.std,
+                s.npy.with_file_name(export_calib::ALLS_NAME).display()
+            );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Selftest { pulse_relay, json } => {
+        Command::Selftest { pulse_relay, json, npu_crops } => {
             let config = Config::load(&cli.config)?;
-            let options = portier::selftest::SelftestOptions { pulse_relay, ..Default::default() };
+            let options =
+                portier::selftest::SelftestOptions { pulse_relay, npu_crops, ..Default::default() };
             let report = portier::selftest::run(&config, &options);
             if json {
                 print_json(&report.to_json());
@@ -830,14 +918,10 @@ fn camera_is_v4l2(camera: &portier::config::CameraConfig) -> bool {
     matches!(camera, portier::config::CameraConfig::V4l2 { .. })
 }
 
-/// The NPU side of the loop when `[npu]` names one: its recognizer, its templates and the
-/// router (`[routing]`, or CPU below 12 px eye distance and no norm cliff by default). An NPU
-/// that cannot be opened does not stop the door: the loop starts on the CPU (one
-/// `npu_fallback` event) and the NPU is opened again with back-off ([`Reopening`]).
-///
-/// [`Reopening`]: portier::embed::reopen::Reopening
+/// The NPU side of the loop when `[npu]` names one, with its templates (see
+/// [`portier::app::NpuParts::open`]: an NPU that cannot be opened or whose model is degenerate
+/// leaves the door on the CPU).
 fn open_npu_parts(config: &Config) -> Result<Option<portier::app::NpuParts>, Failure> {
-    use portier::embed::reopen::Reopening;
     let Some(id) = config.npu.model_id() else {
         return Ok(None);
     };
@@ -845,43 +929,8 @@ fn open_npu_parts(config: &Config) -> Result<Option<portier::app::NpuParts>, Fai
         Some(m) => m,
         None => Gallery::open_in_memory()?.matcher(&id)?,
     };
-    let routing = config
-        .routing
-        .clone()
-        .unwrap_or_else(|| portier::route::RoutingConfig::default_for(config.matching.threshold));
-    let mut router = portier::route::Router::new(routing, true)
-        .map_err(|e| Failure::new(EX_CONFIG, format!("config {}: {e}", config.source.display())))?;
-    let embedder: Box<dyn portier::embed::Embedder> = match portier::embed::open_npu(config) {
-        Ok(Some(e)) => e,
-        Ok(None) => return Ok(None),
-        Err(e) => {
-            log::error!(
-                "npu: cannot open {id}: {e}; running every face on the CPU and opening it again \
-                 in the background"
-            );
-            // The router starts with the NPU down: the first retry comes after npu_retry_ms.
-            router.npu_result(false, std::time::Duration::ZERO);
-            let dim = if matcher.is_empty() { portier::embed::MAX_DIM } else { matcher.dim() };
-            let for_later = config.clone();
-            let open: portier::embed::reopen::Opener = Box::new(move || {
-                portier::embed::open_npu(&for_later)?.ok_or_else(|| {
-                    portier::embed::EmbedError::Output {
-                        path: for_later.npu.model.clone().unwrap_or_default(),
-                        reason: "no NPU configured".into(),
-                    }
-                })
-            });
-            let first = std::time::Duration::from_millis(router.config().npu_retry_ms);
-            let max = std::time::Duration::from_secs(300);
-            Box::new(Reopening::new(id.clone(), dim, open, &e, first, max))
-        }
-    };
-    log::info!(
-        "npu: {id} for faces from {} px between the eyes, {} people enrolled for it",
-        router.config().npu_min_eye_distance_px,
-        matcher.people()
-    );
-    Ok(Some(portier::app::NpuParts { embedder, matcher, router }))
+    portier::app::NpuParts::open(config, matcher)
+        .map_err(|e| Failure::new(EX_CONFIG, format!("config {}: {e}", config.source.display())))
 }
 
 /// `secure-door`: the door lines from the config's `[door]` table alone, driven secure.
@@ -1053,8 +1102,8 @@ fn enroll(
     let mut pipeline = Pipeline::open(config)?;
     // With an NPU, the same crops are embedded by it too: its templates live in its own
     // embedding space, and the loop compares like with like.
-    let mut npu =
-        portier::embed::open_npu(config).map_err(|e| Failure::from(PipelineError::Embed(e)))?;
+    let mut npu = portier::npu_state::open_for_enrolment(config)
+        .map_err(|e| Failure::from(PipelineError::Embed(e)))?;
     let mut npu_templates = Vec::new();
     let mut templates = Vec::with_capacity(photos.len());
     for photo in photos {

@@ -1,9 +1,9 @@
 //! `portier selftest`: one command that tells a field technician what works and what does not.
 //! Every check runs, whatever failed before it, and becomes one row of a [`Report`]: the config,
 //! ONNX Runtime, the two models (one inference each on a synthetic input), the liveness models
-//! when configured (one check on a grey frame), the camera (opened,
-//! one frame decoded), the NPU, the door's GPIO lines, the MQTT broker (a message sent to
-//! `<base>/selftest` and received back), the gallery and the free disk space.
+//! when configured (one check on a grey frame), the camera (opened, one frame decoded), the NPU,
+//! whether the NPU's model is installed (`npu: model`), the door's GPIO lines, the MQTT broker
+//! (a message sent to `<base>/selftest` and received back), the gallery and the free disk space.
 //!
 //! A check is [`Status::Absent`] when the config does not ask for it or the binary is built
 //! without it (no NPU on a laptop is absent, never passed), [`Status::Fail`] when what the
@@ -141,16 +141,20 @@ pub struct SelftestOptions {
     pub camera_timeout: Duration,
     /// Longest wait for the MQTT round trip: connect, subscribe, publish, receive.
     pub mqtt_timeout: Duration,
+    /// The aligned face crops of the NPU acceptance check (`portier npu check --crops`).
+    pub npu_crops: PathBuf,
 }
 
 impl Default for SelftestOptions {
     /// No relay pulse; 5 s for the camera's first frame (a UVC camera takes a second or two to
-    /// start streaming), 5 s for the MQTT round trip.
+    /// start streaming), 5 s for the MQTT round trip; the NPU crops at
+    /// [`crate::eval::npu_check::DEFAULT_CROPS`].
     fn default() -> Self {
         Self {
             pulse_relay: false,
             camera_timeout: Duration::from_secs(5),
             mqtt_timeout: Duration::from_secs(5),
+            npu_crops: PathBuf::from(crate::eval::npu_check::DEFAULT_CROPS),
         }
     }
 }
@@ -216,7 +220,8 @@ pub fn run(config: &Config, options: &SelftestOptions) -> Report {
         Some(l) => liveness(&l.settings),
     });
     add("camera", &mut || camera(config, options.camera_timeout));
-    add("npu", &mut npu);
+    add("npu", &mut || npu(config, &options.npu_crops));
+    add("npu: model", &mut || npu_model(config));
     add("gpio", &mut || gpio(config, options.pulse_relay));
     add("mqtt", &mut || mqtt(config, options.mqtt_timeout));
     add("gallery", &mut || gallery(config));
@@ -426,13 +431,60 @@ fn first_frame(source: &mut dyn FrameSource, timeout: Duration) -> (Status, Stri
     }
 }
 
-/// The configuration has no HEF key yet (nothing runs on the NPU: `portier run` embeds on the
-/// CPU), so the NPU is reported as absent in every case; with the `hailo` feature the detail
-/// says whether HailoRT and a device are there, for the technician installing one.
+/// The NPU recognizer `[npu]` names, opened as `portier run` opens it and probed with the same
+/// built-in probe ([`crate::embed::probe`]), then, when the golden crops are on the device
+/// ([`SelftestOptions::npu_crops`]), the acceptance check of `portier npu check`. Absent without
+/// an `[npu]`; fails when the model cannot be opened, is degenerate or is refused; warns when
+/// the crops for the acceptance check are not there.
+fn npu(config: &Config, crops: &Path) -> (Status, String) {
+    use crate::eval::npu_check;
+    let Some(id) = config.npu.model_id() else {
+        return (Status::Absent, format!("no [npu] backend: every face on the CPU; {}", hailo()));
+    };
+    if let Some(model) = crate::npu_state::not_installed(config) {
+        // Not a fault: an image built without the HEF runs CPU only (row "npu: model").
+        return (Status::Warn, format!("`{id}`: {} not installed: CPU only", model.display()));
+    }
+    let mut embedder = match crate::embed::open_npu(config) {
+        Ok(Some(e)) => e,
+        Ok(None) => return (Status::Absent, "no [npu] backend".into()),
+        Err(e) => return (Status::Fail, format!("`{id}`: {e} (`portier run` stays on the CPU)")),
+    };
+    let probe = match crate::embed::probe::probe(embedder.as_mut()) {
+        Ok(p) => p,
+        Err(e) => return (Status::Fail, format!("`{id}`: probe failed: {e}")),
+    };
+    if probe.degenerate.is_some() {
+        return (
+            Status::Fail,
+            format!("`{id}`: {} (`portier run` stays on the CPU)", probe.summary()),
+        );
+    }
+    drop(embedder);
+    if !crops.is_dir() {
+        return (
+            Status::Warn,
+            format!(
+                "`{id}`: {}; acceptance check not run: no aligned crops at {} (copy the assets' \
+                 golden/aligned_112 and golden/embeddings.json there, or run `portier npu check \
+                 --crops DIR`)",
+                probe.summary(),
+                crops.display()
+            ),
+        );
+    }
+    match npu_check::check(config, crops) {
+        Ok(r) if r.passed() => (Status::Pass, format!("`{id}`: {}", r.summary())),
+        Ok(r) => (Status::Fail, format!("`{id}`: {}", r.summary())),
+        Err(e) => (Status::Fail, format!("`{id}`: acceptance check: {e}")),
+    }
+}
+
+/// Whether HailoRT and a Hailo device are there, for the technician installing one.
 #[cfg(feature = "hailo")]
-fn npu() -> (Status, String) {
+fn hailo() -> String {
     use crate::infer::hailo::{DeviceOptions, HailoDevice, HailoRuntime};
-    let found = match HailoRuntime::load(None) {
+    match HailoRuntime::load(None) {
         Err(e) => format!("hailort: {e}"),
         Ok(runtime) => {
             let (major, minor, revision) = runtime.version();
@@ -443,13 +495,58 @@ fn npu() -> (Status, String) {
                 Err(e) => format!("{loaded}, no device: {e}"),
             }
         }
-    };
-    (Status::Absent, format!("no HEF configured, the NPU is not used; {found}"))
+    }
 }
 
 #[cfg(not(feature = "hailo"))]
-fn npu() -> (Status, String) {
-    (Status::Absent, "not built in (feature `hailo`); no HEF configured".into())
+fn hailo() -> String {
+    "HailoRT not built in (feature `hailo`)".into()
+}
+
+/// `portier selftest`'s row `npu: model`: whether the NPU's model is installed (a warning, not a
+/// failure, when it is not: the image runs CPU only), and whether every enrolled person has
+/// templates for it. Reads the gallery when it exists; writes nothing.
+fn npu_model(config: &Config) -> (Status, String) {
+    use crate::config::NpuBackend;
+    use crate::npu_state::{missing_templates, not_installed};
+    let Some(model) = config.npu.model.as_ref().filter(|_| config.npu.backend != NpuBackend::None)
+    else {
+        return (Status::Absent, "no [npu] configured: every face on the CPU".into());
+    };
+    if let Some(model) = not_installed(config) {
+        return (
+            Status::Warn,
+            format!(
+                "not installed: {} does not exist -> CPU only (every face on the CPU; install the \
+                 HEF, see yocto/README.md)",
+                model.display()
+            ),
+        );
+    }
+    let size = std::fs::metadata(model).map(|m| m.len()).unwrap_or(0);
+    let installed = format!("{} installed ({size} bytes)", model.display());
+    let (Some(npu_id), true) = (config.npu.model_id(), config.gallery_path.exists()) else {
+        return (Status::Pass, installed);
+    };
+    let counts = crate::gallery::Gallery::open(&config.gallery_path, &config.gallery_key_file)
+        .and_then(|g| {
+            let cpu = g.matcher(&config.recognizer.model_id)?;
+            let npu = g.matcher(&npu_id)?;
+            Ok((missing_templates(&cpu, &npu), cpu.people()))
+        });
+    match counts {
+        Ok((0, _)) => (Status::Pass, installed),
+        Ok((missing, people)) => (
+            Status::Warn,
+            format!(
+                "{installed}; {missing} of {people} enrolled people have no `{npu_id}` templates \
+                 -> every face on the CPU until they are enrolled again with `portier enroll \
+                 --append`"
+            ),
+        ),
+        // The gallery row reports what is wrong with the gallery.
+        Err(_) => (Status::Pass, installed),
+    }
 }
 
 fn gpio(config: &Config, pulse_relay: bool) -> (Status, String) {

@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::app::{App, AppEvent, Hooks, RemoteCommand};
+use crate::app::{App, AppEvent, Hooks, NpuUse, RemoteCommand};
 use crate::config::{DisplayBackend, DisplaySection, NamesShown};
 use crate::display::{
     AccessView, ClockTime, Display, DisplayConfig, DisplayError, DoorView, EmbedBackend, Health,
@@ -135,6 +135,8 @@ pub struct Shell {
     display_errors: u64,
     /// The door state last handed to MQTT (`None` before the first tick).
     door_sent: Option<DoorState>,
+    /// The NPU state last handed to MQTT (`None` before the first tick).
+    npu_sent: Option<NpuUse>,
     /// MQTT health at the last tick, to log each change once.
     mqtt_health: MqttHealth,
 }
@@ -233,6 +235,7 @@ impl Shell {
             camera_ok: true,
             display_errors: 0,
             door_sent: None,
+            npu_sent: None,
             mqtt_health: MqttHealth::Connecting,
         }
     }
@@ -312,7 +315,8 @@ impl Hooks for Shell {
 
     fn command(&mut self) -> Option<RemoteCommand> {
         use crate::mqtt::command::Action;
-        let command = self.mqtt.as_ref()?.commands().try_recv().ok()?;
+        // Judged again on the way out: a command that waited past its window is dropped there.
+        let command = self.mqtt.as_ref()?.next_command()?;
         Some(match command.action {
             Action::Unlock => RemoteCommand::Unlock,
             Action::Lock => RemoteCommand::Lock,
@@ -350,6 +354,11 @@ impl Hooks for Shell {
             let door = app.door_state();
             if self.door_sent != Some(door) && client.send(Message::DoorState(door)) {
                 self.door_sent = Some(door);
+            }
+            // What the NPU does (in use, failed, not installed, ...), retained the same way.
+            let npu = app.npu_use();
+            if self.npu_sent != Some(npu) && client.send(Message::Npu(npu)) {
+                self.npu_sent = Some(npu);
             }
             let health = client.stats().health;
             if health != self.mqtt_health {
@@ -392,10 +401,13 @@ impl Hooks for Shell {
             step_closer: app.step_closer(),
             health: Health {
                 camera_ok: self.camera_ok,
-                embed: match (app.has_npu(), app.npu_up()) {
-                    (false, _) => EmbedBackend::Cpu,
-                    (true, true) => EmbedBackend::Npu,
-                    (true, false) => EmbedBackend::CpuFallback,
+                embed: match app.npu_use() {
+                    NpuUse::Active => EmbedBackend::Npu,
+                    NpuUse::Fallback => EmbedBackend::CpuFallback,
+                    // CPU by design or by installation, not a fault to flag on the door.
+                    NpuUse::Off | NpuUse::NotInstalled | NpuUse::TemplatesMissing => {
+                        EmbedBackend::Cpu
+                    }
                 },
                 mqtt,
             },

@@ -10,6 +10,7 @@
 pub mod cpu;
 #[cfg(feature = "hailo")]
 pub mod npu;
+pub mod probe;
 pub mod reopen;
 
 use std::path::PathBuf;
@@ -44,6 +45,16 @@ pub enum EmbedError {
         /// The backend's own typed error (`infer::hailo::HailoError`), for logs and downcasting.
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The model runs but is degenerate: its built-in probe ([`probe`]) found the same
+    /// embedding for structurally different inputs. Not the face's fault and not a passing
+    /// device failure: the router keeps faces on the CPU.
+    #[error("npu model `{model_id}` is degenerate: {reason}")]
+    Degenerate {
+        /// The model's id.
+        model_id: String,
+        /// What the probe measured.
+        reason: String,
+    },
     /// The caller's buffer is shorter than the embedding.
     #[error("embedding buffer holds {got} values, the model gives {need}")]
     Buffer {
@@ -66,6 +77,13 @@ pub trait Embedder {
     /// Writes the L2-normalised embedding into `out[..dim]` and returns its norm before
     /// normalisation.
     fn embed(&mut self, face: &AlignedFace, out: &mut [f32]) -> Result<f32, EmbedError>;
+
+    /// False once a device failure left this embedder unusable (a reset or lost NPU): its
+    /// owner drops it, which releases the device, and opens a new one
+    /// ([`reopen::Reopening`]). Embedders without a device are always usable.
+    fn usable(&self) -> bool {
+        true
+    }
 }
 
 /// Opens the NPU recognizer `[npu]` describes: `None` without one; an emulated NPU is the
@@ -78,7 +96,8 @@ pub fn open_npu(config: &crate::config::Config) -> Result<Option<Box<dyn Embedde
     match config.npu.backend {
         NpuBackend::None => Ok(None),
         NpuBackend::Emulated => {
-            let settings = config.recognizer.emulating(&id, model);
+            let mut settings = config.recognizer.emulating(&id, model);
+            settings.preprocess = config.npu.preprocess();
             Ok(Some(Box::new(cpu::CpuEmbedder::open(settings)?)))
         }
         #[cfg(feature = "hailo")]
@@ -90,20 +109,83 @@ pub fn open_npu(config: &crate::config::Config) -> Result<Option<Box<dyn Embedde
             };
             let runtime =
                 HailoRuntime::load(config.npu.library.as_deref()).map_err(device_error)?;
-            let device =
-                HailoDevice::open(&runtime, DeviceOptions::default()).map_err(device_error)?;
+            let options = DeviceOptions {
+                multi_process_service: config.npu.multi_process_service,
+                ..DeviceOptions::default()
+            };
+            let device = HailoDevice::open(&runtime, options).map_err(device_error)?;
             let settings = npu::NpuSettings {
                 hef: model.clone(),
                 model_id: id,
                 network: NetworkOptions::default(),
             };
-            Ok(Some(Box::new(npu::NpuEmbedder::open(&device, settings)?)))
+            let hef = Box::new(npu::NpuEmbedder::open(&device, settings)?);
+            Ok(Some(in_channel_order(hef, config.npu.preprocess().order)))
         }
         #[cfg(not(feature = "hailo"))]
         NpuBackend::Hailo => Err(EmbedError::Output {
             path: model.clone(),
             reason: "[npu] backend = \"hailo\" needs portier built with the `hailo` feature".into(),
         }),
+    }
+}
+
+/// Opens the NPU recognizer as [`open_npu`] does, then runs the built-in probe
+/// ([`probe::probe`]) on it: a degenerate model (the same embedding for every input) is refused
+/// with [`EmbedError::Degenerate`]. What `portier run` opens the NPU with, at start and on every
+/// reopen.
+pub fn open_npu_probed(
+    config: &crate::config::Config,
+) -> Result<Option<Box<dyn Embedder>>, EmbedError> {
+    let Some(mut embedder) = open_npu(config)? else { return Ok(None) };
+    let report = probe::probe(embedder.as_mut())?;
+    match report.degenerate {
+        Some(reason) => {
+            Err(EmbedError::Degenerate { model_id: embedder.model_id().to_string(), reason })
+        }
+        None => {
+            log::info!("npu: {}: {}", embedder.model_id(), report.summary());
+            Ok(Some(embedder))
+        }
+    }
+}
+
+/// `embedder`, fed its crops in `order`: a HEF takes the raw crop as its calibration set had it
+/// (`portier export-calib` writes `[npu] channel_order`), while aligned crops are RGB.
+pub fn in_channel_order(
+    embedder: Box<dyn Embedder>,
+    order: crate::infer::ChannelOrder,
+) -> Box<dyn Embedder> {
+    match order {
+        crate::infer::ChannelOrder::Rgb => embedder,
+        crate::infer::ChannelOrder::Bgr => Box::new(Bgr { inner: embedder, crop: Box::default() }),
+    }
+}
+
+/// An embedder whose model takes BGR crops (see [`in_channel_order`]).
+struct Bgr {
+    inner: Box<dyn Embedder>,
+    crop: Box<AlignedFace>,
+}
+
+impl Embedder for Bgr {
+    fn model_id(&self) -> &str {
+        self.inner.model_id()
+    }
+
+    fn dim(&self) -> usize {
+        self.inner.dim()
+    }
+
+    fn embed(&mut self, face: &AlignedFace, out: &mut [f32]) -> Result<f32, EmbedError> {
+        for (d, s) in self.crop.pixels.chunks_exact_mut(3).zip(face.pixels.chunks_exact(3)) {
+            d.copy_from_slice(&[s[2], s[1], s[0]]);
+        }
+        self.inner.embed(&self.crop, out)
+    }
+
+    fn usable(&self) -> bool {
+        self.inner.usable()
     }
 }
 
@@ -156,6 +238,38 @@ mod tests {
         assert_eq!(l2_normalize(&mut z), 0.0);
         assert!((cosine(&[1.0, 0.0], &[2.0, 2.0]) - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6);
         assert_eq!(cosine(&[0.0, 0.0], &[1.0, 0.0]), 0.0);
+    }
+
+    /// Its embedding is the crop's first pixel.
+    struct FirstPixel;
+
+    impl Embedder for FirstPixel {
+        fn model_id(&self) -> &str {
+            "first-pixel"
+        }
+        fn dim(&self) -> usize {
+            3
+        }
+        fn embed(&mut self, face: &AlignedFace, out: &mut [f32]) -> Result<f32, EmbedError> {
+            for (o, p) in out.iter_mut().zip(&face.pixels[..3]) {
+                *o = f32::from(*p);
+            }
+            Ok(1.0)
+        }
+    }
+
+    #[test]
+    fn a_bgr_model_gets_its_crops_in_bgr() {
+        let mut face = AlignedFace::default();
+        face.pixels[..3].copy_from_slice(&[10, 20, 30]);
+        let mut out = [0.0; 3];
+        let mut rgb = in_channel_order(Box::new(FirstPixel), crate::infer::ChannelOrder::Rgb);
+        rgb.embed(&face, &mut out).unwrap();
+        assert_eq!(out, [10.0, 20.0, 30.0]);
+        let mut bgr = in_channel_order(Box::new(FirstPixel), crate::infer::ChannelOrder::Bgr);
+        assert_eq!((bgr.model_id(), bgr.dim()), ("first-pixel", 3));
+        bgr.embed(&face, &mut out).unwrap();
+        assert_eq!(out, [30.0, 20.0, 10.0]);
     }
 
     #[test]

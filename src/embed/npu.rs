@@ -5,7 +5,10 @@
 //!
 //! Must not: decide what to do when the NPU fails or its embedding is weak. It reports the norm
 //! before normalisation (the router's collapse signal) and maps device failures to
-//! [`EmbedError::Device`], on which the router switches every face to the CPU.
+//! [`EmbedError::Device`], on which the router switches every face to the CPU. After a timeout
+//! the next embedding is the next face's (`infer::hailo` clears the vstreams); after a failure
+//! that leaves the device unusable, [`Embedder::usable`] turns false and `embed::reopen` opens
+//! it again.
 
 use std::path::{Path, PathBuf};
 
@@ -113,19 +116,31 @@ impl Embedder for NpuEmbedder {
         // looks for. Only the normalisation is skipped then (l2_normalize leaves it untouched).
         Ok(l2_normalize(out))
     }
+
+    /// A timeout leaves the network usable (its vstreams were cleared); a reset or lost
+    /// device does not.
+    fn usable(&self) -> bool {
+        !self.network.is_broken()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::infer::hailo::double::{rec_raw, Double, REC_DIM, REC_SCALE, REC_ZP};
+    use crate::infer::hailo::double::{
+        degenerate_raw, rec_raw, Double, DEGENERATE_NORM, REC_DIM, REC_SCALE, REC_ZP,
+    };
     use crate::infer::hailo::{DeviceOptions, HailoRuntime, OutputFormat};
 
     fn embedder(d: &Double, output: OutputFormat) -> NpuEmbedder {
+        embedder_of(d, "recognizer", output)
+    }
+
+    fn embedder_of(d: &Double, kind: &str, output: OutputFormat) -> NpuEmbedder {
         let rt = HailoRuntime::load(Some(&d.path)).unwrap();
         let dev = HailoDevice::open(&rt, DeviceOptions::default()).unwrap();
         let settings = NpuSettings {
-            hef: d.hef("recognizer"),
+            hef: d.hef(kind),
             model_id: "w600k_r50-hailo8-int8".into(),
             network: NetworkOptions { output, ..Default::default() },
         };
@@ -142,7 +157,7 @@ mod tests {
 
     #[test]
     fn embedding_is_normalised_and_the_norm_before_is_returned() {
-        for output in [OutputFormat::Float32, OutputFormat::Uint8] {
+        for output in [OutputFormat::Float32, OutputFormat::Device] {
             let d = Double::new();
             let mut e = embedder(&d, output);
             assert_eq!(e.dim(), REC_DIM);
@@ -170,6 +185,86 @@ mod tests {
         f.pixels.fill(REC_ZP as u8);
         let mut out = [1.0f32; MAX_DIM];
         assert_eq!(e.embed(&f, &mut out).unwrap(), 0.0);
+    }
+
+    #[test]
+    fn a_degenerate_hef_gives_one_vector_of_norm_two_for_every_face() {
+        let d = Double::new();
+        let mut e = embedder_of(&d, "recognizer-degenerate", OutputFormat::Float32);
+        let want: Vec<f32> = degenerate_raw()
+            .iter()
+            .map(|&q| (f32::from(q) - REC_ZP) * REC_SCALE / DEGENERATE_NORM)
+            .collect();
+        for seed in [1, 77, 200] {
+            let mut out = [0.0f32; MAX_DIM];
+            let norm = e.embed(&face(seed), &mut out).unwrap();
+            assert!((norm - DEGENERATE_NORM).abs() < 1e-4, "{norm}");
+            for (o, w) in out.iter().zip(&want) {
+                assert!((o - w).abs() < 1e-6);
+            }
+        }
+    }
+
+    /// What the recognizer double embeds `f` to, normalised.
+    fn expected(f: &AlignedFace) -> Vec<f32> {
+        let mut v: Vec<f32> =
+            rec_raw(&f.pixels).iter().map(|&q| (f32::from(q) - REC_ZP) * REC_SCALE).collect();
+        l2_normalize(&mut v);
+        v
+    }
+
+    #[test]
+    fn after_a_timeout_the_next_embedding_is_the_next_faces() {
+        let d = Double::new();
+        let mut e = embedder(&d, OutputFormat::Float32);
+        let mut out = [0.0f32; MAX_DIM];
+        e.embed(&face(1), &mut out).unwrap();
+        assert_eq!(out[..REC_DIM], expected(&face(1)));
+        // Face 2's frame times out on the device and is still in flight...
+        d.fail_next("hailo_vstream_read_raw_buffer", crate::infer::hailo::ffi::HAILO_TIMEOUT);
+        assert!(matches!(e.embed(&face(2), &mut out), Err(EmbedError::Device { .. })));
+        assert!(e.usable());
+        // ...and yet face 3's embedding is face 3's, not face 2's.
+        e.embed(&face(3), &mut out).unwrap();
+        assert_eq!(out[..REC_DIM], expected(&face(3)));
+        assert_ne!(expected(&face(2)), expected(&face(3)));
+    }
+
+    #[test]
+    fn a_reset_npu_is_closed_opened_again_and_used() {
+        use crate::embed::reopen::{Opener, Reopening};
+        use std::time::Duration;
+        let d = Double::new();
+        let hef = d.hef("recognizer");
+        let library = d.path.clone();
+        let open_npu = move || -> Result<Box<dyn Embedder>, EmbedError> {
+            let rt = HailoRuntime::load(Some(&library)).map_err(device_error)?;
+            let dev = HailoDevice::open(&rt, DeviceOptions::default()).map_err(device_error)?;
+            let settings = NpuSettings {
+                hef: hef.clone(),
+                model_id: "w600k_r50-hailo8-int8".into(),
+                network: NetworkOptions::default(),
+            };
+            Ok(Box::new(NpuEmbedder::open(&dev, settings)?))
+        };
+        let first = open_npu().unwrap();
+        let opener: Opener = Box::new(open_npu);
+        let pause = Duration::from_millis(20);
+        let mut e = Reopening::opened(first, opener, pause, Duration::from_secs(1));
+        let mut out = [0.0f32; MAX_DIM];
+        e.embed(&face(1), &mut out).unwrap();
+        d.reset(0);
+        let err = e.embed(&face(2), &mut out).unwrap_err().to_string();
+        assert!(err.contains("HAILO_DRIVER_OPERATION_FAILED"), "{err}");
+        // Closed at once: the vdevice was released, as HailoRT needs before a new one.
+        assert!(!e.is_open());
+        assert_eq!(d.calls().last().map(String::as_str), Some("hailo_release_vdevice"));
+        std::thread::sleep(pause);
+        e.embed(&face(3), &mut out).unwrap();
+        assert!(e.is_open());
+        assert_eq!(out[..REC_DIM], expected(&face(3)));
+        let creates = d.calls().iter().filter(|c| *c == "hailo_create_vdevice").count();
+        assert_eq!(creates, 2);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! An NPU recognizer that could not be opened when portier started (no device yet, a driver
-//! that came up late, a HEF being copied in): the door runs on the CPU and this embedder tries
-//! to open the NPU again, with back-off, whenever the router probes it.
+//! that came up late, a HEF being copied in), or that was lost while running (a device reset, a
+//! driver failure): the door runs on the CPU and this embedder tries to open the NPU again, with
+//! back-off, whenever the router probes it.
 //!
 //! Role: issue 16, "the NPU never stops the door". Before, a failed open at start made `portier
 //! run` exit, and systemd restart-looped it into its start limit while the door had no face
@@ -9,6 +10,13 @@
 //! once per back-off period (doubling from `first` up to `max`), on the loop thread when the
 //! router's retry sends it a face; once open, embeddings come from the real backend and the
 //! router reports the NPU back.
+//!
+//! Lost while running: when an embedding fails and the embedder says it is no longer
+//! [usable](Embedder::usable) (HailoRT's calls all fail after a device reset until the vdevice
+//! is released), it is dropped at once, which releases the device, and opened again as above:
+//! after `first` when it had stayed usable for `max`, else after the grown back-off (a device
+//! that fails soon after every open is not reopened every few seconds forever; each open, probe
+//! included, runs on the loop's thread). A timeout that clearing mended leaves it open.
 //!
 //! Must not: open the device more often than the back-off allows (an open can take a second on
 //! a Hailo), or hand out embeddings of another dimension than the gallery's templates.
@@ -29,8 +37,15 @@ pub struct Reopening {
     inner: Option<Box<dyn Embedder>>,
     next_attempt: Instant,
     backoff: Duration,
+    first: Duration,
     max: Duration,
     last_error: String,
+    /// Opened at least once: a later open is a reopen after a loss.
+    was_open: bool,
+    /// When the embedder in use was opened: one lost within `max` of it keeps the back-off
+    /// growing (a device that fails soon after every open is opened less and less often, on
+    /// the loop's thread); one that stayed usable longer starts it afresh.
+    opened_at: Instant,
 }
 
 impl std::fmt::Debug for Reopening {
@@ -63,8 +78,29 @@ impl Reopening {
             inner: None,
             next_attempt: Instant::now() + first,
             backoff: first,
+            first,
             max,
             last_error: error.to_string(),
+            was_open: false,
+            opened_at: Instant::now(),
+        }
+    }
+
+    /// An NPU embedder that opened at start (`inner`, made by `open`), kept open while it is
+    /// usable and opened again with the same back-off after it was lost.
+    pub fn opened(inner: Box<dyn Embedder>, open: Opener, first: Duration, max: Duration) -> Self {
+        Self {
+            model_id: inner.model_id().to_string(),
+            dim: inner.dim(),
+            open,
+            inner: Some(inner),
+            next_attempt: Instant::now(),
+            backoff: first,
+            first,
+            max,
+            last_error: String::new(),
+            was_open: true,
+            opened_at: Instant::now(),
         }
     }
 
@@ -88,10 +124,27 @@ impl Embedder for Reopening {
     }
 
     fn embed(&mut self, face: &AlignedFace, out: &mut [f32]) -> Result<f32, EmbedError> {
-        if let Some(inner) = self.inner.as_mut() {
-            return inner.embed(face, out);
-        }
         let now = Instant::now();
+        if let Some(inner) = self.inner.as_mut() {
+            let result = inner.embed(face, out);
+            if let Err(e) = &result {
+                if !inner.usable() {
+                    // Dropping it releases the device, as HailoRT needs before a new vdevice.
+                    self.inner = None;
+                    self.last_error = e.to_string();
+                    if now.saturating_duration_since(self.opened_at) >= self.max {
+                        self.backoff = self.first;
+                    }
+                    self.next_attempt = now + self.backoff;
+                    log::warn!(
+                        "npu: lost ({e}); closed, opening it again in {} s",
+                        self.backoff.as_secs_f64()
+                    );
+                    self.backoff = (self.backoff * 2).min(self.max);
+                }
+            }
+            return result;
+        }
         if now < self.next_attempt {
             let left = self.next_attempt - now;
             return Err(self.not_open(format!(
@@ -116,7 +169,13 @@ impl Embedder for Reopening {
                 Err(self.not_open(self.last_error.clone()))
             }
             Ok(mut opened) => {
-                log::info!("npu: opened {} after a failed start", self.model_id);
+                if self.was_open {
+                    log::info!("npu: opened {} again after it was lost", self.model_id);
+                } else {
+                    log::info!("npu: opened {} after a failed start", self.model_id);
+                }
+                self.was_open = true;
+                self.opened_at = now;
                 let result = opened.embed(face, out);
                 self.inner = Some(opened);
                 result
@@ -157,6 +216,32 @@ mod tests {
             out[..self.0].fill(0.0);
             out[0] = 1.0;
             Ok(12.0)
+        }
+    }
+
+    /// A stand-in NPU that fails every call after `ok` embeddings and then is unusable (as
+    /// after a device reset).
+    struct Resets {
+        ok: usize,
+        calls: usize,
+    }
+
+    impl Embedder for Resets {
+        fn model_id(&self) -> &str {
+            "npu-model"
+        }
+        fn dim(&self) -> usize {
+            4
+        }
+        fn embed(&mut self, face: &AlignedFace, out: &mut [f32]) -> Result<f32, EmbedError> {
+            self.calls += 1;
+            if self.calls > self.ok {
+                return Err(EmbedError::Device { backend: "npu", source: "reset".into() });
+            }
+            Fixed(4).embed(face, out)
+        }
+        fn usable(&self) -> bool {
+            self.calls <= self.ok
         }
     }
 
@@ -203,5 +288,62 @@ mod tests {
         let err = e.embed(&face, &mut out).unwrap_err().to_string();
         assert!(err.contains("dimension 8"), "{err}");
         assert!(!e.is_open());
+    }
+
+    #[test]
+    fn an_npu_lost_while_running_is_closed_and_opened_again() {
+        let opens = Rc::new(Cell::new(0));
+        let o = Rc::clone(&opens);
+        let open: Opener = Box::new(move || {
+            o.set(o.get() + 1);
+            Ok(Box::new(Resets { ok: 1, calls: 0 }) as Box<dyn Embedder>)
+        });
+        let first = Duration::from_millis(30);
+        let start = Box::new(Resets { ok: 2, calls: 0 });
+        let mut e = Reopening::opened(start, open, first, Duration::from_secs(1));
+        let (face, mut out) = (AlignedFace::default(), [0.0; 8]);
+        assert!(e.embed(&face, &mut out).is_ok());
+        assert!(e.embed(&face, &mut out).is_ok());
+        // The device resets: the embedding fails, the embedder is dropped.
+        assert!(e.embed(&face, &mut out).is_err());
+        assert!(!e.is_open());
+        // Within the pause: no attempt.
+        assert!(e.embed(&face, &mut out).unwrap_err().to_string().contains("reset"));
+        assert_eq!(opens.get(), 0);
+        std::thread::sleep(first);
+        assert_eq!(e.embed(&face, &mut out).unwrap(), 12.0);
+        assert!(e.is_open());
+        assert_eq!(opens.get(), 1);
+    }
+
+    #[test]
+    fn an_npu_lost_soon_after_each_open_is_reopened_less_often_and_afresh_after_a_good_spell() {
+        let opens = Rc::new(Cell::new(0));
+        let o = Rc::clone(&opens);
+        // Every reopened NPU embeds once, then is lost.
+        let open: Opener = Box::new(move || {
+            o.set(o.get() + 1);
+            Ok(Box::new(Resets { ok: 1, calls: 0 }) as Box<dyn Embedder>)
+        });
+        let (first, max) = (Duration::from_millis(200), Duration::from_millis(1500));
+        let mut e = Reopening::opened(Box::new(Resets { ok: 0, calls: 0 }), open, first, max);
+        let (face, mut out) = (AlignedFace::default(), [0.0; 8]);
+        assert!(e.embed(&face, &mut out).is_err(), "lost at once");
+        std::thread::sleep(first);
+        assert!(e.embed(&face, &mut out).is_ok(), "reopened after `first`");
+        assert!(e.embed(&face, &mut out).is_err(), "lost again soon after");
+        // Soon after its open: the pause has doubled.
+        std::thread::sleep(first);
+        assert!(e.embed(&face, &mut out).is_err());
+        assert_eq!(opens.get(), 1, "no attempt within twice `first`");
+        std::thread::sleep(first);
+        assert!(e.embed(&face, &mut out).is_ok());
+        assert_eq!(opens.get(), 2);
+        // Usable for longer than `max` before the loss: back to `first`.
+        std::thread::sleep(max);
+        assert!(e.embed(&face, &mut out).is_err());
+        std::thread::sleep(first);
+        assert!(e.embed(&face, &mut out).is_ok());
+        assert_eq!(opens.get(), 3);
     }
 }

@@ -4,8 +4,9 @@
 //! distance spans a sweep (8 to 64 px by default, and the original), pasted 1:1 into a canvas of
 //! the detector's input size (so the detector sees the face at exactly that size, as in a camera
 //! frame), detected, aligned and embedded by every backend: the float32 reference (the
-//! configuration's recognizer) and any number of emulated NPUs (INT8 or A16W8 QDQ models run on
-//! ONNX Runtime's CPU provider). Probes at each size are matched against a gallery made of the
+//! configuration's recognizer) and any number of NPU backends: emulated NPUs (INT8 or A16W8 QDQ
+//! models run on ONNX Runtime's CPU provider) or recognizer HEFs on the Hailo-8 (feature
+//! `hailo`). Probes at each size are matched against a gallery made of the
 //! other photos at their original size by the same backend (templates are per model; like is
 //! compared with like).
 //!
@@ -16,7 +17,11 @@
 //!   recognizer's loss with size is measured apart from the detector's misses and landmark noise.
 //!
 //! The appliance's thresholds are calibrated on `detected` (what the router will see); the
-//! `reference` curve explains how much of the loss is the recognizer's.
+//! `reference` curve explains how much of the loss is the recognizer's. With camera options
+//! (`eval::camera`: defocus growing with distance, optical blur, sensor noise, MJPEG) a third
+//! mode, `camera`, runs the detected pipeline on the degraded frame as well: a far face as a
+//! camera sees it, beside the same face only downscaled. The original size (which is also every
+//! probe's gallery) stays as photographed: enrolment photos are good photos.
 //!
 //! A backend is *reliable* in a band when the median cosine of its embeddings to float32's on
 //! the same crops is at least [`RELIABLE_MEDIAN_COSINE`] and its match rate (TAR at FAR 1e-3,
@@ -42,6 +47,8 @@ use crate::embed::{dot, EmbedError, Embedder};
 use crate::frame::{load_image, Filter, ImageView, Resizer, RgbImage};
 use crate::infer::{self, InferError};
 use crate::route::{Route, Router, RoutingConfig};
+
+use super::camera::CameraArgs;
 
 /// The default sweep of eye distances in pixels (the original size is always added).
 pub const DEFAULT_SIZES: [u32; 7] = [8, 12, 16, 24, 32, 48, 64];
@@ -133,9 +140,10 @@ pub struct SweepArgs {
     /// else the CSV's folder).
     #[arg(long)]
     pub root: Option<PathBuf>,
-    /// An emulated NPU backend, `NAME=MODEL.onnx` (repeatable): a QDQ model run on the CPU with
-    /// the configured recognizer's preprocessing and graph optimisation off (ONNX Runtime's
-    /// fused integer kernels can saturate on x86).
+    /// An NPU backend, `NAME=MODEL` (repeatable): a QDQ `.onnx` model run on the CPU with the
+    /// configured recognizer's preprocessing and graph optimisation off (ONNX Runtime's fused
+    /// integer kernels can saturate on x86), or a `.hef` run on the Hailo-8 (feature `hailo`;
+    /// HailoRT from `[npu] library`).
     #[arg(long = "backend", value_parser = parse_backend)]
     pub backends: Vec<(String, PathBuf)>,
     /// Eye distances of the sweep in pixels (the original size is always added).
@@ -165,6 +173,9 @@ pub struct DistanceArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Camera-like degradation of the swept frames (a third mode, `camera`).
+    #[command(flatten)]
+    pub camera: CameraArgs,
 }
 
 fn parse_backend(s: &str) -> Result<(String, PathBuf), String> {
@@ -172,7 +183,7 @@ fn parse_backend(s: &str) -> Result<(String, PathBuf), String> {
         Some((name, path)) if !name.trim().is_empty() && !path.is_empty() => {
             Ok((name.trim().to_string(), PathBuf::from(path)))
         }
-        _ => Err(format!("expected NAME=MODEL.onnx, got `{s}`")),
+        _ => Err(format!("expected NAME=MODEL.onnx or NAME=MODEL.hef, got `{s}`")),
     }
 }
 
@@ -194,6 +205,8 @@ pub enum Mode {
     Detected,
     /// The full-size photo's landmarks scaled down (recognition only).
     Reference,
+    /// End to end on the shrunk face after camera-like degradation (`eval::camera`).
+    Camera,
 }
 
 /// The two modes, in report order.
@@ -233,6 +246,11 @@ pub struct Sweep {
     pub backends: Vec<String>,
     /// Eye distances of the sweep; `None` is the original size.
     pub sizes: Vec<Option<u32>>,
+    /// The landmark modes measured, in `outcomes` order ([`MODES`], then [`Mode::Camera`] when
+    /// the sweep degraded the frames).
+    pub modes: Vec<Mode>,
+    /// The camera-like degradation of [`Mode::Camera`], if any.
+    pub camera: Option<CameraArgs>,
     /// See the type's docs.
     pub outcomes: Vec<Vec<Vec<Outcome>>>,
     /// Class index per photo.
@@ -244,7 +262,7 @@ pub struct Sweep {
 /// The detector and every backend, opened once.
 pub struct Backends {
     detector: Detector,
-    embedders: Vec<CpuEmbedder>,
+    embedders: Vec<Box<dyn Embedder>>,
     names: Vec<String>,
     resizer: Resizer,
     detections: Vec<Detection>,
@@ -264,19 +282,26 @@ impl Backends {
         infer::init(config.onnxruntime.library.as_deref(), config.onnxruntime.intra_threads)?;
         let detector = Detector::open(config.detector.clone())?;
         let mut names = vec!["float32".to_string()];
-        let mut embedders = vec![CpuEmbedder::open(config.recognizer.clone())?];
+        let mut embedders: Vec<Box<dyn Embedder>> =
+            vec![Box::new(CpuEmbedder::open(config.recognizer.clone())?)];
+        let mut paths = vec![config.recognizer.path.clone()];
         for (name, path) in extra {
             if names.contains(name) {
                 return Err(DistanceError::Usage(format!("backend name `{name}` given twice")));
             }
-            embedders.push(CpuEmbedder::open(config.recognizer.emulating(name, path))?);
+            embedders.push(if is_hef(path) {
+                open_hef(config, name, path)?
+            } else {
+                Box::new(CpuEmbedder::open(config.recognizer.emulating(name, path))?)
+            });
             names.push(name.clone());
+            paths.push(path.clone());
         }
         let dim = embedders[0].dim();
-        if let Some(e) = embedders.iter().find(|e| e.dim() != dim) {
+        if let Some((e, path)) = embedders.iter().zip(&paths).find(|(e, _)| e.dim() != dim) {
             return Err(DistanceError::Usage(format!(
                 "backend {} gives {}-d embeddings, the reference {dim}-d: not the same model",
-                e.path().display(),
+                path.display(),
                 e.dim()
             )));
         }
@@ -301,6 +326,23 @@ impl Backends {
         Ok(self.detections.iter().copied().max_by(|a, b| a.area().total_cmp(&b.area())))
     }
 
+    /// Detects faces in `frame`, takes the one at `expected` and embeds it with its own
+    /// landmarks.
+    fn detect_and_embed(
+        &mut self,
+        frame: &RgbImage,
+        expected: &[f32; 4],
+    ) -> Result<Outcome, DistanceError> {
+        self.detector.detect(frame.view(), &mut self.detections)?;
+        let Some(d) = find_expected(&self.detections, expected) else {
+            return Ok(Outcome::NotDetected);
+        };
+        Ok(match self.embed_all(frame.view(), &d.kps, d.eye_distance())? {
+            Some(sample) => Outcome::Embedded(sample),
+            None => Outcome::NotDetected,
+        })
+    }
+
     /// Aligns with `kps` and embeds with every backend.
     fn embed_all(
         &mut self,
@@ -320,6 +362,34 @@ impl Backends {
         }
         Ok(Some(sample))
     }
+}
+
+/// Whether a backend's model is a HEF (run on the Hailo) rather than an ONNX model.
+fn is_hef(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("hef"))
+}
+
+/// A HEF backend: the recognizer HEF on the Hailo-8, opened as `portier run` opens the NPU
+/// (`[npu] library` and the device options of the config), its embedding space named `name`.
+#[cfg(feature = "hailo")]
+fn open_hef(config: &Config, name: &str, hef: &Path) -> Result<Box<dyn Embedder>, DistanceError> {
+    let mut npu = config.clone();
+    npu.npu.backend = crate::config::NpuBackend::Hailo;
+    npu.npu.model = Some(hef.to_path_buf());
+    npu.npu.id = Some(name.to_string());
+    crate::embed::open_npu(&npu)?.ok_or_else(|| {
+        DistanceError::Usage(format!("backend {name}={}: not opened", hef.display()))
+    })
+}
+
+/// Without the `hailo` feature a HEF backend cannot run.
+#[cfg(not(feature = "hailo"))]
+fn open_hef(_: &Config, name: &str, hef: &Path) -> Result<Box<dyn Embedder>, DistanceError> {
+    Err(DistanceError::Usage(format!(
+        "--backend {name}={}: a HEF runs on the Hailo-8 through HailoRT, and this portier is \
+         built without the `hailo` feature (build with --features hailo)",
+        hef.display()
+    )))
 }
 
 /// A shrunk face placed 1:1 in a canvas of the detector's input size.
@@ -410,8 +480,27 @@ pub fn run_sweep(
     backends: &mut Backends,
     photos: Vec<Labelled>,
     sizes: &[u32],
+    progress: impl FnMut(usize, usize),
+) -> Result<Sweep, DistanceError> {
+    run_sweep_with_camera(backends, photos, sizes, None, progress)
+}
+
+/// [`run_sweep`], and with `camera` also the [`Mode::Camera`] measurements.
+pub fn run_sweep_with_camera(
+    backends: &mut Backends,
+    photos: Vec<Labelled>,
+    sizes: &[u32],
+    camera: Option<&CameraArgs>,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Sweep, DistanceError> {
+    let camera = camera.filter(|c| c.any());
+    if let Some(c) = camera {
+        c.validate().map_err(DistanceError::Usage)?;
+    }
+    let mut modes = MODES.to_vec();
+    if camera.is_some() {
+        modes.push(Mode::Camera);
+    }
     let mut sizes: Vec<Option<u32>> = sizes.iter().map(|&s| Some(s)).collect();
     sizes.sort_unstable();
     sizes.dedup();
@@ -420,7 +509,7 @@ pub fn run_sweep(
     }
     sizes.push(None);
     let canvas_size = backends.detector.settings().input_size;
-    let mut outcomes = vec![vec![Vec::with_capacity(photos.len()); sizes.len()]; MODES.len()];
+    let mut outcomes = vec![vec![Vec::with_capacity(photos.len()); sizes.len()]; modes.len()];
     for (i, photo) in photos.iter().enumerate() {
         let img = load_image(&photo.path).map_err(|e| {
             DistanceError::Input(EvalError::Input {
@@ -445,28 +534,21 @@ pub fn run_sweep(
                     Some(sample) => Outcome::Embedded(sample),
                     None => Outcome::NotDetected,
                 };
-                outcomes[0][si].push(out.clone());
-                outcomes[1][si].push(out);
+                for mode in &mut outcomes {
+                    mode[si].push(out.clone());
+                }
                 continue;
             };
             let factor = f64::from(s) / f64::from(e0);
             if factor >= 1.0 {
-                outcomes[0][si].push(Outcome::SourceTooSmall);
-                outcomes[1][si].push(Outcome::SourceTooSmall);
+                for mode in &mut outcomes {
+                    mode[si].push(Outcome::SourceTooSmall);
+                }
                 continue;
             }
             let shrunk =
                 shrink_into_canvas(&mut backends.resizer, img.view(), &face, factor, canvas_size);
-            backends.detector.detect(shrunk.canvas.view(), &mut backends.detections)?;
-            let detected = match find_expected(&backends.detections, &shrunk.expected_box) {
-                Some(d) => {
-                    match backends.embed_all(shrunk.canvas.view(), &d.kps, d.eye_distance())? {
-                        Some(sample) => Outcome::Embedded(sample),
-                        None => Outcome::NotDetected,
-                    }
-                }
-                None => Outcome::NotDetected,
-            };
+            let detected = backends.detect_and_embed(&shrunk.canvas, &shrunk.expected_box)?;
             let reference =
                 match backends.embed_all(shrunk.canvas.view(), &shrunk.reference_kps, s as f32)? {
                     Some(sample) => Outcome::Embedded(sample),
@@ -474,6 +556,17 @@ pub fn run_sweep(
                 };
             outcomes[0][si].push(detected);
             outcomes[1][si].push(reference);
+            if let Some(c) = camera {
+                let mut frame = shrunk.canvas;
+                c.degrade_around(
+                    &mut frame,
+                    shrunk.expected_box,
+                    s as f32,
+                    super::camera::seed(i, s),
+                )
+                .map_err(DistanceError::Usage)?;
+                outcomes[2][si].push(backends.detect_and_embed(&frame, &shrunk.expected_box)?);
+            }
         }
         progress(i + 1, photos.len());
     }
@@ -483,7 +576,16 @@ pub fn run_sweep(
     let classes =
         photos.iter().map(|p| ids.binary_search(&p.identity.as_str()).unwrap_or(0)).collect();
     let identities = ids.len();
-    Ok(Sweep { photos, backends: backends.names().to_vec(), sizes, outcomes, classes, identities })
+    Ok(Sweep {
+        photos,
+        backends: backends.names().to_vec(),
+        sizes,
+        modes,
+        camera: camera.copied(),
+        outcomes,
+        classes,
+        identities,
+    })
 }
 
 /// How the operating threshold is chosen for a face.
@@ -653,7 +755,7 @@ impl Sweep {
             lines.push((format!("routed({})", self.backends[*npu]), Line::Routed { npu: *npu }));
         }
         let mut modes = Vec::new();
-        for (mi, mode) in MODES.iter().enumerate() {
+        for (mi, mode) in self.modes.iter().enumerate() {
             let mut bands = Vec::new();
             for (si, size) in self.sizes.iter().enumerate() {
                 let count =
@@ -693,6 +795,8 @@ impl Sweep {
             ),
             verdicts,
             modes,
+            camera: self.camera.map(|c| c.describe()),
+            routing: routed.map(|(r, _)| r),
         }
     }
 
@@ -834,6 +938,10 @@ pub struct DistanceReport {
     pub criterion: String,
     /// Per non-reference backend.
     pub verdicts: Vec<Verdict>,
+    /// The camera-like degradation of the `camera` mode, in words.
+    pub camera: Option<String>,
+    /// The routing of the routed line (its bands are the operating thresholds).
+    pub routing: Option<RoutingConfig>,
     /// Per landmark mode.
     pub modes: Vec<ModeReport>,
 }
@@ -853,6 +961,15 @@ pub fn read_routing(path: &Path) -> Result<RoutingConfig, DistanceError> {
 
 /// Reads the labels and runs the sweep with a progress bar on standard error.
 pub fn sweep(config: &Config, args: &SweepArgs) -> Result<(Sweep, Backends), DistanceError> {
+    sweep_with_camera(config, args, None)
+}
+
+/// [`sweep`], with the [`Mode::Camera`] measurements when `camera` asks for any.
+pub fn sweep_with_camera(
+    config: &Config,
+    args: &SweepArgs,
+    camera: Option<&CameraArgs>,
+) -> Result<(Sweep, Backends), DistanceError> {
     let root = args.root.clone().unwrap_or_else(|| default_root(&args.labels));
     let mut photos = read_labels(&args.labels, &root)?;
     if let Some(n) = args.limit {
@@ -861,7 +978,9 @@ pub fn sweep(config: &Config, args: &SweepArgs) -> Result<(Sweep, Backends), Dis
     let mut backends = Backends::open(config, &args.backends)?;
     let bar = indicatif::ProgressBar::new(photos.len() as u64);
     bar.set_message("shrinking and embedding photos");
-    let sweep = run_sweep(&mut backends, photos, &args.sizes, |d, _| bar.set_position(d as u64))?;
+    let sweep = run_sweep_with_camera(&mut backends, photos, &args.sizes, camera, |d, _| {
+        bar.set_position(d as u64)
+    })?;
     bar.finish_and_clear();
     Ok((sweep, backends))
 }
@@ -873,14 +992,16 @@ pub fn npu_index(backends: &[String], name: Option<&str>) -> Result<usize, Dista
             DistanceError::Usage(format!("--npu {n}: no such --backend (have {backends:?})"))
         }),
         None if backends.len() > 1 => Ok(1),
-        None => Err(DistanceError::Usage("give at least one --backend NAME=MODEL.onnx".into())),
+        None => Err(DistanceError::Usage(
+            "give at least one --backend NAME=MODEL.onnx (or NAME=MODEL.hef)".into(),
+        )),
     }
 }
 
 /// `portier eval distance`: runs the sweep, prints the table or JSON, writes the plot.
 pub fn command(config: &Config, args: &DistanceArgs) -> Result<DistanceReport, DistanceError> {
     let routing = args.routing.as_deref().map(read_routing).transpose()?;
-    let (sweep, _) = sweep(config, &args.sweep)?;
+    let (sweep, _) = sweep_with_camera(config, &args.sweep, Some(&args.camera))?;
     let routed = match &routing {
         Some(r) => Some((r.clone(), npu_index(&sweep.backends, args.npu.as_deref())?)),
         None => None,
@@ -916,6 +1037,9 @@ pub fn table(r: &DistanceReport) -> String {
          operating thresholds: {}",
         r.photos, r.identities, r.thresholds
     );
+    if let Some(c) = &r.camera {
+        let _ = writeln!(s, "camera-like frames: {c} (swept sizes; the originals as photographed)");
+    }
     let f =
         |v: Option<f64>| v.filter(|x| x.is_finite()).map_or("    -".into(), |x| format!("{x:5.3}"));
     for m in &r.modes {
@@ -925,6 +1049,7 @@ pub fn table(r: &DistanceReport) -> String {
             match m.mode {
                 Mode::Detected => "detected landmarks",
                 Mode::Reference => "reference landmarks (recognition only)",
+                Mode::Camera => "camera-like frames, detected landmarks",
             }
         );
         for b in &m.bands {
@@ -1023,5 +1148,94 @@ mod tests {
         assert_eq!(parse_backend("int8=/m/a.onnx").unwrap(), ("int8".into(), "/m/a.onnx".into()));
         assert!(parse_backend("int8").is_err());
         assert!(parse_backend("=a.onnx").is_err());
+    }
+}
+
+/// `--backend NAME=MODEL.hef`: the sweep and the calibration through a HEF on the HailoRT
+/// double (its numbers are arbitrary: the plumbing is under test).
+#[cfg(all(test, feature = "hailo"))]
+#[allow(clippy::unwrap_used)]
+mod hef_tests {
+    use super::*;
+    use crate::infer::hailo::double::{Double, REC_DIM};
+
+    fn config(assets: &Path, d: &Double) -> Config {
+        let m = assets.join("models");
+        let text = format!(
+            "[detector]\nmodel = \"{}\"\nkind = \"scrfd\"\n[recognizer]\nmodel = \"{}\"\n\
+             [gallery]\npath = \"g.db\"\n[matching]\nthreshold = 0.32\n\
+             [npu]\nlibrary = \"{}\"\n",
+            m.join("detectors/scrfd_500m_det_500m.onnx").display(),
+            m.join("derived/w600k_mbf_dq_fp32.onnx").display(),
+            d.path.display()
+        );
+        Config::parse(&text, Path::new("/c.toml")).unwrap()
+    }
+
+    #[test]
+    fn eval_distance_and_calibrate_run_a_hef_backend() {
+        // The shared assets: missing, the test passes with a notice, except under CI=true.
+        let a = std::env::var_os("PORTIER_ASSETS").map_or_else(
+            || Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/assets"),
+            PathBuf::from,
+        );
+        if !a.join("README.md").is_file() {
+            assert_ne!(std::env::var("CI").as_deref(), Ok("true"), "assets missing: {a:?}");
+            return eprintln!("notice: test assets missing at {}, skipping", a.display());
+        }
+        let d = Double::new();
+        let config = config(&a, &d);
+        let sweep_args = SweepArgs {
+            labels: a.join("faces/labels.csv"),
+            root: None,
+            backends: vec![
+                parse_backend(&format!("npu={}", d.hef("recognizer").display())).unwrap()
+            ],
+            sizes: vec![24],
+            limit: Some(3),
+        };
+        let (s, _) = sweep(&config, &sweep_args).unwrap();
+        assert_eq!(s.backends, ["float32", "npu"]);
+        let embedded: Vec<&Sample> = s.outcomes[0]
+            .iter()
+            .flatten()
+            .filter_map(|o| match o {
+                Outcome::Embedded(x) => Some(x),
+                _ => None,
+            })
+            .collect();
+        assert!(embedded.len() >= 3, "{}", embedded.len());
+        for x in embedded {
+            assert_eq!(x.embeddings[1].len(), REC_DIM);
+            assert!(x.norms[1] > 0.0);
+        }
+        // The HEF ran: the double logged its inference calls.
+        assert!(d.calls().iter().any(|c| c == "hailo_vstream_read_raw_buffer"));
+        let report = s.report(&Thresholds::Fixed(0.32), None);
+        assert!(table(&report).contains("npu"));
+        // Calibration takes the HEF as its NPU and judges it (the double is no face model).
+        let args = super::super::calibrate::CalibrateArgs {
+            sweep: sweep_args,
+            npu: Some("npu".into()),
+            output: None,
+        };
+        let err = super::super::calibrate::command(&config, &args).unwrap_err();
+        assert!(matches!(err, DistanceError::Calibration(_)), "{err}");
+        assert!(err.to_string().contains("npu"), "{err}");
+    }
+}
+
+#[cfg(all(test, not(feature = "hailo")))]
+#[allow(clippy::unwrap_used)]
+mod no_hailo_tests {
+    use super::*;
+
+    #[test]
+    fn a_hef_backend_without_the_hailo_feature_is_a_clear_usage_error() {
+        let config = crate::config::test_config("[matching]\nthreshold = 0.3\n");
+        assert!(is_hef(Path::new("/m/r50.HEF")) && !is_hef(Path::new("/m/r50.onnx")));
+        let err = open_hef(&config, "npu", Path::new("/m/r50.hef")).err().unwrap();
+        assert_eq!(err.exit_code(), 64);
+        assert!(err.to_string().contains("`hailo` feature"), "{err}");
     }
 }

@@ -9,9 +9,11 @@
 //!
 //! Layout: `hailo optimize --calib-set-path` reads a NumPy `.npy` array of shape
 //! `(N, H, W, C)` (NHWC), the model's input before the normalisation layer that the model script
-//! adds on the chip; so the crops are raw 0..255 `uint8` in the recognizer's channel order.
-//! Beside it, `manifest.csv` says where each crop came from, and `--png` also writes each crop
-//! as a PNG to look at.
+//! adds on the chip; so the crops are raw 0..255 `uint8` in the NPU model's channel order
+//! (`[npu] channel_order`, by default the CPU recognizer's). Beside it, `normalization.alls` is
+//! the model-script line with the NPU model's normalisation (`[npu] mean` and `std`, in that
+//! channel order) for the HEF's `.alls`, `manifest.csv` says where each crop came from, and
+//! `--png` also writes each crop as a PNG to look at.
 //!
 //! Must not: run recognizers or change crops beyond the appliance's own align step.
 
@@ -32,6 +34,9 @@ use crate::infer::{self, ChannelOrder};
 
 /// The file name of the array.
 pub const NPY_NAME: &str = "calib_set.npy";
+
+/// The file name of the normalisation line for the model script.
+pub const ALLS_NAME: &str = "normalization.alls";
 
 /// Arguments of `portier export-calib`.
 #[derive(Args, Debug, Clone)]
@@ -54,7 +59,7 @@ pub struct ExportCalibArgs {
 }
 
 /// What was written.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ExportSummary {
     /// The array file.
     pub npy: PathBuf,
@@ -66,6 +71,27 @@ pub struct ExportSummary {
     pub reference: usize,
     /// Photos with no face at full size.
     pub no_face: usize,
+    /// The NPU model's preprocessing: the crops' channel order, and the normalisation written to
+    /// [`ALLS_NAME`].
+    pub preprocess: crate::infer::Preprocess,
+}
+
+/// The model-script line that compiles `p`'s normalisation into the HEF (Hailo DFC
+/// `normalization(mean, std)`, per input channel in the calibration set's channel order), with
+/// a comment saying where it comes from.
+pub fn normalization_alls(p: &crate::infer::Preprocess) -> String {
+    let list = |v: [f32; 3]| v.map(|x| format!("{x:?}")).join(", ");
+    let order = match p.order {
+        ChannelOrder::Rgb => "RGB",
+        ChannelOrder::Bgr => "BGR",
+    };
+    format!(
+        "# Written by `portier export-calib` from [npu] channel_order, mean and std: the\n\
+         # calibration set is {order} uint8; the chip computes (x - mean) / std per channel.\n\
+         normalization1 = normalization([{}], [{}])\n",
+        list(p.mean),
+        list(p.std)
+    )
 }
 
 /// The `.npy` (format version 1.0) header for a C-order `uint8` array of `shape`.
@@ -92,7 +118,8 @@ pub fn command(config: &Config, args: &ExportCalibArgs) -> Result<ExportSummary,
     infer::init(config.onnxruntime.library.as_deref(), config.onnxruntime.intra_threads)?;
     let mut detector = Detector::open(config.detector.clone())?;
     let canvas_size = detector.settings().input_size;
-    let bgr = config.recognizer.preprocess.order == ChannelOrder::Bgr;
+    let preprocess = config.npu.preprocess();
+    let bgr = preprocess.order == ChannelOrder::Bgr;
     let write_err = |path: &Path, e: std::io::Error| DistanceError::Write {
         path: path.into(),
         reason: e.to_string(),
@@ -115,6 +142,7 @@ pub fn command(config: &Config, args: &ExportCalibArgs) -> Result<ExportSummary,
         detected: 0,
         reference: 0,
         no_face: 0,
+        preprocess,
     };
     let bar = indicatif::ProgressBar::new(photos.len() as u64);
     for (pi, photo) in photos.iter().enumerate() {
@@ -186,6 +214,8 @@ pub fn command(config: &Config, args: &ExportCalibArgs) -> Result<ExportSummary,
         .map_err(|e| write_err(&summary.npy, e))?;
     let mpath = args.output.join("manifest.csv");
     std::fs::write(&mpath, manifest).map_err(|e| write_err(&mpath, e))?;
+    let apath = args.output.join(ALLS_NAME);
+    std::fs::write(&apath, normalization_alls(&preprocess)).map_err(|e| write_err(&apath, e))?;
     Ok(summary)
 }
 
@@ -205,5 +235,22 @@ mod tests {
             .starts_with("{'descr': '|u1', 'fortran_order': False, 'shape': (5, 112, 112, 3), }"));
         assert!(dict.ends_with('\n'));
         assert!(std::str::from_utf8(&npy_header(&[7])[10..]).unwrap().contains("(7,)"));
+    }
+
+    #[test]
+    fn the_normalisation_line_is_the_npu_models() {
+        let p = crate::infer::Preprocess {
+            order: ChannelOrder::Bgr,
+            mean: [127.5; 3],
+            std: [128.0, 127.5, 1.0],
+        };
+        let text = normalization_alls(&p);
+        assert!(text.contains("is BGR uint8"), "{text}");
+        assert!(
+            text.ends_with(
+                "normalization1 = normalization([127.5, 127.5, 127.5], [128.0, 127.5, 1.0])\n"
+            ),
+            "{text}"
+        );
     }
 }

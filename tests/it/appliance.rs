@@ -87,7 +87,11 @@ pub(crate) fn replay_source(path: &Path, fps: f64, looped: bool) -> Box<dyn Fram
 
 pub fn replay(config: &Config, stream: &Path, fps: f64) -> Run {
     let (mut parts, _, level) = cpu_parts(config, replay_source(stream, fps, false));
-    parts.npu = npu_parts(config, None);
+    // The NPU side as `portier run` opens it: probed, on the CPU when it fails.
+    if let Some(id) = config.npu.model_id() {
+        let g = Gallery::open(&config.gallery_path, &config.gallery_key_file).unwrap();
+        parts.npu = portier::app::NpuParts::open(config, g.matcher(&id).unwrap()).unwrap();
+    }
     if let Some(l) = config.liveness.as_ref().filter(|l| l.enabled) {
         parts.liveness = Some(Box::new(portier::liveness::MiniFasNet::open(&l.settings).unwrap()));
     }
@@ -274,21 +278,7 @@ fn panic_in_the_loop_releases_the_relay() {
 /// A config file for the binary: the shipped laptop config with absolute asset paths, a
 /// scratch gallery with Lin-Manuel Miranda enrolled, replaying the 640x480 Hamilton stream.
 pub(crate) fn cli_config(dir: &Path, assets: &Path) -> PathBuf {
-    let text =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("board/laptop.toml"))
-            .unwrap();
-    let gallery = dir.join("gallery.db");
-    let mut out = String::new();
-    for line in text.lines() {
-        if line.starts_with("path = ") && line.contains("gallery") {
-            out.push_str(&format!("path = \"{}\"\n", gallery.display()));
-        } else {
-            out.push_str(&line.replace("../../shared/assets", &assets.display().to_string()));
-            out.push('\n');
-        }
-    }
-    let path = dir.join("portier.toml");
-    std::fs::write(&path, out).unwrap();
+    let path = crate::common::board_config("laptop.toml", dir, assets, &dir.join("gallery.db"));
     let config = Config::load(&path).unwrap();
     enroll(&config, assets, &[LIN]);
     path
@@ -420,7 +410,7 @@ pub(crate) fn npu_parts(config: &Config, wrap: Option<Wrap<'_>>) -> Option<porti
         .unwrap();
     let routing = portier::route::RoutingConfig::default_for(config.matching.threshold);
     let router = portier::route::Router::new(routing, true).unwrap();
-    Some(portier::app::NpuParts { embedder, matcher, router })
+    Some(portier::app::NpuParts { embedder, matcher, router, fallback: None, not_installed: None })
 }
 
 /// The laptop config with the emulated NPU: w600k_mbf INT8 (QDQ) on the CPU.
@@ -448,6 +438,47 @@ fn with_the_emulated_npu_close_faces_are_embedded_there_and_the_grants_are_the_s
         if let AppEvent::Granted { backend, eye_px, .. } = e {
             assert_eq!(*backend, "npu", "a face {eye_px:.0} px between the eyes goes to the NPU");
         }
+    }
+}
+
+/// Issue 16: people enrolled while the NPU's model was not installed have CPU templates only.
+/// Once the NPU works, their close faces must not go to it (they would match nobody there):
+/// the loop keeps every face on the CPU, says why, and still grants them.
+#[test]
+fn people_enrolled_without_npu_templates_are_recognised_on_the_cpu() {
+    let Some(a) = assets() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let cpu_only = laptop_config(&dir.path().join("g.db"));
+    enroll(&cpu_only, &a, &[LIN]);
+    let config = with_emulated_npu(cpu_only, &a);
+    let source = replay_source(&video(&a, "hamilton_640x480.mjpeg"), HAMILTON_FPS, false);
+    let (mut parts, _, _) = cpu_parts(&config, source);
+    parts.npu = npu_parts(&config, None);
+    let mut app = App::new(config.app.clone(), parts).unwrap();
+    assert_eq!(app.npu_use(), portier::app::NpuUse::TemplatesMissing);
+    let events = hamilton_to_the_end(&mut app);
+    assert_eq!(app.counters().npu_embeddings, 0, "{}", app.counters());
+    let grants: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            AppEvent::Granted { name, backend, .. } => Some((name.clone(), *backend)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(grants, [(LIN.0.to_owned(), "cpu")]);
+}
+
+/// Steps `app` through the Hamilton clip on its own clock; every event, in order.
+fn hamilton_to_the_end(app: &mut App) -> Vec<AppEvent> {
+    let mut events = Vec::new();
+    let mut frame = 0u64;
+    loop {
+        let now = Duration::from_secs_f64(frame as f64 / HAMILTON_FPS);
+        if app.step(now).unwrap() == StepOutcome::EndOfStream {
+            return events;
+        }
+        frame += 1;
+        events.extend(app.drain_events());
     }
 }
 
@@ -493,16 +524,7 @@ fn when_the_npu_dies_every_face_goes_to_the_cpu_with_one_event_and_grants_contin
         |inner| -> Box<dyn portier::embed::Embedder> { Box::new(Dying { inner, ok: 5, calls: 0 }) };
     parts.npu = npu_parts(&config, Some(&die));
     let mut app = App::new(config.app.clone(), parts).unwrap();
-    let mut events = Vec::new();
-    let mut frame = 0u64;
-    loop {
-        let now = Duration::from_secs_f64(frame as f64 / HAMILTON_FPS);
-        if app.step(now).unwrap() == StepOutcome::EndOfStream {
-            break;
-        }
-        frame += 1;
-        events.extend(app.drain_events());
-    }
+    let events = hamilton_to_the_end(&mut app);
     let fallbacks = events.iter().filter(|e| matches!(e, AppEvent::NpuFallback { .. })).count();
     assert_eq!(fallbacks, 1, "one event when the NPU fails");
     assert!(!app.npu_up());
@@ -559,7 +581,7 @@ fn an_npu_missing_at_start_runs_on_the_cpu_and_is_opened_later() {
     let mut restored = false;
     while stderr.read_line(&mut line).unwrap() > 0 {
         log.push_str(&line);
-        if !restored && line.contains("npu: cannot open") {
+        if !restored && line.contains("npu: cannot ") {
             // The model arrives while the door runs on the CPU.
             std::fs::rename(&parked, &model).unwrap();
             restored = true;
@@ -571,6 +593,8 @@ fn an_npu_missing_at_start_runs_on_the_cpu_and_is_opened_later() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}\n{log}");
     assert!(restored, "{log}");
+    // A missing model file is "not installed": CPU only, said so, not an error.
+    assert!(log.contains("not installed (no such file)") && log.contains("CPU only"), "{log}");
     assert!(log.contains("npu: opened w600k_mbf_int8 after a failed start"), "{log}");
     assert!(log.contains("npu back"), "{log}");
     assert!(out.contains("granted: Lin-Manuel Miranda"), "{out}\n{log}");

@@ -377,3 +377,58 @@ fn gallery_is_sealed_on_disk_and_moves_by_encrypted_backup() {
     );
     assert!(!key.exists());
 }
+
+/// Review of the MQTT command code, finding 5: a door whose replay state refuses every command
+/// (its clock ran ahead while it accepted one) gets a documented way out, `portier mqtt
+/// reset-replay`: the old state kept, a floor at now, nothing else; an unusable folder is an
+/// error that leaves the state as it was.
+#[test]
+fn mqtt_reset_replay_keeps_the_old_state_and_leaves_a_floor_a_window_after_now() {
+    use portier::mqtt::command::ReplayState;
+    use portier::mqtt::replay;
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = dir.path().join("outbox");
+    let config = dir.path().join("portier.toml");
+    let toml = |outbox: &Path| {
+        format!(
+            "[detector]\nmodel = \"d.onnx\"\nkind = \"yunet\"\n\n[recognizer]\nmodel = \"r.onnx\"\n\n\
+             [gallery]\npath = \"g.db\"\n\n[matching]\nthreshold = 0.47\nmargin = 0.05\n\n[mqtt]\noutbox_dir = \"{}\"\n",
+            outbox.display()
+        )
+    };
+    std::fs::write(&config, toml(&outbox)).unwrap();
+    let now = || {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+    };
+    // A mark a day ahead: every command `clock_behind` for a day.
+    let stuck = ReplayState { clock_mark: Some(now() + 86_400), ..ReplayState::default() };
+    std::fs::create_dir_all(&outbox).unwrap();
+    std::fs::write(outbox.join(replay::STATE_NAME), replay::encode(&stuck)).unwrap();
+
+    let before = now();
+    let out = portier_with(&config, &["mqtt", "reset-replay"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("reset") && text.contains("kept as"), "{text}");
+    let state = replay::decode(&std::fs::read(outbox.join(replay::STATE_NAME)).unwrap()).unwrap();
+    assert_eq!(state.clock_mark, None);
+    // The default command window (30 s) after the reset.
+    assert!(state.floor.is_some_and(|f| f >= before + 30 && f <= now() + 30), "{state:?}");
+    assert!(state.nonces.is_empty() && state.max_ts.is_none());
+    let kept: Vec<_> = std::fs::read_dir(&outbox)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains(".reset-"))
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(replay::decode(&std::fs::read(&kept[0]).unwrap()).unwrap(), stuck);
+
+    // A folder that cannot be used: exit 73, one line naming it.
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    std::fs::write(&config, toml(&file.join("outbox"))).unwrap();
+    let out = portier_with(&config, &["mqtt", "reset-replay"]);
+    assert_eq!(out.status.code(), Some(73), "{}", stderr(&out));
+    let line = error_line(&out);
+    assert!(line.contains("cannot reset the replay state") && line.contains("a-file"), "{line}");
+}

@@ -67,8 +67,98 @@ pub fn config(assets: &Path, det: Det, rec: Rec, gallery: &Path) -> Config {
     Config::parse(&text, Path::new("/test.toml")).expect("test config")
 }
 
+/// `board/<board>` with the shared assets' paths made absolute and its gallery at `gallery`,
+/// written to `dir/portier.toml`; its path.
+pub fn board_config(board: &str, dir: &Path, assets: &Path, gallery: &Path) -> PathBuf {
+    let text =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("board").join(board))
+            .unwrap();
+    let mut out = String::new();
+    for line in text.lines() {
+        if line.starts_with("path = ") && line.contains("gallery") {
+            out.push_str(&format!("path = \"{}\"\n", gallery.display()));
+        } else {
+            out.push_str(&line.replace("../../shared/assets", &assets.display().to_string()));
+            out.push('\n');
+        }
+    }
+    let path = dir.join("portier.toml");
+    std::fs::write(&path, out).unwrap();
+    path
+}
+
 /// Golden JSON files.
 pub fn golden(assets: &Path, name: &str) -> serde_json::Value {
     let text = std::fs::read_to_string(assets.join("golden").join(name)).expect("golden file");
     serde_json::from_str(&text).expect("golden json")
+}
+
+/// Writes a recognizer ONNX model whose output is the same `dim`-d vector for every input (a
+/// degenerate model): input `data` `[1, 3, 112, 112]` (unused), output `emb` `[1, dim]`, the
+/// constant through an `Identity` node. Encoded by hand (protobuf wire format): no ONNX tooling
+/// is needed to make it.
+pub fn constant_recognizer(path: &Path, dim: usize) {
+    fn varint(out: &mut Vec<u8>, mut v: u64) {
+        loop {
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            if v == 0 {
+                out.push(b);
+                return;
+            }
+            out.push(b | 0x80);
+        }
+    }
+    fn int(out: &mut Vec<u8>, field: u64, v: u64) {
+        varint(out, field << 3);
+        varint(out, v);
+    }
+    fn bytes(out: &mut Vec<u8>, field: u64, v: &[u8]) {
+        varint(out, (field << 3) | 2);
+        varint(out, v.len() as u64);
+        out.extend_from_slice(v);
+    }
+    let value_info = |name: &str, dims: &[u64]| {
+        let mut shape = Vec::new();
+        for &d in dims {
+            let mut dim = Vec::new();
+            int(&mut dim, 1, d);
+            bytes(&mut shape, 1, &dim);
+        }
+        let mut tensor = Vec::new();
+        int(&mut tensor, 1, 1); // FLOAT
+        bytes(&mut tensor, 2, &shape);
+        let mut ty = Vec::new();
+        bytes(&mut ty, 1, &tensor);
+        let mut vi = Vec::new();
+        bytes(&mut vi, 1, name.as_bytes());
+        bytes(&mut vi, 2, &ty);
+        vi
+    };
+    let values: Vec<u8> =
+        (0..dim).flat_map(|i| ((i as f32 * 0.37).sin() + 0.1).to_le_bytes()).collect();
+    let mut init = Vec::new();
+    int(&mut init, 1, 1);
+    int(&mut init, 1, dim as u64);
+    int(&mut init, 2, 1);
+    bytes(&mut init, 8, b"c");
+    bytes(&mut init, 9, &values);
+    let mut node = Vec::new();
+    bytes(&mut node, 1, b"c");
+    bytes(&mut node, 2, b"emb");
+    bytes(&mut node, 4, b"Identity");
+    let mut graph = Vec::new();
+    bytes(&mut graph, 1, &node);
+    bytes(&mut graph, 2, b"constant");
+    bytes(&mut graph, 5, &init);
+    bytes(&mut graph, 11, &value_info("data", &[1, 3, 112, 112]));
+    bytes(&mut graph, 12, &value_info("emb", &[1, dim as u64]));
+    let mut opset = Vec::new();
+    bytes(&mut opset, 1, b"");
+    int(&mut opset, 2, 13);
+    let mut model = Vec::new();
+    int(&mut model, 1, 7);
+    bytes(&mut model, 7, &graph);
+    bytes(&mut model, 8, &opset);
+    std::fs::write(path, model).expect("writing the constant model");
 }

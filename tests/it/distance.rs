@@ -7,11 +7,22 @@ use std::path::Path;
 
 use crate::common::{self, Det, Rec};
 use portier::eval::calibrate;
-use portier::eval::distance::{run_sweep, Backends, Line, Sweep, Thresholds};
+use portier::eval::camera::CameraArgs;
+use portier::eval::distance::{run_sweep_with_camera, Backends, Line, Mode, Sweep, Thresholds};
 use portier::eval::verify::read_labels;
 use portier::route::Router;
 
 fn sweep(assets: &Path, rec: Rec, backends: &[(&str, &str)], sizes: &[u32]) -> Sweep {
+    sweep_with(assets, rec, backends, sizes, None)
+}
+
+fn sweep_with(
+    assets: &Path,
+    rec: Rec,
+    backends: &[(&str, &str)],
+    sizes: &[u32],
+    camera: Option<&CameraArgs>,
+) -> Sweep {
     let cfg = common::config(assets, Det::Scrfd500m, rec, Path::new("/unused.db"));
     let extra: Vec<_> = backends
         .iter()
@@ -20,7 +31,38 @@ fn sweep(assets: &Path, rec: Rec, backends: &[(&str, &str)], sizes: &[u32]) -> S
     let mut b = Backends::open(&cfg, &extra).unwrap();
     let photos = read_labels(&assets.join("faces/labels.csv"), &assets.join("faces/full")).unwrap();
     assert_eq!(photos.len(), 77);
-    run_sweep(&mut b, photos, sizes, |_, _| {}).unwrap()
+    run_sweep_with_camera(&mut b, photos, sizes, camera, |_, _| {}).unwrap()
+}
+
+/// A far face as a camera sees it (defocus, noise, MJPEG) is a third mode beside the same face
+/// only downscaled: same photos, the originals untouched, and recognition no better.
+#[test]
+fn camera_like_frames_are_a_third_mode_and_cost_recognition() {
+    let Some(assets) = common::assets() else { return };
+    let camera = CameraArgs {
+        defocus_px: 4.0,
+        focus_eye_px: 48.0,
+        optical_blur: 0.5,
+        noise: 6.0,
+        jpeg_quality: 60,
+    };
+    let s = sweep_with(&assets, Rec::W600kFp32, &[], &[12], Some(&camera));
+    assert_eq!(s.modes, [Mode::Detected, Mode::Reference, Mode::Camera]);
+    let report = s.report(&Thresholds::Fixed(0.32), None);
+    let (clean, cam) = (&report.modes[0].bands, &report.modes[2].bands);
+    assert!(report.camera.as_deref().unwrap().contains("MJPEG quality 60"), "{:?}", report.camera);
+    let total = |b: &portier::eval::distance::BandReport| b.embedded + b.not_detected;
+    assert_eq!(total(&clean[0]), total(&cam[0]));
+    let (c, d) = (&clean[0].lines[0].stats, &cam[0].lines[0].stats);
+    eprintln!(
+        "12 px: clean {} genuine {:?}; camera {} genuine {:?}",
+        c.match_rate, c.genuine, d.match_rate, d.genuine
+    );
+    assert!(d.genuine.unwrap().mean < c.genuine.unwrap().mean, "degraded faces match worse");
+    assert!(d.match_rate <= c.match_rate + 0.02, "{} vs {}", d.match_rate, c.match_rate);
+    // The originals (and so every gallery) are the photographs in every mode.
+    let (co, ao) = (&clean[1].lines[0].stats, &cam[1].lines[0].stats);
+    assert_eq!((co.faces, co.match_rate), (ao.faces, ao.match_rate));
 }
 
 /// Match rate (TAR at FAR 1e-3, misses counted) of `line` at each size of the sweep.

@@ -194,21 +194,8 @@ fn cli_enrol_from_camera_refuses_two_people_with_exit_65() {
     let Some(a) = assets() else { return };
     let dir = tempfile::tempdir().unwrap();
     // The laptop config with absolute asset paths and a scratch gallery.
-    let text =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("board/laptop.toml"))
-            .unwrap();
-    let gallery = dir.path().join("gallery.db");
-    let mut toml = String::new();
-    for line in text.lines() {
-        if line.starts_with("path = ") && line.contains("gallery") {
-            toml.push_str(&format!("path = \"{}\"\n", gallery.display()));
-        } else {
-            toml.push_str(&line.replace("../../shared/assets", &a.display().to_string()));
-            toml.push('\n');
-        }
-    }
-    let cfg = dir.path().join("portier.toml");
-    std::fs::write(&cfg, toml).unwrap();
+    let cfg =
+        crate::common::board_config("laptop.toml", dir.path(), &a, &dir.path().join("gallery.db"));
     let audience = segment(&video(&a, "hamilton_640x480.mjpeg"), 211, 274, dir.path());
     let run = |name: &str, stream: &Path| {
         std::process::Command::new(env!("CARGO_BIN_EXE_portier"))

@@ -10,9 +10,15 @@ mod common;
 mod distance;
 mod enroll_live;
 mod faults;
+#[cfg(feature = "hailo")]
+#[allow(dead_code)]
+mod hailo_double;
 mod liveness;
 mod mqtt;
 mod mqtt_hardening;
+mod npu_check;
+#[cfg(feature = "hailo")]
+mod npu_device;
 mod parity;
 mod recognition;
 mod selftest;

@@ -96,7 +96,7 @@ fn laptop_config_passes_and_reports_absent_parts_as_absent() {
     let table = String::from_utf8_lossy(&o.stdout);
     assert_eq!(o.status.code(), Some(0), "{table}\n{}", String::from_utf8_lossy(&o.stderr));
     let last = table.lines().last().unwrap();
-    assert_eq!(last, "selftest: 8 passed, 0 failed, 4 absent, 0 warned", "{table}");
+    assert_eq!(last, "selftest: 8 passed, 0 failed, 5 absent, 0 warned", "{table}");
     for line in ["config ", "onnxruntime ", "detector ", "camera ", "npu ", "mqtt "] {
         assert!(table.lines().any(|l| l.starts_with(line)), "no row {line:?}: {table}");
     }
@@ -120,6 +120,7 @@ fn laptop_config_passes_and_reports_absent_parts_as_absent() {
     assert!(row(&report, "gpio").1.contains("fake backend: no hardware"));
     // Not configured or not built in: absent, never passed.
     assert_status(&report, "npu", "absent");
+    assert_status(&report, "npu: model", "absent");
     assert_status(&report, "mqtt", "absent");
     assert_status(&report, "disk: outbox", "absent");
     assert_status(&report, "liveness", "absent");
@@ -149,6 +150,44 @@ fn liveness_models_are_checked_when_configured() {
     assert_eq!(code, Some(1), "{report:#}");
     assert_status(&report, "liveness", "fail");
     assert!(row(&report, "liveness").1.contains("/nonexistent/MiniFASNetV2.onnx"));
+}
+
+/// Issue 16: an image built without the HEF. The NPU's model is configured but not there:
+/// `selftest` says "not installed -> CPU only" as a warning (exit 0), `enroll` enrols with the
+/// CPU's model only; once the model is there, the people enrolled before it are named as
+/// lacking its templates.
+#[test]
+fn an_npu_model_that_is_not_installed_is_a_warning_and_enrolment_uses_the_cpu() {
+    let Some(assets) = common::assets() else { return };
+    let model = tempfile::tempdir().unwrap();
+    let npu = model.path().join("npu.onnx");
+    let extra = format!(
+        "[npu]\nbackend = \"emulated\"\nmodel = \"{}\"\nid = \"w600k_mbf_int8\"\n",
+        npu.display()
+    );
+    let s = Setup::new(&assets, None, &extra);
+    let (code, report) = s.selftest_json();
+    assert_eq!(code, Some(0), "{report:#}");
+    assert_status(&report, "npu: model", "warn");
+    let detail = row(&report, "npu: model").1;
+    assert!(detail.contains("not installed") && detail.contains("CPU only"), "{detail}");
+
+    let photo = assets.join("faces/full/face_recognition/biden.jpg");
+    let o = s.portier(&["enroll", "--name", "Joe Biden", photo.to_str().unwrap()]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    assert!(stderr.contains("is not installed: enrolling with the CPU's model only"), "{stderr}");
+    assert!(!stdout.contains("(npu)"), "{stdout}");
+
+    std::fs::copy(assets.join("models/derived/w600k_mbf_int8_qdq_pct.onnx"), &npu).unwrap();
+    let (code, report) = s.selftest_json();
+    assert_eq!(code, Some(0), "{report:#}");
+    assert_status(&report, "npu: model", "warn");
+    let detail = row(&report, "npu: model").1;
+    assert!(
+        detail.contains("1 of 1 enrolled people have no `w600k_mbf_int8` templates"),
+        "{detail}"
+    );
 }
 
 #[test]

@@ -5,7 +5,11 @@
 //! Must not: hold any logic beyond loading symbols, or expose raw handles outside
 //! `infer::hailo`. No published crate fits (`hailort-sys` declares functions the header does not
 //! have and lacks the inference ones; `libhailort-sys` downloads at build time), so every type
-//! here is transcribed from the header; the layouts the code reads are pinned by size asserts.
+//! here is transcribed from the header; the layouts the code reads are pinned by size asserts,
+//! and checked against HailoRT's own header by the test double's build: it includes
+//! `hailo/hailort.h` and `_Static_assert`s every size, offset and constant below that it is
+//! handed (`double::layout_defines`), so a transcription that drifts from the header fails the
+//! tests, naming the struct.
 //!
 //! Version notes, from the header's history:
 //! - `hailo_nms_shape_t` gained `max_bboxes_total` when NMS-by-score arrived (4.20), which grew
@@ -29,9 +33,19 @@ pub const HAILO_SUCCESS: Status = 0;
 pub const HAILO_TIMEOUT: Status = 4;
 /// `HAILO_INSUFFICIENT_BUFFER`.
 pub const HAILO_INSUFFICIENT_BUFFER: Status = 5;
+/// `HAILO_INVALID_ARGUMENT`.
+pub const HAILO_INVALID_ARGUMENT: Status = 2;
+/// `HAILO_DRIVER_OPERATION_FAILED` (an ioctl failed: what a reset or lost device gives).
+pub const HAILO_DRIVER_OPERATION_FAILED: Status = 36;
+/// `HAILO_OUT_OF_PHYSICAL_DEVICES`: every device is held by another vdevice (another process,
+/// or HailoRT's service).
+pub const HAILO_OUT_OF_PHYSICAL_DEVICES: Status = 74;
+/// `HAILO_RPC_FAILED`: HailoRT's multi-process service did not answer.
+pub const HAILO_RPC_FAILED: Status = 77;
 
 /// Names of `hailo_status` codes 0..=97 in the order the header's `HAILO_STATUS_VARIABLES`
-/// lists them (4.2x; codes above 84 arrived in later releases and are harmless to know).
+/// lists them (4.23 has 0..=93, checked against its header by the test double; codes above
+/// 93 arrived in later releases and are harmless to know).
 const STATUS_NAMES: [&str; 98] = [
     "HAILO_SUCCESS",
     "HAILO_UNINITIALIZED",
@@ -69,7 +83,7 @@ const STATUS_NAMES: [&str; 98] = [
     "HAILO_ATR_TABLES_CONF_VALIDATION_FAIL",
     "HAILO_EVENT_CREATE_FAIL",
     "HAILO_READ_EVENT_FAIL",
-    "HAILO_DRIVER_FAIL",
+    "HAILO_DRIVER_OPERATION_FAILED",
     "HAILO_INVALID_FIRMWARE_MAGIC",
     "HAILO_INVALID_FIRMWARE_CODE_SIZE",
     "HAILO_INVALID_KEY_CERTIFICATE_SIZE",
@@ -97,7 +111,7 @@ const STATUS_NAMES: [&str; 98] = [
     "HAILO_NOT_FOUND",
     "HAILO_COMMUNICATION_CLOSED",
     "HAILO_STREAM_ABORT",
-    "HAILO_PCIE_DRIVER_NOT_INSTALLED",
+    "HAILO_DRIVER_NOT_INSTALLED",
     "HAILO_NOT_AVAILABLE",
     "HAILO_TRAFFIC_CONTROL_FAILURE",
     "HAILO_INVALID_SECOND_STAGE",
@@ -180,6 +194,11 @@ pub const MAX_STREAM_NAME_SIZE: usize = 128;
 pub const MAX_NETWORK_NAME_SIZE: usize = 128 + 1 + 128;
 /// `HAILO_MAX_NETWORK_GROUPS`.
 pub const MAX_NETWORK_GROUPS: usize = 8;
+
+/// The vdevice group id the multi-process service shares one device under: HailoRT's own
+/// multi-process example and tutorials use "SHARED" (`HAILO_UNIQUE_VDEVICE_GROUP_ID`, the
+/// default, would make the service open a second vdevice on the held device and fail).
+pub const SHARED_VDEVICE_GROUP_ID: &std::ffi::CStr = c"SHARED";
 
 /// Opaque `struct _hailo_vdevice`.
 pub enum VdeviceOpaque {}
@@ -458,6 +477,12 @@ pub type VstreamWriteRawBufferFn =
 /// `hailo_vstream_read_raw_buffer`.
 pub type VstreamReadRawBufferFn =
     unsafe extern "C" fn(vstream: OutputVstream, buffer: *mut c_void, size: usize) -> Status;
+/// `hailo_clear_input_vstreams`.
+pub type ClearInputVstreamsFn =
+    unsafe extern "C" fn(vstreams: *const InputVstream, count: usize) -> Status;
+/// `hailo_clear_output_vstreams` (all outputs of a group together, as the header requires).
+pub type ClearOutputVstreamsFn =
+    unsafe extern "C" fn(vstreams: *const OutputVstream, count: usize) -> Status;
 /// `hailo_release_input_vstreams`.
 pub type ReleaseInputVstreamsFn =
     unsafe extern "C" fn(vstreams: *const InputVstream, count: usize) -> Status;
@@ -514,6 +539,10 @@ pub struct Api {
     pub vstream_write_raw_buffer: VstreamWriteRawBufferFn,
     /// `hailo_vstream_read_raw_buffer`.
     pub vstream_read_raw_buffer: VstreamReadRawBufferFn,
+    /// `hailo_clear_input_vstreams`.
+    pub clear_input_vstreams: ClearInputVstreamsFn,
+    /// `hailo_clear_output_vstreams`.
+    pub clear_output_vstreams: ClearOutputVstreamsFn,
     /// `hailo_release_input_vstreams`.
     pub release_input_vstreams: ReleaseInputVstreamsFn,
     /// `hailo_release_output_vstreams`.
@@ -596,6 +625,8 @@ impl Api {
                 VstreamWriteRawBufferFn
             ),
             vstream_read_raw_buffer: sym!("hailo_vstream_read_raw_buffer", VstreamReadRawBufferFn),
+            clear_input_vstreams: sym!("hailo_clear_input_vstreams", ClearInputVstreamsFn),
+            clear_output_vstreams: sym!("hailo_clear_output_vstreams", ClearOutputVstreamsFn),
             release_input_vstreams: sym!("hailo_release_input_vstreams", ReleaseInputVstreamsFn),
             release_output_vstreams: sym!("hailo_release_output_vstreams", ReleaseOutputVstreamsFn),
             activate_network_group: sym!("hailo_activate_network_group", ActivateNetworkGroupFn),

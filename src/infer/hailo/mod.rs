@@ -8,9 +8,25 @@
 //! buffer whose size it has not checked.
 //!
 //! Outputs are requested as FLOAT32 so HailoRT dequantises them (the usual cause of garbage
-//! results is reading a UINT8 output as if it were float). [`OutputFormat::Uint8`] reads the
-//! device's UINT8 values instead and dequantises them here with the output's quantisation info,
-//! `(q - qp_zp) * qp_scale`, per channel when the HEF has one qp per feature.
+//! results is reading a UINT8 output as if it were float). [`OutputFormat::Device`] reads the
+//! device's own values instead (UINT8, or UINT16 from an a16 HEF: HailoRT refuses to hand a
+//! UINT16 output over as UINT8, so the type is never forced) and dequantises them here with the
+//! output's quantisation info, `(q - qp_zp) * qp_scale`, per channel when the HEF has one qp
+//! per feature.
+//!
+//! Frames in flight: a write or read that times out leaves its frame somewhere in HailoRT's
+//! pipeline (or on the device), and its output would come out of the next read, one face late.
+//! [`HailoNetwork::run`] therefore clears the input and output vstreams after a timeout
+//! (`hailo_clear_input_vstreams`, then every output together), so the next run's output is its
+//! own frame's. A failure that clearing cannot mend (a reset or lost device: every call then
+//! fails until the vdevice is released) leaves the network [broken](HailoNetwork::is_broken):
+//! its owner drops it and the device, and opens them again (`embed::reopen`).
+//!
+//! One device, several processes: a vdevice holds the Hailo-8 exclusively (a second one, in
+//! any process, gets `HAILO_OUT_OF_PHYSICAL_DEVICES`). [`DeviceOptions::multi_process_service`]
+//! creates it in HailoRT's service (`hailort_service`, the `hailort.service` unit) under the
+//! group id "SHARED" instead, as HailoRT's own multi-process example does, so that `portier
+//! run` and `portier enroll` share the device; the service needs the scheduler.
 //!
 //! Activation: a vdevice created with default parameters runs HailoRT's round-robin scheduler,
 //! which activates network groups itself (explicit activation is then refused with
@@ -120,6 +136,39 @@ pub enum HailoError {
         /// Which model and vstream.
         context: String,
     },
+    /// The device is held by another vdevice (`HAILO_OUT_OF_PHYSICAL_DEVICES`).
+    #[error("{}", busy_message(*.service, *.status))]
+    DeviceBusy {
+        /// Whether this vdevice was asked of HailoRT's multi-process service.
+        service: bool,
+        /// The status.
+        status: HailoStatus,
+    },
+    /// HailoRT's multi-process service did not answer (`HAILO_RPC_FAILED`).
+    #[error(
+        "hailort: the multi-process service (hailort_service) did not answer: {status}; start \
+         it (systemctl enable --now hailort.service), or set [npu] multi_process_service = \
+         false if only one process uses the Hailo"
+    )]
+    ServiceDown {
+        /// The status.
+        status: HailoStatus,
+    },
+    /// Device options HailoRT refuses, refused before calling it.
+    #[error("hailort device options: {reason}")]
+    Options {
+        /// Why.
+        reason: String,
+    },
+    /// An earlier failure left the network unusable (a reset or lost device, or vstreams that
+    /// could not be cleared after a timeout): it must be dropped with its device and reopened.
+    #[error("hef {path}: unusable since {cause}; the device must be opened again")]
+    Broken {
+        /// The HEF file.
+        path: PathBuf,
+        /// The failure that broke it.
+        cause: String,
+    },
     /// The HEF's network is not one this wrapper runs (network groups, vstreams, formats).
     #[error("hef {path}: {reason}")]
     Model {
@@ -142,11 +191,27 @@ pub enum HailoError {
     },
 }
 
+fn busy_message(service: bool, status: HailoStatus) -> String {
+    if service {
+        format!(
+            "hailort: the Hailo device is held outside the multi-process service ({status}): \
+             another process opened it without multi_process_service, or under another group \
+             id; every process that shares it needs [npu] multi_process_service = true"
+        )
+    } else {
+        format!(
+            "hailort: the Hailo device is in use by another process ({status}); to share it \
+             (`portier enroll` while `portier run` holds it), run hailort_service and set \
+             [npu] multi_process_service = true in every process's config"
+        )
+    }
+}
+
 impl HailoError {
-    /// True for failures of the device or the runtime while running (a status or a timeout),
-    /// as opposed to set-up or caller errors: the signal to stop using the NPU.
+    /// True for failures of the device or the runtime while running (a status, a timeout, a
+    /// broken network), as opposed to set-up or caller errors: the signal to stop using the NPU.
     pub fn is_device_failure(&self) -> bool {
-        matches!(self, Self::Status { .. } | Self::Timeout { .. })
+        matches!(self, Self::Status { .. } | Self::Timeout { .. } | Self::Broken { .. })
     }
 }
 
@@ -182,18 +247,29 @@ fn candidates(explicit: Option<&Path>) -> Vec<PathBuf> {
 
 impl HailoRuntime {
     /// Loads HailoRT: `explicit` (from the config) first, then `HAILORT_LIBRARY`, then the 4.2x
-    /// sonames and `libhailort.so`. Each call loads afresh (the dynamic loader shares one copy);
-    /// keep the returned runtime for the process's life.
+    /// sonames and `libhailort.so`. A library once loaded stays loaded for the process's life
+    /// and is handed out again: unloading libhailort while its own threads (the service
+    /// client's keep-alive) may still run would crash the process, and an NPU that is reopened
+    /// after a loss must find the library's state where it was.
     pub fn load(explicit: Option<&Path>) -> Result<Arc<Self>, HailoError> {
+        static LOADED: std::sync::Mutex<Vec<Arc<HailoRuntime>>> = std::sync::Mutex::new(Vec::new());
+        let mut loaded = LOADED.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut tried = Vec::new();
         for path in candidates(explicit) {
+            if let Some(runtime) = loaded.iter().find(|r| r.path == path) {
+                return Ok(Arc::clone(runtime));
+            }
             let is_path = path.components().count() > 1;
             if is_path && !path.is_file() {
                 tried.push(format!("{}: no such file", path.display()));
                 continue;
             }
             match ffi::Api::load(&path) {
-                Ok(api) => return Self::check(api, path),
+                Ok(api) => {
+                    let runtime = Self::check(api, path)?;
+                    loaded.push(Arc::clone(&runtime));
+                    return Ok(runtime);
+                }
                 Err(ffi::LoadError::Open(reason)) => {
                     tried.push(format!("{}: {reason}", path.display()));
                 }
@@ -249,11 +325,15 @@ pub struct DeviceOptions {
     /// Let HailoRT's scheduler activate network groups (the default). Off: each network is
     /// activated explicitly, which suits exactly one network per device.
     pub scheduler: bool,
+    /// Create the vdevice in HailoRT's multi-process service (`hailort_service`), under the
+    /// group id [`ffi::SHARED_VDEVICE_GROUP_ID`], so that several processes share the one
+    /// device. Needs the scheduler and the service running.
+    pub multi_process_service: bool,
 }
 
 impl Default for DeviceOptions {
     fn default() -> Self {
-        Self { scheduler: true }
+        Self { scheduler: true, multi_process_service: false }
     }
 }
 
@@ -261,6 +341,7 @@ struct DeviceInner {
     runtime: Arc<HailoRuntime>,
     handle: ffi::Vdevice,
     scheduler: bool,
+    service: bool,
 }
 
 impl Drop for DeviceInner {
@@ -282,7 +363,10 @@ pub struct HailoDevice {
 
 impl std::fmt::Debug for HailoDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HailoDevice").field("scheduler", &self.inner.scheduler).finish()
+        f.debug_struct("HailoDevice")
+            .field("scheduler", &self.inner.scheduler)
+            .field("multi_process_service", &self.inner.service)
+            .finish()
     }
 }
 
@@ -310,11 +394,17 @@ impl HailoDevice {
         let api = &runtime.api;
         let mut handle: ffi::Vdevice = ptr::null_mut();
         let ctx = || "opening the device".to_string();
-        if options.scheduler {
+        let service = options.multi_process_service;
+        if service && !options.scheduler {
+            // HailoRT's VDevice::create refuses it with HAILO_INVALID_ARGUMENT.
+            return Err(HailoError::Options {
+                reason: "the multi-process service works only with HailoRT's scheduler".into(),
+            });
+        }
+        let status = if options.scheduler && !service {
             // SAFETY: NULL params are documented to mean defaults (round-robin scheduler);
             // `handle` is a valid out-pointer.
-            let status = unsafe { (api.create_vdevice)(ptr::null_mut(), &mut handle) };
-            check("hailo_create_vdevice", status, &ctx)?;
+            unsafe { (api.create_vdevice)(ptr::null_mut(), &mut handle) }
         } else {
             let mut params = ffi::VdeviceParams {
                 device_count: 0,
@@ -326,11 +416,25 @@ impl HailoDevice {
             // SAFETY: `params` is a valid `hailo_vdevice_params_t` that the call fills.
             let status = unsafe { (api.init_vdevice_params)(&mut params) };
             check("hailo_init_vdevice_params", status, &ctx)?;
-            params.scheduling_algorithm = ffi::SCHEDULING_ALGORITHM_NONE;
-            // SAFETY: `params` was filled by HailoRT (its `group_id` points at the library's
-            // static default string); `handle` is a valid out-pointer.
-            let status = unsafe { (api.create_vdevice)(&mut params, &mut handle) };
-            check("hailo_create_vdevice", status, &ctx)?;
+            if !options.scheduler {
+                params.scheduling_algorithm = ffi::SCHEDULING_ALGORITHM_NONE;
+            }
+            if service {
+                params.multi_process_service = true;
+                params.group_id = ffi::SHARED_VDEVICE_GROUP_ID.as_ptr();
+            }
+            // SAFETY: `params` was filled by HailoRT; its `group_id` points at the library's
+            // static default string or at our static "SHARED"; `handle` is a valid out-pointer.
+            unsafe { (api.create_vdevice)(&mut params, &mut handle) }
+        };
+        match status {
+            ffi::HAILO_OUT_OF_PHYSICAL_DEVICES => {
+                return Err(HailoError::DeviceBusy { service, status: HailoStatus(status) })
+            }
+            ffi::HAILO_RPC_FAILED if service => {
+                return Err(HailoError::ServiceDown { status: HailoStatus(status) })
+            }
+            _ => check("hailo_create_vdevice", status, &ctx)?,
         }
         if handle.is_null() {
             return Err(HailoError::Status {
@@ -344,6 +448,7 @@ impl HailoDevice {
                 runtime: Arc::clone(runtime),
                 handle,
                 scheduler: options.scheduler,
+                service,
             }),
         })
     }
@@ -357,11 +462,30 @@ impl HailoDevice {
 /// The element type outputs are read in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OutputFormat {
-    /// FLOAT32, dequantised by HailoRT (the default).
+    /// FLOAT32, dequantised by HailoRT (the default; any device type).
     #[default]
     Float32,
-    /// The device's UINT8, dequantised here with each output's quantisation info.
-    Uint8,
+    /// Each output in the device's own type (HailoRT's AUTO: UINT8, or UINT16 from an a16 HEF),
+    /// dequantised here with its quantisation info.
+    Device,
+}
+
+/// The element type one output is read in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Elem {
+    F32,
+    U8,
+    U16,
+}
+
+impl Elem {
+    fn bytes(self) -> usize {
+        match self {
+            Elem::F32 => 4,
+            Elem::U8 => 1,
+            Elem::U16 => 2,
+        }
+    }
 }
 
 /// How a network is opened.
@@ -385,6 +509,7 @@ impl Default for NetworkOptions {
 #[derive(Debug, Clone)]
 struct OutputSlot {
     handle: ffi::OutputVstream,
+    elem: Elem,
     frame_bytes: usize,
     /// One entry, or one per feature (channel) when the HEF quantises per channel.
     quant: Vec<ffi::QuantInfo>,
@@ -406,6 +531,8 @@ pub struct HailoNetwork {
     outputs: Vec<OutputSlot>,
     results: Vec<OutputTensor>,
     raw: Vec<u8>,
+    /// Why the network can no longer run, once a failure that clearing cannot mend happened.
+    broken: Option<String>,
 }
 
 impl std::fmt::Debug for HailoNetwork {
@@ -485,6 +612,7 @@ impl HailoNetwork {
             outputs: Vec::new(),
             results: Vec::new(),
             raw: Vec::new(),
+            broken: None,
         };
         net.configure()?;
         net.create_vstreams()?;
@@ -583,7 +711,7 @@ impl HailoNetwork {
         }
         let out_type = match self.options.output {
             OutputFormat::Float32 => ffi::FORMAT_TYPE_FLOAT32,
-            OutputFormat::Uint8 => ffi::FORMAT_TYPE_UINT8,
+            OutputFormat::Device => ffi::FORMAT_TYPE_AUTO,
         };
         let (out_params, out_count) = self.make_params(
             api.make_output_vstream_params,
@@ -619,7 +747,13 @@ impl HailoNetwork {
         check("hailo_create_output_vstreams", status, &ctx)?;
         self.outputs = outs[..out_count]
             .iter()
-            .map(|&handle| OutputSlot { handle, frame_bytes: 0, quant: Vec::new(), features: 0 })
+            .map(|&handle| OutputSlot {
+                handle,
+                elem: Elem::F32,
+                frame_bytes: 0,
+                quant: Vec::new(),
+                features: 0,
+            })
             .collect();
         Ok(())
     }
@@ -655,10 +789,6 @@ impl HailoNetwork {
             )));
         }
         self.input_bytes = bytes;
-        let elem = match self.options.output {
-            OutputFormat::Float32 => size_of::<f32>(),
-            OutputFormat::Uint8 => 1,
-        };
         let mut results = Vec::with_capacity(self.outputs.len());
         let mut max_raw = 0;
         for out in &mut self.outputs {
@@ -674,6 +804,19 @@ impl HailoNetwork {
             }
             let [h, w, c] = shape_of(&slot.info);
             let values = h as usize * w as usize * c as usize;
+            // The info's format is the HEF's: the device's element type.
+            out.elem = match (self.options.output, slot.info.format.format_type) {
+                (OutputFormat::Float32, _) => Elem::F32,
+                (OutputFormat::Device, ffi::FORMAT_TYPE_UINT8) => Elem::U8,
+                (OutputFormat::Device, ffi::FORMAT_TYPE_UINT16) => Elem::U16,
+                (OutputFormat::Device, other) => {
+                    return Err(model(format!(
+                        "output `{name}` has element type {other} on the device; only UINT8 \
+                         and UINT16 are read raw (read it as FLOAT32)"
+                    )))
+                }
+            };
+            let elem = out.elem.bytes();
             // SAFETY: `out.handle` is live; `frame_bytes` is a valid out-pointer.
             let status =
                 unsafe { (api.get_output_vstream_frame_size)(out.handle, &mut out.frame_bytes) };
@@ -702,7 +845,7 @@ impl HailoNetwork {
             }
             quant.truncate(count);
             out.quant = quant;
-            if self.options.output == OutputFormat::Uint8 {
+            if out.elem != Elem::F32 {
                 max_raw = max_raw.max(out.frame_bytes);
             }
             results.push(OutputTensor {
@@ -742,9 +885,20 @@ impl HailoNetwork {
         self.outputs.get(index).map(|o| o.quant.as_slice())
     }
 
+    /// Whether an earlier failure left the network unusable (see the module documentation):
+    /// every further [`run`](Self::run) fails with [`HailoError::Broken`] without calling
+    /// HailoRT, and the owner should drop the network and its device and open them again.
+    pub fn is_broken(&self) -> bool {
+        self.broken.is_some()
+    }
+
     /// Runs one frame: `input` is `h * w * c` UINT8 bytes in NHWC order (the HEF's own input
     /// format: normalisation is compiled into the HEF). Returns the dequantised outputs in
     /// buffers owned by this network and reused from run to run (no allocation).
+    ///
+    /// After a timeout the vstreams are cleared, so the frame that timed out never comes out
+    /// of a later run; after any other failure (or a clear that failed) the network is
+    /// [broken](Self::is_broken).
     pub fn run(&mut self, input: &[u8]) -> Result<&[OutputTensor], HailoError> {
         if input.len() != self.input_bytes {
             return Err(HailoError::InputSize {
@@ -753,6 +907,43 @@ impl HailoNetwork {
                 got: input.len(),
             });
         }
+        if let Some(cause) = &self.broken {
+            return Err(HailoError::Broken { path: self.path.clone(), cause: cause.clone() });
+        }
+        if let Err(e) = self.transfer(input) {
+            if matches!(e, HailoError::Timeout { .. }) {
+                if let Err(clear) = self.resync() {
+                    log::warn!(
+                        "{}: clearing the vstreams after a timeout: {clear}",
+                        self.path.display()
+                    );
+                    self.broken = Some(format!("{e}, and then {clear}"));
+                }
+            } else {
+                self.broken = Some(e.to_string());
+            }
+            return Err(e);
+        }
+        Ok(&self.results)
+    }
+
+    /// Drops every frame in flight or queued in the vstreams: the input, then all outputs
+    /// together (the header: outputs of one group must be cleared in one call).
+    fn resync(&mut self) -> Result<(), HailoError> {
+        let api = &self.device.inner.runtime.api;
+        let ctx = || format!("{}, after a timeout", self.path.display());
+        // SAFETY: `input` is a live vstream handle; one element.
+        let status = unsafe { (api.clear_input_vstreams)(&self.input, 1) };
+        check("hailo_clear_input_vstreams", status, &ctx)?;
+        // Error path only: the allocation does not touch the per-frame loop.
+        let handles: Vec<ffi::OutputVstream> = self.outputs.iter().map(|o| o.handle).collect();
+        // SAFETY: `handles` are the live output vstreams, all of the network's.
+        let status = unsafe { (api.clear_output_vstreams)(handles.as_ptr(), handles.len()) };
+        check("hailo_clear_output_vstreams", status, &ctx)
+    }
+
+    /// Writes the frame and reads every output into `results`.
+    fn transfer(&mut self, input: &[u8]) -> Result<(), HailoError> {
         let api = &self.device.inner.runtime.api;
         let timeout_ms = self.options.timeout_ms;
         let path = &self.path;
@@ -764,8 +955,8 @@ impl HailoNetwork {
                 HailoError::Status { call, status: HailoStatus(status), context }
             }
         };
-        // SAFETY: `input` is exactly the input vstream's frame size (checked above) and is only
-        // read; the vstream is live.
+        // SAFETY: `input` is exactly the input vstream's frame size (checked by `run`) and is
+        // only read; the vstream is live.
         let status = unsafe {
             (api.vstream_write_raw_buffer)(self.input, input.as_ptr().cast(), input.len())
         };
@@ -773,57 +964,68 @@ impl HailoNetwork {
             return Err(fail("hailo_vstream_write_raw_buffer", status, &self.input_name));
         }
         for (slot, result) in self.outputs.iter().zip(&mut self.results) {
-            match self.options.output {
-                OutputFormat::Float32 => {
-                    // `describe` checked frame_bytes == data.len() * 4.
-                    // SAFETY: `result.data` holds exactly `frame_bytes` bytes of f32s, which
-                    // HailoRT fills with FLOAT32 values (any bit pattern is a valid f32).
-                    let status = unsafe {
-                        (api.vstream_read_raw_buffer)(
-                            slot.handle,
-                            result.data.as_mut_ptr().cast(),
-                            slot.frame_bytes,
-                        )
-                    };
-                    if status != ffi::HAILO_SUCCESS {
-                        return Err(fail("hailo_vstream_read_raw_buffer", status, &result.name));
+            let status = if slot.elem == Elem::F32 {
+                // `describe` checked frame_bytes == data.len() * 4.
+                // SAFETY: `result.data` holds exactly `frame_bytes` bytes of f32s, which
+                // HailoRT fills with FLOAT32 values (any bit pattern is a valid f32).
+                unsafe {
+                    (api.vstream_read_raw_buffer)(
+                        slot.handle,
+                        result.data.as_mut_ptr().cast(),
+                        slot.frame_bytes,
+                    )
+                }
+            } else {
+                let raw = &mut self.raw[..slot.frame_bytes];
+                // SAFETY: `raw` holds exactly `frame_bytes` writable bytes.
+                let status = unsafe {
+                    (api.vstream_read_raw_buffer)(slot.handle, raw.as_mut_ptr().cast(), raw.len())
+                };
+                if status == ffi::HAILO_SUCCESS {
+                    if slot.elem == Elem::U16 {
+                        dequantize16(raw, &slot.quant, slot.features, &mut result.data);
+                    } else {
+                        dequantize(raw, &slot.quant, slot.features, &mut result.data);
                     }
                 }
-                OutputFormat::Uint8 => {
-                    let raw = &mut self.raw[..slot.frame_bytes];
-                    // SAFETY: `raw` holds exactly `frame_bytes` writable bytes.
-                    let status = unsafe {
-                        (api.vstream_read_raw_buffer)(
-                            slot.handle,
-                            raw.as_mut_ptr().cast(),
-                            raw.len(),
-                        )
-                    };
-                    if status != ffi::HAILO_SUCCESS {
-                        return Err(fail("hailo_vstream_read_raw_buffer", status, &result.name));
-                    }
-                    dequantize(raw, &slot.quant, slot.features, &mut result.data);
-                }
+                status
+            };
+            if status != ffi::HAILO_SUCCESS {
+                return Err(fail("hailo_vstream_read_raw_buffer", status, &result.name));
             }
         }
-        Ok(&self.results)
+        Ok(())
     }
 }
 
 /// Dequantises UINT8 device values: `(q - qp_zp) * qp_scale`, with `quant` one entry for the
 /// whole tensor or one per channel of an NHWC (channels-last) tensor of `features` channels.
 pub fn dequantize(raw: &[u8], quant: &[ffi::QuantInfo], features: usize, out: &mut [f32]) {
+    dequantize_values(raw.iter().map(|&v| f32::from(v)), quant, features, out);
+}
+
+/// As [`dequantize`], for UINT16 device values (an a16 HEF), two native-endian bytes each.
+pub fn dequantize16(raw: &[u8], quant: &[ffi::QuantInfo], features: usize, out: &mut [f32]) {
+    let values = raw.chunks_exact(2).map(|b| f32::from(u16::from_ne_bytes([b[0], b[1]])));
+    dequantize_values(values, quant, features, out);
+}
+
+fn dequantize_values(
+    values: impl Iterator<Item = f32>,
+    quant: &[ffi::QuantInfo],
+    features: usize,
+    out: &mut [f32],
+) {
     match quant {
         [q] => {
-            for (o, &v) in out.iter_mut().zip(raw) {
-                *o = (f32::from(v) - q.qp_zp) * q.qp_scale;
+            for (o, v) in out.iter_mut().zip(values) {
+                *o = (v - q.qp_zp) * q.qp_scale;
             }
         }
         per_channel if features > 0 && per_channel.len() == features => {
-            for (o_px, r_px) in out.chunks_exact_mut(features).zip(raw.chunks_exact(features)) {
-                for ((o, &v), q) in o_px.iter_mut().zip(r_px).zip(per_channel) {
-                    *o = (f32::from(v) - q.qp_zp) * q.qp_scale;
-                }
+            for (i, (o, v)) in out.iter_mut().zip(values).enumerate() {
+                let q = &per_channel[i % features];
+                *o = (v - q.qp_zp) * q.qp_scale;
             }
         }
         // `describe` admits only the two shapes above.
@@ -870,126 +1072,14 @@ impl Drop for HailoNetwork {
 }
 
 #[cfg(test)]
-pub(crate) mod double {
-    //! Builds the C test double of libhailort (`tests/hailort-double/hailort_double.c`) once
-    //! per test process with the system `cc`, and gives each test its own copy: `dlopen`
-    //! loads distinct files separately, so every test has its own call log and fault table.
-
-    use std::path::{Path, PathBuf};
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::OnceLock;
-
-    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-
-    fn dir() -> PathBuf {
-        std::env::temp_dir().join(format!("portier-hailort-double-{}", std::process::id()))
-    }
-
-    fn build() -> Result<PathBuf, String> {
-        let src =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hailort-double/hailort_double.c");
-        let dir = dir();
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let lib = dir.join("libhailort_double.so");
-        let out = std::process::Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
-            .args(["-shared", "-fPIC", "-O1", "-Wall", "-Wextra", "-Werror", "-std=c11", "-o"])
-            .arg(&lib)
-            .arg(&src)
-            .output()
-            .map_err(|e| format!("cannot run cc: {e}"))?;
-        if !out.status.success() {
-            return Err(format!("cc failed:\n{}", String::from_utf8_lossy(&out.stderr)));
-        }
-        Ok(lib)
-    }
-
-    /// One test's private copy of the double, and its control entry points.
-    pub struct Double {
-        /// The library file, to hand to `HailoRuntime::load`.
-        pub path: PathBuf,
-        lib: libloading::Library,
-    }
-
-    impl Double {
-        /// Builds (once) and copies the double.
-        pub fn new() -> Self {
-            let built = BUILT.get_or_init(build).as_ref().expect("building the hailort double");
-            let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            let path = dir().join(format!("libhailort_double_{n}.so"));
-            std::fs::copy(built, &path).expect("copying the double");
-            // SAFETY: our own test library; its initialisers do nothing.
-            let lib = unsafe { libloading::Library::new(&path) }.expect("loading the double");
-            Self { path, lib }
-        }
-
-        /// Writes a fake HEF of `kind` ("recognizer", "detector") into the double's directory.
-        pub fn hef(&self, kind: &str) -> PathBuf {
-            let p = self.path.with_extension(format!("{kind}.hef"));
-            std::fs::write(&p, kind).expect("writing the fake hef");
-            p
-        }
-
-        /// Makes the next call of `call` (a C function name) return `status`.
-        pub fn fail_next(&self, call: &str, status: u32) {
-            let c = std::ffi::CString::new(call).expect("call name");
-            // SAFETY: the prototype matches `hailo_double_fail_next` in the double's source.
-            unsafe {
-                let f = self
-                    .lib
-                    .get::<unsafe extern "C" fn(*const std::ffi::c_char, u32)>(
-                        b"hailo_double_fail_next\0",
-                    )
-                    .expect("control symbol");
-                f(c.as_ptr(), status);
-            }
-        }
-
-        /// The calls made so far, one per line, with their notable arguments.
-        pub fn log(&self) -> Vec<String> {
-            let mut buf = vec![0u8; 1 << 16];
-            // SAFETY: the prototype matches `hailo_double_log`; `buf` is writable for its length.
-            let n = unsafe {
-                let f = self
-                    .lib
-                    .get::<unsafe extern "C" fn(*mut u8, usize) -> usize>(b"hailo_double_log\0")
-                    .expect("control symbol");
-                f(buf.as_mut_ptr(), buf.len())
-            };
-            String::from_utf8_lossy(&buf[..n]).lines().map(str::to_string).collect()
-        }
-
-        /// The names of the calls made so far, in order.
-        pub fn calls(&self) -> Vec<String> {
-            self.log()
-                .into_iter()
-                .map(|l| l.split_whitespace().next().unwrap_or_default().to_string())
-                .collect()
-        }
-    }
-
-    impl Drop for Double {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-
-    /// The recognizer double's zero point and scale (see the C source).
-    pub const REC_ZP: f32 = 128.0;
-    /// See [`REC_ZP`].
-    pub const REC_SCALE: f32 = 0.05;
-    /// The recognizer double's embedding dimension.
-    pub const REC_DIM: usize = 512;
-
-    /// What the recognizer double outputs, as UINT8, for `input`: `q[j] = input[(j * 37) % n]`.
-    pub fn rec_raw(input: &[u8]) -> Vec<u8> {
-        (0..REC_DIM).map(|j| input[(j * 37) % input.len()]).collect()
-    }
-}
+pub(crate) mod double;
 
 #[cfg(test)]
 mod tests {
-    use super::double::{rec_raw, Double, REC_DIM, REC_SCALE, REC_ZP};
+    use super::double::{
+        compile, layout_defines, rec16_raw, rec_raw, Double, REC16_SCALE, REC16_ZP, REC_DIM,
+        REC_SCALE, REC_ZP,
+    };
     use super::*;
 
     fn face_input(seed: u8) -> Vec<u8> {
@@ -998,8 +1088,18 @@ mod tests {
 
     fn open(d: &Double, kind: &str, options: NetworkOptions, scheduler: bool) -> HailoNetwork {
         let rt = HailoRuntime::load(Some(&d.path)).unwrap();
-        let dev = HailoDevice::open(&rt, DeviceOptions { scheduler }).unwrap();
+        let options_dev = DeviceOptions { scheduler, ..Default::default() };
+        let dev = HailoDevice::open(&rt, options_dev).unwrap();
         HailoNetwork::open(&dev, &d.hef(kind), options).unwrap()
+    }
+
+    fn device(d: &Double, options: DeviceOptions) -> Result<HailoDevice, HailoError> {
+        HailoDevice::open(&HailoRuntime::load(Some(&d.path)).unwrap(), options)
+    }
+
+    /// The recognizer's FLOAT32 output for `input`, as the double computes it.
+    fn rec_f32(input: &[u8]) -> Vec<f32> {
+        rec_raw(input).iter().map(|&q| (f32::from(q) - REC_ZP) * REC_SCALE).collect()
     }
 
     #[test]
@@ -1048,7 +1148,11 @@ mod tests {
         drop(net);
         let calls = d.calls();
         let pos = |c: &str| calls.iter().position(|x| x == c).unwrap();
-        assert!(d.log().contains(&"hailo_create_vdevice params=set sched=0".to_string()));
+        let log = d.log();
+        assert!(
+            log.contains(&"hailo_create_vdevice params=set sched=0 service=0 group=UNIQUE".into()),
+            "{log:?}"
+        );
         assert!(pos("hailo_init_vdevice_params") < pos("hailo_create_vdevice"));
         assert!(pos("hailo_create_output_vstreams") < pos("hailo_activate_network_group"));
         assert!(pos("hailo_activate_network_group") < pos("hailo_vstream_write_raw_buffer"));
@@ -1081,11 +1185,14 @@ mod tests {
 
     #[test]
     fn our_dequantisation_matches_hailorts() {
-        for kind in ["recognizer", "detector"] {
+        for kind in ["recognizer", "detector", "recognizer-a16"] {
             let d = Double::new();
-            let mut f32_net = open(&d, kind, NetworkOptions::default(), true);
-            let opts = NetworkOptions { output: OutputFormat::Uint8, ..Default::default() };
-            let mut u8_net = open(&d, kind, opts, true);
+            // Two networks on one vdevice: the scheduler shares the device between them.
+            let dev = device(&d, DeviceOptions::default()).unwrap();
+            let mut f32_net =
+                HailoNetwork::open(&dev, &d.hef(kind), NetworkOptions::default()).unwrap();
+            let opts = NetworkOptions { output: OutputFormat::Device, ..Default::default() };
+            let mut u8_net = HailoNetwork::open(&dev, &d.hef(kind), opts).unwrap();
             let [h, w, c] = f32_net.input_shape().map(|x| x as usize);
             let input: Vec<u8> = (0..h * w * c).map(|i| (i * 13 % 251) as u8).collect();
             let a = f32_net.run(&input).unwrap().to_vec();
@@ -1095,10 +1202,11 @@ mod tests {
                 assert_eq!((&x.name, &x.shape), (&y.name, &y.shape));
                 assert_eq!(x.data, y.data, "{kind} output {}", x.name);
             }
+            // The device's own type was asked for (AUTO), never a forced UINT8.
             let log = d.log();
             assert!(log
                 .iter()
-                .any(|l| l.starts_with("hailo_create_output_vstreams") && l.contains("type=1")));
+                .any(|l| l.starts_with("hailo_create_output_vstreams") && l.contains("type=0")));
         }
     }
 
@@ -1149,19 +1257,207 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        d.fail_next("hailo_vstream_write_raw_buffer", 36);
+        // A timeout is mended by clearing: the network keeps working.
+        assert!(!net.is_broken());
+        net.run(&face_input(4)).unwrap();
+        d.fail_next("hailo_vstream_write_raw_buffer", ffi::HAILO_DRIVER_OPERATION_FAILED);
         let e = net.run(&face_input(4)).unwrap_err();
         assert!(e.is_device_failure());
         match &e {
             HailoError::Status { call, status, .. } => {
                 assert_eq!(*call, "hailo_vstream_write_raw_buffer");
-                assert_eq!(status.name(), "HAILO_DRIVER_FAIL");
+                assert_eq!(status.name(), "HAILO_DRIVER_OPERATION_FAILED");
             }
             other => panic!("{other:?}"),
         }
-        assert!(e.to_string().contains("HAILO_DRIVER_FAIL (36)"), "{e}");
-        // The network keeps working once the device answers again.
-        net.run(&face_input(4)).unwrap();
+        assert!(e.to_string().contains("HAILO_DRIVER_OPERATION_FAILED (36)"), "{e}");
+        // Any other failure breaks the network: it refuses to run without calling HailoRT.
+        assert!(net.is_broken());
+        let calls = d.calls().len();
+        let e = net.run(&face_input(4)).unwrap_err();
+        assert!(matches!(e, HailoError::Broken { .. }) && e.is_device_failure(), "{e:?}");
+        assert!(e.to_string().contains("HAILO_DRIVER_OPERATION_FAILED"), "{e}");
+        assert_eq!(d.calls().len(), calls);
+    }
+
+    #[test]
+    fn the_double_is_checked_against_hailorts_header_with_portiers_layouts() {
+        // The double built for every test compiled with portier's layouts (`Double::new`);
+        // one size or offset changed in portier's bindings fails the compile, naming it.
+        let dir = tempfile::tempdir().unwrap();
+        let lib = dir.path().join("wrong.so");
+        for (key, wrong, named) in [
+            ("PORTIER_SIZEOF_VSTREAM_PARAMS", 32, "sizeof(hailo_vstream_params_t)"),
+            (
+                "PORTIER_OFFSETOF_VDEVICE_PARAMS_GROUP_ID",
+                28,
+                "offsetof(hailo_vdevice_params_t, group_id)",
+            ),
+            ("PORTIER_FORMAT_TYPE_UINT16", 3, "HAILO_FORMAT_TYPE_UINT16"),
+        ] {
+            let mut defines = layout_defines();
+            defines.iter_mut().find(|(k, _)| k == key).unwrap().1 = wrong;
+            let err = compile(&lib, &defines).unwrap_err();
+            assert!(err.contains(named) && err.contains("portier bindings"), "{key}: {err}");
+        }
+        compile(&lib, &layout_defines()).unwrap();
+    }
+
+    #[test]
+    fn status_names_are_the_headers() {
+        let d = Double::new();
+        let names = d.status_names();
+        assert!(names.len() >= 91, "{}", names.len());
+        for (code, name) in names.iter().enumerate() {
+            assert_eq!(ffi::status_name(code as u32), name, "status {code}");
+        }
+    }
+
+    #[test]
+    fn a_timed_out_frame_comes_out_of_the_next_read_unless_the_vstreams_are_cleared() {
+        // The hazard, shown on the double without portier's clearing (`transfer` is one
+        // write and the reads): the frame that timed out stays in flight.
+        let d = Double::new();
+        let mut net = open(&d, "recognizer", NetworkOptions::default(), true);
+        let (a, b, c) = (face_input(10), face_input(20), face_input(30));
+        d.fail_next("hailo_vstream_read_raw_buffer", ffi::HAILO_TIMEOUT);
+        assert!(matches!(net.transfer(&a), Err(HailoError::Timeout { .. })));
+        net.transfer(&b).unwrap();
+        assert_eq!(net.outputs()[0].data, rec_f32(&a), "b's read returned a's frame");
+        net.resync().unwrap();
+        net.transfer(&c).unwrap();
+        assert_eq!(net.outputs()[0].data, rec_f32(&c));
+    }
+
+    #[test]
+    fn after_a_timeout_the_next_run_returns_its_own_frame() {
+        for output in [OutputFormat::Float32, OutputFormat::Device] {
+            let d = Double::new();
+            let mut net =
+                open(&d, "recognizer", NetworkOptions { output, ..Default::default() }, true);
+            let (a, b, c) = (face_input(1), face_input(2), face_input(3));
+            assert_eq!(net.run(&a).unwrap()[0].data, rec_f32(&a));
+            d.fail_next("hailo_vstream_read_raw_buffer", ffi::HAILO_TIMEOUT);
+            assert!(matches!(net.run(&b), Err(HailoError::Timeout { .. })));
+            assert_eq!(net.run(&c).unwrap()[0].data, rec_f32(&c), "{output:?}");
+            let calls = d.calls();
+            let timeout = calls.iter().rposition(|c| c == "hailo_vstream_read_raw_buffer");
+            assert!(calls.contains(&"hailo_clear_input_vstreams".into()), "{calls:?}");
+            assert!(calls.contains(&"hailo_clear_output_vstreams".into()), "{calls:?}");
+            assert!(timeout.is_some());
+        }
+    }
+
+    #[test]
+    fn a_reset_device_fails_until_released_and_opened_again() {
+        let d = Double::new();
+        let dev = device(&d, DeviceOptions::default()).unwrap();
+        let mut net =
+            HailoNetwork::open(&dev, &d.hef("recognizer"), NetworkOptions::default()).unwrap();
+        net.run(&face_input(1)).unwrap();
+        d.reset(0);
+        let e = net.run(&face_input(2)).unwrap_err();
+        assert!(
+            matches!(&e, HailoError::Status { status, .. } if status.0 == ffi::HAILO_DRIVER_OPERATION_FAILED),
+            "{e:?}"
+        );
+        assert!(net.is_broken());
+        // A new network on the reset vdevice fails too, and so does a second vdevice while the
+        // reset one is held.
+        assert!(HailoNetwork::open(&dev, &d.hef("recognizer"), NetworkOptions::default()).is_err());
+        assert!(matches!(device(&d, DeviceOptions::default()), Err(HailoError::DeviceBusy { .. })));
+        drop(net);
+        drop(dev);
+        let dev = device(&d, DeviceOptions::default()).unwrap();
+        let mut net =
+            HailoNetwork::open(&dev, &d.hef("recognizer"), NetworkOptions::default()).unwrap();
+        let input = face_input(3);
+        assert_eq!(net.run(&input).unwrap()[0].data, rec_f32(&input));
+    }
+
+    #[test]
+    fn uint16_outputs_are_dequantised_and_never_read_as_uint8() {
+        let d = Double::new();
+        let dev = device(&d, DeviceOptions::default()).unwrap();
+        let input = face_input(9);
+        let want: Vec<f32> =
+            rec16_raw(&input).iter().map(|&q| (f32::from(q) - REC16_ZP) * REC16_SCALE).collect();
+        for output in [OutputFormat::Float32, OutputFormat::Device] {
+            let opts = NetworkOptions { output, ..Default::default() };
+            let mut net = HailoNetwork::open(&dev, &d.hef("recognizer-a16"), opts).unwrap();
+            assert_eq!(net.run(&input).unwrap()[0].data, want, "{output:?}");
+            assert_eq!(net.output_quant(0).unwrap()[0].qp_zp, REC16_ZP);
+        }
+        // What HailoRT does with UINT8 asked of a UINT16 output (the double, as its
+        // transform.cpp): HAILO_INVALID_ARGUMENT at hailo_create_output_vstreams.
+        let net =
+            HailoNetwork::open(&dev, &d.hef("recognizer-a16"), NetworkOptions::default()).unwrap();
+        let api = &dev.inner.runtime.api;
+        let (params, count) = net
+            .make_params(
+                api.make_output_vstream_params,
+                "hailo_make_output_vstream_params",
+                ffi::FORMAT_TYPE_UINT8,
+            )
+            .unwrap();
+        let mut out = [ptr::null_mut(); MAX_VSTREAMS];
+        // SAFETY: params made by the double for this group; `out` has room for `count`.
+        let status = unsafe {
+            (api.create_output_vstreams)(
+                net.network_group,
+                params.as_ptr(),
+                count,
+                out.as_mut_ptr(),
+            )
+        };
+        assert_eq!(status, ffi::HAILO_INVALID_ARGUMENT);
+    }
+
+    #[test]
+    fn the_device_is_exclusive_without_the_multi_process_service() {
+        let d = Double::new();
+        let first = device(&d, DeviceOptions::default()).unwrap();
+        let e = device(&d, DeviceOptions::default()).unwrap_err();
+        assert!(matches!(e, HailoError::DeviceBusy { service: false, .. }), "{e:?}");
+        let msg = e.to_string();
+        assert!(msg.contains("HAILO_OUT_OF_PHYSICAL_DEVICES (74)"), "{msg}");
+        assert!(msg.contains("multi_process_service = true") && msg.contains("hailort_service"));
+        drop(first);
+        device(&d, DeviceOptions::default()).unwrap();
+    }
+
+    #[test]
+    fn the_multi_process_service_shares_the_device_when_it_runs() {
+        let d = Double::new();
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("hailort_uds.sock");
+        d.set("HAILORT_SERVICE_ADDRESS", &format!("unix://{}", socket.display()));
+        let service = DeviceOptions { multi_process_service: true, ..Default::default() };
+        // Not running: HAILO_RPC_FAILED, said plainly.
+        let e = device(&d, service).unwrap_err();
+        assert!(matches!(e, HailoError::ServiceDown { .. }), "{e:?}");
+        assert!(e.to_string().contains("hailort.service"), "{e}");
+        // The service needs the scheduler: refused before HailoRT is asked.
+        let e = device(&d, DeviceOptions { scheduler: false, ..service }).unwrap_err();
+        assert!(matches!(e, HailoError::Options { .. }), "{e:?}");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let a = device(&d, service).unwrap();
+        let b = device(&d, service).unwrap();
+        let log = d.log();
+        assert!(log
+            .iter()
+            .any(|l| l == "hailo_create_vdevice params=set sched=1 service=1 group=SHARED"));
+        // A process that opens the device without the service is refused while it holds it.
+        let e = device(&d, DeviceOptions::default()).unwrap_err();
+        assert!(matches!(e, HailoError::DeviceBusy { service: false, .. }), "{e:?}");
+        let input = face_input(5);
+        for dev in [&a, &b] {
+            let mut net =
+                HailoNetwork::open(dev, &d.hef("recognizer"), NetworkOptions::default()).unwrap();
+            assert_eq!(net.run(&input).unwrap()[0].data, rec_f32(&input));
+        }
+        drop((a, b));
+        device(&d, DeviceOptions::default()).unwrap();
     }
 
     #[test]

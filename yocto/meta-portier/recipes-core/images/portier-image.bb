@@ -1,7 +1,8 @@
 SUMMARY = "portier door-access appliance image for the Raspberry Pi 5 + Hailo-8"
 DESCRIPTION = "A minimal systemd image that boots into portier: the portier service, \
-ONNX Runtime, HailoRT with the Hailo-8 PCIe driver and firmware, and an SSH server for \
-field technicians (key login only)."
+ONNX Runtime, HailoRT with the Hailo-8 PCIe driver, firmware and multi-process service, the \
+recognizer HEF when PORTIER_HEF_URI names one (portier-hef; CPU only without it), and an SSH \
+server for field technicians (key login only)."
 LICENSE = "MIT"
 
 inherit core-image
@@ -10,15 +11,21 @@ IMAGE_FEATURES += "ssh-server-openssh"
 # No empty root password, no debug tweaks: this device controls a door.
 IMAGE_FEATURES:remove = "debug-tweaks allow-empty-password empty-root-password"
 
+# HailoRT's multi-process service (meta-hailo's hailort-service: hailort_service and its
+# hailort.service unit), for [npu] multi_process_service = true. "0" leaves it out.
+PORTIER_HAILORT_SERVICE ??= "1"
+
 IMAGE_INSTALL = " \
     packagegroup-core-boot \
     ${CORE_IMAGE_EXTRA_INSTALL} \
     portier \
+    portier-hef \
     onnxruntime \
     libhailort \
     hailortcli \
     hailo-pci \
     hailo-firmware \
+    ${@'hailort-service' if d.getVar('PORTIER_HAILORT_SERVICE') == '1' else ''} \
     kernel-modules \
     v4l-utils \
     libgpiod-tools \
