@@ -20,6 +20,7 @@ use crate::decide::{Decider, DecisionConfig, FaceSize, Space, Verdict};
 use crate::detect::{Detection, Detector};
 use crate::door::{DoorControl, DoorError, DoorEvent, UnlockReason};
 use crate::embed::{Embedder, MAX_DIM};
+use crate::enroll_live::{LiveEnrolment, Progress};
 use crate::frame::{FrameDecoder, RgbImage};
 use crate::gallery::{Matcher, PersonId};
 use crate::liveness::LivenessCheck;
@@ -78,6 +79,9 @@ pub enum AppEvent {
         name: String,
         /// Mean similarity of the agreeing votes.
         similarity: f32,
+        /// Similarity of the deciding face to the second-best person (`None` with one person
+        /// enrolled): the margin says how sure the match was.
+        second_similarity: Option<f32>,
         /// Agreeing votes.
         votes: usize,
         /// Eye distance of the deciding face, pixels.
@@ -135,6 +139,10 @@ pub enum AppEvent {
         similarity: f32,
         /// Eye distance of the last face, pixels.
         eye_px: f32,
+        /// Embedding norm before normalisation of the last face.
+        norm: f32,
+        /// Which backend embedded it.
+        backend: &'static str,
         /// Source frame sequence number.
         frame: u64,
     },
@@ -161,6 +169,22 @@ pub enum AppEvent {
     },
     /// The NPU works again.
     NpuBack,
+    /// A live enrolment asked for from outside (Home Assistant's enrol button) began: the
+    /// person should look at the camera, alone. The door keeps working meanwhile.
+    EnrolStarted {
+        /// The name being enrolled.
+        name: String,
+        /// Seconds of capture.
+        seconds: u32,
+    },
+    /// A live enrolment ended: the templates that passed every check (not stored yet: the
+    /// shell stores them), or why it was refused.
+    EnrolCaptured {
+        /// The name being enrolled.
+        name: String,
+        /// The capture, or the refusal.
+        result: Result<Box<crate::enroll_live::Capture>, String>,
+    },
     /// The counters, every `counters_interval` (from [`App::run`]).
     Counters {
         /// The counters so far.
@@ -253,6 +277,15 @@ pub struct StageTimes {
     pub liveness: Duration,
 }
 
+/// The face behind a verdict, as the event reports it.
+#[derive(Debug, Clone, Copy)]
+struct Deciding {
+    eye_px: f32,
+    norm: f32,
+    backend: &'static str,
+    second: Option<f32>,
+}
+
 /// A command from outside the loop (MQTT, the service's control socket), already
 /// authenticated by whoever hands it over.
 #[derive(Debug)]
@@ -264,6 +297,9 @@ pub enum RemoteCommand {
     /// Use these templates from now on (reloaded or changed by an enrolment): the CPU model's
     /// and, with an NPU, the NPU model's.
     SetMatcher(Box<(Matcher, Option<Matcher>)>),
+    /// Enrol the person at the door under this name with this capture, from the frames the
+    /// loop sees anyway (the door keeps working); ends in [`AppEvent::EnrolCaptured`].
+    Enrol(Box<(String, LiveEnrolment)>),
 }
 
 /// What [`App::run`] calls besides the loop itself: the shell's side (MQTT, the display, the
@@ -373,6 +409,8 @@ pub struct App {
     last_stages: StageTimes,
     /// A face in view is being decided but is too small or too far to be granted yet.
     step_closer: bool,
+    /// A live enrolment in progress: the name, the capture, good faces so far.
+    enrolment: Option<(String, LiveEnrolment, usize)>,
 }
 
 impl std::fmt::Debug for App {
@@ -642,6 +680,7 @@ impl App {
             last_latency: None,
             last_stages: StageTimes::default(),
             step_closer: false,
+            enrolment: None,
         })
     }
 
@@ -742,7 +781,11 @@ impl App {
                 self.counters.timeouts += 1;
                 return Ok(StepOutcome::NoFrame);
             }
-            Err(CameraError::EndOfStream) => return Ok(StepOutcome::EndOfStream),
+            Err(CameraError::EndOfStream) => {
+                // A replay that ends mid-capture: the capture ends with it.
+                self.finish_enrolment();
+                return Ok(StepOutcome::EndOfStream);
+            }
             Err(e) => {
                 self.counters.camera_errors += 1;
                 if !self.camera_lost {
@@ -805,6 +848,16 @@ impl App {
         let t1 = Instant::now();
         let faces = self.detections.len();
         self.counters.faces += faces as u64;
+        if let Some((_, live, good)) = &mut self.enrolment {
+            if let Progress::Watching { good: g, .. } =
+                live.offer(self.frame.view(), &self.detections, now)
+            {
+                *good = g;
+            }
+            if live.is_over() {
+                self.finish_enrolment();
+            }
+        }
         self.tracker.update(&self.detections, now, &mut self.assignment, &mut self.ended);
         self.decider.end_tracks(&self.ended);
         let t2 = Instant::now();
@@ -895,7 +948,13 @@ impl App {
                 now,
             );
             if let Some(v) = verdict {
-                self.apply(v, sequence, q.eye_distance, norm, backend, now)?;
+                let face = Deciding {
+                    eye_px: q.eye_distance,
+                    norm,
+                    backend,
+                    second: second.map(|(_, s)| s),
+                };
+                self.apply(v, sequence, face, now)?;
             }
         }
         self.check_tailgating(sequence);
@@ -1021,11 +1080,10 @@ impl App {
         &mut self,
         verdict: Verdict,
         frame: u64,
-        eye_px: f32,
-        norm: f32,
-        backend: &'static str,
+        face: Deciding,
         now: Duration,
     ) -> Result<(), AppError> {
+        let Deciding { eye_px, norm, backend, second } = face;
         match verdict {
             Verdict::Granted { track, person_index, person, similarity, votes, liveness } => {
                 let name = self.matcher.person_name(person_index).to_string();
@@ -1053,6 +1111,7 @@ impl App {
                     person,
                     name,
                     similarity,
+                    second_similarity: second,
                     votes,
                     eye_px,
                     norm,
@@ -1110,6 +1169,8 @@ impl App {
                     track,
                     similarity: best_similarity,
                     eye_px,
+                    norm,
+                    backend,
                     frame,
                 });
             }
@@ -1154,6 +1215,21 @@ impl App {
                     log::error!("remote lock failed: {e}");
                 }
             }
+            RemoteCommand::Enrol(enrol) => {
+                let (name, live) = *enrol;
+                if let Some((running, ..)) = &self.enrolment {
+                    let why = format!("the enrolment of {running} is still running");
+                    log::warn!("enrolment of {name} refused: {why}");
+                    self.events.push(AppEvent::EnrolCaptured { name, result: Err(why) });
+                    return;
+                }
+                let seconds = live.settings().duration.as_secs_f32().round() as u32;
+                log::info!(
+                    "enrolling {name}: {seconds} s of camera frames, the door keeps working"
+                );
+                self.events.push(AppEvent::EnrolStarted { name: name.clone(), seconds });
+                self.enrolment = Some((name, live, 0));
+            }
             RemoteCommand::SetMatcher(matchers) => {
                 let (m, npu) = *matchers;
                 log::info!("gallery: {} people enrolled now", m.people());
@@ -1167,6 +1243,36 @@ impl App {
                 }
             }
         }
+    }
+
+    /// The live enrolment in progress: name, good faces so far, faces needed.
+    pub fn enrolment(&self) -> Option<(&str, usize, usize)> {
+        self.enrolment
+            .as_ref()
+            .map(|(name, live, good)| (name.as_str(), *good, live.settings().min_templates))
+    }
+
+    /// Ends the live enrolment in progress, if any: embeds its best faces (and, with an NPU
+    /// that works, embeds them for the NPU's model too) and reports the capture.
+    fn finish_enrolment(&mut self) {
+        let Some((name, live, _)) = self.enrolment.take() else { return };
+        let result = live
+            .finish(self.embedder.as_mut(), &self.matcher, &name)
+            .map(|mut capture| {
+                if let Some(npu) = self.npu.as_mut().filter(|n| n.embedder.usable()) {
+                    if let Err(e) = capture.embed_also(npu.embedder.as_mut()) {
+                        // The person is still recognised on the CPU; the NPU state says
+                        // templates_missing until they are enrolled again.
+                        log::warn!("enrolment of {name}: no templates for the NPU's model: {e}");
+                    }
+                }
+                Box::new(capture)
+            })
+            .map_err(|e| e.to_string());
+        if let Err(why) = &result {
+            log::warn!("enrolment of {name} refused: {why}");
+        }
+        self.events.push(AppEvent::EnrolCaptured { name, result });
     }
 
     /// Secures the door (relay to its locked level).

@@ -13,7 +13,8 @@
 //! every model's templates with one [`Gallery::enroll_models`] call (one transaction).
 //! [`capture`] drives a [`FrameSource`] through the state machine; [`command`] is
 //! `portier enroll --from-camera`. The state machine takes frames and detections it is handed,
-//! so the running service's loop could feed it too; no service command starts that yet.
+//! so the running service's loop feeds it too (Home Assistant's enrol button:
+//! `crate::app::RemoteCommand::Enrol`), with the frames it sees anyway.
 //!
 //! Time is the frames' own (`now`, a replay's nominal timestamps), so a replay enrols without
 //! real-time pacing and tests are deterministic.
@@ -46,6 +47,9 @@ pub const DEFAULT_MIN_TEMPLATES: usize = 3;
 pub const DEFAULT_SECONDS: f64 = 5.0;
 /// Longest capture accepted.
 pub const MAX_SECONDS: f64 = 60.0;
+/// How long an enrolment started from Home Assistant waits for the person to come close to
+/// the camera (they press the button on a phone, then walk up).
+pub const REMOTE_WAIT: Duration = Duration::from_secs(60);
 
 // Thresholds of the quality gate and the consistency check, measured with the shipped laptop
 // pair (SCRFD-500M + w600k_mbf) on the 640x480 streams of `../shared/assets/video`, every frame
@@ -108,6 +112,12 @@ pub struct EnrolSettings {
     pub resemblance_threshold: f32,
     /// Tracking (the loop's settings: a person is in view once their track is confirmed).
     pub tracker: TrackerConfig,
+    /// For an enrolment started from afar (Home Assistant's button, inside the running
+    /// service): the capture waits up to this long for one face close enough to enrol
+    /// (`min_eye_px`) before its time starts, and ends (rather than refuses) when that person
+    /// has left and someone else is in view. `None` (the CLI, where the person stands at the
+    /// camera when the command starts): the first frame starts the capture.
+    pub wait_for_face: Option<Duration>,
 }
 
 impl EnrolSettings {
@@ -123,7 +133,14 @@ impl EnrolSettings {
             min_consistency: MIN_CONSISTENCY,
             resemblance_threshold: config.matching.threshold,
             tracker: config.app.tracker,
+            wait_for_face: None,
         }
+    }
+
+    /// The settings of an enrolment started from Home Assistant: [`EnrolSettings::from_config`]
+    /// that waits up to [`REMOTE_WAIT`] for the person to come close.
+    pub fn remote(config: &Config) -> Self {
+        Self { wait_for_face: Some(REMOTE_WAIT), ..Self::from_config(config) }
     }
 }
 
@@ -347,7 +364,7 @@ pub struct Resemblance {
 }
 
 /// A finished capture: templates that passed every check, not stored yet.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Capture {
     /// Model of the templates.
     pub model_id: String,
@@ -408,6 +425,8 @@ pub struct LiveEnrolment {
     assignment: Vec<Option<TrackId>>,
     ended: Vec<TrackId>,
     started: Option<Duration>,
+    /// First frame offered while waiting for a close face ([`EnrolSettings::wait_for_face`]).
+    waiting_since: Option<Duration>,
     frames: u64,
     /// The person being enrolled: the first track to be confirmed alone in view.
     subject: Option<TrackId>,
@@ -441,6 +460,7 @@ impl LiveEnrolment {
             ended: Vec::with_capacity(settings.tracker.max_tracks),
             settings,
             started: None,
+            waiting_since: None,
             frames: 0,
             subject: None,
             seen: 0,
@@ -472,6 +492,19 @@ impl LiveEnrolment {
         if self.done {
             return Progress::Done;
         }
+        if let (Some(wait), None) = (self.settings.wait_for_face, self.started) {
+            let since = *self.waiting_since.get_or_insert(now);
+            let close =
+                detections.iter().filter(|d| d.eye_distance() >= self.settings.min_eye_px).count();
+            if close != 1 {
+                if now.saturating_sub(since) >= wait {
+                    log::info!("enrolment: nobody came close to the camera");
+                    self.done = true;
+                    return Progress::Done;
+                }
+                return Progress::Watching { elapsed: Duration::ZERO, good: 0, in_view: 0 };
+            }
+        }
         let started = *self.started.get_or_insert(now);
         let elapsed = now.saturating_sub(started);
         if elapsed >= self.settings.duration {
@@ -497,6 +530,18 @@ impl LiveEnrolment {
             count += 1;
             alone = Some(t.id);
         }
+        if self.settings.wait_for_face.is_some()
+            && count >= 1
+            && self.subject.is_some_and(|s| {
+                !self.tracker.tracks().iter().any(|t| t.id == s && t.last_seen == now)
+            })
+        {
+            // Started from afar: the person left and someone else is in view (a scene that
+            // changed): what was captured of them alone stands; nothing more is taken.
+            log::info!("enrolment: the person left the view at {:.1} s", elapsed.as_secs_f32());
+            self.done = true;
+            return Progress::Done;
+        }
         if count >= 2 {
             let r = Refusal::TwoPeople { frame: index, faces: count };
             log::info!("enrolment refused: {r}");
@@ -504,7 +549,16 @@ impl LiveEnrolment {
             return Progress::Refused(r);
         }
         if self.subject.is_none() && count == 1 {
-            self.subject = alone;
+            // Started from afar, the person is the face that came close, not one further back.
+            let close = |id| {
+                self.assignment
+                    .iter()
+                    .position(|&a| a == Some(id))
+                    .is_some_and(|i| detections[i].eye_distance() >= self.settings.min_eye_px)
+            };
+            if self.settings.wait_for_face.is_none() || alone.is_some_and(close) {
+                self.subject = alone;
+            }
         }
         if let Some(subject) = self.subject {
             if let Some(i) = self.assignment.iter().position(|&a| a == Some(subject)) {
@@ -904,6 +958,7 @@ mod tests {
             min_consistency: MIN_CONSISTENCY,
             resemblance_threshold: 0.32,
             tracker: TrackerConfig::default(),
+            wait_for_face: None,
         }
     }
 
@@ -945,6 +1000,42 @@ mod tests {
         assert_eq!(live.offer(img.view(), &one, FRAME * 7), p);
         assert!(live.is_over());
         assert!(p_message(&p).contains("two people in view"));
+    }
+
+    #[test]
+    fn a_remote_capture_waits_for_a_close_face_and_ends_when_the_scene_changes() {
+        let img = checker_frame();
+        let remote = EnrolSettings { wait_for_face: Some(Duration::from_secs(10)), ..settings() };
+        let mut live = LiveEnrolment::new(remote).unwrap();
+        // Two faces far away (eye distance about 19 px): waiting, the capture has not begun.
+        let far = [face(50.0, 50.0, 60.0), face(400.0, 50.0, 60.0)];
+        for i in 0..20 {
+            let p = live.offer(img.view(), &far, FRAME * i);
+            assert_eq!(p, Progress::Watching { elapsed: Duration::ZERO, good: 0, in_view: 0 });
+        }
+        // One close face (about 63 px): the capture begins there.
+        let close = [face(200.0, 100.0, 200.0)];
+        for i in 20..30 {
+            let p = live.offer(img.view(), &close, FRAME * i);
+            assert!(matches!(p, Progress::Watching { .. }), "{p:?}");
+            if i == 29 {
+                assert_eq!(p, Progress::Watching { elapsed: FRAME * 9, good: 3, in_view: 1 });
+            }
+        }
+        // The person leaves and others are in view: the capture ends, it is not refused.
+        let p = live.offer(img.view(), &far, FRAME * 30);
+        assert!(matches!(p, Progress::Watching { .. }), "{p:?}");
+        assert_eq!(live.offer(img.view(), &far, FRAME * 31), Progress::Done);
+        // Nobody close for the whole wait: over, and finish() says no face.
+        let mut idle = LiveEnrolment::new(EnrolSettings {
+            wait_for_face: Some(Duration::from_secs(1)),
+            ..settings()
+        })
+        .unwrap();
+        for i in 0..=10 {
+            idle.offer(img.view(), &far, FRAME * i);
+        }
+        assert!(idle.is_over());
     }
 
     fn p_message(p: &Progress) -> String {

@@ -833,7 +833,8 @@ fn run_appliance(
         config.gallery_key_file.clone(),
         model_id.clone(),
     )
-    .with_npu_model(npu_model_id);
+    .with_npu_model(npu_model_id)
+    .with_enrolment(portier::enroll_live::EnrolSettings::remote(&config));
     let result = app.run(&stop, &notifier, &mut shell);
     shell.shutdown(std::time::Duration::from_secs(3));
     let counters = match result {
@@ -881,19 +882,26 @@ fn camera_check(
 /// start-up: events wait in the outbox.
 fn start_mqtt(config: &Config) -> Result<Option<portier::mqtt::client::MqttClient>, Failure> {
     use portier::mqtt::client::{run_id, MqttClient, MqttError};
-    use portier::mqtt::discovery::{DeviceInfo, DEFAULT_MODEL};
+    use portier::mqtt::discovery::DeviceInfo;
     if !config.mqtt.enabled {
         return Ok(None);
     }
     let m = &config.mqtt;
-    let device =
-        DeviceInfo::new(&m.device_id, &m.device_id, env!("CARGO_PKG_VERSION"), DEFAULT_MODEL, None)
-            .map_err(|e| {
-                Failure::new(
-                    EX_CONFIG,
-                    format!("config {}: key `mqtt.device_id`: {e}", config.source.display()),
-                )
-            })?;
+    let model = m.model.clone().unwrap_or_else(|| {
+        portier::mqtt::discovery::board_model(
+            std::fs::read("/proc/device-tree/model").ok().as_deref(),
+            config.npu.backend != portier::config::NpuBackend::None,
+        )
+    });
+    let name = m.name.as_deref().unwrap_or(&m.device_id);
+    let device = DeviceInfo::new(&m.device_id, name, env!("CARGO_PKG_VERSION"), &model, None)
+        .map(|d| d.with_area(m.suggested_area.as_deref()))
+        .map_err(|e| {
+            Failure::new(
+                EX_CONFIG,
+                format!("config {}: key `mqtt.device_id`: {e}", config.source.display()),
+            )
+        })?;
     match MqttClient::start(m, device, &run_id()) {
         Ok(c) => {
             log::info!("mqtt: publishing to {}:{}", m.host, m.port);

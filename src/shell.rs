@@ -6,6 +6,7 @@
 //! Must not: block (MQTT is a `try_send`, the display draws only on change into a memory
 //! canvas or a mailbox), or decide anything about access.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -16,8 +17,13 @@ use crate::display::{
     LinkState, NameDisplay, Outcome, Screen, Sink, Status,
 };
 use crate::door::{Alarm, DoorState};
-use crate::gallery::Gallery;
+use crate::enroll_live::{Capture, EnrolSettings, LiveEnrolment};
+use crate::gallery::{EnrollMode, Gallery, GalleryError};
 use crate::mqtt::client::{Message, MqttClient, MqttHealth};
+use crate::mqtt::events::SystemEvent;
+
+/// Shortest time between two counter publications that changes alone cause.
+const COUNTERS_MIN_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Any display sink, chosen at start-up.
 pub struct AnySink(Box<dyn Sink + Send>);
@@ -139,6 +145,16 @@ pub struct Shell {
     npu_sent: Option<NpuUse>,
     /// MQTT health at the last tick, to log each change once.
     mqtt_health: MqttHealth,
+    /// Settings of live enrolments asked for over MQTT (`None`: not offered).
+    enrol_settings: Option<EnrolSettings>,
+    /// Commands the shell made itself (a gallery changed by an enrolment), handed to the loop
+    /// before MQTT's.
+    pending: VecDeque<RemoteCommand>,
+    /// The person last enrolled from the running service (what "remove last" removes); kept
+    /// in memory only, so a restart never lets the button remove someone enrolled earlier.
+    last_enrolled: Option<String>,
+    /// When the counters were last handed to MQTT, and the frame count then.
+    counters_sent: Option<(Duration, u64)>,
 }
 
 /// A crash injected for tests (`PORTIER_FAULT`).
@@ -237,6 +253,112 @@ impl Shell {
             door_sent: None,
             npu_sent: None,
             mqtt_health: MqttHealth::Connecting,
+            enrol_settings: None,
+            pending: VecDeque::new(),
+            last_enrolled: None,
+            counters_sent: None,
+        }
+    }
+
+    /// Offers live enrolment (Home Assistant's enrol and remove buttons) with these settings.
+    pub fn with_enrolment(mut self, settings: EnrolSettings) -> Self {
+        self.enrol_settings = Some(settings);
+        self
+    }
+
+    fn system(&self, event: SystemEvent) {
+        if let Some(client) = &self.mqtt {
+            client.send(Message::System(event));
+        }
+    }
+
+    /// The matchers of the gallery on disk, for the loop.
+    fn load_matchers(&self) -> Result<RemoteCommand, GalleryError> {
+        let g = Gallery::open(&self.gallery_path, &self.gallery_key_file)?;
+        let npu = match &self.npu_model_id {
+            Some(id) => Some(g.matcher(id)?),
+            None => None,
+        };
+        Ok(RemoteCommand::SetMatcher(Box::new((g.matcher(&self.model_id)?, npu))))
+    }
+
+    /// An enrolment asked for over MQTT: refused at once when it cannot be stored (name taken,
+    /// gallery unreadable, not offered), else a capture for the loop.
+    fn start_enrolment(&mut self, name: String) -> Option<RemoteCommand> {
+        let check = || -> Result<LiveEnrolment, String> {
+            let settings = self.enrol_settings.clone().ok_or("live enrolment is not offered")?;
+            let g = Gallery::open(&self.gallery_path, &self.gallery_key_file)
+                .map_err(|e| e.to_string())?;
+            if g.list().map_err(|e| e.to_string())?.iter().any(|p| p.name == name) {
+                return Err(format!("{name} is enrolled already"));
+            }
+            LiveEnrolment::new(settings).map_err(|e| e.to_string())
+        };
+        match check() {
+            Ok(live) => Some(RemoteCommand::Enrol(Box::new((name, live)))),
+            Err(reason) => {
+                log::warn!("enrolment of {name} refused: {reason}");
+                self.system(SystemEvent::EnrolFailed { person: name, reason });
+                None
+            }
+        }
+    }
+
+    /// Stores a finished capture (one transaction) and hands the loop the new templates.
+    fn store_enrolment(&mut self, name: &str, result: &Result<Box<Capture>, String>) {
+        let store = || -> Result<(usize, usize, RemoteCommand), String> {
+            let capture = result.as_ref().map_err(String::clone)?;
+            if let Some(r) = &capture.resemblance {
+                return Err(format!(
+                    "{name} resembles enrolled {} (similarity {:.3}): not stored; enrol with                      `portier enroll --allow-similar` if they are different people",
+                    r.name, r.similarity
+                ));
+            }
+            let mut g = Gallery::open(&self.gallery_path, &self.gallery_key_file)
+                .map_err(|e| e.to_string())?;
+            capture.commit(&mut g, name, EnrollMode::New).map_err(|e| e.to_string())?;
+            let people = g.list().map_err(|e| e.to_string())?.len();
+            let matchers = self.load_matchers().map_err(|e| e.to_string())?;
+            Ok((capture.templates.len(), people, matchers))
+        };
+        match store() {
+            Ok((templates, people, matchers)) => {
+                log::info!("enrolled {name} with {templates} template(s) from the running door");
+                self.pending.push_back(matchers);
+                self.last_enrolled = Some(name.to_owned());
+                self.system(SystemEvent::Enrolled { person: name.to_owned(), templates, people });
+            }
+            Err(reason) => {
+                log::warn!("enrolment of {name} not stored: {reason}");
+                self.system(SystemEvent::EnrolFailed { person: name.to_owned(), reason });
+            }
+        }
+    }
+
+    /// Removes the person last enrolled from the running service.
+    fn remove_last(&mut self) -> Option<RemoteCommand> {
+        let Some(name) = self.last_enrolled.take() else {
+            let reason = "nobody was enrolled from the running door since it started".to_owned();
+            self.system(SystemEvent::RemoveFailed { reason });
+            return None;
+        };
+        let remove = || -> Result<(usize, RemoteCommand), GalleryError> {
+            let mut g = Gallery::open(&self.gallery_path, &self.gallery_key_file)?;
+            g.remove(&name)?;
+            Ok((g.list()?.len(), self.load_matchers()?))
+        };
+        match remove() {
+            Ok((people, matchers)) => {
+                log::info!("removed {name}, enrolled last from the running door");
+                self.system(SystemEvent::Removed { person: name, people });
+                Some(matchers)
+            }
+            Err(e) => {
+                let reason = format!("{name}: {e}");
+                log::warn!("remove last: {reason}");
+                self.system(SystemEvent::RemoveFailed { reason });
+                None
+            }
         }
     }
 
@@ -309,35 +431,38 @@ impl Hooks for Shell {
             AppEvent::SpoofSuspected { .. } => self.last = Some((Last::SpoofSuspected, None)),
             AppEvent::CameraLost { .. } => self.camera_ok = false,
             AppEvent::CameraBack => self.camera_ok = true,
+            AppEvent::EnrolCaptured { name, result } => self.store_enrolment(name, result),
             _ => {}
         }
     }
 
     fn command(&mut self) -> Option<RemoteCommand> {
         use crate::mqtt::command::Action;
+        if let Some(own) = self.pending.pop_front() {
+            return Some(own);
+        }
         // Judged again on the way out: a command that waited past its window is dropped there.
-        let command = self.mqtt.as_ref()?.next_command()?;
-        Some(match command.action {
-            Action::Unlock => RemoteCommand::Unlock,
-            Action::Lock => RemoteCommand::Lock,
-            Action::ReloadGallery => {
-                let load = || -> Result<RemoteCommand, crate::gallery::GalleryError> {
-                    let g = Gallery::open(&self.gallery_path, &self.gallery_key_file)?;
-                    let npu = match &self.npu_model_id {
-                        Some(id) => Some(g.matcher(id)?),
-                        None => None,
-                    };
-                    Ok(RemoteCommand::SetMatcher(Box::new((g.matcher(&self.model_id)?, npu))))
-                };
-                match load() {
-                    Ok(c) => c,
+        // A command that ends in nothing for the loop (a refused enrolment) is reported, and the
+        // next one is taken.
+        loop {
+            let command = self.mqtt.as_ref()?.next_command()?;
+            let out = match command.action {
+                Action::Unlock => Some(RemoteCommand::Unlock),
+                Action::Lock => Some(RemoteCommand::Lock),
+                Action::ReloadGallery => match self.load_matchers() {
+                    Ok(c) => Some(c),
                     Err(e) => {
                         log::error!("gallery reload refused: {e}");
-                        return None;
+                        None
                     }
-                }
+                },
+                Action::Enrol => self.start_enrolment(command.name.unwrap_or_default()),
+                Action::RemoveLast => self.remove_last(),
+            };
+            if out.is_some() {
+                return out;
             }
-        })
+        }
     }
 
     fn tick(&mut self, app: &App, now: Duration) {
@@ -359,6 +484,15 @@ impl Hooks for Shell {
             let npu = app.npu_use();
             if self.npu_sent != Some(npu) && client.send(Message::Npu(npu)) {
                 self.npu_sent = Some(npu);
+            }
+            // The counters (retained) at the first tick and then on change, at most every
+            // COUNTERS_MIN_INTERVAL: Home Assistant's frames sensor has a state from the start.
+            let counters = app.counters();
+            let due = self.counters_sent.is_none_or(|(at, frames)| {
+                frames != counters.frames && now.saturating_sub(at) >= COUNTERS_MIN_INTERVAL
+            });
+            if due && client.send(crate::mqtt::bridge::counters(&counters, now.as_secs())) {
+                self.counters_sent = Some((now, counters.frames));
             }
             let health = client.stats().health;
             if health != self.mqtt_health {
@@ -411,7 +545,11 @@ impl Hooks for Shell {
                 },
                 mqtt,
             },
-            enrolment: None,
+            enrolment: app.enrolment().map(|(name, good, needed)| crate::display::EnrolmentView {
+                name,
+                captured: good.min(255) as u8,
+                needed: needed.min(255) as u8,
+            }),
             technician: None,
         };
         if let Err(e) = display.update(&status, now) {

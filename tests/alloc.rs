@@ -239,6 +239,8 @@ fn steady_state_step_allocates_nothing() {
                 AppEvent::Counters { .. } => "counters",
                 AppEvent::NpuFallback { .. } => "npu fallback",
                 AppEvent::NpuBack => "npu back",
+                AppEvent::EnrolStarted { .. } => "enrol started",
+                AppEvent::EnrolCaptured { .. } => "enrol captured",
             })
             .collect();
         eprintln!("frame {frame}: {allocations} allocation(s) with events {kinds:?}");

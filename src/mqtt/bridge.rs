@@ -31,7 +31,7 @@ fn access(kind: AccessKind, track: u64, eye_px: f32) -> AccessEvent {
         person_id: None,
         similarity: None,
         second_similarity: None,
-        backend: Backend::Cpu,
+        backend: None,
         eye_distance_px: eye_px,
         embedding_norm: 0.0,
         liveness: None,
@@ -51,6 +51,7 @@ pub fn messages(event: &AppEvent, out: &mut Vec<Message>) {
             person,
             name,
             similarity,
+            second_similarity,
             eye_px,
             norm,
             backend: b,
@@ -62,7 +63,8 @@ pub fn messages(event: &AppEvent, out: &mut Vec<Message>) {
             e.person = Some(name.clone());
             e.person_id = Some(*person);
             e.similarity = finite(*similarity);
-            e.backend = backend(b);
+            e.second_similarity = second_similarity.and_then(finite);
+            e.backend = Some(backend(b));
             e.embedding_norm = *norm;
             e.liveness = liveness.and_then(finite);
             e.liveness_model = liveness_model.map(str::to_owned);
@@ -87,9 +89,11 @@ pub fn messages(event: &AppEvent, out: &mut Vec<Message>) {
             out.push(Message::Access(e));
         }
         AppEvent::CoolingDown { .. } => {}
-        AppEvent::Unknown { track, similarity, eye_px, .. } => {
+        AppEvent::Unknown { track, similarity, eye_px, norm, backend: b, .. } => {
             let mut e = access(AccessKind::Unknown, *track, *eye_px);
             e.similarity = finite(*similarity);
+            e.backend = Some(backend(b));
+            e.embedding_norm = *norm;
             out.push(Message::Access(e));
         }
         AppEvent::Tailgating { track, .. } => {
@@ -130,6 +134,14 @@ pub fn messages(event: &AppEvent, out: &mut Vec<Message>) {
         }
         AppEvent::NpuBack => out.push(Message::System(SystemEvent::NpuBack)),
         AppEvent::Counters { counters: c, uptime } => out.push(counters(c, uptime.as_secs())),
+        AppEvent::EnrolStarted { name, seconds } => {
+            out.push(Message::System(SystemEvent::EnrolStarted {
+                person: name.clone(),
+                seconds: *seconds,
+            }))
+        }
+        // Reported by the shell once stored (or not): `enrolled` / `enrol_failed`.
+        AppEvent::EnrolCaptured { .. } => {}
     }
 }
 
@@ -161,6 +173,7 @@ mod tests {
                 person: 3,
                 name: "Ada".into(),
                 similarity: 0.61,
+                second_similarity: Some(0.21),
                 votes: 3,
                 eye_px: 48.0,
                 norm: 21.5,
@@ -178,8 +191,9 @@ mod tests {
         let Message::Access(a) = &out[0] else { panic!("{out:?}") };
         assert_eq!(
             (a.kind, a.person.as_deref(), a.backend),
-            (AccessKind::Granted, Some("Ada"), Backend::Npu)
+            (AccessKind::Granted, Some("Ada"), Some(Backend::Npu))
         );
+        assert_eq!((a.second_similarity, a.embedding_norm), (Some(0.21), 21.5));
         assert!(
             matches!(&out[1], Message::Door(d) if d.kind == DoorKind::Unlocked && d.reason.as_deref() == Some("face"))
         );
@@ -220,12 +234,21 @@ mod tests {
     fn nan_similarity_is_null_and_exit_requests_are_not_published() {
         let mut out = Vec::new();
         messages(
-            &AppEvent::Unknown { track: 1, similarity: f32::NAN, eye_px: 20.0, frame: 1 },
+            &AppEvent::Unknown {
+                track: 1,
+                similarity: f32::NAN,
+                eye_px: 20.0,
+                norm: 14.5,
+                backend: "npu",
+                frame: 1,
+            },
             &mut out,
         );
         messages(&AppEvent::Door(Door::ExitRequested), &mut out);
         assert_eq!(out.len(), 1);
         let Message::Access(a) = &out[0] else { panic!() };
         assert_eq!(a.similarity, None);
+        // The backend and norm the face really had, not a default (issue 17).
+        assert_eq!((a.backend, a.embedding_norm), (Some(Backend::Npu), 14.5));
     }
 }

@@ -76,11 +76,12 @@ use rumqttc::{
 };
 use serde::Deserialize;
 
-use super::command::{Command, Refusal, ReplayState, Verifier};
+use super::command::{Action, Command, Refusal, ReplayState, Verifier};
 use super::discovery::{self, DeviceInfo, DiscoveryMessage};
 use super::events::{
-    self, AccessEvent, Counters, DoorEvent, LockState, Sequencer, SystemEvent, Topics,
+    self, AccessEvent, AccessKind, Counters, DoorEvent, LockState, Sequencer, SystemEvent, Topics,
 };
+use super::otp::{CodeRefusal, Otp};
 use super::outbox::{self, Outbox, OutboxError};
 use super::replay;
 
@@ -147,8 +148,14 @@ const MAX_PACKET: usize = outbox::MAX_PAYLOAD_LEN + outbox::MAX_TOPIC_LEN + 64;
 /// Nonces the command verifier remembers: above the legitimate command rate for any window
 /// (the command module's sizing advice: 256 for a 30 s window).
 const MAX_NONCES: usize = 256;
-/// Longest accepted key file, in bytes (a key is 16 to a few dozen bytes).
+/// Longest accepted key or one-time code secret file, in bytes (a key is 16 to a few dozen
+/// bytes).
 const MAX_KEY_FILE: u64 = 4096;
+/// A one-time code typed into Home Assistant's code entity is forgotten after this long
+/// unless a button uses it.
+const CODE_TTL: Duration = Duration::from_secs(120);
+/// Shortest time between two publications of the outbox depth (it changes with every event).
+const OUTBOX_STATE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The `[mqtt]` configuration section. Units are in the key names.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
@@ -195,6 +202,17 @@ pub struct MqttConfig {
     /// Put similarity and liveness scores into access events and publish the similarity
     /// sensor. Off by default: scores tell an eavesdropper how close a face came.
     pub publish_scores: bool,
+    /// The device's name in Home Assistant ("Front door"); the device id when unset.
+    pub name: Option<String>,
+    /// The area Home Assistant suggests for the device ("Entrance").
+    pub suggested_area: Option<String>,
+    /// The hardware shown in Home Assistant; read from the board (device tree model, plus
+    /// "+ Hailo-8" with an NPU configured) when unset.
+    pub model: Option<String>,
+    /// File holding the base32 secret of the one-time codes (RFC 6238, the user's
+    /// authenticator app) that Home Assistant's lock card and enrol buttons send. Without it
+    /// the lock card can lock but not unlock, and the enrol buttons do nothing.
+    pub totp_secret_file: Option<PathBuf>,
 }
 
 /// The `[mqtt.tls]` section: the broker's CA and an optional client certificate (PEM files).
@@ -231,6 +249,10 @@ impl Default for MqttConfig {
             device_id: "portier".to_owned(),
             allow_plaintext_password: false,
             publish_scores: false,
+            name: None,
+            suggested_area: None,
+            model: None,
+            totp_secret_file: None,
         }
     }
 }
@@ -258,6 +280,10 @@ impl fmt::Debug for MqttConfig {
             .field("device_id", &self.device_id)
             .field("allow_plaintext_password", &self.allow_plaintext_password)
             .field("publish_scores", &self.publish_scores)
+            .field("name", &self.name)
+            .field("suggested_area", &self.suggested_area)
+            .field("model", &self.model)
+            .field("totp_secret_file", &self.totp_secret_file)
             .finish()
     }
 }
@@ -281,7 +307,10 @@ impl MqttConfig {
             }
         };
         resolve(&mut self.outbox_dir);
-        for p in [&mut self.password_file, &mut self.command_key_file].into_iter().flatten() {
+        for p in [&mut self.password_file, &mut self.command_key_file, &mut self.totp_secret_file]
+            .into_iter()
+            .flatten()
+        {
             resolve(p);
         }
         if let Some(tls) = &mut self.tls {
@@ -372,6 +401,17 @@ impl MqttConfig {
                 "mqtt.outbox_max_bytes",
                 format!("must be in 65536..=1073741824, got {}", self.outbox_max_bytes),
             ));
+        }
+        for (key, value) in [
+            ("mqtt.name", &self.name),
+            ("mqtt.suggested_area", &self.suggested_area),
+            ("mqtt.model", &self.model),
+        ] {
+            if let Some(v) = value {
+                if v.trim().is_empty() || v.chars().count() > 64 || v.contains(char::is_control) {
+                    return Err((key, format!("must be 1 to 64 printable characters, got {v:?}")));
+                }
+            }
         }
         if !(1..=3600).contains(&self.command_window_s) {
             return Err((
@@ -639,7 +679,7 @@ impl MqttClient {
         let options = mqtt_options(config, &topics)?;
         let mut verifier = match &config.command_key_file {
             Some(path) => {
-                let key = read_key(path)?;
+                let key = read_key("command key file", path)?;
                 let verifier =
                     Verifier::new(key, &config.device_id, config.command_window_s, MAX_NONCES)
                         .map_err(|reason| MqttError::BadFile {
@@ -654,12 +694,38 @@ impl MqttClient {
                 None
             }
         };
+        let mut otp = match &config.totp_secret_file {
+            Some(path) => {
+                let what = "one-time code secret file";
+                let bytes = read_key(what, path)?;
+                let text = String::from_utf8(bytes).map_err(|_| MqttError::BadFile {
+                    what,
+                    path: path.clone(),
+                    reason: "not base32 text".to_owned(),
+                })?;
+                Some(Otp::from_base32(&text).map_err(|reason| MqttError::BadFile {
+                    what,
+                    path: path.clone(),
+                    reason,
+                })?)
+            }
+            None => None,
+        };
         // Alarms raised before the thread runs, published first.
         let mut startup_events = Vec::new();
         let outbox = open_outbox(config, &mut startup_events)?;
-        if let Some(verifier) = &mut verifier {
-            restore_replay(verifier, &config.outbox_dir, clock(), &mut startup_events);
+        let mut replay_state = ReplayState::default();
+        if verifier.is_some() || otp.is_some() {
+            replay_state = restore_replay(
+                verifier.as_mut(),
+                otp.as_mut(),
+                &config.outbox_dir,
+                config.command_window_s,
+                clock(),
+                &mut startup_events,
+            );
         }
+        startup_events.push(SystemEvent::Started { version: device.sw_version.clone() });
 
         let (tx, rx) = mpsc::sync_channel(CHANNEL_CAPACITY);
         let (cmd_tx, commands) = mpsc::sync_channel(COMMAND_CAPACITY);
@@ -686,6 +752,12 @@ impl MqttClient {
             publish_scores: config.publish_scores,
             clock,
             verifier,
+            otp,
+            replay_state,
+            enrol_name: None,
+            enrol_code: None,
+            outbox_published: None,
+            tamper_on: None,
             rx,
             held: VecDeque::new(),
             cmd_tx,
@@ -715,6 +787,10 @@ impl MqttClient {
         for event in startup_events {
             worker.push_system(unix_ms(), event);
         }
+        // True from the first second: what nothing else has said yet.
+        worker.set_state(worker.topics.camera_problem(), events::CONTACT_CLOSED.into());
+        worker.set_state(worker.topics.last_refusal(), b"none".to_vec());
+        worker.refresh_health();
         worker.update_outbox_stats();
         let thread = std::thread::Builder::new()
             .name("mqtt".to_owned())
@@ -909,8 +985,19 @@ fn open_outbox(config: &MqttConfig, alarms: &mut Vec<SystemEvent>) -> Result<Out
 /// the start is refused (`below_mark`). So a deleted state file, or an old copy put back,
 /// cannot reopen the window for commands recorded before the start; nothing signed before a
 /// start could have been meant for this run (the session is clean: the broker queues nothing).
-fn restore_replay(verifier: &mut Verifier, dir: &Path, now: i64, alarms: &mut Vec<SystemEvent>) {
-    let mut state = match replay::load(dir, verifier.window_s(), now) {
+///
+/// The same file holds the one-time code verifier's memory (`otp`), restored the same way; a
+/// damaged file refuses every code of a step that began before the floor. Returns the state as
+/// written back (what the worker keeps beside the verifiers).
+fn restore_replay(
+    mut verifier: Option<&mut Verifier>,
+    otp: Option<&mut Otp>,
+    dir: &Path,
+    window_s: u32,
+    now: i64,
+    alarms: &mut Vec<SystemEvent>,
+) -> ReplayState {
+    let mut state = match replay::load(dir, window_s, now) {
         replay::Loaded::Fresh => ReplayState::default(),
         replay::Loaded::State(state) => {
             if state.clock_mark.is_some_and(|mark| now < mark) {
@@ -936,7 +1023,7 @@ fn restore_replay(verifier: &mut Verifier, dir: &Path, now: i64, alarms: &mut Ve
             state
         }
     };
-    let window = i64::from(verifier.window_s());
+    let window = i64::from(window_s);
     if let Some(ahead) = state.floor.map(|floor| floor.saturating_sub(now)).filter(|&d| d > window)
     {
         // Written by a start whose clock was ahead (a wrong RTC before the time was synced):
@@ -948,8 +1035,14 @@ fn restore_replay(verifier: &mut Verifier, dir: &Path, now: i64, alarms: &mut Ve
         );
     }
     state.floor = Some(state.floor.map_or(now, |floor| floor.max(now)));
-    verifier.restore(state);
-    if let Err(e) = replay::save(dir, &verifier.state()) {
+    if let Some(otp) = otp {
+        otp.restore(state.otp.clone());
+    }
+    if let Some(verifier) = verifier.as_mut() {
+        verifier.restore(state.clone());
+        state = ReplayState { otp: state.otp, ..verifier.state() };
+    }
+    if let Err(e) = replay::save(dir, &state) {
         let detail = format!(
             "{}: {e}; every remote command is refused (state_unwritable) until it can be written",
             dir.join(replay::STATE_NAME).display()
@@ -957,6 +1050,7 @@ fn restore_replay(verifier: &mut Verifier, dir: &Path, now: i64, alarms: &mut Ve
         log::error!("mqtt: cannot write the command replay state {detail}");
         alarms.push(SystemEvent::StateUnwritable { file: "command_replay".to_owned(), detail });
     }
+    state
 }
 
 /// One log line that outside traffic can repeat for as long as it lasts (Home Assistant births,
@@ -1104,14 +1198,15 @@ fn read_password(path: &Path) -> Result<String, MqttError> {
     Ok(text.lines().next().unwrap_or_default().to_owned())
 }
 
-fn read_key(path: &Path) -> Result<Vec<u8>, MqttError> {
-    let read_err =
-        |source| MqttError::ReadFile { what: "command key file", path: path.into(), source };
-    check_secret("command key file", path)?;
+/// An owner-only secret file (the command key, the one-time code secret), without trailing
+/// whitespace.
+fn read_key(what: &'static str, path: &Path) -> Result<Vec<u8>, MqttError> {
+    let read_err = |source| MqttError::ReadFile { what, path: path.into(), source };
+    check_secret(what, path)?;
     let len = std::fs::metadata(path).map_err(read_err)?.len();
     if len > MAX_KEY_FILE {
         return Err(MqttError::BadFile {
-            what: "command key file",
+            what,
             path: path.into(),
             reason: format!("{len} bytes; a key file holds at most {MAX_KEY_FILE}"),
         });
@@ -1194,6 +1289,19 @@ struct Worker {
     /// Unix seconds, for the command verifier.
     clock: fn() -> i64,
     verifier: Option<Verifier>,
+    /// Home Assistant's one-time codes, when a secret is configured.
+    otp: Option<Otp>,
+    /// What is persisted beside the verifiers' memories (the command part while no command
+    /// key is configured, so that it is kept, not wiped).
+    replay_state: ReplayState,
+    /// The name Home Assistant's enrol name entity holds.
+    enrol_name: Option<String>,
+    /// The code last typed into Home Assistant's code entity, and when.
+    enrol_code: Option<(String, Instant)>,
+    /// The outbox depth last published, and when.
+    outbox_published: Option<(u64, Instant)>,
+    /// The tamper state last published.
+    tamper_on: Option<bool>,
     rx: Receiver<Stamped>,
     /// Messages received while the worker waited to be restarted, handled first.
     held: VecDeque<Stamped>,
@@ -1249,6 +1357,7 @@ impl Worker {
             }
             self.drain_messages();
             self.drain_spill();
+            self.refresh_health();
             if self.shared.stop.load(Ordering::SeqCst) {
                 self.finish();
                 return;
@@ -1308,20 +1417,24 @@ impl Worker {
                     event.second_similarity = None;
                     event.liveness = None;
                 }
-                self.set_state(
-                    self.topics.last_person(),
-                    events::last_person_payload(event.person.as_deref()).into_bytes(),
-                );
-                if self.publish_scores {
+                self.set_state(self.topics.last_event(), event.kind.as_str().into());
+                // "Last person granted" and its similarity change only on a grant: an unknown
+                // face or a tailgater a moment later must not blank them.
+                if event.kind == AccessKind::Granted {
                     self.set_state(
-                        self.topics.last_similarity(),
-                        events::similarity_payload(event.similarity).into_bytes(),
+                        self.topics.last_person(),
+                        events::last_person_payload(event.person.as_deref()).into_bytes(),
                     );
+                    if self.publish_scores {
+                        self.set_state(
+                            self.topics.last_similarity(),
+                            events::similarity_payload(event.similarity).into_bytes(),
+                        );
+                    }
                 }
-                self.set_state(
-                    self.topics.last_backend(),
-                    event.backend.as_str().as_bytes().to_vec(),
-                );
+                if let Some(backend) = event.backend {
+                    self.set_state(self.topics.last_backend(), backend.as_str().into());
+                }
                 let payload = events::to_payload(&self.sequencer.wrap(unix_ms, event));
                 self.push_event(self.topics.access(), &payload);
             }
@@ -1329,7 +1442,18 @@ impl Worker {
                 let payload = events::to_payload(&self.sequencer.wrap(unix_ms, event));
                 self.push_event(self.topics.door(), &payload);
             }
-            Message::System(event) => self.push_system(unix_ms, event),
+            Message::System(event) => {
+                match &event {
+                    SystemEvent::CameraLost { .. } => {
+                        self.set_state(self.topics.camera_problem(), events::CONTACT_OPEN.into());
+                    }
+                    SystemEvent::CameraBack => {
+                        self.set_state(self.topics.camera_problem(), events::CONTACT_CLOSED.into());
+                    }
+                    _ => {}
+                }
+                self.push_system(unix_ms, event);
+            }
             Message::Counters(mut counters) => {
                 counters.dropped_events = self
                     .shared
@@ -1544,9 +1668,16 @@ impl Worker {
     /// Subscriptions and retained publications, as far as rumqttc's channel takes them.
     fn flush_requests(&mut self) {
         if !self.subscribed {
-            let filters =
-                [self.topics.command(), self.topics.lock_command(), self.status_topic.clone()]
-                    .map(|path| SubscribeFilter::new(path, QoS::AtLeastOnce));
+            let filters = [
+                self.topics.command(),
+                self.topics.lock_command(),
+                self.topics.enrol_name(),
+                self.topics.enrol_code(),
+                self.topics.enrol_start(),
+                self.topics.enrol_remove_last(),
+                self.status_topic.clone(),
+            ]
+            .map(|path| SubscribeFilter::new(path, QoS::AtLeastOnce));
             match self.client.try_subscribe_many(filters) {
                 Ok(()) => self.subscribed = true,
                 Err(e) => log::debug!("mqtt: subscription deferred: {e}"),
@@ -1588,10 +1719,23 @@ impl Worker {
                 }
             }
             Event::Incoming(Incoming::Publish(publish)) => {
-                if publish.topic == self.topics.command()
-                    || publish.topic == self.topics.lock_command()
-                {
+                let topic = publish.topic.as_str();
+                if topic == self.topics.command() {
                     self.on_command(&publish.payload, publish.retain);
+                } else if topic == self.topics.lock_command() {
+                    self.on_lock_command(&publish.payload, publish.retain);
+                } else if topic == self.topics.enrol_name() {
+                    self.on_enrol_name(&publish.payload);
+                } else if topic == self.topics.enrol_code() {
+                    if !publish.retain {
+                        let code = String::from_utf8_lossy(&publish.payload);
+                        let code: String = code.trim().chars().take(16).collect();
+                        self.enrol_code = Some((code, Instant::now()));
+                    }
+                } else if topic == self.topics.enrol_start() {
+                    self.on_button(Action::Enrol, publish.retain);
+                } else if topic == self.topics.enrol_remove_last() {
+                    self.on_button(Action::RemoveLast, publish.retain);
                 } else if publish.topic == self.status_topic
                     && discovery::is_ha_birth(&publish.payload)
                     // A retained birth comes with the subscription, right after the discovery
@@ -1705,28 +1849,153 @@ impl Worker {
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
     }
 
+    /// A signed JSON command (`<base>/command`, and signed payloads on the lock's topic).
     fn on_command(&mut self, payload: &[u8], retained: bool) {
         let now = (self.clock)();
         let result = match &mut self.verifier {
             Some(verifier) => verifier
                 .verify(payload, retained, now)
-                .and_then(|command| {
-                    // Durable before the loop sees it: a command accepted but not on disk
-                    // could be replayed after a restart.
-                    match replay::save(&self.replay_dir, &verifier.state()) {
-                        Ok(()) => Ok(command),
-                        Err(e) => {
-                            log::error!(
-                                "mqtt: cannot write the command replay state in {}: {e}",
-                                self.replay_dir.display()
-                            );
-                            Err(Refusal::StateUnwritable)
-                        }
-                    }
-                })
                 .map_err(|r| (r.reason().to_owned(), r.to_string())),
             None => Err(("disabled".to_owned(), "no command key is configured".to_owned())),
         };
+        // Durable before the loop sees it: a command accepted but not on disk could be
+        // replayed after a restart.
+        let result = result.and_then(|command| self.save_state().map(|()| command));
+        self.deliver(result);
+    }
+
+    /// What Home Assistant's lock card sends on the lock's topic: `{"ha":"LOCK"|"UNLOCK",
+    /// "code":...}` (its `command_template`), or a plain `LOCK`/`UNLOCK` from a setup without
+    /// the template. LOCK needs no code (locking is always safe); UNLOCK needs a one-time code.
+    /// Anything else is taken as a signed command.
+    fn on_lock_command(&mut self, payload: &[u8], retained: bool) {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct HaLock {
+            ha: String,
+            code: Option<String>,
+        }
+        let text = std::str::from_utf8(payload).unwrap_or("").trim();
+        let (action, code) = match text {
+            "LOCK" => ("LOCK".to_owned(), None),
+            "UNLOCK" => ("UNLOCK".to_owned(), None),
+            _ => match serde_json::from_str::<HaLock>(text) {
+                Ok(ha) if payload.len() <= super::command::MAX_PAYLOAD => (ha.ha, ha.code),
+                _ => return self.on_command(payload, retained),
+            },
+        };
+        if retained {
+            let r = Refusal::Retained;
+            return self.deliver(Err((r.reason().to_owned(), r.to_string())));
+        }
+        let now = (self.clock)();
+        let result = match action.as_str() {
+            "LOCK" => Ok(self.local_command(Action::Lock, "ha-lock".to_owned(), None, now)),
+            "UNLOCK" => self
+                .check_code(code.as_deref(), now)
+                .map(|step| self.local_command(Action::Unlock, format!("otp-{step}"), None, now)),
+            other => Err((
+                "unknown_action".to_owned(),
+                format!(
+                    "lock card action {:?}: LOCK or UNLOCK",
+                    other.chars().take(20).collect::<String>()
+                ),
+            )),
+        };
+        self.deliver(result);
+    }
+
+    /// Home Assistant's enrol name entity (retained by Home Assistant, so known at start).
+    fn on_enrol_name(&mut self, payload: &[u8]) {
+        let name = String::from_utf8_lossy(payload);
+        let name = name.trim();
+        self.enrol_name = (!name.is_empty()
+            && name.chars().count() <= events::MAX_ENROL_NAME
+            && !name.contains(char::is_control))
+        .then(|| name.to_owned());
+        if self.enrol_name.is_none() && !name.is_empty() {
+            log::warn!(
+                "mqtt: enrol name refused: 1 to {} printable characters needed",
+                events::MAX_ENROL_NAME
+            );
+        }
+    }
+
+    /// An enrol or remove-last button press: the code typed into the code entity (used once,
+    /// then forgotten) must be valid; an enrolment needs the name entity set.
+    fn on_button(&mut self, action: Action, retained: bool) {
+        if retained {
+            let r = Refusal::Retained;
+            return self.deliver(Err((r.reason().to_owned(), r.to_string())));
+        }
+        let now = (self.clock)();
+        let code = self.enrol_code.take().filter(|(_, at)| at.elapsed() < CODE_TTL);
+        let name = self.enrol_name.clone();
+        let result = match (action, name) {
+            (Action::Enrol, None) => Err((
+                "enrol_no_name".to_owned(),
+                "enrol: set the name to enrol first (the enrol name entity)".to_owned(),
+            )),
+            (action, name) => self
+                .check_code(code.as_ref().map(|(c, _)| c.as_str()), now)
+                .map(|step| self.local_command(action, format!("otp-{step}"), name, now)),
+        };
+        self.deliver(result);
+    }
+
+    fn local_command(
+        &self,
+        action: Action,
+        nonce: String,
+        name: Option<String>,
+        now: i64,
+    ) -> Command {
+        Command { action, ts: now, nonce, name }
+    }
+
+    /// Checks a one-time code and persists the verifier's memory (used step, wrong codes,
+    /// lock-out) before anything is carried out.
+    fn check_code(&mut self, code: Option<&str>, now: i64) -> Result<i64, (String, String)> {
+        let Some(otp) = &mut self.otp else {
+            let r = CodeRefusal::NotConfigured;
+            return Err((r.reason().to_owned(), r.to_string()));
+        };
+        let checked = otp.check(code.unwrap_or(""), now);
+        let saved = self.save_state();
+        self.refresh_health();
+        let step = checked.map_err(|r| (r.reason().to_owned(), r.to_string()))?;
+        saved.map(|()| step)
+    }
+
+    /// Writes the verifiers' memory (see `super::replay`); the error is the refusal to give.
+    fn save_state(&mut self) -> Result<(), (String, String)> {
+        let mut state = match &self.verifier {
+            Some(v) => v.state(),
+            None => self.replay_state.clone(),
+        };
+        state.otp = match &self.otp {
+            Some(o) => o.memory().clone(),
+            None => self.replay_state.otp.clone(),
+        };
+        match replay::save(&self.replay_dir, &state) {
+            Ok(()) => {
+                self.replay_state = state;
+                Ok(())
+            }
+            Err(e) => {
+                log::error!(
+                    "mqtt: cannot write the command replay state in {}: {e}",
+                    self.replay_dir.display()
+                );
+                let r = Refusal::StateUnwritable;
+                Err((r.reason().to_owned(), r.to_string()))
+            }
+        }
+    }
+
+    /// Hands an accepted command to the loop, or makes a refusal visible: a `command_refused`
+    /// event and the last-refusal sensor (both rate-limited).
+    fn deliver(&mut self, result: Result<Command, (String, String)>) {
         let refusal = match result {
             Ok(command) => {
                 let action = command.action;
@@ -1758,7 +2027,30 @@ impl Worker {
         }
         self.refusal_window.1 += 1;
         log::warn!("mqtt: refused a remote command ({reason}): {detail}");
+        let state: String =
+            format!("{reason}: {detail}").chars().take(events::MAX_STATE_CHARS).collect();
+        self.set_state(self.topics.last_refusal(), state.into_bytes());
         self.push_system(unix_ms(), SystemEvent::CommandRefused { reason, detail });
+    }
+
+    /// The tamper state (codes locked out) and the outbox depth (at most one publication per
+    /// [`OUTBOX_STATE_INTERVAL`], at once when it empties), published when they change.
+    fn refresh_health(&mut self) {
+        let tamper = self.otp.as_ref().is_some_and(|o| o.locked_out((self.clock)()));
+        if self.tamper_on != Some(tamper) {
+            self.tamper_on = Some(tamper);
+            self.set_state(self.topics.tamper(), events::contact_payload(tamper).into());
+        }
+        let pending = self.outbox.stats().pending as u64 + self.spill.len() as u64;
+        let due = match self.outbox_published {
+            None => true,
+            Some((last, _)) if last == pending => false,
+            Some((_, at)) => pending == 0 || at.elapsed() >= OUTBOX_STATE_INTERVAL,
+        };
+        if due {
+            self.outbox_published = Some((pending, Instant::now()));
+            self.set_state(self.topics.outbox_pending(), pending.to_string().into_bytes());
+        }
     }
 
     /// Clean shutdown: `offline`, the last acknowledgements, DISCONNECT.
@@ -2014,7 +2306,7 @@ mod tests {
         let saved = || replay::decode(&std::fs::read(dir.path().join(replay::STATE_NAME)).unwrap());
         // No file (first start, or deleted): nothing signed before the start passes.
         let (mut v, mut alarms) = (verifier(), Vec::new());
-        restore_replay(&mut v, dir.path(), NOW, &mut alarms);
+        restore_replay(Some(&mut v), None, dir.path(), 30, NOW, &mut alarms);
         assert!(alarms.is_empty(), "{alarms:?}");
         assert_eq!(v.state().floor, Some(NOW));
         assert_eq!(saved().unwrap(), v.state(), "written back at once");
@@ -2030,10 +2322,11 @@ mod tests {
                 max_ts: Some(NOW),
                 floor,
                 nonces: vec![Seen { nonce: "a-recorded-nonce-1".into(), ts: NOW }],
+                otp: Default::default(),
             };
             replay::save(dir.path(), &state).unwrap();
             let mut v = verifier();
-            restore_replay(&mut v, dir.path(), NOW + 50, &mut Vec::new());
+            restore_replay(Some(&mut v), None, dir.path(), 30, NOW + 50, &mut Vec::new());
             assert_eq!(v.state(), ReplayState { floor: Some(expect), ..state });
             assert_eq!(saved().unwrap(), v.state());
         }

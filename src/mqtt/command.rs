@@ -141,6 +141,12 @@ pub enum Action {
     Lock,
     /// Reload the gallery of enrolled faces from disk.
     ReloadGallery,
+    /// Enrol the person at the door live, under [`Command::name`] (from Home Assistant's enrol
+    /// button with a one-time code; not a signed command).
+    Enrol,
+    /// Remove the person last enrolled live (Home Assistant's button with a one-time code; not
+    /// a signed command).
+    RemoveLast,
 }
 
 impl Action {
@@ -150,10 +156,13 @@ impl Action {
             Action::Unlock => "unlock",
             Action::Lock => "lock",
             Action::ReloadGallery => "reload_gallery",
+            Action::Enrol => "enrol",
+            Action::RemoveLast => "remove_last",
         }
     }
 
-    /// The action with this wire name (exact, case-sensitive), if any.
+    /// The action with this wire name (exact, case-sensitive), if any. Only the three signed
+    /// actions have one: enrolment comes from Home Assistant's buttons with a one-time code.
     pub fn from_name(name: &str) -> Option<Action> {
         match name {
             "unlock" => Some(Action::Unlock),
@@ -177,8 +186,10 @@ pub struct Command {
     pub action: Action,
     /// The sender's unix time in seconds, inside the window.
     pub ts: i64,
-    /// The nonce, now remembered by the verifier.
+    /// The nonce, now remembered by the verifier (`otp-<step>` for a one-time code).
     pub nonce: String,
+    /// The person's name, for [`Action::Enrol`].
+    pub name: Option<String>,
 }
 
 /// Why a received command was refused.
@@ -311,6 +322,10 @@ pub struct ReplayState {
     pub floor: Option<i64>,
     /// Nonces accepted inside the window.
     pub nonces: Vec<Seen>,
+    /// The one-time code verifier's memory (newest used step, wrong codes, lock-out): kept in
+    /// the same file, written by the same rules. Absent in files written before it existed.
+    #[serde(default)]
+    pub otp: super::otp::OtpMemory,
 }
 
 /// Checks received commands: signature, device, timestamp window and replay.
@@ -435,7 +450,7 @@ impl Verifier {
         self.remember(&wire.nonce, wire.ts, now_unix)?;
         self.max_ts = Some(self.max_ts.map_or(wire.ts, |m| m.max(wire.ts)));
         self.clock_mark = Some(self.clock_mark.map_or(now_unix, |m| m.max(now_unix)));
-        Ok(Command { action, ts: wire.ts, nonce: wire.nonce })
+        Ok(Command { action, ts: wire.ts, nonce: wire.nonce, name: None })
     }
 
     /// Timestamps at or below this are refused: the highest accepted one minus the window, or
@@ -460,6 +475,7 @@ impl Verifier {
             max_ts: self.max_ts,
             floor: self.floor,
             nonces: self.nonces.clone(),
+            otp: super::otp::OtpMemory::default(),
         }
     }
 
@@ -468,7 +484,7 @@ impl Verifier {
     /// with a larger cache): the floor rises to the newest one left out, so none of those can
     /// be replayed.
     pub fn restore(&mut self, state: ReplayState) {
-        let ReplayState { clock_mark, max_ts, mut floor, mut nonces } = state;
+        let ReplayState { clock_mark, max_ts, mut floor, mut nonces, otp: _ } = state;
         nonces.sort_by_key(|seen| std::cmp::Reverse(seen.ts));
         if let Some(newest_dropped) = nonces.get(self.max_nonces).map(|seen| seen.ts) {
             floor = Some(floor.map_or(newest_dropped, |f| f.max(newest_dropped)));
@@ -704,7 +720,10 @@ mod tests {
     fn valid_unlock_accepted() {
         let mut v = verifier();
         let cmd = v.verify(&signed(Action::Unlock, NOW, NONCE), false, NOW).unwrap();
-        assert_eq!(cmd, Command { action: Action::Unlock, ts: NOW, nonce: NONCE.to_owned() });
+        assert_eq!(
+            cmd,
+            Command { action: Action::Unlock, ts: NOW, nonce: NONCE.to_owned(), name: None }
+        );
         assert_eq!(v.cached_nonces(), 1);
     }
 

@@ -1,26 +1,29 @@
 //! Home Assistant MQTT discovery: the retained config messages that make the appliance appear in
-//! Home Assistant as one device with a lock, an access event, six sensors and a door contact,
-//! all reading the topics of [`super::events::Topics`].
+//! Home Assistant as one device: the door's lock, access and system events, the last person
+//! granted and the last access event, the door contact and alarms (forced, held open), the
+//! code lock-out (tamper), health (NPU, camera, outbox, frames, backend), the last refused
+//! command, and the entities of live enrolment (name, one-time code, enrol and remove buttons),
+//! all reading and writing the topics of [`super::events::Topics`].
 //!
 //! Publish every [`DiscoveryMessage`] retained on connect, and again whenever Home Assistant's
 //! birth message (`online` on [`status_topic`]) arrives, since a restarted Home Assistant may have
 //! lost them. Never publish an empty payload to a config topic by mistake: an empty retained
 //! config deletes the entity.
 //!
-//! # The lock entity and signed commands
+//! # The lock card and one-time codes
 //!
-//! One rule, no exceptions: the appliance refuses every unsigned command, `LOCK` included. Home
-//! Assistant's lock entity publishes the plain strings `LOCK` / `UNLOCK` on
-//! [`Topics::lock_command`](super::events::Topics::lock_command) and its templates cannot compute
-//! an HMAC, so those presses are refused like any unsigned command (a `command_refused` system
-//! event; the reason is `malformed`, as a bare word is not a signed JSON command) and, the entity
-//! not being optimistic, its state does not move. The lock entity is therefore a faithful
-//! display of the lock state (including jammed, locking and unlocking); Home Assistant users
-//! lock and unlock through a script or automation that publishes a signed JSON command (wire
-//! format in the command module), produced outside the template engine (a `shell_command`,
-//! Node-RED, AppDaemon), to the command topic or the lock's command topic. `retain` is false so
-//! that neither Home Assistant nor the broker ever keeps a command to replay it (the appliance
-//! refuses retained commands anyway).
+//! Home Assistant's templates cannot compute an HMAC, so its lock card cannot send the signed
+//! commands automations use (`super::command`). The lock entity has a `code_format`
+//! ([`super::otp::HA_CODE_FORMAT`]: six digits or nothing), so the card asks for a code, and a
+//! `command_template` ([`LOCK_COMMAND_TEMPLATE`]) that sends `{"ha":"UNLOCK","code":"123456"}`.
+//! LOCK needs no code (locking is always safe); UNLOCK needs the current one-time code of the
+//! user's authenticator app (`super::otp`: each code opens once, wrong codes lock out). A
+//! refusal shows on the "Last refused command" sensor and as a `command_refused` system event.
+//! The entity is not optimistic: its state is the relay's, published by the door. `retain` is
+//! false so that neither Home Assistant nor the broker keeps a command to replay it.
+//!
+//! The enrol and remove buttons take their code from the one-time code text entity (password
+//! mode, never retained, used once); the enrol button the name from the name text entity.
 //!
 //! # Entity ids
 //!
@@ -33,7 +36,8 @@
 
 use serde_json::{json, Map, Value};
 
-use super::events::{self, AccessKind, LockState, Topics};
+use super::events::{self, AccessKind, Backend, LockState, SystemEvent, Topics};
+use super::otp;
 
 /// Home Assistant's default discovery prefix.
 pub const DEFAULT_PREFIX: &str = "homeassistant";
@@ -80,6 +84,8 @@ pub struct DeviceInfo {
     pub model: String,
     /// Link from Home Assistant's device page (the appliance's web page), if any.
     pub configuration_url: Option<String>,
+    /// The area Home Assistant suggests putting the device in, if any.
+    pub suggested_area: Option<String>,
 }
 
 impl DeviceInfo {
@@ -97,9 +103,16 @@ impl DeviceInfo {
             sw_version: sw_version.to_owned(),
             model: model.to_owned(),
             configuration_url: configuration_url.map(str::to_owned),
+            suggested_area: None,
         };
         device.validate()?;
         Ok(device)
+    }
+
+    /// The same device, suggested for `area` in Home Assistant.
+    pub fn with_area(mut self, area: Option<&str>) -> DeviceInfo {
+        self.suggested_area = area.map(str::trim).filter(|a| !a.is_empty()).map(str::to_owned);
+        self
     }
 
     /// Checks the device id, the name and the configuration URL.
@@ -119,6 +132,21 @@ impl DeviceInfo {
             }
         }
         Ok(())
+    }
+}
+
+/// The hardware shown in Home Assistant: the device tree's model (`/proc/device-tree/model`,
+/// e.g. "Raspberry Pi 5 Model B Rev 1.0", NUL-terminated), or the machine's architecture when
+/// there is none, with "+ Hailo-8" when an NPU is configured.
+pub fn board_model(device_tree_model: Option<&[u8]>, npu: bool) -> String {
+    let board = device_tree_model
+        .map(|m| String::from_utf8_lossy(m).trim_end_matches('\0').trim().to_owned())
+        .filter(|m| !m.is_empty() && m.len() <= 64 && !m.contains(char::is_control))
+        .unwrap_or_else(|| format!("{} Linux machine", std::env::consts::ARCH));
+    if npu {
+        format!("{board} + Hailo-8")
+    } else {
+        board
     }
 }
 
@@ -157,9 +185,26 @@ pub fn is_ha_birth(payload: &[u8]) -> bool {
 
 /// The Home Assistant `event_type` template of the access event entity: our payload carries the
 /// type in `kind`; Home Assistant wants a JSON object with `event_type`, and keeps the other
-/// keys as event attributes.
+/// keys as event attributes (every field of the payload but the ids and the liveness model).
 pub const ACCESS_VALUE_TEMPLATE: &str = "{{ {'event_type': value_json.kind, 'id': value_json.id, \
-     'person': value_json.person, 'similarity': value_json.similarity} | to_json }}";
+     'person': value_json.person, 'similarity': value_json.similarity, \
+     'second_similarity': value_json.second_similarity, 'backend': value_json.backend, \
+     'eye_distance_px': value_json.eye_distance_px, 'embedding_norm': value_json.embedding_norm, \
+     'liveness': value_json.liveness} | to_json }}";
+
+/// The same for the system event entity; a kind's own fields (person, reason, detail, people,
+/// version) are attributes when it has them.
+pub const SYSTEM_VALUE_TEMPLATE: &str = "{{ {'event_type': value_json.kind, 'id': value_json.id, \
+     'person': value_json.person | default(none), 'reason': value_json.reason | default(none), \
+     'detail': value_json.detail | default(none), 'people': value_json.people | default(none), \
+     'version': value_json.version | default(none)} | to_json }}";
+
+/// The lock's `command_template`: Home Assistant fills in `value` (`LOCK`/`UNLOCK`) and the
+/// code typed into the lock card (`null` when none), which `code_format` has already checked.
+pub const LOCK_COMMAND_TEMPLATE: &str = "{{ {'ha': value, 'code': code} | to_json }}";
+
+/// What Home Assistant's buttons publish when pressed.
+pub const BUTTON_PRESS: &str = "PRESS";
 
 /// All config messages for this device, to be published retained on connect and again whenever
 /// `<prefix>/status` says "online".
@@ -178,7 +223,14 @@ pub fn discovery_messages(
     let device_block = device_block(device, &id);
     let origin = json!({ "name": MANUFACTURER, "sw_version": device.sw_version });
 
-    let entities: [(&str, &str, &str, Value); 9] = [
+    let alarm_is = |alarm: &str| {
+        format!(
+            "{{{{ '{on}' if value == '{alarm}' else '{off}' }}}}",
+            on = events::CONTACT_OPEN,
+            off = events::CONTACT_CLOSED
+        )
+    };
+    let entities: Vec<(&str, &str, &str, Value)> = vec![
         (
             "lock",
             "door",
@@ -193,6 +245,8 @@ pub fn discovery_messages(
                 "state_jammed": LockState::Jammed.payload(),
                 "state_locking": LockState::Locking.payload(),
                 "state_unlocking": LockState::Unlocking.payload(),
+                "code_format": otp::HA_CODE_FORMAT,
+                "command_template": LOCK_COMMAND_TEMPLATE,
                 "optimistic": false,
                 "retain": false,
             }),
@@ -207,18 +261,53 @@ pub fn discovery_messages(
                 "value_template": ACCESS_VALUE_TEMPLATE,
             }),
         ),
-        ("sensor", "last_person", "Last person", json!({ "state_topic": topics.last_person() })),
+        (
+            "event",
+            "system",
+            "System",
+            json!({
+                "state_topic": topics.system(),
+                "event_types": SystemEvent::KINDS,
+                "value_template": SYSTEM_VALUE_TEMPLATE,
+                "entity_category": "diagnostic",
+            }),
+        ),
+        (
+            "sensor",
+            "last_person",
+            "Last person granted",
+            json!({ "state_topic": topics.last_person(), "icon": "mdi:account-check" }),
+        ),
         (
             "sensor",
             "similarity",
             "Similarity",
-            json!({ "state_topic": topics.last_similarity(), "state_class": "measurement" }),
+            json!({
+                "state_topic": topics.last_similarity(),
+                "state_class": "measurement",
+                "suggested_display_precision": 3,
+            }),
+        ),
+        (
+            "sensor",
+            "last_event",
+            "Last access event",
+            json!({
+                "state_topic": topics.last_event(),
+                "device_class": "enum",
+                "options": AccessKind::ALL.map(AccessKind::as_str),
+            }),
         ),
         (
             "sensor",
             "backend",
             "Recognition backend",
-            json!({ "state_topic": topics.last_backend() }),
+            json!({
+                "state_topic": topics.last_backend(),
+                "device_class": "enum",
+                "options": [Backend::Cpu.as_str(), Backend::Npu.as_str()],
+                "entity_category": "diagnostic",
+            }),
         ),
         (
             "sensor",
@@ -242,6 +331,38 @@ pub fn discovery_messages(
             }),
         ),
         (
+            "binary_sensor",
+            "door_forced",
+            "Door forced",
+            json!({
+                "state_topic": topics.alarm_state(),
+                "value_template": alarm_is(events::ALARM_PAYLOADS[2]),
+                "device_class": "problem",
+            }),
+        ),
+        (
+            "binary_sensor",
+            "held_open",
+            "Door held open",
+            json!({
+                "state_topic": topics.alarm_state(),
+                "value_template": alarm_is(events::ALARM_PAYLOADS[1]),
+                "device_class": "problem",
+            }),
+        ),
+        (
+            "binary_sensor",
+            "tamper",
+            "Code lock-out",
+            json!({ "state_topic": topics.tamper(), "device_class": "tamper" }),
+        ),
+        (
+            "sensor",
+            "last_refusal",
+            "Last refused command",
+            json!({ "state_topic": topics.last_refusal(), "icon": "mdi:shield-alert" }),
+        ),
+        (
             "sensor",
             "npu",
             "NPU",
@@ -254,6 +375,27 @@ pub fn discovery_messages(
         ),
         (
             "binary_sensor",
+            "camera",
+            "Camera",
+            json!({
+                "state_topic": topics.camera_problem(),
+                "device_class": "problem",
+                "entity_category": "diagnostic",
+            }),
+        ),
+        (
+            "sensor",
+            "outbox",
+            "MQTT outbox",
+            json!({
+                "state_topic": topics.outbox_pending(),
+                "state_class": "measurement",
+                "unit_of_measurement": "events",
+                "entity_category": "diagnostic",
+            }),
+        ),
+        (
+            "binary_sensor",
             "door_contact",
             "Door contact",
             json!({
@@ -261,6 +403,56 @@ pub fn discovery_messages(
                 "device_class": "door",
                 "payload_on": events::CONTACT_OPEN,
                 "payload_off": events::CONTACT_CLOSED,
+            }),
+        ),
+        (
+            "text",
+            "enrol_name",
+            "Enrol name",
+            json!({
+                "command_topic": topics.enrol_name(),
+                "state_topic": topics.enrol_name(),
+                "retain": true,
+                "min": 0,
+                "max": events::MAX_ENROL_NAME,
+                "mode": "text",
+                "entity_category": "config",
+            }),
+        ),
+        (
+            "text",
+            "code",
+            "One-time code",
+            json!({
+                "command_topic": topics.enrol_code(),
+                "retain": false,
+                "min": 0,
+                "max": otp::DIGITS,
+                "pattern": otp::HA_CODE_FORMAT,
+                "mode": "password",
+                "entity_category": "config",
+            }),
+        ),
+        (
+            "button",
+            "enrol",
+            "Enrol person at the door",
+            json!({
+                "command_topic": topics.enrol_start(),
+                "payload_press": BUTTON_PRESS,
+                "retain": false,
+                "icon": "mdi:account-plus",
+            }),
+        ),
+        (
+            "button",
+            "remove_last",
+            "Remove last enrolled person",
+            json!({
+                "command_topic": topics.enrol_remove_last(),
+                "payload_press": BUTTON_PRESS,
+                "retain": false,
+                "icon": "mdi:account-remove",
             }),
         ),
     ];
@@ -314,6 +506,9 @@ fn device_block(device: &DeviceInfo, id: &str) -> Value {
     block.insert("sw_version".into(), device.sw_version.clone().into());
     if let Some(url) = &device.configuration_url {
         block.insert("configuration_url".into(), url.clone().into());
+    }
+    if let Some(area) = &device.suggested_area {
+        block.insert("suggested_area".into(), area.clone().into());
     }
     Value::Object(block)
 }
@@ -375,13 +570,25 @@ mod tests {
             [
                 "homeassistant/lock/frontdoor/door/config",
                 "homeassistant/event/frontdoor/access/config",
+                "homeassistant/event/frontdoor/system/config",
                 "homeassistant/sensor/frontdoor/last_person/config",
                 "homeassistant/sensor/frontdoor/similarity/config",
+                "homeassistant/sensor/frontdoor/last_event/config",
                 "homeassistant/sensor/frontdoor/backend/config",
                 "homeassistant/sensor/frontdoor/frames/config",
                 "homeassistant/sensor/frontdoor/alarm/config",
+                "homeassistant/binary_sensor/frontdoor/door_forced/config",
+                "homeassistant/binary_sensor/frontdoor/held_open/config",
+                "homeassistant/binary_sensor/frontdoor/tamper/config",
+                "homeassistant/sensor/frontdoor/last_refusal/config",
                 "homeassistant/sensor/frontdoor/npu/config",
+                "homeassistant/binary_sensor/frontdoor/camera/config",
+                "homeassistant/sensor/frontdoor/outbox/config",
                 "homeassistant/binary_sensor/frontdoor/door_contact/config",
+                "homeassistant/text/frontdoor/enrol_name/config",
+                "homeassistant/text/frontdoor/code/config",
+                "homeassistant/button/frontdoor/enrol/config",
+                "homeassistant/button/frontdoor/remove_last/config",
             ]
         );
         assert_eq!(status_topic("homeassistant"), "homeassistant/status");
@@ -455,6 +662,20 @@ mod tests {
     ];
     const BINARY_SENSOR: &[&str] =
         &["device_class", "expire_after", "force_update", "off_delay", "payload_off", "payload_on"];
+    // text.py and button.py (MQTT_RW_SCHEMA: command_topic, retain, state_topic).
+    const TEXT: &[&str] = &[
+        "command_template",
+        "command_topic",
+        "max",
+        "min",
+        "mode",
+        "pattern",
+        "retain",
+        "state_topic",
+        "value_template",
+    ];
+    const BUTTON: &[&str] =
+        &["command_template", "command_topic", "device_class", "payload_press", "retain"];
     const DEVICE: &[&str] = &[
         "identifiers",
         "connections",
@@ -477,6 +698,8 @@ mod tests {
             "event" => (&[RO, EVENT], &["state_topic", "event_types"]),
             "sensor" => (&[RO, SENSOR], &["state_topic"]),
             "binary_sensor" => (&[RO, BINARY_SENSOR], &["state_topic"]),
+            "text" => (&[TEXT], &["command_topic"]),
+            "button" => (&[BUTTON], &["command_topic"]),
             other => panic!("no schema table for {other}"),
         };
         let allowed = COMMON.iter().chain(specific.iter().flat_map(|s| s.iter())).copied();
@@ -486,7 +709,7 @@ mod tests {
     #[test]
     fn schema_keys_are_allowed_and_required_keys_present() {
         let all = configs(&device());
-        assert_eq!(all.len(), 9);
+        assert_eq!(all.len(), 21);
         for ((component, object_id), config) in &all {
             let (allowed, required) = schema(component);
             for key in config.keys() {
@@ -546,7 +769,8 @@ mod tests {
         assert_eq!(lock["optimistic"], false);
         assert_eq!(lock["retain"], false);
         assert_eq!(lock["qos"], 1);
-        assert!(!lock.contains_key("command_template"));
+        assert_eq!(lock["code_format"], r"^(\d{6})?$");
+        assert_eq!(lock["command_template"], "{{ {'ha': value, 'code': code} | to_json }}");
 
         let access = get("event", "access");
         assert_eq!(access["name"], "Access");
@@ -561,7 +785,7 @@ mod tests {
         assert!(!access.contains_key("device_class"));
 
         let person = get("sensor", "last_person");
-        assert_eq!(person["name"], "Last person");
+        assert_eq!(person["name"], "Last person granted");
         assert_eq!(person["state_topic"], t.last_person());
         assert!(!person.contains_key("state_class"));
 
@@ -622,6 +846,16 @@ mod tests {
         let entity_ids: HashSet<&str> =
             all.values().map(|c| c["default_entity_id"].as_str().unwrap()).collect();
         assert_eq!(entity_ids.len(), all.len());
+    }
+
+    #[test]
+    fn the_model_names_the_board() {
+        let pi = b"Raspberry Pi 5 Model B Rev 1.0\0";
+        assert_eq!(board_model(Some(pi), true), "Raspberry Pi 5 Model B Rev 1.0 + Hailo-8");
+        assert_eq!(board_model(Some(pi), false), "Raspberry Pi 5 Model B Rev 1.0");
+        let laptop = board_model(None, false);
+        assert!(laptop.ends_with("Linux machine") && !laptop.contains("Hailo"), "{laptop}");
+        assert!(board_model(Some(b"\0"), true).ends_with("Linux machine + Hailo-8"));
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub const CONTACT_CLOSED: &str = "OFF";
 pub const STATE_NONE: &str = "None";
 /// Home Assistant refuses sensor states longer than this many characters.
 pub const MAX_STATE_CHARS: usize = 255;
+/// Longest name accepted from Home Assistant's enrol name entity, in characters.
+pub const MAX_ENROL_NAME: usize = 64;
 
 /// Checks a topic base (or a discovery prefix): non-empty, at most [`MAX_BASE_LEN`] bytes, no
 /// wildcard (`+`, `#`), no NUL or other control character, no leading or trailing `/`, no empty
@@ -152,11 +154,62 @@ impl Topics {
         self.topic("command")
     }
 
-    /// `<base>/lock/set`: subscribed; the Home Assistant lock entity's command topic. Payloads
-    /// must be signed JSON commands too (same format as on [`Topics::command`]): the plain
-    /// `LOCK` / `UNLOCK` Home Assistant sends are refused like any other unsigned command.
+    /// `<base>/lock/set`: subscribed; the Home Assistant lock entity's command topic. Takes
+    /// what the lock card sends through its `command_template`
+    /// (`{"ha":"LOCK"|"UNLOCK","code":...}`; UNLOCK needs a valid one-time code), a plain
+    /// `LOCK`, and signed JSON commands (same format as on [`Topics::command`]).
     pub fn lock_command(&self) -> String {
         self.topic("lock/set")
+    }
+
+    /// `<base>/sensor/last_event`: the kind of the last access event of any kind
+    /// ([`AccessKind::as_str`]), retained.
+    pub fn last_event(&self) -> String {
+        self.topic("sensor/last_event")
+    }
+
+    /// `<base>/command/refusal`: the last refused command or code, `<reason>: <detail>`,
+    /// retained.
+    pub fn last_refusal(&self) -> String {
+        self.topic("command/refusal")
+    }
+
+    /// `<base>/camera/problem`: `ON` while the camera delivers no frames, else `OFF`, retained.
+    pub fn camera_problem(&self) -> String {
+        self.topic("camera/problem")
+    }
+
+    /// `<base>/tamper/state`: `ON` while one-time codes are locked out after too many wrong
+    /// ones, else `OFF`, retained.
+    pub fn tamper(&self) -> String {
+        self.topic("tamper/state")
+    }
+
+    /// `<base>/outbox/pending`: events waiting in the outbox for the broker, retained.
+    pub fn outbox_pending(&self) -> String {
+        self.topic("outbox/pending")
+    }
+
+    /// `<base>/enrol/name`: the name for the next enrolment from Home Assistant (the text
+    /// entity's command and state topic, retained by Home Assistant), subscribed.
+    pub fn enrol_name(&self) -> String {
+        self.topic("enrol/name")
+    }
+
+    /// `<base>/enrol/code`: the one-time code for the next enrol or remove press (the code
+    /// text entity's command topic, never retained), subscribed.
+    pub fn enrol_code(&self) -> String {
+        self.topic("enrol/code")
+    }
+
+    /// `<base>/enrol/start`: the enrol button's command topic, subscribed.
+    pub fn enrol_start(&self) -> String {
+        self.topic("enrol/start")
+    }
+
+    /// `<base>/enrol/remove_last`: the remove-last button's command topic, subscribed.
+    pub fn enrol_remove_last(&self) -> String {
+        self.topic("enrol/remove_last")
     }
 }
 
@@ -233,8 +286,9 @@ pub struct AccessEvent {
     pub similarity: Option<f32>,
     /// Cosine similarity to the second-best person (the margin tells how sure the match is).
     pub second_similarity: Option<f32>,
-    /// Where the embedding was computed.
-    pub backend: Backend,
+    /// Where the embedding was computed (`null` for an event without an embedding of its
+    /// own: tailgating, a suspected spoof).
+    pub backend: Option<Backend>,
     /// Distance between the eyes in the frame, in pixels (face size).
     pub eye_distance_px: f32,
     /// L2 norm of the raw embedding before normalisation (a quality hint).
@@ -339,6 +393,64 @@ pub enum SystemEvent {
         /// The portier version.
         version: String,
     },
+    /// A live enrolment asked for from Home Assistant began: the person should look at the
+    /// camera, alone.
+    EnrolStarted {
+        /// The name being enrolled.
+        person: String,
+        /// Seconds of capture.
+        seconds: u32,
+    },
+    /// A person was enrolled from the running service.
+    Enrolled {
+        /// The name.
+        person: String,
+        /// Templates stored (for the CPU model).
+        templates: usize,
+        /// Enrolled people after the change.
+        people: usize,
+    },
+    /// A live enrolment from the running service was refused; nothing was stored.
+    EnrolFailed {
+        /// The name that was to be enrolled.
+        person: String,
+        /// Why.
+        reason: String,
+    },
+    /// The person last enrolled from the running service was removed again.
+    Removed {
+        /// The name.
+        person: String,
+        /// Enrolled people after the change.
+        people: usize,
+    },
+    /// The remove-last button found nobody to remove (nobody was enrolled since the start).
+    RemoveFailed {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl SystemEvent {
+    /// Every `kind` a system event can have (Home Assistant's `event_types` of the system
+    /// event entity, which refuses any other).
+    pub const KINDS: [&'static str; 15] = [
+        "camera_lost",
+        "camera_back",
+        "npu_fallback",
+        "npu_back",
+        "gallery_changed",
+        "command_refused",
+        "state_damaged",
+        "state_unwritable",
+        "mqtt_restarted",
+        "started",
+        "enrol_started",
+        "enrolled",
+        "enrol_failed",
+        "removed",
+        "remove_failed",
+    ];
 }
 
 /// Running totals since start, published (retained) on [`Topics::counters`].
@@ -588,7 +700,7 @@ mod tests {
             person_id: Some(3),
             similarity: Some(0.61),
             second_similarity: Some(0.25),
-            backend: Backend::Npu,
+            backend: Some(Backend::Npu),
             eye_distance_px: 58.5,
             embedding_norm: 21.25,
             liveness: Some(0.75),
@@ -669,7 +781,7 @@ mod tests {
             person: None,
             person_id: None,
             second_similarity: None,
-            backend: Backend::Cpu,
+            backend: None,
             liveness: None,
             ..granted()
         };
@@ -679,7 +791,7 @@ mod tests {
                 "{HEAD}{}",
                 concat!(
                     r#""kind":"unknown","track_id":42,"person":null,"person_id":null,"#,
-                    r#""similarity":0.61,"second_similarity":null,"backend":"cpu","#,
+                    r#""similarity":0.61,"second_similarity":null,"backend":null,"#,
                     r#""eye_distance_px":58.5,"embedding_norm":21.25,"liveness":null}"#,
                 )
             )
@@ -768,6 +880,52 @@ mod tests {
         for (ev, tail) in cases {
             assert_eq!(payload(ev), format!("{HEAD}{tail}"));
         }
+    }
+
+    #[test]
+    fn every_system_event_kind_is_announced() {
+        let s = String::new;
+        // One of each variant (a new variant fails to compile here until it is listed).
+        let all = |e: &SystemEvent| match e {
+            SystemEvent::CameraLost { .. }
+            | SystemEvent::CameraBack
+            | SystemEvent::NpuFallback { .. }
+            | SystemEvent::NpuBack
+            | SystemEvent::GalleryChanged { .. }
+            | SystemEvent::CommandRefused { .. }
+            | SystemEvent::StateDamaged { .. }
+            | SystemEvent::StateUnwritable { .. }
+            | SystemEvent::MqttRestarted { .. }
+            | SystemEvent::Started { .. }
+            | SystemEvent::EnrolStarted { .. }
+            | SystemEvent::Enrolled { .. }
+            | SystemEvent::EnrolFailed { .. }
+            | SystemEvent::Removed { .. }
+            | SystemEvent::RemoveFailed { .. } => (),
+        };
+        let events = [
+            SystemEvent::CameraLost { reason: s() },
+            SystemEvent::CameraBack,
+            SystemEvent::NpuFallback { reason: s() },
+            SystemEvent::NpuBack,
+            SystemEvent::GalleryChanged { people: 1 },
+            SystemEvent::CommandRefused { reason: s(), detail: s() },
+            SystemEvent::StateDamaged { file: s(), kept_as: s(), detail: s() },
+            SystemEvent::StateUnwritable { file: s(), detail: s() },
+            SystemEvent::MqttRestarted { restarts: 1, reason: s() },
+            SystemEvent::Started { version: s() },
+            SystemEvent::EnrolStarted { person: s(), seconds: 5 },
+            SystemEvent::Enrolled { person: s(), templates: 5, people: 1 },
+            SystemEvent::EnrolFailed { person: s(), reason: s() },
+            SystemEvent::Removed { person: s(), people: 0 },
+            SystemEvent::RemoveFailed { reason: s() },
+        ];
+        let kinds: Vec<String> = events
+            .iter()
+            .inspect(|e| all(e))
+            .map(|e| serde_json::to_value(e).unwrap()["kind"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(kinds, SystemEvent::KINDS);
     }
 
     #[test]

@@ -206,6 +206,12 @@ fn damaged(
         max_ts: None,
         floor: Some(floor),
         nonces: Vec::new(),
+        // A one-time code of a step that began at or before the floor could have been used and
+        // recorded in the lost file: refused too.
+        otp: super::otp::OtpMemory {
+            last_step: Some(floor.div_euclid(super::otp::STEP_S)),
+            ..Default::default()
+        },
     };
     Loaded::Damaged { kept, detail, state }
 }
@@ -226,6 +232,7 @@ mod tests {
             max_ts: Some(1_764_355_200),
             floor: None,
             nonces: vec![Seen { nonce: "3f9a1c0d5e7b2a48".into(), ts: 1_764_355_200 }],
+            otp: Default::default(),
         }
     }
 

@@ -110,7 +110,7 @@ fn a_home_assistant_status_flood_keeps_memory_flat_and_discovery_coalesced() {
     std::thread::sleep(Duration::from_secs(1));
     watcher.drain();
     let per_round = watcher.seen.len();
-    assert_eq!(per_round, 8, "one round: 9 entities minus the similarity sensor (scores off)");
+    assert_eq!(per_round, 20, "one round: 21 entities minus the similarity sensor (scores off)");
     let mark = watcher.seen.len();
 
     let flooder = Sub::connect(broker.port, "flooder", false);
