@@ -292,8 +292,12 @@ struct Deciding {
 pub enum RemoteCommand {
     /// Release the door as for a recognised face.
     Unlock,
-    /// Lock now, ending any release.
+    /// Lock now, ending any release (a signed command).
     Lock,
+    /// Lock now if the release is a remote unlock's only: an unsigned LOCK (Home Assistant's
+    /// lock card, which anyone on the broker can send) never ends a release a face or the exit
+    /// button made, so a flood of them cannot keep residents out.
+    EndRemoteRelease,
     /// Use these templates from now on (reloaded or changed by an enrolment): the CPU model's
     /// and, with an NPU, the NPU model's.
     SetMatcher(Box<(Matcher, Option<Matcher>)>),
@@ -411,6 +415,8 @@ pub struct App {
     step_closer: bool,
     /// A live enrolment in progress: the name, the capture, good faces so far.
     enrolment: Option<(String, LiveEnrolment, usize)>,
+    /// A face or the exit button released the door since it was last locked.
+    local_release: bool,
 }
 
 impl std::fmt::Debug for App {
@@ -681,6 +687,7 @@ impl App {
             last_stages: StageTimes::default(),
             step_closer: false,
             enrolment: None,
+            local_release: false,
         })
     }
 
@@ -827,6 +834,13 @@ impl App {
             }
         }
         for ev in self.door_events.drain(..) {
+            match &ev {
+                DoorEvent::Locked => self.local_release = false,
+                DoorEvent::Unlocked { reason } if *reason != UnlockReason::Remote => {
+                    self.local_release = true;
+                }
+                _ => {}
+            }
             self.events.push(AppEvent::Door(ev));
         }
         if self.grant_open && self.door.state().locked {
@@ -1100,6 +1114,9 @@ impl App {
                     self.door.secure()?;
                 }
                 self.grant_open = true;
+                // At once, not at the next poll: an unsigned LOCK taken before that poll must
+                // not end this release.
+                self.local_release = true;
                 self.grant_witnesses.clear();
                 for t in self.tracker.tracks() {
                     if t.last_seen == now {
@@ -1208,7 +1225,12 @@ impl App {
                     log::error!("remote unlock failed: {e}");
                 }
             }
-            RemoteCommand::Lock => {
+            RemoteCommand::EndRemoteRelease if self.local_release => {
+                log::info!(
+                    "unsigned remote lock ignored: the release is a face's or the exit button's"
+                );
+            }
+            RemoteCommand::Lock | RemoteCommand::EndRemoteRelease => {
                 log::info!("remote lock");
                 if let Err(e) = self.door.secure() {
                     self.counters.door_errors += 1;

@@ -427,6 +427,8 @@ pub struct LiveEnrolment {
     started: Option<Duration>,
     /// First frame offered while waiting for a close face ([`EnrolSettings::wait_for_face`]).
     waiting_since: Option<Duration>,
+    /// Why a capture started from afar had to start again (two people in view), if it did.
+    interrupted: Option<Refusal>,
     frames: u64,
     /// The person being enrolled: the first track to be confirmed alone in view.
     subject: Option<TrackId>,
@@ -461,6 +463,7 @@ impl LiveEnrolment {
             settings,
             started: None,
             waiting_since: None,
+            interrupted: None,
             frames: 0,
             subject: None,
             seen: 0,
@@ -498,6 +501,11 @@ impl LiveEnrolment {
                 detections.iter().filter(|d| d.eye_distance() >= self.settings.min_eye_px).count();
             if close != 1 {
                 if now.saturating_sub(since) >= wait {
+                    if let Some(r) = self.interrupted.take() {
+                        log::info!("enrolment refused: {r}");
+                        self.refusal = Some(r.clone());
+                        return Progress::Refused(r);
+                    }
                     log::info!("enrolment: nobody came close to the camera");
                     self.done = true;
                     return Progress::Done;
@@ -541,6 +549,19 @@ impl LiveEnrolment {
             log::info!("enrolment: the person left the view at {:.1} s", elapsed.as_secs_f32());
             self.done = true;
             return Progress::Done;
+        }
+        if count >= 2 && self.settings.wait_for_face.is_some() {
+            // Started from afar: a passer-by does not fail the enrolment; what was captured is
+            // dropped (it could mix people) and the capture waits for one close face again,
+            // within the same wait. Should the wait run out, this is the reason given.
+            log::info!("enrolment: {count} people in view; starting the capture again");
+            self.interrupted = Some(Refusal::TwoPeople { frame: index, faces: count });
+            self.started = None;
+            self.subject = None;
+            self.seen = 0;
+            self.rejected = Rejections::default();
+            self.slots.iter_mut().for_each(|s| *s = None);
+            return Progress::Watching { elapsed: Duration::ZERO, good: 0, in_view: count };
         }
         if count >= 2 {
             let r = Refusal::TwoPeople { frame: index, faces: count };
@@ -1022,10 +1043,19 @@ mod tests {
                 assert_eq!(p, Progress::Watching { elapsed: FRAME * 9, good: 3, in_view: 1 });
             }
         }
+        // A passer-by next to them: the capture starts again (nothing kept), it is not refused.
+        let two = [face(200.0, 100.0, 200.0), face(450.0, 100.0, 150.0)];
+        live.offer(img.view(), &two, FRAME * 30);
+        let p = live.offer(img.view(), &two, FRAME * 31);
+        assert_eq!(p, Progress::Watching { elapsed: Duration::ZERO, good: 0, in_view: 2 });
+        for i in 32..42 {
+            live.offer(img.view(), &close, FRAME * i);
+        }
+        assert!(!live.is_over());
         // The person leaves and others are in view: the capture ends, it is not refused.
-        let p = live.offer(img.view(), &far, FRAME * 30);
+        let p = live.offer(img.view(), &far, FRAME * 42);
         assert!(matches!(p, Progress::Watching { .. }), "{p:?}");
-        assert_eq!(live.offer(img.view(), &far, FRAME * 31), Progress::Done);
+        assert_eq!(live.offer(img.view(), &far, FRAME * 43), Progress::Done);
         // Nobody close for the whole wait: over, and finish() says no face.
         let mut idle = LiveEnrolment::new(EnrolSettings {
             wait_for_face: Some(Duration::from_secs(1)),

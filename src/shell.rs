@@ -6,7 +6,6 @@
 //! Must not: block (MQTT is a `try_send`, the display draws only on change into a memory
 //! canvas or a mailbox), or decide anything about access.
 
-use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -147,14 +146,33 @@ pub struct Shell {
     mqtt_health: MqttHealth,
     /// Settings of live enrolments asked for over MQTT (`None`: not offered).
     enrol_settings: Option<EnrolSettings>,
-    /// Commands the shell made itself (a gallery changed by an enrolment), handed to the loop
-    /// before MQTT's.
-    pending: VecDeque<RemoteCommand>,
     /// The person last enrolled from the running service (what "remove last" removes); kept
     /// in memory only, so a restart never lets the button remove someone enrolled earlier.
     last_enrolled: Option<String>,
     /// When the counters were last handed to MQTT, and the frame count then.
     counters_sent: Option<(Duration, u64)>,
+    /// A finished capture being stored by a worker thread (gallery writes sync to the card:
+    /// not on the loop's thread): its outcome.
+    storing: Option<std::sync::mpsc::Receiver<Stored>>,
+}
+
+/// What storing an enrolment gave: the name, templates and people after it (or why nothing was
+/// stored), and the new matchers for the loop (or why they could not be read).
+type Stored = (String, Result<(usize, usize), String>, Result<RemoteCommand, String>);
+
+/// The matchers of the gallery on disk, for the loop.
+fn load_matchers(
+    path: &std::path::Path,
+    key_file: &std::path::Path,
+    model_id: &str,
+    npu_model_id: Option<&str>,
+) -> Result<RemoteCommand, GalleryError> {
+    let g = Gallery::open(path, key_file)?;
+    let npu = match npu_model_id {
+        Some(id) => Some(g.matcher(id)?),
+        None => None,
+    };
+    Ok(RemoteCommand::SetMatcher(Box::new((g.matcher(model_id)?, npu))))
 }
 
 /// A crash injected for tests (`PORTIER_FAULT`).
@@ -254,9 +272,9 @@ impl Shell {
             npu_sent: None,
             mqtt_health: MqttHealth::Connecting,
             enrol_settings: None,
-            pending: VecDeque::new(),
             last_enrolled: None,
             counters_sent: None,
+            storing: None,
         }
     }
 
@@ -274,12 +292,12 @@ impl Shell {
 
     /// The matchers of the gallery on disk, for the loop.
     fn load_matchers(&self) -> Result<RemoteCommand, GalleryError> {
-        let g = Gallery::open(&self.gallery_path, &self.gallery_key_file)?;
-        let npu = match &self.npu_model_id {
-            Some(id) => Some(g.matcher(id)?),
-            None => None,
-        };
-        Ok(RemoteCommand::SetMatcher(Box::new((g.matcher(&self.model_id)?, npu))))
+        load_matchers(
+            &self.gallery_path,
+            &self.gallery_key_file,
+            &self.model_id,
+            self.npu_model_id.as_deref(),
+        )
     }
 
     /// An enrolment asked for over MQTT: refused at once when it cannot be stored (name taken,
@@ -304,40 +322,80 @@ impl Shell {
         }
     }
 
-    /// Stores a finished capture (one transaction) and hands the loop the new templates.
+    /// Stores a finished capture (one transaction) on a worker thread; [`Shell::stored`]
+    /// takes the outcome and hands the loop the new templates.
     fn store_enrolment(&mut self, name: &str, result: &Result<Box<Capture>, String>) {
-        let store = || -> Result<(usize, usize, RemoteCommand), String> {
-            let capture = result.as_ref().map_err(String::clone)?;
-            if let Some(r) = &capture.resemblance {
-                return Err(format!(
-                    "{name} resembles enrolled {} (similarity {:.3}): not stored; enrol with                      `portier enroll --allow-similar` if they are different people",
-                    r.name, r.similarity
-                ));
+        let capture = match result {
+            Ok(c) => c.clone(),
+            Err(reason) => {
+                let reason = reason.clone();
+                self.system(SystemEvent::EnrolFailed { person: name.to_owned(), reason });
+                return;
             }
-            let mut g = Gallery::open(&self.gallery_path, &self.gallery_key_file)
-                .map_err(|e| e.to_string())?;
-            capture.commit(&mut g, name, EnrollMode::New).map_err(|e| e.to_string())?;
-            let people = g.list().map_err(|e| e.to_string())?.len();
-            let matchers = self.load_matchers().map_err(|e| e.to_string())?;
-            Ok((capture.templates.len(), people, matchers))
         };
-        match store() {
-            Ok((templates, people, matchers)) => {
+        let (path, key) = (self.gallery_path.clone(), self.gallery_key_file.clone());
+        let (model, npu_model) = (self.model_id.clone(), self.npu_model_id.clone());
+        let (person, name) = (name.to_owned(), name.to_owned());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new().name("enrol-store".to_owned()).spawn(move || {
+            let stored = (|| -> Result<(usize, usize), String> {
+                if let Some(r) = &capture.resemblance {
+                    return Err(format!(
+                        "{name} resembles enrolled {} (similarity {:.3}): not stored; enrol \
+                         with `portier enroll --allow-similar` if they are different people",
+                        r.name, r.similarity
+                    ));
+                }
+                let mut g = Gallery::open(&path, &key).map_err(|e| e.to_string())?;
+                capture.commit(&mut g, &name, EnrollMode::New).map_err(|e| e.to_string())?;
+                let people = g.list().map_or(0, |l| l.len());
+                Ok((capture.templates.len(), people))
+            })();
+            let matchers = match &stored {
+                Ok(_) => load_matchers(&path, &key, &model, npu_model.as_deref())
+                    .map_err(|e| e.to_string()),
+                Err(_) => Err(String::new()),
+            };
+            let _ = tx.send((name, stored, matchers));
+        });
+        match spawned {
+            Ok(_) => self.storing = Some(rx),
+            Err(e) => {
+                let reason = format!("cannot start storing: {e}");
+                self.system(SystemEvent::EnrolFailed { person, reason });
+            }
+        }
+    }
+
+    /// The outcome of a stored enrolment, once there: reported, and the loop's new matchers.
+    fn stored(&mut self) -> Option<RemoteCommand> {
+        let (name, stored, matchers) = self.storing.as_ref()?.try_recv().ok()?;
+        self.storing = None;
+        match stored {
+            Ok((templates, people)) => {
                 log::info!("enrolled {name} with {templates} template(s) from the running door");
-                self.pending.push_back(matchers);
-                self.last_enrolled = Some(name.to_owned());
-                self.system(SystemEvent::Enrolled { person: name.to_owned(), templates, people });
+                self.last_enrolled = Some(name.clone());
+                self.system(SystemEvent::Enrolled { person: name.clone(), templates, people });
             }
             Err(reason) => {
                 log::warn!("enrolment of {name} not stored: {reason}");
-                self.system(SystemEvent::EnrolFailed { person: name.to_owned(), reason });
+                self.system(SystemEvent::EnrolFailed { person: name, reason });
+                return None;
+            }
+        }
+        match matchers {
+            Ok(m) => Some(m),
+            Err(e) => {
+                // Stored, but the loop keeps its templates until the next reload.
+                log::error!("{name} is enrolled, but the gallery cannot be read back: {e}");
+                None
             }
         }
     }
 
     /// Removes the person last enrolled from the running service.
     fn remove_last(&mut self) -> Option<RemoteCommand> {
-        let Some(name) = self.last_enrolled.take() else {
+        let Some(name) = self.last_enrolled.clone() else {
             let reason = "nobody was enrolled from the running door since it started".to_owned();
             self.system(SystemEvent::RemoveFailed { reason });
             return None;
@@ -349,6 +407,7 @@ impl Shell {
         };
         match remove() {
             Ok((people, matchers)) => {
+                self.last_enrolled = None;
                 log::info!("removed {name}, enrolled last from the running door");
                 self.system(SystemEvent::Removed { person: name, people });
                 Some(matchers)
@@ -438,8 +497,8 @@ impl Hooks for Shell {
 
     fn command(&mut self) -> Option<RemoteCommand> {
         use crate::mqtt::command::Action;
-        if let Some(own) = self.pending.pop_front() {
-            return Some(own);
+        if let Some(matchers) = self.stored() {
+            return Some(matchers);
         }
         // Judged again on the way out: a command that waited past its window is dropped there.
         // A command that ends in nothing for the loop (a refused enrolment) is reported, and the
@@ -448,7 +507,8 @@ impl Hooks for Shell {
             let command = self.mqtt.as_ref()?.next_command()?;
             let out = match command.action {
                 Action::Unlock => Some(RemoteCommand::Unlock),
-                Action::Lock => Some(RemoteCommand::Lock),
+                Action::Lock if command.signed => Some(RemoteCommand::Lock),
+                Action::Lock => Some(RemoteCommand::EndRemoteRelease),
                 Action::ReloadGallery => match self.load_matchers() {
                     Ok(c) => Some(c),
                     Err(e) => {

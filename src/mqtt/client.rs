@@ -151,9 +151,12 @@ const MAX_NONCES: usize = 256;
 /// Longest accepted key or one-time code secret file, in bytes (a key is 16 to a few dozen
 /// bytes).
 const MAX_KEY_FILE: u64 = 4096;
-/// A one-time code typed into Home Assistant's code entity is forgotten after this long
-/// unless a button uses it.
-const CODE_TTL: Duration = Duration::from_secs(120);
+/// A valid one-time code typed into Home Assistant's code entity arms the enrol and remove
+/// buttons for this long (one press).
+const ARM_TTL: Duration = Duration::from_secs(60);
+/// Unsigned LOCKs (Home Assistant's lock card) accepted at most once per this interval: anyone
+/// on the broker can send one, and a flood must not fill the command queue.
+const UNSIGNED_LOCK_INTERVAL: Duration = Duration::from_secs(2);
 /// Shortest time between two publications of the outbox depth (it changes with every event).
 const OUTBOX_STATE_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -755,7 +758,8 @@ impl MqttClient {
             otp,
             replay_state,
             enrol_name: None,
-            enrol_code: None,
+            armed: None,
+            last_unsigned_lock: None,
             outbox_published: None,
             tamper_on: None,
             rx,
@@ -790,6 +794,7 @@ impl MqttClient {
         // True from the first second: what nothing else has said yet.
         worker.set_state(worker.topics.camera_problem(), events::CONTACT_CLOSED.into());
         worker.set_state(worker.topics.last_refusal(), b"none".to_vec());
+        worker.set_state(worker.topics.enrol_code_state(), Vec::new());
         worker.refresh_health();
         worker.update_outbox_stats();
         let thread = std::thread::Builder::new()
@@ -998,7 +1003,17 @@ fn restore_replay(
     alarms: &mut Vec<SystemEvent>,
 ) -> ReplayState {
     let mut state = match replay::load(dir, window_s, now) {
-        replay::Loaded::Fresh => ReplayState::default(),
+        // No file (the first start, or deleted): a one-time code used before this start could
+        // have been recorded in the lost file, so every step a code accepted before now could
+        // belong to (the drift window reaches one step ahead) is refused: at the very first
+        // start, codes work 30 to 60 s after it.
+        replay::Loaded::Fresh => ReplayState {
+            otp: super::otp::OtpMemory {
+                last_step: Some(now.div_euclid(super::otp::STEP_S) + super::otp::DRIFT_STEPS),
+                ..Default::default()
+            },
+            ..ReplayState::default()
+        },
         replay::Loaded::State(state) => {
             if state.clock_mark.is_some_and(|mark| now < mark) {
                 log::warn!(
@@ -1035,6 +1050,10 @@ fn restore_replay(
         );
     }
     state.floor = Some(state.floor.map_or(now, |floor| floor.max(now)));
+    // A lock-out set while the clock ran ahead must not outlast its longest length from now.
+    if let Some(until) = &mut state.otp.locked_until {
+        *until = (*until).min(now.saturating_add(super::otp::LOCKOUT_MAX_S));
+    }
     if let Some(otp) = otp {
         otp.restore(state.otp.clone());
     }
@@ -1296,8 +1315,11 @@ struct Worker {
     replay_state: ReplayState,
     /// The name Home Assistant's enrol name entity holds.
     enrol_name: Option<String>,
-    /// The code last typed into Home Assistant's code entity, and when.
-    enrol_code: Option<(String, Instant)>,
+    /// A valid one-time code was typed into Home Assistant's code entity at this time (and
+    /// used up then): the next enrol or remove press within [`ARM_TTL`] goes through.
+    armed: Option<(i64, Instant)>,
+    /// When the last unsigned LOCK was accepted ([`UNSIGNED_LOCK_INTERVAL`]).
+    last_unsigned_lock: Option<Instant>,
     /// The outbox depth last published, and when.
     outbox_published: Option<(u64, Instant)>,
     /// The tamper state last published.
@@ -1727,11 +1749,7 @@ impl Worker {
                 } else if topic == self.topics.enrol_name() {
                     self.on_enrol_name(&publish.payload);
                 } else if topic == self.topics.enrol_code() {
-                    if !publish.retain {
-                        let code = String::from_utf8_lossy(&publish.payload);
-                        let code: String = code.trim().chars().take(16).collect();
-                        self.enrol_code = Some((code, Instant::now()));
-                    }
+                    self.on_enrol_code(&publish.payload, publish.retain);
                 } else if topic == self.topics.enrol_start() {
                     self.on_button(Action::Enrol, publish.retain);
                 } else if topic == self.topics.enrol_remove_last() {
@@ -1890,7 +1908,25 @@ impl Worker {
         }
         let now = (self.clock)();
         let result = match action.as_str() {
-            "LOCK" => Ok(self.local_command(Action::Lock, "ha-lock".to_owned(), None, now)),
+            "LOCK"
+                if self
+                    .last_unsigned_lock
+                    .is_some_and(|t| t.elapsed() < UNSIGNED_LOCK_INTERVAL) =>
+            {
+                Err((
+                    "rate_limited".to_owned(),
+                    format!(
+                        "LOCK: at most one unsigned lock per {} s",
+                        UNSIGNED_LOCK_INTERVAL.as_secs()
+                    ),
+                ))
+            }
+            "LOCK" => {
+                self.last_unsigned_lock = Some(Instant::now());
+                // Unsigned: it may end a release made by a remote unlock, never a face's or
+                // the exit button's (see `crate::app::RemoteCommand::EndRemoteRelease`).
+                Ok(self.local_command(Action::Lock, "ha-lock".to_owned(), None, now))
+            }
             "UNLOCK" => self
                 .check_code(code.as_deref(), now)
                 .map(|step| self.local_command(Action::Unlock, format!("otp-{step}"), None, now)),
@@ -1921,24 +1957,59 @@ impl Worker {
         }
     }
 
-    /// An enrol or remove-last button press: the code typed into the code entity (used once,
-    /// then forgotten) must be valid; an enrolment needs the name entity set.
+    /// A code typed into Home Assistant's code entity: checked (and used up) at once, so it
+    /// can never open the lock later; a valid one arms one enrol or remove press for
+    /// [`ARM_TTL`]. The entity's state is blanked, so Home Assistant keeps no code.
+    fn on_enrol_code(&mut self, payload: &[u8], retained: bool) {
+        if retained {
+            let r = Refusal::Retained;
+            return self.deliver(Err((r.reason().to_owned(), r.to_string())));
+        }
+        let code = String::from_utf8_lossy(payload);
+        let code: String = code.trim().chars().take(16).collect();
+        if code.is_empty() {
+            return; // the blank state echoed back
+        }
+        self.set_state(self.topics.enrol_code_state(), Vec::new());
+        // Blank again even if it was blank already: Home Assistant showed what was typed.
+        self.to_publish.push_back((self.topics.enrol_code_state(), Vec::new()));
+        let now = (self.clock)();
+        match self.check_code(Some(&code), now) {
+            Ok(step) => {
+                log::info!(
+                    "mqtt: one-time code accepted: the next enrol or remove press goes through"
+                );
+                self.armed = Some((step, Instant::now()));
+            }
+            Err(refusal) => self.deliver(Err(refusal)),
+        }
+    }
+
+    /// An enrol or remove-last button press: goes through when a valid code armed it within
+    /// [`ARM_TTL`] (one press per code); an enrolment needs the name entity set.
     fn on_button(&mut self, action: Action, retained: bool) {
         if retained {
             let r = Refusal::Retained;
             return self.deliver(Err((r.reason().to_owned(), r.to_string())));
         }
         let now = (self.clock)();
-        let code = self.enrol_code.take().filter(|(_, at)| at.elapsed() < CODE_TTL);
         let name = self.enrol_name.clone();
-        let result = match (action, name) {
-            (Action::Enrol, None) => Err((
+        if action == Action::Enrol && name.is_none() {
+            return self.deliver(Err((
                 "enrol_no_name".to_owned(),
                 "enrol: set the name to enrol first (the enrol name entity)".to_owned(),
+            )));
+        }
+        let result = match self.armed.take().filter(|(_, at)| at.elapsed() < ARM_TTL) {
+            Some((step, _)) => Ok(self.local_command(action, format!("otp-{step}"), name, now)),
+            None => Err((
+                CodeRefusal::Missing.reason().to_owned(),
+                format!(
+                    "{action}: type a fresh one-time code into the code entity first (a code \
+                     arms one press for {} s)",
+                    ARM_TTL.as_secs()
+                ),
             )),
-            (action, name) => self
-                .check_code(code.as_ref().map(|(c, _)| c.as_str()), now)
-                .map(|step| self.local_command(action, format!("otp-{step}"), name, now)),
         };
         self.deliver(result);
     }
@@ -1950,7 +2021,7 @@ impl Worker {
         name: Option<String>,
         now: i64,
     ) -> Command {
-        Command { action, ts: now, nonce, name }
+        Command { action, ts: now, nonce, name, signed: false }
     }
 
     /// Checks a one-time code and persists the verifier's memory (used step, wrong codes,
@@ -1960,8 +2031,11 @@ impl Worker {
             let r = CodeRefusal::NotConfigured;
             return Err((r.reason().to_owned(), r.to_string()));
         };
+        let before = otp.memory().clone();
         let checked = otp.check(code.unwrap_or(""), now);
-        let saved = self.save_state();
+        // Written only when the memory changed (a step used, a wrong code counted): a missing
+        // code or one refused during a lock-out costs no write to the card.
+        let saved = if *otp.memory() == before { Ok(()) } else { self.save_state() };
         self.refresh_health();
         let step = checked.map_err(|r| (r.reason().to_owned(), r.to_string()))?;
         saved.map(|()| step)
@@ -2309,7 +2383,11 @@ mod tests {
         restore_replay(Some(&mut v), None, dir.path(), 30, NOW, &mut alarms);
         assert!(alarms.is_empty(), "{alarms:?}");
         assert_eq!(v.state().floor, Some(NOW));
-        assert_eq!(saved().unwrap(), v.state(), "written back at once");
+        let written = saved().unwrap();
+        assert_eq!(ReplayState { otp: Default::default(), ..written.clone() }, v.state());
+        // One-time codes of every step a code accepted before the start could belong to are
+        // refused too.
+        assert_eq!(written.otp.last_step, Some(NOW / 30 + 1), "written back at once");
         let old = Verifier::sign(&[7; 32], "frontdoor", Action::Unlock, NOW, "a-recorded-nonce-1");
         assert_eq!(v.verify(&old, false, NOW + 1), Err(Refusal::BelowMark { ts: NOW, floor: NOW }));
         let new =

@@ -190,6 +190,9 @@ pub struct Command {
     pub nonce: String,
     /// The person's name, for [`Action::Enrol`].
     pub name: Option<String>,
+    /// Signed with the command key (an HMAC command); `false` for what Home Assistant's lock
+    /// card and buttons send (a one-time code, or an unsigned LOCK).
+    pub signed: bool,
 }
 
 /// Why a received command was refused.
@@ -450,7 +453,7 @@ impl Verifier {
         self.remember(&wire.nonce, wire.ts, now_unix)?;
         self.max_ts = Some(self.max_ts.map_or(wire.ts, |m| m.max(wire.ts)));
         self.clock_mark = Some(self.clock_mark.map_or(now_unix, |m| m.max(now_unix)));
-        Ok(Command { action, ts: wire.ts, nonce: wire.nonce, name: None })
+        Ok(Command { action, ts: wire.ts, nonce: wire.nonce, name: None, signed: true })
     }
 
     /// Timestamps at or below this are refused: the highest accepted one minus the window, or
@@ -722,7 +725,13 @@ mod tests {
         let cmd = v.verify(&signed(Action::Unlock, NOW, NONCE), false, NOW).unwrap();
         assert_eq!(
             cmd,
-            Command { action: Action::Unlock, ts: NOW, nonce: NONCE.to_owned(), name: None }
+            Command {
+                action: Action::Unlock,
+                ts: NOW,
+                nonce: NONCE.to_owned(),
+                name: None,
+                signed: true
+            }
         );
         assert_eq!(v.cached_nonces(), 1);
     }

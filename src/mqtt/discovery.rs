@@ -425,6 +425,7 @@ pub fn discovery_messages(
             "One-time code",
             json!({
                 "command_topic": topics.enrol_code(),
+                "state_topic": topics.enrol_code_state(),
                 "retain": false,
                 "min": 0,
                 "max": otp::DIGITS,

@@ -202,6 +202,12 @@ impl Topics {
         self.topic("enrol/code")
     }
 
+    /// `<base>/enrol/code/state`: the code entity's state, always blank (retained): Home
+    /// Assistant keeps no code.
+    pub fn enrol_code_state(&self) -> String {
+        self.topic("enrol/code/state")
+    }
+
     /// `<base>/enrol/start`: the enrol button's command topic, subscribed.
     pub fn enrol_start(&self) -> String {
         self.topic("enrol/start")

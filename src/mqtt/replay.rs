@@ -133,7 +133,13 @@ pub fn reset(dir: &Path, now_unix: i64, window_s: u32) -> io::Result<Option<Path
         Err(e) => return Err(e),
     };
     let floor = now_unix.saturating_add(i64::from(window_s));
-    let state = ReplayState { floor: Some(floor), ..ReplayState::default() };
+    // One-time codes: every step that begins at or before the floor is refused, and any
+    // lock-out is lifted (the operator's way out of one, too).
+    let otp = super::otp::OtpMemory {
+        last_step: Some(floor.div_euclid(super::otp::STEP_S)),
+        ..Default::default()
+    };
+    let state = ReplayState { floor: Some(floor), otp, ..ReplayState::default() };
     save(dir, &state)?;
     // Run as root (the usual way on the image), the new 0600 file would be root's, unreadable
     // to the service, which would then set it aside as damaged: it takes the folder's owner, as
@@ -345,7 +351,17 @@ mod tests {
             .starts_with("command-replay.json.reset-"));
         match load(dir.path(), 30, 1_764_355_300) {
             Loaded::State(s) => {
-                assert_eq!(s, ReplayState { floor: Some(1_764_355_330), ..ReplayState::default() })
+                assert_eq!(
+                    s,
+                    ReplayState {
+                        floor: Some(1_764_355_330),
+                        otp: super::super::otp::OtpMemory {
+                            last_step: Some(1_764_355_330 / 30),
+                            ..Default::default()
+                        },
+                        ..ReplayState::default()
+                    }
+                )
             }
             other => panic!("{other:?}"),
         }
