@@ -321,7 +321,8 @@ impl Rig {
             side.join().unwrap();
             (counters, wall)
         });
-        let produced = rec.produced.load(Ordering::SeqCst);
+        // The loop's events and the client's own `started` system event.
+        let produced = rec.produced.load(Ordering::SeqCst) + 1;
         let delivered = self.watch.wait_for(produced);
         rec.shell.shutdown(Duration::from_secs(10));
         Outcome { counters, rec, wall, produced, delivered }
