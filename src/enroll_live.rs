@@ -550,6 +550,17 @@ impl LiveEnrolment {
             self.done = true;
             return Progress::Done;
         }
+        let good = self.slots.iter().filter(|s| s.is_some()).count();
+        if count >= 2
+            && self.settings.wait_for_face.is_some()
+            && good >= self.settings.min_templates
+        {
+            // Started from afar, with enough faces of the person taken while they were alone:
+            // the capture ends here (no face of this frame is used).
+            log::info!("enrolment: {count} people in view; the capture ends with what it has");
+            self.done = true;
+            return Progress::Done;
+        }
         if count >= 2 && self.settings.wait_for_face.is_some() {
             // Started from afar: a passer-by does not fail the enrolment; what was captured is
             // dropped (it could mix people) and the capture waits for one close face again,
@@ -1036,26 +1047,36 @@ mod tests {
         }
         // One close face (about 63 px): the capture begins there.
         let close = [face(200.0, 100.0, 200.0)];
-        for i in 20..30 {
+        for i in 20..22 {
             let p = live.offer(img.view(), &close, FRAME * i);
             assert!(matches!(p, Progress::Watching { .. }), "{p:?}");
-            if i == 29 {
+        }
+        // A passer-by next to them before enough faces: the capture starts again (nothing
+        // kept), it is not refused.
+        let two = [face(200.0, 100.0, 200.0), face(450.0, 100.0, 150.0)];
+        live.offer(img.view(), &two, FRAME * 22);
+        let p = live.offer(img.view(), &two, FRAME * 23);
+        assert_eq!(p, Progress::Watching { elapsed: Duration::ZERO, good: 0, in_view: 2 });
+        for i in 24..34 {
+            let p = live.offer(img.view(), &close, FRAME * i);
+            if i == 33 {
                 assert_eq!(p, Progress::Watching { elapsed: FRAME * 9, good: 3, in_view: 1 });
             }
         }
-        // A passer-by next to them: the capture starts again (nothing kept), it is not refused.
-        let two = [face(200.0, 100.0, 200.0), face(450.0, 100.0, 150.0)];
-        live.offer(img.view(), &two, FRAME * 30);
-        let p = live.offer(img.view(), &two, FRAME * 31);
-        assert_eq!(p, Progress::Watching { elapsed: Duration::ZERO, good: 0, in_view: 2 });
-        for i in 32..42 {
-            live.offer(img.view(), &close, FRAME * i);
-        }
-        assert!(!live.is_over());
+        // With enough faces taken alone, a second person ends the capture with them.
+        live.offer(img.view(), &two, FRAME * 34);
+        assert_eq!(live.offer(img.view(), &two, FRAME * 35), Progress::Done);
         // The person leaves and others are in view: the capture ends, it is not refused.
-        let p = live.offer(img.view(), &far, FRAME * 42);
-        assert!(matches!(p, Progress::Watching { .. }), "{p:?}");
-        assert_eq!(live.offer(img.view(), &far, FRAME * 43), Progress::Done);
+        let mut left = LiveEnrolment::new(EnrolSettings {
+            wait_for_face: Some(Duration::from_secs(10)),
+            ..settings()
+        })
+        .unwrap();
+        for i in 0..5 {
+            left.offer(img.view(), &close, FRAME * i);
+        }
+        left.offer(img.view(), &far, FRAME * 5);
+        assert_eq!(left.offer(img.view(), &far, FRAME * 6), Progress::Done);
         // Nobody close for the whole wait: over, and finish() says no face.
         let mut idle = LiveEnrolment::new(EnrolSettings {
             wait_for_face: Some(Duration::from_secs(1)),
