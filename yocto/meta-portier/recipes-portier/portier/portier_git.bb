@@ -15,6 +15,9 @@ LIC_FILES_CHKSUM = "file://Cargo.toml;beginline=7;endline=7;md5=2507bd5f0713f054
 # Release builds fetch a pinned commit of the portier repository (set PORTIER_GIT_URI and
 # SRCREV in the kas file or local.conf). Development builds take the checkout that contains
 # this layer instead, through externalsrc (yocto/kas/portier-pi5.yml does this by default).
+# libclang for bindgen (see LIBCLANG_PATH below).
+DEPENDS = "clang-native"
+
 PV = "0.1.0+git"
 PORTIER_GIT_URI ?= "git://example.invalid/portier.git;protocol=https;branch=main"
 SRC_URI = "${PORTIER_GIT_URI}"
@@ -26,17 +29,71 @@ S = "${WORKDIR}/git"
 # scripts/gen-crates-inc after any Cargo.lock change (CI checks that it matches).
 require ${BPN}-crates.inc
 
-# cargo: OE-core's offline Cargo build (needs Rust >= 1.92 for ort 2.0.0-rc.15: see the
-# meta-lts-mixins scarthgap/rust layer in the kas file). systemd: enable the unit.
-# useradd: the portier user and its device groups must exist when the image is assembled
-# (udev rules and tmpfiles name them at first boot); the sysusers.d file is installed as well
-# so the system describes itself.
-inherit cargo systemd useradd
+# The Rust project's release toolchain through meta-rust-bin (cargo_bin class): scarthgap's own
+# Rust is 1.75. useradd: the portier user and its device groups must exist when the image is
+# assembled (udev rules and tmpfiles name them at first boot); the sysusers.d file is installed
+# as well so the system describes itself. systemd: enable the unit.
+inherit cargo_bin systemd useradd
+
+# The oldest Rust that builds portier: Cargo.toml's rust-version, read from the repository this
+# layer lives in (yocto/meta-portier). Checked at parse, before hours of building.
+def portier_cargo_rust_version(d):
+    import os, re
+    cargo_toml = os.path.join(d.getVar('FILE_DIRNAME'), '../../../../Cargo.toml')
+    try:
+        with open(cargo_toml) as f:
+            m = re.search(r'^rust-version\s*=\s*"([0-9.]+)"', f.read(), re.M)
+    except OSError:
+        m = None
+    return m.group(1) if m else ''
+PORTIER_RUST_MIN ??= "${@portier_cargo_rust_version(d)}"
+
+python () {
+    def version(v):
+        return tuple(int(x) for x in v.split('.') if x.isdigit())
+    need = d.getVar('PORTIER_RUST_MIN')
+    if not need:
+        bb.fatal("portier: cannot read rust-version from the Cargo.toml beside this layer "
+                 "(yocto/meta-portier in the portier repository); set PORTIER_RUST_MIN")
+    arch = d.getVar('TARGET_ARCH')
+    have = (d.getVar('PREFERRED_VERSION_rust-bin-cross-%s' % arch) or '').rstrip('%')
+    if not have:
+        bb.fatal("portier: PREFERRED_VERSION_rust-bin-cross-%s is not set: set "
+                 "PORTIER_RUST_VERSION (meta-portier's layer.conf) to a Rust release that "
+                 "meta-rust-bin has, at least %s" % (arch, need))
+    if version(have) < version(need):
+        bb.fatal("portier needs Rust >= %s (Cargo.toml rust-version) but the toolchain is %s "
+                 "(PORTIER_RUST_VERSION / PREFERRED_VERSION_rust-bin-cross-%s): set "
+                 "PORTIER_RUST_VERSION to a newer meta-rust-bin release" % (need, have, arch))
+}
 
 # No default features: each hardware backend is a Cargo feature of its own; name the ones the
 # appliance needs: `pi5` = hailo, v4l2, gpio-cdev, display-fb, display-spi (Cargo.toml).
 PORTIER_FEATURES ??= "pi5"
-CARGO_BUILD_FLAGS:append = " ${@'--features ' + ','.join(d.getVar('PORTIER_FEATURES').split()) if d.getVar('PORTIER_FEATURES') else ''}"
+CARGO_FEATURES = "${PORTIER_FEATURES}"
+# Exactly Cargo.lock's versions, from the crates bitbake fetched; never the network.
+EXTRA_CARGO_FLAGS = "--frozen"
+
+# The crates fetched by bitbake (crate://, portier-crates.inc) are unpacked into
+# ${CARGO_HOME}/bitbake with their checksums; cargo takes crates.io from there.
+do_configure:append() {
+    cat > ${CARGO_HOME}/config.toml <<EOF
+[source.bitbake]
+directory = "${CARGO_HOME}/bitbake"
+
+[source.crates-io]
+replace-with = "bitbake"
+
+[net]
+offline = true
+EOF
+}
+
+# bindgen (v4l2-sys-mit, for the v4l2 feature) needs libclang: clang-native from meta-clang
+# (DEPENDS above), never the build host's. It must read the target's kernel headers, not the
+# host's.
+export LIBCLANG_PATH = "${STAGING_LIBDIR_NATIVE}"
+export BINDGEN_EXTRA_CLANG_ARGS = "--sysroot=${STAGING_DIR_TARGET} --target=${RUST_TARGET}"
 
 USERADD_PACKAGES = "${PN}"
 GROUPADD_PARAM:${PN} = "--system gpio; --system hailo; --system spi"
@@ -47,7 +104,9 @@ SYSTEMD_SERVICE:${PN} = "portier.service"
 SYSTEMD_AUTO_ENABLE:${PN} = "enable"
 
 do_install:append() {
-    # cargo_do_install has put the binary in ${bindir}.
+    # cargo_bin_do_install has put the binary in ${bindir}, and the library half of the crate
+    # (libportier.rlib, a build product only) in ${libdir}: drop it.
+    rm -f ${D}${libdir}/libportier.rlib
     install -d ${D}${systemd_system_unitdir}
     install -m 0644 ${S}/systemd/portier.service ${S}/systemd/portier-secure-door.service \
         ${D}${systemd_system_unitdir}/
@@ -70,9 +129,11 @@ do_install:append() {
         ${S}/board/pi5-hailo8/60-portier.rules ${D}${datadir}/portier/board/pi5-hailo8/
     install -m 0644 ${S}/board/*.toml ${D}${datadir}/portier/board/
 
+    # The units' Documentation= and the field guide (portier-doc, which the image installs).
     install -d ${D}${docdir}/portier
     install -m 0644 ${S}/README.md ${D}${docdir}/portier/README.md
     install -m 0644 ${S}/yocto/README.md ${D}${docdir}/portier/FIELD.md
+    install -m 0644 ${S}/CHANGELOG.md ${D}${docdir}/portier/CHANGELOG.md
 
     install -d -m 0700 -o portier -g portier ${D}${localstatedir}/lib/portier
 }
@@ -94,3 +155,7 @@ RDEPENDS:${PN} += "hailo-firmware \
                    hailo-pci \
                    libhailort \
                    onnxruntime"
+
+# The README the units' Documentation= names and the field guide: ${docdir} goes to portier-doc
+# (as in every OE recipe); recommended, so an image that takes portier takes it too.
+RRECOMMENDS:${PN} += "${PN}-doc"
