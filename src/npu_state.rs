@@ -36,9 +36,11 @@ pub fn not_installed_error(model: &Path) -> EmbedError {
     }
 }
 
-/// The NPU's recognizer for enrolment: `None` without `[npu]`, and also when its model is not
-/// installed (the person is enrolled with the CPU's model only, with a warning saying how to add
-/// the NPU's templates later); any other failure to open it is an error.
+/// The NPU's recognizer for enrolment, opened and probed as `portier run` opens it
+/// ([`crate::embed::open_npu_probed`]): `None` without `[npu]`, and also when its model is not
+/// installed or is degenerate (the person is enrolled with the CPU's model only, with a warning
+/// saying how to add the NPU's templates later: `run` would not use such a model, and its
+/// templates would be the same vector for everyone); any other failure to open it is an error.
 pub fn open_for_enrolment(config: &Config) -> Result<Option<Box<dyn Embedder>>, EmbedError> {
     if let Some(model) = not_installed(config) {
         log::warn!(
@@ -49,7 +51,17 @@ pub fn open_for_enrolment(config: &Config) -> Result<Option<Box<dyn Embedder>>, 
         );
         return Ok(None);
     }
-    crate::embed::open_npu(config)
+    match crate::embed::open_npu_probed(config) {
+        Err(e @ EmbedError::Degenerate { .. }) => {
+            log::warn!(
+                "npu: {e}: enrolling with the CPU's model only (`portier run` does not use this \
+                 model either; `portier npu check` says more); once a sound model is installed, \
+                 enrol this person again with `--append`"
+            );
+            Ok(None)
+        }
+        other => other,
+    }
 }
 
 /// How many of the people enrolled for the CPU's model (`cpu`) have no templates for the NPU's

@@ -50,7 +50,9 @@ pub struct RoutingConfig {
     /// with no measured cliff).
     #[serde(default)]
     pub npu_norm_cliff: f32,
-    /// After an NPU failure, how long every face stays on the CPU before the NPU is tried again.
+    /// After an NPU failure, how long every face stays on the CPU before the NPU is tried again
+    /// (doubling on each failed reopen, up to 5 minutes). At least [`MIN_NPU_RETRY_MS`]: each
+    /// try of a failed device is an open and a probe, and a tighter loop only hammers it.
     #[serde(default = "default_retry_ms")]
     pub npu_retry_ms: u64,
     /// Similarity thresholds by face size for the NPU model's embeddings (what the router sends
@@ -63,6 +65,9 @@ pub struct RoutingConfig {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cpu_bands: Vec<BandThreshold>,
 }
+
+/// The shortest `npu_retry_ms` accepted.
+pub const MIN_NPU_RETRY_MS: u64 = 100;
 
 fn default_retry_ms() -> u64 {
     5_000
@@ -94,10 +99,13 @@ impl RoutingConfig {
         if !c.is_finite() || c < 0.0 {
             return Err(bad("npu_norm_cliff", format!("must be >= 0 (0 disables it), got {c}")));
         }
-        if self.npu_retry_ms == 0 || self.npu_retry_ms > 3_600_000 {
+        if !(MIN_NPU_RETRY_MS..=3_600_000).contains(&self.npu_retry_ms) {
             return Err(bad(
                 "npu_retry_ms",
-                format!("must be in 1..=3600000, got {}", self.npu_retry_ms),
+                format!(
+                    "must be in {MIN_NPU_RETRY_MS}..=3600000 (milliseconds), got {}",
+                    self.npu_retry_ms
+                ),
             ));
         }
         if self.bands.is_empty() {
@@ -415,6 +423,8 @@ threshold_cosine = 0.3
         check(&|c| c.npu_min_eye_distance_px = -1.0, "npu_min_eye_distance_px");
         check(&|c| c.npu_norm_cliff = f32::NAN, "npu_norm_cliff");
         check(&|c| c.npu_retry_ms = 0, "npu_retry_ms");
+        check(&|c| c.npu_retry_ms = MIN_NPU_RETRY_MS - 1, "npu_retry_ms");
+        check(&|c| c.npu_retry_ms = 3_600_001, "npu_retry_ms");
         check(&|c| c.bands.clear(), "bands");
         check(&|c| c.bands[0].min_eye_distance_px = 4.0, "bands[0].min_eye_distance_px");
         check(&|c| c.bands[1].threshold_cosine = 1.5, "bands[1].threshold_cosine");

@@ -95,8 +95,11 @@ pub struct NpuCheckReport {
     pub model: PathBuf,
     /// Its id (embedding space).
     pub model_id: String,
-    /// The twin, when configured.
+    /// The twin, when configured and installed.
     pub twin: Option<PathBuf>,
+    /// The twin `[npu] twin` names when its file is not there (the check runs without it: the
+    /// image installs it only when its build names it).
+    pub twin_not_installed: Option<PathBuf>,
     /// The crops folder.
     pub crops_dir: PathBuf,
     /// Per crop.
@@ -134,9 +137,11 @@ impl NpuCheckReport {
 
     /// One line: the verdict and the figures behind it.
     pub fn summary(&self) -> String {
-        let twin = self.twin_cosine.map_or("no twin configured".to_string(), |c| {
-            format!("cosine to twin min {:.3} median {:.3}", c.min, c.p50)
-        });
+        let twin = match (self.twin_cosine, &self.twin_not_installed) {
+            (Some(c), _) => format!("cosine to twin min {:.3} median {:.3}", c.min, c.p50),
+            (None, Some(path)) => format!("twin {} not installed", path.display()),
+            (None, None) => "no twin configured".to_string(),
+        };
         let verdict = if self.passed() {
             "accepted".to_string()
         } else {
@@ -252,7 +257,18 @@ pub fn npu_threshold(config: &Config) -> f32 {
 /// Runs the check on the crops of `crops_dir`.
 pub fn check(config: &Config, crops_dir: &Path) -> Result<NpuCheckReport, DistanceError> {
     let crops = read_crops(crops_dir)?;
-    if config.npu.twin.is_some() || config.npu.backend == crate::config::NpuBackend::Emulated {
+    // A configured twin that is not installed: checked without it, and said so.
+    let (twin_path, twin_not_installed) = match &config.npu.twin {
+        Some(path) if matches!(path.try_exists(), Ok(false)) => {
+            log::warn!(
+                "npu.twin {}: not installed: checking without the float32 comparison",
+                path.display()
+            );
+            (None, Some(path.clone()))
+        }
+        twin => (twin.clone(), None),
+    };
+    if twin_path.is_some() || config.npu.backend == crate::config::NpuBackend::Emulated {
         let o = &config.onnxruntime;
         crate::infer::init(o.library.as_deref(), o.intra_threads)?;
     }
@@ -263,7 +279,7 @@ pub fn check(config: &Config, crops_dir: &Path) -> Result<NpuCheckReport, Distan
             config.source.display()
         ))
     })?;
-    let mut twin = match &config.npu.twin {
+    let mut twin = match &twin_path {
         None => None,
         Some(path) => {
             let twin = CpuEmbedder::open(RecognizerSettings {
@@ -332,7 +348,8 @@ pub fn check(config: &Config, crops_dir: &Path) -> Result<NpuCheckReport, Distan
     let mut report = NpuCheckReport {
         model,
         model_id: npu.model_id().to_string(),
-        twin: config.npu.twin.clone(),
+        twin: twin_path,
+        twin_not_installed,
         crops_dir: crops_dir.to_path_buf(),
         identities: people(&crops),
         crops: results,

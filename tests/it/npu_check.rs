@@ -272,3 +272,40 @@ fn export_calib_writes_the_npu_models_channel_order_and_normalisation() {
         );
     }
 }
+
+/// `portier enroll` and live enrolment open the NPU as `run` does, probe included: a degenerate
+/// model is left out (the person gets the CPU's templates only, with a warning) instead of
+/// storing the same vector for everyone as their NPU templates.
+#[test]
+fn enrolment_leaves_a_degenerate_npu_model_out() {
+    let Some(a) = common::assets() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (_, mut config) = laptop_npu(dir.path(), &a);
+    // `portier enroll` has opened its pipeline (and so ONNX Runtime) by then.
+    portier::infer::init(None, 1).unwrap();
+    let healthy = portier::npu_state::open_for_enrolment(&config).unwrap();
+    assert_eq!(healthy.map(|e| e.dim()), Some(512));
+    let constant = dir.path().join("constant.onnx");
+    common::constant_recognizer(&constant, 512);
+    config.npu.model = Some(constant);
+    assert!(portier::npu_state::open_for_enrolment(&config).unwrap().is_none());
+}
+
+/// The Pi's config names a twin the image installs only when its build names it: a configured
+/// twin that is not there is left out of the check, which says so and judges the rest.
+#[test]
+fn npu_check_runs_without_a_twin_that_is_not_installed() {
+    let Some(a) = common::assets() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let (_, mut config) = laptop_npu(dir.path(), &a);
+    let missing = dir.path().join("arcface_mobilefacenet.onnx");
+    config.npu.twin = Some(missing.clone());
+    let r = npu_check::check(&config, &a.join("golden/aligned_112")).unwrap();
+    assert!(r.passed(), "{}", r.summary());
+    assert_eq!(
+        (r.twin.as_deref(), r.twin_not_installed.as_deref()),
+        (None, Some(missing.as_path()))
+    );
+    assert!(r.twin_cosine.is_none());
+    assert!(r.summary().contains("not installed"), "{}", r.summary());
+}

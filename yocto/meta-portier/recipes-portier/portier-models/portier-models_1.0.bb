@@ -1,7 +1,8 @@
 SUMMARY = "The models portier runs, from files or URLs the technician names at build time"
 DESCRIPTION = "Installs into /usr/share/portier/models/ the models that \
 board/pi5-hailo8.toml names: the YuNet detector, the PaddleX MobileFaceNet recognizer, the two \
-MiniFASNet liveness models and the Hailo-8 recognizer HEF. Each comes from a PORTIER_*_URI \
+MiniFASNet liveness models, the Hailo-8 recognizer HEF and its float32 parent (for `portier npu \
+check`). Each comes from a PORTIER_*_URI \
 (a URL, or file:///absolute/path) and is checked against its PORTIER_*_SHA256. A model whose \
 URI is empty is left out: the image still builds; portier names what is missing (selftest, log, \
 MQTT) and runs every face on the CPU without the HEF. See yocto/README.md."
@@ -17,11 +18,13 @@ LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/MIT;md5=0835ade698e0bcf8506ecda
 
 # Set in local.conf or the kas file's local_conf_header, e.g.
 #   PORTIER_DETECTOR_URI = "file:///srv/portier-models/face_detection_yunet_2023mar.onnx"
+# Every URI needs its sha256 (a wrong or missing one skips this recipe, and so the image, with
+# a message naming the variable).
 #   PORTIER_HEF_URI = "https://hailo-model-zoo.s3.eu-west-2.amazonaws.com/ModelZoo/Compiled/v2.17.0/hailo8/arcface_mobilefacenet.hef"
 #   PORTIER_HEF_SHA256 = "<64 hex digits: sha256sum of that file>"
 # The ONNX models' checksums default to the files portier was measured with (the hashes in the
 # shared assets' README): a different file fails the build unless its sha256 is set here too.
-# The HEF has no default checksum (it depends on the compiler release): a URL needs one.
+# The HEF and its twin have no default checksum (they depend on the compiler release).
 PORTIER_DETECTOR_URI ??= ""
 PORTIER_DETECTOR_SHA256 ??= "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4"
 PORTIER_RECOGNIZER_URI ??= ""
@@ -32,6 +35,9 @@ PORTIER_LIVENESS_V1SE_URI ??= ""
 PORTIER_LIVENESS_V1SE_SHA256 ??= "d819a69bac6b9ade2a0f4d9b60b618e1260f7bf3ba1fddff6c5d82131cb1083f"
 PORTIER_HEF_URI ??= ""
 PORTIER_HEF_SHA256 ??= ""
+# The HEF's float32 parent (the zoo's mbf.onnx), for `portier npu check` only; no default sum.
+PORTIER_TWIN_URI ??= ""
+PORTIER_TWIN_SHA256 ??= ""
 
 # Each model: <variable prefix>:<installed path below ${datadir}/portier/models>, the paths
 # board/pi5-hailo8.toml names.
@@ -39,7 +45,8 @@ PORTIER_MODELS = "DETECTOR:face_detection_yunet_2023mar.onnx \
                   RECOGNIZER:paddlex_mobilefacenet_128d.onnx \
                   LIVENESS_V2:liveness/MiniFASNetV2.onnx \
                   LIVENESS_V1SE:liveness/MiniFASNetV1SE.onnx \
-                  HEF:arcface_mobilefacenet.hef"
+                  HEF:arcface_mobilefacenet.hef \
+                  TWIN:arcface_mobilefacenet.onnx"
 
 SRC_URI = ""
 PORTIER_MODEL_TABLE = ""
@@ -54,19 +61,23 @@ python () {
         if not uri:
             continue
         sha = d.getVar('PORTIER_%s_SHA256' % key)
-        if sha and not re.fullmatch(r'[0-9a-f]{64}', sha):
-            bb.fatal("PORTIER_%s_SHA256 must be 64 lower-case hex digits (sha256sum), got '%s'"
-                     % (key, sha))
-        if not uri.startswith('file://') and not sha:
-            bb.fatal("PORTIER_%s_URI is a download (%s) but PORTIER_%s_SHA256 is empty: set "
-                     "the file's sha256 (sha256sum %s)" % (key, uri, key, os.path.basename(path)))
+        if not sha:
+            raise bb.parse.SkipRecipe(
+                "PORTIER_%s_URI is set (%s) but PORTIER_%s_SHA256 is empty: set the file's "
+                "sha256 (sha256sum %s); every model is checked" % (key, uri, key,
+                                                                   os.path.basename(path)))
+        if not re.fullmatch(r'[0-9a-f]{64}', sha):
+            raise bb.parse.SkipRecipe("PORTIER_%s_SHA256 must be 64 lower-case hex digits "
+                                      "(sha256sum), got '%s'" % (key, sha))
+        if '..' in uri.split(';')[0].split('/'):
+            raise bb.parse.SkipRecipe("PORTIER_%s_URI must not contain '..': %s" % (key, uri))
         name = key.lower()
-        table.append('%s:%s:%s' % (name, path, sha or 'none'))
-        # Each model unpacks into a folder of its own, so install finds exactly one file.
-        uris.append('%s;name=%s;subdir=models/%s;downloadfilename=%s'
-                    % (uri, name, name, os.path.basename(path)))
-        if sha:
-            d.setVarFlag('SRC_URI', '%s.sha256sum' % name, sha)
+        table.append('%s:%s:%s' % (name, path, sha))
+        # Each model unpacks into a folder of its own, so install finds exactly one file; a
+        # download is kept under its checksum, so two versions never share a name.
+        uris.append('%s;name=%s;subdir=models/%s;downloadfilename=%s-%s'
+                    % (uri, name, name, sha[:16], os.path.basename(path)))
+        d.setVarFlag('SRC_URI', '%s.sha256sum' % name, sha)
     d.setVar('SRC_URI', ' '.join(uris))
     d.setVar('PORTIER_MODEL_TABLE', ' '.join(table))
 }
@@ -86,8 +97,8 @@ do_compile[noexec] = "1"
 
 do_install() {
     install -d ${D}${datadir}/portier/models/liveness
-    # PORTIER_MODEL_TABLE (set at parse above): <name>:<path>:<sha256 or "none"> for each model
-    # with a URI; the others are left out (the image builds; portier says what is missing).
+    # PORTIER_MODEL_TABLE (set at parse above): <name>:<path>:<sha256> for each model with a
+    # URI; the others are left out (the image builds; portier says what is missing).
     for entry in ${PORTIER_MODEL_TABLE}; do
         name=${entry%%:*}
         rest=${entry#*:}
@@ -101,10 +112,8 @@ do_install() {
             bbfatal "expected exactly one file for $name under $dir, found: $files"
         fi
         # bitbake checks a download's sha256 when fetching; this also checks a local file.
-        if [ "$sha" != none ]; then
-            echo "$sha  $files" | sha256sum -c - >/dev/null \
-                || bbfatal "$files does not match its PORTIER_*_SHA256 ($sha)"
-        fi
+        echo "$sha  $files" | sha256sum -c - >/dev/null \
+            || bbfatal "$files does not match PORTIER_$(echo $name | tr a-z A-Z)_SHA256 ($sha)"
         install -m 0644 "$files" ${D}${datadir}/portier/models/$path
     done
 }

@@ -15,8 +15,9 @@ LIC_FILES_CHKSUM = "file://Cargo.toml;beginline=7;endline=7;md5=2507bd5f0713f054
 # Release builds fetch a pinned commit of the portier repository (set PORTIER_GIT_URI and
 # SRCREV in the kas file or local.conf). Development builds take the checkout that contains
 # this layer instead, through externalsrc (yocto/kas/portier-pi5.yml does this by default).
-# libclang for bindgen (see LIBCLANG_PATH below).
-DEPENDS = "clang-native"
+# libclang for bindgen (see LIBCLANG_PATH below), only with the v4l2 feature: clang-native is a
+# long build of its own.
+DEPENDS = "${@bb.utils.contains_any('PORTIER_FEATURES', 'v4l2 pi5', 'clang-native', '', d)}"
 
 PV = "0.1.0+git"
 PORTIER_GIT_URI ?= "git://example.invalid/portier.git;protocol=https;branch=main"
@@ -35,37 +36,58 @@ require ${BPN}-crates.inc
 # as well so the system describes itself. systemd: enable the unit.
 inherit cargo_bin systemd useradd
 
-# The oldest Rust that builds portier: Cargo.toml's rust-version, read from the repository this
-# layer lives in (yocto/meta-portier). Checked at parse, before hours of building.
-def portier_cargo_rust_version(d):
-    import os, re
-    cargo_toml = os.path.join(d.getVar('FILE_DIRNAME'), '../../../../Cargo.toml')
+# The oldest Rust that builds portier: Cargo.toml's rust-version. Checked twice: at parse against
+# the Cargo.toml of the repository this layer lives in (yocto/meta-portier), so a too-old
+# toolchain is named before hours of building; and before configuring, against the source being
+# built (${S}/Cargo.toml), which differs from the layer's in a release build (PORTIER_GIT_URI).
+def portier_cargo_rust_version(path):
+    import re
     try:
-        with open(cargo_toml) as f:
+        with open(path) as f:
             m = re.search(r'^rust-version\s*=\s*"([0-9.]+)"', f.read(), re.M)
     except OSError:
-        m = None
+        return ''
     return m.group(1) if m else ''
-PORTIER_RUST_MIN ??= "${@portier_cargo_rust_version(d)}"
 
-python () {
+def portier_rust_floor_problem(d, need, where):
+    """None when the toolchain is at least `need`, else the message."""
     def version(v):
         return tuple(int(x) for x in v.split('.') if x.isdigit())
-    need = d.getVar('PORTIER_RUST_MIN')
-    if not need:
-        bb.fatal("portier: cannot read rust-version from the Cargo.toml beside this layer "
-                 "(yocto/meta-portier in the portier repository); set PORTIER_RUST_MIN")
     arch = d.getVar('TARGET_ARCH')
     have = (d.getVar('PREFERRED_VERSION_rust-bin-cross-%s' % arch) or '').rstrip('%')
     if not have:
-        bb.fatal("portier: PREFERRED_VERSION_rust-bin-cross-%s is not set: set "
-                 "PORTIER_RUST_VERSION (meta-portier's layer.conf) to a Rust release that "
-                 "meta-rust-bin has, at least %s" % (arch, need))
+        return ("portier: PREFERRED_VERSION_rust-bin-cross-%s is not set: set "
+                "PORTIER_RUST_VERSION (meta-portier's layer.conf) to a Rust release that "
+                "meta-rust-bin has, at least %s" % (arch, need))
     if version(have) < version(need):
-        bb.fatal("portier needs Rust >= %s (Cargo.toml rust-version) but the toolchain is %s "
-                 "(PORTIER_RUST_VERSION / PREFERRED_VERSION_rust-bin-cross-%s): set "
-                 "PORTIER_RUST_VERSION to a newer meta-rust-bin release" % (need, have, arch))
+        return ("portier needs Rust >= %s (rust-version in %s) but the toolchain is %s "
+                "(PORTIER_RUST_VERSION / PREFERRED_VERSION_rust-bin-cross-%s): set "
+                "PORTIER_RUST_VERSION to a newer meta-rust-bin release" % (need, where, have, arch))
+    return None
+
+python () {
+    cargo_toml = os.path.normpath(os.path.join(d.getVar('FILE_DIRNAME'), '../../../../Cargo.toml'))
+    bb.parse.mark_dependency(d, cargo_toml)
+    need = d.getVar('PORTIER_RUST_MIN') or portier_cargo_rust_version(cargo_toml)
+    if not need:
+        raise bb.parse.SkipRecipe("portier: cannot read rust-version from %s (the Cargo.toml "
+                                  "of the repository holding yocto/meta-portier); set "
+                                  "PORTIER_RUST_MIN" % cargo_toml)
+    why = portier_rust_floor_problem(d, need, cargo_toml)
+    if why:
+        raise bb.parse.SkipRecipe(why)
 }
+# Set to override the layer's Cargo.toml (a layer copied out of its repository).
+PORTIER_RUST_MIN ??= ""
+
+python portier_check_source_rust_version () {
+    path = os.path.join(d.getVar('S'), 'Cargo.toml')
+    need = portier_cargo_rust_version(path)
+    why = need and portier_rust_floor_problem(d, need, path)
+    if why:
+        bb.fatal(why)
+}
+do_configure[prefuncs] += "portier_check_source_rust_version"
 
 # No default features: each hardware backend is a Cargo feature of its own; name the ones the
 # appliance needs: `pi5` = hailo, v4l2, gpio-cdev, display-fb, display-spi (Cargo.toml).
@@ -73,6 +95,10 @@ PORTIER_FEATURES ??= "pi5"
 CARGO_FEATURES = "${PORTIER_FEATURES}"
 # Exactly Cargo.lock's versions, from the crates bitbake fetched; never the network.
 EXTRA_CARGO_FLAGS = "--frozen"
+# No build-host paths in the binary (reproducible; no buildpaths QA warning).
+EXTRA_RUSTFLAGS = "--remap-path-prefix=${CARGO_HOME}=/usr/src/debug/cargo \
+                   --remap-path-prefix=${S}=/usr/src/debug/portier \
+                   --remap-path-prefix=${WORKDIR}=/usr/src/debug/portier-work"
 
 # The crates fetched by bitbake (crate://, portier-crates.inc) are unpacked into
 # ${CARGO_HOME}/bitbake with their checksums; cargo takes crates.io from there.
