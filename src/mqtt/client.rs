@@ -85,6 +85,33 @@ use super::otp::{CodeRefusal, Otp};
 use super::outbox::{self, Outbox, OutboxError};
 use super::replay;
 
+/// A refused command as the loop's event and the refusal sensor take it: the reason code and
+/// the message.
+type Refused = (String, String);
+
+/// The two kinds of refusal a command can meet here: the signed command's and the one-time
+/// code's.
+trait RefusalReason: fmt::Display {
+    fn reason(&self) -> &'static str;
+}
+
+impl RefusalReason for Refusal {
+    fn reason(&self) -> &'static str {
+        Refusal::reason(self)
+    }
+}
+
+impl RefusalReason for CodeRefusal {
+    fn reason(&self) -> &'static str {
+        CodeRefusal::reason(self)
+    }
+}
+
+/// `r` as a [`Refused`].
+fn refused(r: &impl RefusalReason) -> Refused {
+    (r.reason().to_owned(), r.to_string())
+}
+
 /// Messages the loop can queue before [`MqttClient::send`] refuses (and counts) more. The loop
 /// makes a few events a second; this covers minutes of a thread stalled on a slow disk.
 pub const CHANNEL_CAPACITY: usize = 1024;
@@ -792,7 +819,7 @@ impl MqttClient {
             worker.push_system(unix_ms(), event);
         }
         // True from the first second: what nothing else has said yet.
-        worker.set_state(worker.topics.camera_problem(), events::CONTACT_CLOSED.into());
+        worker.set_state(worker.topics.camera_problem(), events::BINARY_OFF.into());
         worker.set_state(worker.topics.last_refusal(), b"none".to_vec());
         worker.set_state(worker.topics.enrol_code_state(), Vec::new());
         worker.refresh_health();
@@ -1467,10 +1494,10 @@ impl Worker {
             Message::System(event) => {
                 match &event {
                     SystemEvent::CameraLost { .. } => {
-                        self.set_state(self.topics.camera_problem(), events::CONTACT_OPEN.into());
+                        self.set_state(self.topics.camera_problem(), events::BINARY_ON.into());
                     }
                     SystemEvent::CameraBack => {
-                        self.set_state(self.topics.camera_problem(), events::CONTACT_CLOSED.into());
+                        self.set_state(self.topics.camera_problem(), events::BINARY_OFF.into());
                     }
                     _ => {}
                 }
@@ -1871,9 +1898,7 @@ impl Worker {
     fn on_command(&mut self, payload: &[u8], retained: bool) {
         let now = (self.clock)();
         let result = match &mut self.verifier {
-            Some(verifier) => verifier
-                .verify(payload, retained, now)
-                .map_err(|r| (r.reason().to_owned(), r.to_string())),
+            Some(verifier) => verifier.verify(payload, retained, now).map_err(|r| refused(&r)),
             None => Err(("disabled".to_owned(), "no command key is configured".to_owned())),
         };
         // Durable before the loop sees it: a command accepted but not on disk could be
@@ -1903,8 +1928,7 @@ impl Worker {
             },
         };
         if retained {
-            let r = Refusal::Retained;
-            return self.deliver(Err((r.reason().to_owned(), r.to_string())));
+            return self.deliver(Err(refused(&Refusal::Retained)));
         }
         let now = (self.clock)();
         let result = match action.as_str() {
@@ -1962,8 +1986,7 @@ impl Worker {
     /// [`ARM_TTL`]. The entity's state is blanked, so Home Assistant keeps no code.
     fn on_enrol_code(&mut self, payload: &[u8], retained: bool) {
         if retained {
-            let r = Refusal::Retained;
-            return self.deliver(Err((r.reason().to_owned(), r.to_string())));
+            return self.deliver(Err(refused(&Refusal::Retained)));
         }
         let code = String::from_utf8_lossy(payload);
         let code: String = code.trim().chars().take(16).collect();
@@ -1989,8 +2012,7 @@ impl Worker {
     /// [`ARM_TTL`] (one press per code); an enrolment needs the name entity set.
     fn on_button(&mut self, action: Action, retained: bool) {
         if retained {
-            let r = Refusal::Retained;
-            return self.deliver(Err((r.reason().to_owned(), r.to_string())));
+            return self.deliver(Err(refused(&Refusal::Retained)));
         }
         let now = (self.clock)();
         let name = self.enrol_name.clone();
@@ -2026,10 +2048,9 @@ impl Worker {
 
     /// Checks a one-time code and persists the verifier's memory (used step, wrong codes,
     /// lock-out) before anything is carried out.
-    fn check_code(&mut self, code: Option<&str>, now: i64) -> Result<i64, (String, String)> {
+    fn check_code(&mut self, code: Option<&str>, now: i64) -> Result<i64, Refused> {
         let Some(otp) = &mut self.otp else {
-            let r = CodeRefusal::NotConfigured;
-            return Err((r.reason().to_owned(), r.to_string()));
+            return Err(refused(&CodeRefusal::NotConfigured));
         };
         let before = otp.memory().clone();
         let checked = otp.check(code.unwrap_or(""), now);
@@ -2037,12 +2058,12 @@ impl Worker {
         // code or one refused during a lock-out costs no write to the card.
         let saved = if *otp.memory() == before { Ok(()) } else { self.save_state() };
         self.refresh_health();
-        let step = checked.map_err(|r| (r.reason().to_owned(), r.to_string()))?;
+        let step = checked.map_err(|r| refused(&r))?;
         saved.map(|()| step)
     }
 
     /// Writes the verifiers' memory (see `super::replay`); the error is the refusal to give.
-    fn save_state(&mut self) -> Result<(), (String, String)> {
+    fn save_state(&mut self) -> Result<(), Refused> {
         let mut state = match &self.verifier {
             Some(v) => v.state(),
             None => self.replay_state.clone(),
@@ -2061,15 +2082,14 @@ impl Worker {
                     "mqtt: cannot write the command replay state in {}: {e}",
                     self.replay_dir.display()
                 );
-                let r = Refusal::StateUnwritable;
-                Err((r.reason().to_owned(), r.to_string()))
+                Err(refused(&Refusal::StateUnwritable))
             }
         }
     }
 
     /// Hands an accepted command to the loop, or makes a refusal visible: a `command_refused`
     /// event and the last-refusal sensor (both rate-limited).
-    fn deliver(&mut self, result: Result<Command, (String, String)>) {
+    fn deliver(&mut self, result: Result<Command, Refused>) {
         let refusal = match result {
             Ok(command) => {
                 let action = command.action;
@@ -2113,7 +2133,7 @@ impl Worker {
         let tamper = self.otp.as_ref().is_some_and(|o| o.locked_out((self.clock)()));
         if self.tamper_on != Some(tamper) {
             self.tamper_on = Some(tamper);
-            self.set_state(self.topics.tamper(), events::contact_payload(tamper).into());
+            self.set_state(self.topics.tamper(), events::on_off_payload(tamper).into());
         }
         let pending = self.outbox.stats().pending as u64 + self.spill.len() as u64;
         let due = match self.outbox_published {

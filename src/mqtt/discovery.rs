@@ -226,8 +226,8 @@ pub fn discovery_messages(
     let alarm_is = |alarm: &str| {
         format!(
             "{{{{ '{on}' if value == '{alarm}' else '{off}' }}}}",
-            on = events::CONTACT_OPEN,
-            off = events::CONTACT_CLOSED
+            on = events::BINARY_ON,
+            off = events::BINARY_OFF
         )
     };
     let entities: Vec<(&str, &str, &str, Value)> = vec![

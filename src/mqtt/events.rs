@@ -25,10 +25,15 @@ pub const MAX_BASE_LEN: usize = 256;
 pub const AVAILABILITY_ONLINE: &str = "online";
 /// Availability payload of the last will (retained), and published before a clean disconnect.
 pub const AVAILABILITY_OFFLINE: &str = "offline";
+/// A binary state that is on (camera problem, code lock-out, the alarms' binary sensors):
+/// Home Assistant's binary sensor default.
+pub const BINARY_ON: &str = "ON";
+/// A binary state that is off.
+pub const BINARY_OFF: &str = "OFF";
 /// Door contact payload: the door is open.
-pub const CONTACT_OPEN: &str = "ON";
+pub const CONTACT_OPEN: &str = BINARY_ON;
 /// Door contact payload: the door is closed.
-pub const CONTACT_CLOSED: &str = "OFF";
+pub const CONTACT_CLOSED: &str = BINARY_OFF;
 /// Retained-state payload for "no value": Home Assistant's MQTT sensor shows it as unknown.
 pub const STATE_NONE: &str = "None";
 /// Home Assistant refuses sensor states longer than this many characters.
@@ -524,6 +529,15 @@ pub const fn contact_payload(open: bool) -> &'static str {
         CONTACT_OPEN
     } else {
         CONTACT_CLOSED
+    }
+}
+
+/// A binary state's payload: [`BINARY_ON`] or [`BINARY_OFF`].
+pub const fn on_off_payload(on: bool) -> &'static str {
+    if on {
+        BINARY_ON
+    } else {
+        BINARY_OFF
     }
 }
 
@@ -1033,6 +1047,7 @@ mod tests {
         assert_eq!(last_person_payload(Some(&long)).chars().count(), MAX_STATE_CHARS);
         assert_eq!(contact_payload(true), "ON");
         assert_eq!(contact_payload(false), "OFF");
+        assert_eq!((on_off_payload(true), on_off_payload(false)), ("ON", "OFF"));
         let locks: Vec<_> = LockState::ALL.iter().map(|s| s.payload()).collect();
         assert_eq!(locks, ["LOCKED", "UNLOCKED", "JAMMED", "LOCKING", "UNLOCKING"]);
     }

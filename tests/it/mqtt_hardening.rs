@@ -154,6 +154,29 @@ fn command_config(port: u16, dir: &Path) -> portier::mqtt::client::MqttConfig {
     cfg
 }
 
+/// What the command tests share: a broker on loopback, a client configuration with the command
+/// key, Home Assistant's view of the system events, and the command topic.
+struct CommandRig {
+    dir: tempfile::TempDir,
+    _broker: Broker,
+    cfg: portier::mqtt::client::MqttConfig,
+    sub: Sub,
+    topic: String,
+}
+
+/// The rig, or `None` when mosquitto is missing (outside CI; in CI that fails).
+fn command_rig() -> Option<CommandRig> {
+    if !have_mosquitto() {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(dir.path(), "");
+    let cfg = command_config(broker.port, dir.path());
+    let mut sub = Sub::connect(broker.port, "home-assistant", false);
+    sub.subscribe(&format!("{BASE}/event/system"));
+    Some(CommandRig { dir, _broker: broker, cfg, sub, topic: format!("{BASE}/command") })
+}
+
 /// The next `command_refused` system event from `from` on, its reason.
 fn refusal(sub: &mut Sub, from: usize) -> Option<String> {
     let event = system_event(sub, from, |e| e["kind"] == "command_refused")?;
@@ -175,15 +198,7 @@ fn system_event(
 /// hour every command is refused with a `clock_behind` event, even one signed for that clock.
 #[test]
 fn a_recorded_command_is_refused_after_a_restart_and_a_clock_set_back_with_an_event() {
-    if !have_mosquitto() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path(), "");
-    let cfg = command_config(broker.port, dir.path());
-    let mut sub = Sub::connect(broker.port, "home-assistant", false);
-    sub.subscribe(&format!("{BASE}/event/system"));
-    let topic = format!("{BASE}/command");
+    let Some(CommandRig { dir, _broker, cfg, mut sub, topic }) = command_rig() else { return };
 
     let client = start(&cfg);
     assert!(connected(&client));
@@ -246,15 +261,9 @@ fn a_recorded_command_is_refused_after_a_restart_and_a_clock_set_back_with_an_ev
 /// what is signed after it goes through.
 #[test]
 fn a_deleted_replay_state_does_not_reopen_the_window() {
-    if !have_mosquitto() {
+    let Some(CommandRig { dir: _dir, _broker, cfg, mut sub, topic }) = command_rig() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path(), "");
-    let cfg = command_config(broker.port, dir.path());
-    let mut sub = Sub::connect(broker.port, "home-assistant", false);
-    sub.subscribe(&format!("{BASE}/event/system"));
-    let topic = format!("{BASE}/command");
+    };
 
     let started = now_s();
     let client = start(&cfg);
@@ -290,18 +299,10 @@ fn a_deleted_replay_state_does_not_reopen_the_window() {
 /// it is judged again: past the window it is dropped with a `stale` refusal event.
 #[test]
 fn a_command_that_waited_past_its_window_is_dropped_not_carried_out() {
-    if !have_mosquitto() {
+    let Some(CommandRig { dir: _dir, _broker, cfg, mut sub, topic }) = command_rig() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path(), "");
-    let cfg = portier::mqtt::client::MqttConfig {
-        command_window_s: 1,
-        ..command_config(broker.port, dir.path())
     };
-    let mut sub = Sub::connect(broker.port, "home-assistant", false);
-    sub.subscribe(&format!("{BASE}/event/system"));
-    let topic = format!("{BASE}/command");
+    let cfg = portier::mqtt::client::MqttConfig { command_window_s: 1, ..cfg };
     let started = now_s();
     let client = start(&cfg);
     assert!(connected(&client));
@@ -349,15 +350,7 @@ fn an_hour_ahead() -> i64 {
 /// it at once.
 #[test]
 fn the_replay_state_stays_in_outbox_dir_when_the_outbox_falls_back() {
-    if !have_mosquitto() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(dir.path(), "");
-    let cfg = command_config(broker.port, dir.path());
-    let mut sub = Sub::connect(broker.port, "home-assistant", false);
-    sub.subscribe(&format!("{BASE}/event/system"));
-    let topic = format!("{BASE}/command");
+    let Some(CommandRig { dir, _broker, cfg, mut sub, topic }) = command_rig() else { return };
     let fallback = std::env::temp_dir().join(format!("portier-outbox-{}", std::process::id()));
 
     // A run whose clock is an hour ahead accepts a command: its clock mark is an hour ahead.
