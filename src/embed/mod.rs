@@ -65,8 +65,9 @@ pub enum EmbedError {
     },
 }
 
-/// Turns an aligned face crop into an embedding.
-pub trait Embedder {
+/// Turns an aligned face crop into an embedding. `Send`: an NPU recognizer is opened (and a
+/// lost one released) on a thread of its own ([`reopen::Reopening`]).
+pub trait Embedder: Send {
     /// Identifies the model (and so the embedding space): templates made by one model are only
     /// ever compared with embeddings from the same model.
     fn model_id(&self) -> &str;
