@@ -153,13 +153,26 @@ impl RoutingConfig {
     /// The similarity threshold for a face of this eye distance: the band with the largest
     /// `min_eye_distance_px` not above it.
     pub fn threshold(&self, eye_distance_px: f32) -> f32 {
-        self.bands
-            .iter()
-            .rev()
-            .find(|b| eye_distance_px >= b.min_eye_distance_px)
-            .or(self.bands.first())
-            .map_or(1.0, |b| b.threshold_cosine)
+        band_threshold(&self.bands, eye_distance_px).unwrap_or(1.0)
     }
+
+    /// The CPU recognizer's threshold for a face of this eye distance: `cpu_bands`, else
+    /// (none written) the NPU model's [`threshold`](Self::threshold).
+    pub fn cpu_threshold(&self, eye_distance_px: f32) -> f32 {
+        band_threshold(&self.cpu_bands, eye_distance_px)
+            .unwrap_or_else(|| self.threshold(eye_distance_px))
+    }
+}
+
+/// The threshold of the band with the largest `min_eye_distance_px` not above the eye
+/// distance (the first band below all of them); `None` without bands.
+fn band_threshold(bands: &[BandThreshold], eye_distance_px: f32) -> Option<f32> {
+    bands
+        .iter()
+        .rev()
+        .find(|b| eye_distance_px >= b.min_eye_distance_px)
+        .or(bands.first())
+        .map(|b| b.threshold_cosine)
 }
 
 /// Where a face is embedded.
@@ -388,6 +401,16 @@ mod tests {
         assert_eq!(r.threshold(31.0), 0.28);
         assert_eq!(r.threshold(32.0), 0.32);
         assert_eq!(r.threshold(500.0), 0.32);
+        // Without cpu_bands a CPU embedding is judged by the bands; with them, by its own.
+        let mut c = config();
+        assert_eq!(c.cpu_threshold(20.0), 0.28);
+        c.cpu_bands = vec![
+            BandThreshold { min_eye_distance_px: 0.0, threshold_cosine: 0.41 },
+            BandThreshold { min_eye_distance_px: 24.0, threshold_cosine: 0.45 },
+        ];
+        assert_eq!(c.cpu_threshold(20.0), 0.41);
+        assert_eq!(c.cpu_threshold(80.0), 0.45);
+        assert_eq!(c.threshold(80.0), 0.32);
     }
 
     #[test]

@@ -1,16 +1,21 @@
 //! `portier calibrate`: chooses the router's numbers from a distance sweep and writes them as a
 //! `[routing]` TOML fragment whose comments give the measurements behind each number.
 //!
-//! - Size threshold: the smallest sweep size from which, in every larger band, the NPU
+//! - Size threshold (0 when it is the smallest size swept): the smallest sweep size from which, in every larger band, the NPU
 //!   backend's median cosine to float32 is at least 0.95 and its match rate (TAR at FAR 1e-3)
-//!   is within [`ROUTE_MAX_LOSS`] of float32's. A backend `eval distance` judges unreliable is
-//!   refused outright.
+//!   is within [`ROUTE_MAX_LOSS`] of the CPU recognizer's, the model the face would go to
+//!   instead (the float32 reference itself, or with `[npu] twin` the configured
+//!   `[recognizer]`, which may be a better or a worse model). A backend `eval distance`
+//!   judges unreliable is refused outright.
 //! - Norm cliff: an embedding *collapsed* when its cosine to float32 on the same crop is below
 //!   [`COLLAPSE_COSINE`]; the cliff is the lowest norm such that, among the NPU's faces at or
 //!   above it (all sizes), at most [`COLLAPSE_BUDGET`] collapsed. No collapsed face: 0 (off).
 //! - Per-band thresholds: in each band, the threshold at FAR 1e-3 of the backend the router
 //!   uses there (probes at that size against the full-size gallery); the top band pools the
-//!   largest sweep size and the original photos.
+//!   largest sweep size and the original photos. `cpu_bands`: the same for the CPU
+//!   recognizer at every size (its far faces and its fallbacks).
+//! - With camera options (`--blur-at-16px` ...) everything above is measured on the
+//!   camera-like frames (`eval::camera`) instead of the clean downscaled ones.
 //!
 //! Must not: guess. Every number written comes from the sweep, with the sample it came from.
 
@@ -18,9 +23,10 @@ use std::path::PathBuf;
 
 use clap::Args;
 
+use super::camera::CameraArgs;
 use super::distance::{
-    npu_index, sweep, DistanceError, Line, Outcome, Sample, Sweep, SweepArgs, MIN_FACES_TO_JUDGE,
-    RELIABLE_MEDIAN_COSINE,
+    npu_index, sweep_with_camera, DistanceError, Line, Mode, Outcome, Sample, Sweep, SweepArgs,
+    MIN_FACES_TO_JUDGE, RELIABLE_MEDIAN_COSINE,
 };
 use super::metrics;
 use crate::config::Config;
@@ -51,6 +57,9 @@ pub struct CalibrateArgs {
     /// Write the fragment here instead of standard output.
     #[arg(long, short)]
     pub output: Option<PathBuf>,
+    /// Calibrate on camera-like frames (defocus, noise, MJPEG) instead of clean downscaling.
+    #[command(flatten)]
+    pub camera: CameraArgs,
 }
 
 /// The calibration's result: the configuration and the fragment text with its reasons.
@@ -62,9 +71,12 @@ pub struct Calibration {
     pub toml: String,
 }
 
-/// Chooses the routing numbers for backend `npu` from a sweep.
+/// Chooses the routing numbers for backend `npu` from a sweep: on its camera-like frames when
+/// it has them, else on the clean downscaled ones (detected landmarks either way).
 pub fn calibrate(sweep: &Sweep, npu: usize) -> Result<Calibration, DistanceError> {
     let report = sweep.report(&super::distance::Thresholds::Fixed(1.0), None);
+    let mode = sweep.modes.iter().position(|m| *m == Mode::Camera).unwrap_or(0);
+    let (cpu, cpu_name) = (sweep.cpu, &sweep.backends[sweep.cpu]);
     let name = &sweep.backends[npu];
     let verdict = report
         .verdicts
@@ -79,10 +91,10 @@ pub fn calibrate(sweep: &Sweep, npu: usize) -> Result<Calibration, DistanceError
     }
     // The routing threshold is stricter than the reliability verdict: the door should lose
     // (almost) nothing by routing, so the NPU takes a band only when its match rate is within
-    // ROUTE_MAX_LOSS of float32's there and in every larger band.
+    // ROUTE_MAX_LOSS of the CPU recognizer's there and in every larger band.
     let mut from: Option<Option<u32>> = None;
-    for band in report.modes[0].bands.iter().rev() {
-        let (Some(r), Some(x)) = (band.lines.first(), band.lines.get(npu)) else { continue };
+    for band in report.modes[mode].bands.iter().rev() {
+        let (Some(r), Some(x)) = (band.lines.get(cpu), band.lines.get(npu)) else { continue };
         if x.stats.faces < MIN_FACES_TO_JUDGE {
             continue;
         }
@@ -96,12 +108,15 @@ pub fn calibrate(sweep: &Sweep, npu: usize) -> Result<Calibration, DistanceError
     let npu_min = match from {
         None => {
             return Err(DistanceError::Calibration(format!(
-                "backend {name} loses more than {ROUTE_MAX_LOSS} of match rate to float32 even at \
-                 the original size: route no face to it"
+                "backend {name} loses more than {ROUTE_MAX_LOSS} of match rate to the CPU \
+                 recognizer ({cpu_name}) even at the original size: route no face to it"
             )))
         }
         // Only the originals pass: every size of the sweep goes to the CPU.
         Some(None) => sweep.sizes.iter().flatten().max().map_or(0, |m| m + 1),
+        // From the smallest size swept, where the NPU is at least as good as the CPU: every
+        // face (a detected "8 px" face measures 7.x px and would go to the CPU, the worse).
+        Some(Some(px)) if sweep.sizes.iter().flatten().min() == Some(&px) => 0,
         Some(Some(px)) => px,
     };
     let mut notes = vec![
@@ -109,19 +124,21 @@ pub fn calibrate(sweep: &Sweep, npu: usize) -> Result<Calibration, DistanceError
         format!(
             "# npu_min_eye_distance_px: the smallest size from which, in every larger band, {name}'s \
              median cosine to float32 >= {RELIABLE_MEDIAN_COSINE} and its match rate is at most \
-             {ROUTE_MAX_LOSS} below float32's:"
+             {ROUTE_MAX_LOSS} below the CPU recognizer's ({cpu_name}){} (0 when that is the \
+             smallest size swept: every face):",
+            if mode == 0 { "" } else { ", on camera-like frames" }
         ),
     ];
-    for band in &report.modes[0].bands {
+    for band in &report.modes[mode].bands {
         if let Some(l) = band.lines.get(npu) {
             notes.push(format!(
                 "#   {:>8} px: {} faces, median cosine to float32 {:.3}, match rate {:.3} \
-                 (float32 {:.3}), norm p01 {:.2} p50 {:.2}",
+                 ({cpu_name} {:.3}), norm p01 {:.2} p50 {:.2}",
                 band.label,
                 l.stats.faces,
                 l.stats.cosine_to_float32.map_or(f64::NAN, |c| c.p50),
                 l.stats.match_rate,
-                band.lines[0].stats.match_rate,
+                band.lines[cpu].stats.match_rate,
                 l.stats.norm.map_or(f64::NAN, |n| n.p01),
                 l.stats.norm.map_or(f64::NAN, |n| n.p50),
             ));
@@ -129,7 +146,7 @@ pub fn calibrate(sweep: &Sweep, npu: usize) -> Result<Calibration, DistanceError
     }
 
     // Norm cliff over every face the NPU embedded (detected landmarks, all sizes).
-    let mut faces = sweep.norm_and_cosine(0, npu);
+    let mut faces = sweep.norm_and_cosine(mode, npu);
     faces.sort_by(|a, b| a.0.total_cmp(&b.0));
     let collapsed_total = faces.iter().filter(|f| f.1 < COLLAPSE_COSINE).count();
     let mut cliff = 0.0f32;
@@ -183,7 +200,7 @@ pub fn calibrate(sweep: &Sweep, npu: usize) -> Result<Calibration, DistanceError
     let sizes: Vec<u32> = sweep.sizes.iter().flatten().copied().collect();
     let gallery: Vec<Vec<Option<&[f32]>>> = (0..sweep.backends.len())
         .map(|b| {
-            sweep.outcomes[0][sweep.sizes.len() - 1]
+            sweep.outcomes[mode][sweep.sizes.len() - 1]
                 .iter()
                 .map(|o| match o {
                     Outcome::Embedded(s) => Some(s.embeddings[b].as_slice()),
@@ -195,16 +212,17 @@ pub fn calibrate(sweep: &Sweep, npu: usize) -> Result<Calibration, DistanceError
     // The NPU model's thresholds (the router's choice of backend in each band, so the bands
     // below its minimum size are the CPU's), and the CPU recognizer's at every size: a CPU
     // embedding of a close face (a fallback) is judged by the CPU's own scale (issue 16).
-    let npu_label = |size: u32| if size >= npu_min { name.clone() } else { "float32".to_owned() };
+    let npu_label = |size: u32| if size >= npu_min { name.clone() } else { cpu_name.clone() };
     let (bands, band_notes) = measure_bands(
         sweep,
+        mode,
         &sizes,
         &gallery,
         &mut |s| sweep.backend_for(Line::Routed { npu }, s, Some(&mut router)),
         &npu_label,
     )?;
     let (cpu_bands, cpu_notes) =
-        measure_bands(sweep, &sizes, &gallery, &mut |_| 0, &|_| "float32".to_owned())?;
+        measure_bands(sweep, mode, &sizes, &gallery, &mut |_| cpu, &|_| cpu_name.clone())?;
     let routing = RoutingConfig {
         npu_min_eye_distance_px: npu_min as f32,
         npu_norm_cliff: round3(cliff),
@@ -222,6 +240,9 @@ pub fn calibrate(sweep: &Sweep, npu: usize) -> Result<Calibration, DistanceError
         sweep.identities,
         sizes
     ));
+    if let (Some(c), true) = (&sweep.camera, mode != 0) {
+        toml.push_str(&format!("# Camera-like frames: {}.\n", c.describe()));
+    }
     for n in &notes {
         toml.push_str(n);
         toml.push('\n');
@@ -254,6 +275,7 @@ pub fn calibrate(sweep: &Sweep, npu: usize) -> Result<Calibration, DistanceError
 /// backend; a size without pairs merges into the band below. Also the notes that explain them.
 fn measure_bands(
     sweep: &Sweep,
+    mode: usize,
     sizes: &[u32],
     gallery: &[Vec<Option<&[f32]>>],
     choose: &mut dyn FnMut(&Sample) -> usize,
@@ -269,7 +291,7 @@ fn measure_bands(
         }
         let (mut genuine, mut impostor) = (Vec::new(), Vec::new());
         for &si in &size_indices {
-            for (i, o) in sweep.outcomes[0][si].iter().enumerate() {
+            for (i, o) in sweep.outcomes[mode][si].iter().enumerate() {
                 let Outcome::Embedded(s) = o else { continue };
                 let b = choose(s);
                 for (j, g) in gallery[b].iter().enumerate() {
@@ -326,9 +348,21 @@ fn round3(v: f32) -> f32 {
 
 /// `portier calibrate`: runs the sweep and writes (or prints) the fragment.
 pub fn command(config: &Config, args: &CalibrateArgs) -> Result<Calibration, DistanceError> {
-    let (sweep, _) = sweep(config, &args.sweep)?;
-    let npu = npu_index(&sweep.backends, args.npu.as_deref())?;
-    let c = calibrate(&sweep, npu)?;
+    let (sweep, _) = sweep_with_camera(config, &args.sweep, Some(&args.camera))?;
+    let npu = npu_index(&sweep, args.npu.as_deref())?;
+    let mut c = calibrate(&sweep, npu)?;
+    if let Some(twin) = &config.npu.twin {
+        let file = |p: &std::path::Path| p.file_name().map(|f| f.to_string_lossy().into_owned());
+        c.toml.insert_str(
+            0,
+            &format!(
+                "# The models: float32 = [npu] twin {}; {} = [recognizer] {} (the CPU).\n",
+                file(twin).unwrap_or_default(),
+                sweep.backends[sweep.cpu],
+                file(&config.recognizer.path).unwrap_or_default()
+            ),
+        );
+    }
     match &args.output {
         Some(path) => std::fs::write(path, &c.toml)
             .map_err(|e| DistanceError::Write { path: path.clone(), reason: e.to_string() })?,

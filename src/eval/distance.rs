@@ -244,6 +244,9 @@ pub struct Sweep {
     pub photos: Vec<Labelled>,
     /// Backend names; index 0 is the float32 reference.
     pub backends: Vec<String>,
+    /// Index of the CPU recognizer's backend: 0 when it is the reference, else the last one
+    /// (another model, named by its `[recognizer] id`: see [`Backends::open`]).
+    pub cpu: usize,
     /// Eye distances of the sweep; `None` is the original size.
     pub sizes: Vec<Option<u32>>,
     /// The landmark modes measured, in `outcomes` order ([`MODES`], then [`Mode::Camera`] when
@@ -264,6 +267,7 @@ pub struct Backends {
     detector: Detector,
     embedders: Vec<Box<dyn Embedder>>,
     names: Vec<String>,
+    cpu: usize,
     resizer: Resizer,
     detections: Vec<Detection>,
     crop: Box<AlignedFace>,
@@ -276,23 +280,40 @@ impl std::fmt::Debug for Backends {
 }
 
 impl Backends {
-    /// Loads ONNX Runtime and opens the detector, the float32 reference (named `float32`) and
-    /// the emulated backends.
+    /// Loads ONNX Runtime and opens the detector, the float32 reference (named `float32`), the
+    /// NPU backends (`extra`), and the CPU recognizer when it is another model.
+    ///
+    /// The reference is the NPU network's float32 parent: `[npu] twin` when configured (run
+    /// with the NPU's preprocessing), else `[recognizer]`. With a twin, `[recognizer]` is the
+    /// model the router falls back to (the Pi's PaddleX beside the HEF's MobileFaceNet): it
+    /// joins last, named by its `id`, with its own dimension and no cosine to the reference,
+    /// so that the CPU's bands and the routed line are measured on the model the door runs.
     pub fn open(config: &Config, extra: &[(String, PathBuf)]) -> Result<Self, DistanceError> {
         infer::init(config.onnxruntime.library.as_deref(), config.onnxruntime.intra_threads)?;
         let detector = Detector::open(config.detector.clone())?;
+        let (reference, cpu) = match &config.npu.twin {
+            Some(twin) if matches!(twin.try_exists(), Ok(false)) => {
+                return Err(DistanceError::Usage(format!(
+                    "npu.twin {}: not installed; the sweep measures the NPU model against its \
+                     float32 twin (install it, or remove `twin` to use [recognizer])",
+                    twin.display()
+                )))
+            }
+            Some(twin) => (super::npu_check::twin_settings(config, twin), Some(&config.recognizer)),
+            None => (config.recognizer.clone(), None),
+        };
         let mut names = vec!["float32".to_string()];
+        let mut paths = vec![reference.path.clone()];
         let mut embedders: Vec<Box<dyn Embedder>> =
-            vec![Box::new(CpuEmbedder::open(config.recognizer.clone())?)];
-        let mut paths = vec![config.recognizer.path.clone()];
+            vec![Box::new(CpuEmbedder::open(reference.clone())?)];
         for (name, path) in extra {
-            if names.contains(name) {
+            if names.contains(name) || cpu.is_some_and(|c| *name == c.model_id) {
                 return Err(DistanceError::Usage(format!("backend name `{name}` given twice")));
             }
             embedders.push(if is_hef(path) {
                 open_hef(config, name, path)?
             } else {
-                Box::new(CpuEmbedder::open(config.recognizer.emulating(name, path))?)
+                Box::new(CpuEmbedder::open(reference.emulating(name, path))?)
             });
             names.push(name.clone());
             paths.push(path.clone());
@@ -305,10 +326,19 @@ impl Backends {
                 e.dim()
             )));
         }
+        let cpu = match cpu {
+            None => 0,
+            Some(settings) => {
+                embedders.push(Box::new(CpuEmbedder::open(settings.clone())?));
+                names.push(settings.model_id.clone());
+                names.len() - 1
+            }
+        };
         Ok(Self {
             detector,
             embedders,
             names,
+            cpu,
             resizer: Resizer::default(),
             detections: Vec::new(),
             crop: Box::default(),
@@ -318,6 +348,11 @@ impl Backends {
     /// Backend names; index 0 is the reference.
     pub fn names(&self) -> &[String] {
         &self.names
+    }
+
+    /// Index of the CPU recognizer (see [`Sweep::cpu`]).
+    pub fn cpu(&self) -> usize {
+        self.cpu
     }
 
     /// The largest face of a full-size image.
@@ -579,6 +614,7 @@ pub fn run_sweep_with_camera(
     Ok(Sweep {
         photos,
         backends: backends.names().to_vec(),
+        cpu: backends.cpu(),
         sizes,
         modes,
         camera: camera.copied(),
@@ -598,9 +634,12 @@ pub enum Thresholds {
 }
 
 impl Thresholds {
-    fn at(&self, eye_px: f32) -> f32 {
+    /// The threshold for a face of `eye_px` embedded by the CPU recognizer (`on_cpu`) or by
+    /// the NPU model (or its reference): each model by its own bands, as the appliance does.
+    fn at(&self, eye_px: f32, on_cpu: bool) -> f32 {
         match self {
             Self::Fixed(t) => *t,
+            Self::Bands(r) if on_cpu => r.cpu_threshold(eye_px),
             Self::Bands(r) => r.threshold(eye_px),
         }
     }
@@ -611,7 +650,7 @@ impl Thresholds {
 pub enum Line {
     /// One backend for every face.
     Backend(usize),
-    /// The router's choice between the reference (CPU) and `npu` per face.
+    /// The router's choice between the CPU recognizer and `npu` per face.
     Routed {
         /// Index of the backend acting as the NPU.
         npu: usize,
@@ -640,12 +679,12 @@ impl Sweep {
                 match r.route(sample.eye_px, Duration::ZERO) {
                     Route::Npu => match r.check_norm(sample.norms[npu]) {
                         Route::Npu => npu,
-                        Route::Cpu(_) => 0,
+                        Route::Cpu(_) => self.cpu,
                     },
-                    Route::Cpu(_) => 0,
+                    Route::Cpu(_) => self.cpu,
                 }
             }
-            (Line::Routed { .. }, None) => 0,
+            (Line::Routed { .. }, None) => self.cpu,
         }
     }
 
@@ -683,11 +722,13 @@ impl Sweep {
             };
             let b = self.backend_for(line, sample, router.as_deref_mut());
             faces += 1;
-            npu_faces += usize::from(b != 0);
+            npu_faces += usize::from(b != self.cpu);
             let emb = &sample.embeddings[b];
             norms.push(sample.norms[b]);
-            cosines.push(dot(emb, &sample.embeddings[0]));
-            let t = thresholds.at(sample.eye_px);
+            if self.same_model_as_reference(b) {
+                cosines.push(dot(emb, &sample.embeddings[0]));
+            }
+            let t = thresholds.at(sample.eye_px, b == self.cpu);
             let mut candidates = Vec::new();
             for (j, g) in galleries[b].iter().enumerate() {
                 let Some(g) = g else { continue };
@@ -729,6 +770,12 @@ impl Sweep {
             norm: metrics::score_stats(&norms),
             cosine_to_float32: metrics::score_stats(&cosines),
         }
+    }
+
+    /// Whether backend `b` embeds in the reference's space (every backend but a separate CPU
+    /// recognizer): only then is its cosine to float32 a measurement.
+    pub fn same_model_as_reference(&self, b: usize) -> bool {
+        self.cpu == 0 || b != self.cpu
     }
 
     /// (norm, cosine to float32) of every face backend `b` embedded in `mode`, all sizes.
@@ -779,7 +826,10 @@ impl Sweep {
             }
             modes.push(ModeReport { mode: *mode, bands });
         }
-        let verdicts = (1..self.backends.len()).map(|b| self.verdict(&modes, b)).collect();
+        let verdicts = (1..self.backends.len())
+            .filter(|&b| self.same_model_as_reference(b))
+            .map(|b| self.verdict(&modes, b))
+            .collect();
         DistanceReport {
             photos: self.photos.len(),
             identities: self.identities,
@@ -985,13 +1035,15 @@ pub fn sweep_with_camera(
     Ok((sweep, backends))
 }
 
-/// The index of the NPU backend: `name`, or the first emulated one.
-pub fn npu_index(backends: &[String], name: Option<&str>) -> Result<usize, DistanceError> {
+/// The index of the NPU backend: `name`, or the first `--backend`.
+pub fn npu_index(sweep: &Sweep, name: Option<&str>) -> Result<usize, DistanceError> {
+    let backends = &sweep.backends;
+    let npu_like = |i: &usize| *i > 0 && *i != sweep.cpu;
     match name {
-        Some(n) => backends.iter().position(|b| b == n).filter(|&i| i > 0).ok_or_else(|| {
+        Some(n) => backends.iter().position(|b| b == n).filter(npu_like).ok_or_else(|| {
             DistanceError::Usage(format!("--npu {n}: no such --backend (have {backends:?})"))
         }),
-        None if backends.len() > 1 => Ok(1),
+        None if (1..backends.len()).any(|i| npu_like(&i)) => Ok(1),
         None => Err(DistanceError::Usage(
             "give at least one --backend NAME=MODEL.onnx (or NAME=MODEL.hef)".into(),
         )),
@@ -1003,7 +1055,7 @@ pub fn command(config: &Config, args: &DistanceArgs) -> Result<DistanceReport, D
     let routing = args.routing.as_deref().map(read_routing).transpose()?;
     let (sweep, _) = sweep_with_camera(config, &args.sweep, Some(&args.camera))?;
     let routed = match &routing {
-        Some(r) => Some((r.clone(), npu_index(&sweep.backends, args.npu.as_deref())?)),
+        Some(r) => Some((r.clone(), npu_index(&sweep, args.npu.as_deref())?)),
         None => None,
     };
     let thresholds = match &routing {

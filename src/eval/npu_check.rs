@@ -254,6 +254,18 @@ pub fn npu_threshold(config: &Config) -> f32 {
         .fold(f32::INFINITY, f32::min)
 }
 
+/// The float32 twin `path` of the NPU model as a CPU recognizer: the NPU's preprocessing
+/// (channel order, normalisation), no flip, as the NPU embeds.
+pub fn twin_settings(config: &Config, path: &Path) -> RecognizerSettings {
+    RecognizerSettings {
+        path: path.to_path_buf(),
+        model_id: "twin".into(),
+        preprocess: config.npu.preprocess(),
+        flip: false,
+        session: Default::default(),
+    }
+}
+
 /// Runs the check on the crops of `crops_dir`.
 pub fn check(config: &Config, crops_dir: &Path) -> Result<NpuCheckReport, DistanceError> {
     let crops = read_crops(crops_dir)?;
@@ -282,13 +294,7 @@ pub fn check(config: &Config, crops_dir: &Path) -> Result<NpuCheckReport, Distan
     let mut twin = match &twin_path {
         None => None,
         Some(path) => {
-            let twin = CpuEmbedder::open(RecognizerSettings {
-                path: path.clone(),
-                model_id: "twin".into(),
-                preprocess: config.npu.preprocess(),
-                flip: false,
-                session: Default::default(),
-            })?;
+            let twin = CpuEmbedder::open(twin_settings(config, path))?;
             if twin.dim() != npu.dim() {
                 return Err(DistanceError::Usage(format!(
                     "npu.twin {} gives {}-d embeddings, the NPU model {}-d: not its parent",

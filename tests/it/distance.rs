@@ -24,11 +24,21 @@ fn sweep_with(
     camera: Option<&CameraArgs>,
 ) -> Sweep {
     let cfg = common::config(assets, Det::Scrfd500m, rec, Path::new("/unused.db"));
+    sweep_config(assets, &cfg, backends, sizes, camera)
+}
+
+fn sweep_config(
+    assets: &Path,
+    cfg: &portier::config::Config,
+    backends: &[(&str, &str)],
+    sizes: &[u32],
+    camera: Option<&CameraArgs>,
+) -> Sweep {
     let extra: Vec<_> = backends
         .iter()
         .map(|(n, f)| (n.to_string(), assets.join("models/derived").join(f)))
         .collect();
-    let mut b = Backends::open(&cfg, &extra).unwrap();
+    let mut b = Backends::open(cfg, &extra).unwrap();
     let photos = read_labels(&assets.join("faces/labels.csv"), &assets.join("faces/full")).unwrap();
     assert_eq!(photos.len(), 77);
     run_sweep_with_camera(&mut b, photos, sizes, camera, |_, _| {}).unwrap()
@@ -131,4 +141,60 @@ fn paddlex_int8_is_flagged_unreliable_and_a16w8_accepted() {
     // Calibration refuses to route faces to the collapsed model.
     let err = calibrate::calibrate(&s, 1).unwrap_err().to_string();
     assert!(err.contains("int8") && err.contains("unreliable"), "{err}");
+}
+
+/// The Pi's pair (issue 16): the NPU runs one network (here w600k_mbf INT8, its float32 twin as
+/// `[npu] twin`), the CPU another (PaddleX, 128-d). The sweep measures the NPU against its twin
+/// and the CPU's bands and the routed line on PaddleX itself, so a CPU fallback is judged by
+/// PaddleX's thresholds: the NPU's would admit its impostors.
+#[test]
+fn a_separate_cpu_recognizer_is_measured_on_its_own_scale() {
+    let Some(assets) = common::assets() else { return };
+    let mut cfg = common::config(&assets, Det::Yunet, Rec::Paddlex, Path::new("/unused.db"));
+    cfg.npu.twin = Some(assets.join("models/derived/w600k_mbf_dq_fp32.onnx"));
+    cfg.npu.channel_order = Some(portier::infer::ChannelOrder::Rgb);
+    let s = sweep_config(&assets, &cfg, &[("int8", "w600k_mbf_int8_qdq_pct.onnx")], &[16], None);
+    assert_eq!(s.backends, ["float32", "int8", "paddlex_mobilefacenet_128d"]);
+    assert_eq!(s.cpu, 2);
+    let report = s.report(&Thresholds::Fixed(0.47), None);
+    // The verdict is the NPU's against its twin; PaddleX has no cosine to another network.
+    assert_eq!(report.verdicts.len(), 1);
+    assert_eq!(report.verdicts[0].backend, "int8");
+    let original = &report.modes[0].bands[1];
+    assert_eq!(original.lines[2].stats.faces, 77);
+    assert!(original.lines[2].stats.cosine_to_float32.is_none());
+    assert!(original.lines[1].stats.cosine_to_float32.unwrap().p50 > 0.95);
+
+    let c = calibrate::calibrate(&s, 1).unwrap();
+    eprintln!("{}", c.toml);
+    assert!(c.toml.contains("on paddlex_mobilefacenet_128d"), "{}", c.toml);
+    let (npu_top, cpu_top) = (
+        c.routing.bands.last().unwrap().threshold_cosine,
+        c.routing.cpu_bands.last().unwrap().threshold_cosine,
+    );
+    assert!(cpu_top > npu_top + 0.05, "PaddleX's scale: cpu {cpu_top} npu {npu_top}");
+
+    // PaddleX judged by the NPU model's bands admits its impostors; by its own, at most the
+    // calibrated FAR.
+    let paddlex = Line::Backend(2);
+    let own = s.band_stats(0, 1, paddlex, &Thresholds::Bands(c.routing.clone()), None);
+    let mut npu_only = c.routing.clone();
+    npu_only.cpu_bands.clear();
+    let crossed = s.band_stats(0, 1, paddlex, &Thresholds::Bands(npu_only), None);
+    eprintln!(
+        "paddlex FAR: own bands {}, the NPU's {}",
+        own.far_at_threshold, crossed.far_at_threshold
+    );
+    assert!(own.far_at_threshold <= 2e-3, "{}", own.far_at_threshold);
+    assert!(crossed.far_at_threshold > 5.0 * own.far_at_threshold.max(1e-3));
+
+    // The routed line's CPU is PaddleX: with the NPU given no face, it is PaddleX's line.
+    let mut no_npu = c.routing.clone();
+    no_npu.npu_min_eye_distance_px = 10_000.0;
+    let mut r = Router::new(no_npu.clone(), true).unwrap();
+    let routed =
+        s.band_stats(0, 1, Line::Routed { npu: 1 }, &Thresholds::Bands(no_npu), Some(&mut r));
+    assert_eq!(routed.npu_share, Some(0.0));
+    assert_eq!(routed.far_at_threshold, own.far_at_threshold);
+    assert_eq!(routed.match_rate, own.match_rate);
 }
