@@ -1270,6 +1270,7 @@ mod hef_tests {
             sweep: sweep_args,
             npu: Some("npu".into()),
             output: None,
+            camera: Default::default(),
         };
         let err = super::super::calibrate::command(&config, &args).unwrap_err();
         assert!(matches!(err, DistanceError::Calibration(_)), "{err}");

@@ -99,8 +99,8 @@ def portier_key_problem(keytype, b64):
     return None
 
 def portier_keys(d):
-    """Every key to install, one authorized_keys line each, and what is wrong with the rest."""
-    import re
+    """Every key to install as (authorized_keys line, index of its key type among the line's
+    words), and what is wrong with the rest."""
     types = ('ssh-ed25519', 'ssh-rsa', 'ecdsa-sha2-nistp256', 'ecdsa-sha2-nistp384',
              'ecdsa-sha2-nistp521', 'sk-ssh-ed25519@openssh.com',
              'sk-ecdsa-sha2-nistp256@openssh.com')
@@ -121,7 +121,7 @@ def portier_keys(d):
         if why:
             problems.append("PORTIER_ROOT_AUTHORIZED_KEYS: '%s': %s" % (' '.join(key)[:60], why))
         else:
-            lines.append(' '.join(key))
+            lines.append((' '.join(key), 0))
     keyfile = d.getVar('PORTIER_ROOT_AUTHORIZED_KEYS_FILE')
     if keyfile:
         if not os.path.isabs(keyfile) or not os.path.isfile(keyfile):
@@ -143,7 +143,7 @@ def portier_keys(d):
                         problems.append("PORTIER_ROOT_AUTHORIZED_KEYS_FILE %s line %d: %s"
                                         % (keyfile, number, why))
                     else:
-                        lines.append(line)
+                        lines.append((line, at))
     return lines, problems
 
 def portier_password_problem(pw):
@@ -203,12 +203,10 @@ python portier_root_login () {
         os.chmod(ssh, 0o700)
         path = os.path.join(ssh, 'authorized_keys')
         with open(path, 'w') as f:
-            f.write('\n'.join(lines) + '\n')
+            f.write('\n'.join(line for line, _ in lines) + '\n')
         os.chmod(path, 0o600)
-        types = ('ssh-', 'ecdsa-', 'sk-')
-        for line in lines:
+        for line, at in lines:
             words = line.split()
-            at = next(i for i, w in enumerate(words) if w.startswith(types))
             digest = hashlib.sha256(base64.b64decode(words[at + 1])).digest()
             summary.append('root key %s SHA256:%s %s' % (
                 words[at], base64.b64encode(digest).decode().rstrip('='), ' '.join(words[at + 2:])))
