@@ -550,18 +550,20 @@ impl LiveEnrolment {
             self.done = true;
             return Progress::Done;
         }
-        let good = self.slots.iter().filter(|s| s.is_some()).count();
-        if count >= 2
-            && self.settings.wait_for_face.is_some()
-            && good >= self.settings.min_templates
-        {
-            // Started from afar, with enough faces of the person taken while they were alone:
-            // the capture ends here (no face of this frame is used).
-            log::info!("enrolment: {count} people in view; the capture ends with what it has");
-            self.done = true;
-            return Progress::Done;
-        }
-        if count >= 2 && self.settings.wait_for_face.is_some() {
+        if count >= 2 {
+            if self.settings.wait_for_face.is_none() {
+                let r = Refusal::TwoPeople { frame: index, faces: count };
+                log::info!("enrolment refused: {r}");
+                self.refusal = Some(r.clone());
+                return Progress::Refused(r);
+            }
+            if self.slots.iter().filter(|s| s.is_some()).count() >= self.settings.min_templates {
+                // Started from afar, with enough faces of the person taken while they were
+                // alone: the capture ends here (no face of this frame is used).
+                log::info!("enrolment: {count} people in view; the capture ends with what it has");
+                self.done = true;
+                return Progress::Done;
+            }
             // Started from afar: a passer-by does not fail the enrolment; what was captured is
             // dropped (it could mix people) and the capture waits for one close face again,
             // within the same wait. Should the wait run out, this is the reason given.
@@ -573,12 +575,6 @@ impl LiveEnrolment {
             self.rejected = Rejections::default();
             self.slots.iter_mut().for_each(|s| *s = None);
             return Progress::Watching { elapsed: Duration::ZERO, good: 0, in_view: count };
-        }
-        if count >= 2 {
-            let r = Refusal::TwoPeople { frame: index, faces: count };
-            log::info!("enrolment refused: {r}");
-            self.refusal = Some(r.clone());
-            return Progress::Refused(r);
         }
         if self.subject.is_none() && count == 1 {
             // Started from afar, the person is the face that came close, not one further back.

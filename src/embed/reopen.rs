@@ -363,6 +363,17 @@ mod tests {
         }
     }
 
+    /// An opener whose NPUs embed once and then are lost, and the count of its opens.
+    fn losing_opener() -> (Opener, Arc<AtomicUsize>) {
+        let opens = Arc::new(AtomicUsize::new(0));
+        let o = Arc::clone(&opens);
+        let open: Opener = Box::new(move || {
+            o.fetch_add(1, SeqCst);
+            Ok(Box::new(Resets { ok: 1, calls: 0 }) as Box<dyn Embedder>)
+        });
+        (open, opens)
+    }
+
     fn missing() -> EmbedError {
         EmbedError::Output { path: "npu.hef".into(), reason: "no such file".into() }
     }
@@ -479,12 +490,7 @@ mod tests {
 
     #[test]
     fn an_npu_lost_while_running_is_released_and_opened_again() {
-        let opens = Arc::new(AtomicUsize::new(0));
-        let o = Arc::clone(&opens);
-        let open: Opener = Box::new(move || {
-            o.fetch_add(1, SeqCst);
-            Ok(Box::new(Resets { ok: 1, calls: 0 }) as Box<dyn Embedder>)
-        });
+        let (open, opens) = losing_opener();
         let first = Duration::from_millis(30);
         let start = Box::new(Resets { ok: 2, calls: 0 });
         let mut e = Reopening::opened(start, open, first, Duration::from_secs(1));
@@ -505,13 +511,8 @@ mod tests {
 
     #[test]
     fn an_npu_lost_soon_after_each_open_is_reopened_less_often_and_afresh_after_a_good_spell() {
-        let opens = Arc::new(AtomicUsize::new(0));
-        let o = Arc::clone(&opens);
         // Every reopened NPU embeds once, then is lost.
-        let open: Opener = Box::new(move || {
-            o.fetch_add(1, SeqCst);
-            Ok(Box::new(Resets { ok: 1, calls: 0 }) as Box<dyn Embedder>)
-        });
+        let (open, opens) = losing_opener();
         let (first, max) = (Duration::from_millis(200), Duration::from_millis(1500));
         let mut e = Reopening::opened(Box::new(Resets { ok: 0, calls: 0 }), open, first, max);
         let (face, mut out) = (AlignedFace::default(), [0.0; 8]);
