@@ -651,7 +651,7 @@ impl App {
             npu
         });
         let dim = cpu_dim.max(npu.as_ref().map_or(0, |n| n.dim));
-        Ok(Self {
+        let mut app = Self {
             tracker: Tracker::new(settings.tracker),
             settings,
             source: parts.source,
@@ -688,7 +688,25 @@ impl App {
             step_closer: false,
             enrolment: None,
             local_release: false,
-        })
+        };
+        app.people_changed();
+        Ok(app)
+    }
+
+    /// The gallery-size rule follows the number of people enrolled for each model.
+    fn people_changed(&mut self) {
+        let npu = self.npu.as_ref().map_or(0, |n| n.matcher.people());
+        self.decider.set_people(self.matcher.people(), npu);
+        if let Some(g) = self.decider.config().gallery {
+            log::info!(
+                "gallery: {} people: thresholds raised by {:.3} (CPU) and {:.3} (NPU) to hold \
+                 FPIR {} per search",
+                self.matcher.people(),
+                g.lift(g.cpu_rise, self.matcher.people()),
+                g.lift(g.npu_rise, npu),
+                g.fpir
+            );
+        }
     }
 
     /// The counters so far.
@@ -739,6 +757,7 @@ impl App {
             npu.check_templates(&self.matcher);
         }
         self.decider.reset();
+        self.people_changed();
     }
 
     /// Replaces the NPU's templates too (after an enrolment or a reload).
@@ -748,6 +767,7 @@ impl App {
             npu.check_templates(&self.matcher);
         }
         self.decider.reset();
+        self.people_changed();
     }
 
     /// Whether faces are embedded on the NPU now (configured and healthy).

@@ -112,6 +112,8 @@ struct RawRecognizer {
     flip: bool,
     #[serde(default)]
     optimization: Optimization,
+    /// The gallery-size rule's threshold rise per tenfold people for this model.
+    threshold_rise_per_decade: Option<f32>,
 }
 
 fn default_rgb() -> ChannelOrder {
@@ -135,6 +137,16 @@ struct RawMatching {
     threshold: f32,
     #[serde(default)]
     margin: f32,
+    /// The gallery-size rule (`decide::GalleryRule`): the false-positive identification
+    /// rate per search to hold as people are enrolled. Absent: the bands at any size.
+    fpir: Option<f32>,
+    /// The per-comparison false-accept rate the bands (or `threshold`) were chosen at.
+    #[serde(default = "default_bands_far")]
+    bands_far: f32,
+}
+
+fn default_bands_far() -> f32 {
+    1e-3
 }
 
 #[derive(Debug, Deserialize)]
@@ -506,6 +518,9 @@ pub struct NpuSection {
     pub mean: Option<[f32; 3]>,
     /// See `mean`.
     pub std: Option<[f32; 3]>,
+    /// The gallery-size rule's threshold rise per tenfold people for the NPU's model
+    /// (`[matching] fpir`; measured by `portier eval identify`).
+    pub threshold_rise_per_decade: Option<f32>,
 }
 
 /// NPU backends.
@@ -821,6 +836,8 @@ impl Config {
                 invalid(key, reason)
             })?;
         }
+        app.decision.gallery = gallery_rule(&raw, &npu, &invalid)?;
+        app.decision.validate().map_err(|reason| invalid("matching", reason))?;
         let gallery_path = resolve(&raw.gallery.path);
         let gallery_key_file = raw
             .gallery
@@ -871,6 +888,53 @@ impl Config {
 type Invalid<'a> = &'a dyn Fn(&str, String) -> ConfigError;
 
 /// Fills the NPU model's channel order and normalisation from the CPU recognizer's where
+/// The gallery-size rule from `[matching] fpir` and each model's `threshold_rise_per_decade`
+/// (both required once `fpir` is set; the NPU's only with an NPU).
+fn gallery_rule(
+    raw: &RawConfig,
+    npu: &NpuSection,
+    invalid: Invalid<'_>,
+) -> Result<Option<crate::decide::GalleryRule>, ConfigError> {
+    let m = &raw.matching;
+    let Some(fpir) = m.fpir else {
+        for (key, set) in [
+            ("recognizer.threshold_rise_per_decade", raw.recognizer.threshold_rise_per_decade),
+            ("npu.threshold_rise_per_decade", npu.threshold_rise_per_decade),
+        ] {
+            if set.is_some() {
+                return Err(invalid(key, "takes effect with `[matching] fpir`: set both".into()));
+            }
+        }
+        return Ok(None);
+    };
+    let unit = |key: &str, v: f32, range: std::ops::RangeInclusive<f32>| {
+        if range.contains(&v) {
+            Ok(v)
+        } else {
+            Err(invalid(key, format!("must be in {range:?}, got {v}")))
+        }
+    };
+    let fpir = unit("matching.fpir", fpir, 1e-6..=0.5)?;
+    let bands_far = unit("matching.bands_far", m.bands_far, 1e-6..=0.5)?;
+    let rise = |key: &str, v: Option<f32>| match v {
+        Some(v) => unit(key, v, 0.0..=0.2),
+        None => Err(invalid(
+            key,
+            "required with `[matching] fpir`: the model's threshold rise per tenfold people, \
+             from `portier eval identify`"
+                .into(),
+        )),
+    };
+    let cpu_rise =
+        rise("recognizer.threshold_rise_per_decade", raw.recognizer.threshold_rise_per_decade)?;
+    let npu_rise = if npu.backend == NpuBackend::None {
+        0.0
+    } else {
+        rise("npu.threshold_rise_per_decade", npu.threshold_rise_per_decade)?
+    };
+    Ok(Some(crate::decide::GalleryRule { fpir, bands_far, cpu_rise, npu_rise }))
+}
+
 /// `[npu]` leaves them out, checks them, and checks and resolves `npu.twin`.
 fn npu_preprocess_and_twin(
     npu: &mut NpuSection,
@@ -1353,6 +1417,38 @@ margin = 0.05
             .replace("path = \"gallery.db\"", "path = \"gallery.db\"\nkey_file = \"gallery.db\"");
         let err = Config::parse(&text, Path::new("c.toml")).unwrap_err().to_string();
         assert!(err.contains("key `gallery.key_file`"), "{err}");
+    }
+
+    #[test]
+    fn the_gallery_rule_needs_fpir_and_each_models_rise() {
+        let parse =
+            |text: &str| Config::parse(text, Path::new("c.toml")).map_err(|e| e.to_string());
+        assert_eq!(parse(GOOD).unwrap().app.decision.gallery, None);
+        let with_fpir = GOOD.replace("margin = 0.05", "margin = 0.05\nfpir = 0.01");
+        let err = parse(&with_fpir).unwrap_err();
+        assert!(err.contains("recognizer.threshold_rise_per_decade"), "{err}");
+        let rise = |text: &str| {
+            text.replace(
+                "model = \"/abs/rec.onnx\"",
+                "model = \"/abs/rec.onnx\"\nthreshold_rise_per_decade = 0.05",
+            )
+        };
+        let g = parse(&rise(&with_fpir)).unwrap().app.decision.gallery.unwrap();
+        assert_eq!((g.fpir, g.bands_far, g.cpu_rise, g.npu_rise), (0.01, 1e-3, 0.05, 0.0));
+        let err = parse(&rise(GOOD)).unwrap_err();
+        assert!(
+            err.contains("recognizer.threshold_rise_per_decade") && err.contains("fpir"),
+            "{err}"
+        );
+        let err = parse(&rise(&with_fpir.replace("0.01", "0.9"))).unwrap_err();
+        assert!(err.contains("matching.fpir"), "{err}");
+        // With an NPU, its model's rise is required too.
+        let npu = "\n[npu]\nbackend = \"emulated\"\nmodel = \"/abs/npu.onnx\"\n";
+        let err = parse(&format!("{}{npu}", rise(&with_fpir))).unwrap_err();
+        assert!(err.contains("npu.threshold_rise_per_decade"), "{err}");
+        let npu = format!("{npu}threshold_rise_per_decade = 0.04\n");
+        let g = parse(&format!("{}{npu}", rise(&with_fpir))).unwrap().app.decision.gallery;
+        assert_eq!(g.unwrap().npu_rise, 0.04);
     }
 
     #[test]

@@ -39,6 +39,36 @@ pub struct SizeBand {
     pub threshold: f32,
 }
 
+/// Raises the thresholds with the number of people enrolled, so that the false-positive
+/// identification rate stays put as the gallery grows (issue 19). A stranger searched against
+/// N people gets N chances: with a per-comparison false-accept rate FAR, FPIR ≈ N · FAR. The
+/// bands hold `bands_far` per comparison; holding `fpir` per search at N people needs a FAR
+/// of `fpir / N`, which lies `log10(N · bands_far / fpir)` decades further out in the
+/// impostor tail, each decade `rise` higher (measured per model by `portier eval identify`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GalleryRule {
+    /// False-positive identification rate per search to hold.
+    pub fpir: f32,
+    /// The per-comparison false-accept rate the bands were chosen at (`calibrate`: 1e-3).
+    pub bands_far: f32,
+    /// Threshold rise per tenfold more people for the CPU recognizer.
+    pub cpu_rise: f32,
+    /// The same for the NPU's model.
+    pub npu_rise: f32,
+}
+
+impl GalleryRule {
+    /// What to add to a band's threshold with `people` enrolled, for a model rising `rise`
+    /// per decade: `rise · log10(people · bands_far / fpir)`, never below 0 (a small gallery
+    /// keeps the bands).
+    pub fn lift(&self, rise: f32, people: usize) -> f32 {
+        if people == 0 {
+            return 0.0;
+        }
+        (rise * (people as f32 * self.bands_far / self.fpir).log10()).max(0.0)
+    }
+}
+
 /// How liveness scores take part in a grant.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LivenessPolicy {
@@ -79,6 +109,8 @@ pub struct DecisionConfig {
     pub recheck: Duration,
     /// Liveness: `None` grants on identity alone.
     pub liveness: Option<LivenessPolicy>,
+    /// The gallery-size rule: `None` keeps the bands at any size.
+    pub gallery: Option<GalleryRule>,
 }
 
 impl DecisionConfig {
@@ -94,6 +126,7 @@ impl DecisionConfig {
             min_face_height_pct: 0.0,
             liveness: None,
             npu_bands: Vec::new(),
+            gallery: None,
         }
     }
 
@@ -144,6 +177,18 @@ impl DecisionConfig {
         if let Some(l) = self.liveness {
             if l.passes == 0 || l.passes > self.votes {
                 return Err(format!("liveness passes {} must be in 1..=votes", l.passes));
+            }
+        }
+        if let Some(g) = self.gallery {
+            for (name, v, range) in [
+                ("fpir", g.fpir, 1e-9..=0.5),
+                ("bands_far", g.bands_far, 1e-9..=0.5),
+                ("cpu_rise", g.cpu_rise, 0.0..=0.5),
+                ("npu_rise", g.npu_rise, 0.0..=0.5),
+            ] {
+                if !range.contains(&v) {
+                    return Err(format!("gallery {name} {v} is not in {range:?}"));
+                }
             }
         }
         Ok(())
@@ -280,6 +325,8 @@ struct TrackVotes {
 #[derive(Debug)]
 pub struct Decider {
     config: DecisionConfig,
+    /// What the gallery-size rule adds to the bands, per [`Space`] (CPU, NPU).
+    lift: [f32; 2],
     tracks: Vec<TrackVotes>,
     /// Last grant time per person (bounded by the number of people seen granted).
     granted_at: Vec<(PersonId, Duration)>,
@@ -294,6 +341,7 @@ impl Decider {
         config.validate()?;
         Ok(Self {
             config,
+            lift: [0.0; 2],
             tracks: Vec::with_capacity(max_tracks),
             granted_at: Vec::with_capacity(64),
             people: Vec::with_capacity(MAX_WINDOW),
@@ -303,6 +351,24 @@ impl Decider {
     /// The settings.
     pub fn config(&self) -> &DecisionConfig {
         &self.config
+    }
+
+    /// Tells the gallery-size rule how many people are enrolled for each model (after the
+    /// gallery is loaded or changed); without a rule, nothing changes.
+    pub fn set_people(&mut self, cpu: usize, npu: usize) {
+        if let Some(g) = self.config.gallery {
+            self.lift = [g.lift(g.cpu_rise, cpu), g.lift(g.npu_rise, npu)];
+        }
+    }
+
+    /// The threshold a vote of `space` needs for a face `eye_px` apart at the eyes: its band,
+    /// raised by the gallery-size rule.
+    pub fn threshold(&self, space: Space, eye_px: f32) -> f32 {
+        let lift = match space {
+            Space::Cpu => self.lift[0],
+            Space::Npu => self.lift[1],
+        };
+        self.config.threshold_in(space, eye_px) + lift
     }
 
     /// Whether `track` wants an embedding at `now`: always before it is granted, every
@@ -358,7 +424,7 @@ impl Decider {
         second: Option<(usize, f32)>,
         eye_px: f32,
     ) -> Option<(usize, f32)> {
-        let threshold = self.config.threshold_in(space, eye_px);
+        let threshold = self.threshold(space, eye_px);
         best.filter(|&(_, s)| {
             s >= threshold && second.is_none_or(|(_, s2)| s - s2 >= self.config.margin)
         })
@@ -659,6 +725,34 @@ mod tests {
 
     fn id(i: usize) -> PersonId {
         100 + i as PersonId
+    }
+
+    /// Issue 19: more people enrolled, higher thresholds, each model by its own rise.
+    #[test]
+    fn the_gallery_rule_raises_thresholds_with_the_people_enrolled() {
+        let mut c = DecisionConfig::single(0.3, 0.05);
+        c.gallery =
+            Some(GalleryRule { fpir: 0.01, bands_far: 1e-3, cpu_rise: 0.05, npu_rise: 0.04 });
+        let mut d = Decider::new(c, 4).unwrap();
+        let mut last = 0.0;
+        for (n, cpu, npu) in [
+            (0, 0.3, 0.3),
+            (1, 0.3, 0.3),
+            (10, 0.3, 0.3),
+            (100, 0.35, 0.34),
+            (1000, 0.4, 0.38),
+            (100_000, 0.5, 0.46),
+        ] {
+            d.set_people(n, n);
+            let (t, u) = (d.threshold(Space::Cpu, 50.0), d.threshold(Space::Npu, 50.0));
+            assert!((t - cpu).abs() < 1e-5 && (u - npu).abs() < 1e-5, "{n}: {t} {u}");
+            assert!(t >= last);
+            last = t;
+        }
+        // Without a rule the people do not matter.
+        let mut plain = Decider::new(DecisionConfig::single(0.3, 0.05), 4).unwrap();
+        plain.set_people(100_000, 100_000);
+        assert_eq!(plain.threshold(Space::Cpu, 50.0), 0.3);
     }
 
     #[test]

@@ -10,7 +10,9 @@ use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
 use portier::config::{Config, ConfigError};
-use portier::eval::{bench, bench_loop, calibrate, distance, export_calib, lfw, npu_check, verify};
+use portier::eval::{
+    bench, bench_loop, calibrate, distance, export_calib, identify, lfw, npu_check, verify,
+};
 use portier::frame::load_image;
 use portier::gallery::{
     Decision, EnrollMode, Gallery, GalleryError, ImportMode, Matcher, UnknownReason,
@@ -291,6 +293,29 @@ enum EvalCommand {
         /// Add the mirrored crop's embedding (twice the work).
         #[arg(long)]
         flip: bool,
+        #[command(flatten)]
+        out: OutArgs,
+    },
+    /// Open-set 1:N identification against gallery size: the threshold that holds an FPIR at
+    /// each size, FNIR there, and at the configured gallery-size rule.
+    Identify {
+        /// Identity folders (`<root>/<Name>/<photo>.jpg`, LFW's layout); the face nearest each
+        /// photo's centre.
+        #[arg(long, required_unless_present = "labels")]
+        root: Option<PathBuf>,
+        /// Or a CSV with `path` and `identity` columns (the largest face), paths relative to
+        /// `--root` if given, else to the CSV's folder.
+        #[arg(long)]
+        labels: Option<PathBuf>,
+        /// Gallery sizes.
+        #[arg(long, value_delimiter = ',', default_values_t = [10usize, 100, 1000, 3000])]
+        people: Vec<usize>,
+        /// Draws of the gallery per probe and size.
+        #[arg(long, default_value_t = 10)]
+        repeats: usize,
+        /// Detector input side (LFW's 250x250 photos: near native scale).
+        #[arg(long, default_value_t = 320)]
+        det_size: u32,
         #[command(flatten)]
         out: OutArgs,
     },
@@ -1439,6 +1464,40 @@ fn eval(mut config: Config, command: EvalCommand) -> Result<ExitCode, Failure> {
                 print_json(&r);
             } else {
                 print_verify(&r);
+            }
+        }
+        EvalCommand::Identify { root, labels, people, repeats, det_size, out } => {
+            if det_size == 0 || det_size % 32 != 0 {
+                return Err(Failure::new(
+                    64,
+                    format!("--det-size {det_size}: must be a multiple of 32"),
+                ));
+            }
+            config.detector.input_size = [det_size, det_size];
+            let (photos, select) = match (&labels, &root) {
+                (Some(csv), root) => {
+                    let dir = csv.parent().map(Path::to_path_buf).unwrap_or_default();
+                    (verify::read_labels(csv, root.as_deref().unwrap_or(&dir))?, Select::All)
+                }
+                (None, Some(root)) => (identify::read_folders(root)?, Select::NearestCentre),
+                (None, None) => return Err(Failure::new(64, "give --root or --labels")),
+            };
+            let mut pipeline = Pipeline::open(&config)?;
+            let bar = progress_bar(photos.len(), "embedding photos");
+            let rule = config.app.decision.gallery.map(|g| {
+                let band = config.app.decision.threshold_for(f32::INFINITY);
+                move |n: usize| band + g.lift(g.cpu_rise, n)
+            });
+            let rule_ref = rule.as_ref().map(|f| f as &dyn Fn(usize) -> f32);
+            let r =
+                identify::run(&mut pipeline, &photos, select, &people, repeats, rule_ref, |d| {
+                    bar.set_position(d as u64)
+                })?;
+            bar.finish_and_clear();
+            if out.json {
+                print_json(&r);
+            } else {
+                print!("{}", identify::table(&r, rule.as_ref().map(|_| "rule")));
             }
         }
         EvalCommand::Lfw { pairs, train_pairs, root, det_size, flip, out } => {

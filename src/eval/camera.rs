@@ -208,16 +208,21 @@ fn gaussian_blur(img: &mut RgbImage, sigma: f32) {
     }
 }
 
-/// SplitMix64: a small, well-mixed generator (repeatable noise, no dependency).
-struct SplitMix(u64);
+/// SplitMix64: a small, well-mixed generator (repeatable noise and draws, no dependency).
+pub(super) struct SplitMix(pub(super) u64);
 
 impl SplitMix {
-    fn next(&mut self) -> u64 {
+    pub(super) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0; the modulo bias is below 2^-40 for n below 2^24).
+    pub(super) fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
     }
 
     /// Uniform in (0, 1].

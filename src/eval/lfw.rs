@@ -60,14 +60,29 @@ fn pair_scores(set: &PairSet, emb: &HashMap<ImageRef, Option<Vec<f32>>>) -> (Vec
     (scores, set.pairs.iter().map(|p| p.same).collect())
 }
 
+/// Each image's embedding (`None`: no face), by image.
+pub type Embeddings = HashMap<ImageRef, Option<Vec<f32>>>;
+
 /// Runs the protocol. `progress(done, total)` is called as images are embedded.
 pub fn run(
     pipeline: &mut Pipeline,
     pairs_path: &Path,
     train_path: Option<&Path>,
     root: &Path,
-    mut progress: impl FnMut(usize, usize),
+    progress: impl FnMut(usize, usize),
 ) -> Result<LfwReport, EvalError> {
+    run_keeping(pipeline, pairs_path, train_path, root, progress).map(|(r, _)| r)
+}
+
+/// [`run`], and the embeddings it measured (for other protocols on the same images, such
+/// as `eval identify`'s).
+pub fn run_keeping(
+    pipeline: &mut Pipeline,
+    pairs_path: &Path,
+    train_path: Option<&Path>,
+    root: &Path,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<(LfwReport, Embeddings), EvalError> {
     let to_eval = |e: super::pairs::PairsError| EvalError::Input {
         path: pairs_path.into(),
         reason: e.to_string(),
@@ -103,7 +118,7 @@ pub fn run(
         .filter(|(_, e)| e.is_none())
         .map(|(r, _)| r.to_string())
         .collect();
-    let emb: HashMap<ImageRef, Option<Vec<f32>>> = images.into_iter().zip(embeddings).collect();
+    let emb: Embeddings = images.into_iter().zip(embeddings).collect();
     let (scores, same) = pair_scores(&test, &emb);
     let split = |want: bool| -> Vec<f32> {
         scores.iter().zip(&same).filter(|(_, &s)| s == want).map(|(&v, _)| v).collect()
@@ -139,5 +154,5 @@ pub fn run(
         report.threshold = k.threshold;
         report.fold_accuracies = k.fold_accuracies;
     }
-    Ok(report)
+    Ok((report, emb))
 }

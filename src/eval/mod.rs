@@ -10,6 +10,7 @@ pub mod calibrate;
 pub mod camera;
 pub mod distance;
 pub mod export_calib;
+pub mod identify;
 pub mod lfw;
 pub mod liveness;
 pub mod metrics;

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use crate::common::{self, Det, Rec};
 use portier::config::Config;
-use portier::eval::{lfw, verify};
+use portier::eval::{identify, lfw, verify};
 use portier::pipeline::{Pipeline, Select};
 
 /// The operating threshold documented for SCRFD + w600k in the board config.
@@ -43,7 +43,7 @@ fn lfw_dev_protocol_accuracy() {
     cfg.detector.input_size = [320, 320];
     let mut p = Pipeline::open(&cfg).unwrap();
     let lfw_dir = assets.join("lfw-dev");
-    let r = lfw::run(
+    let (r, embeddings) = lfw::run_keeping(
         &mut p,
         &lfw_dir.join("pairsDevTest.txt"),
         Some(&lfw_dir.join("pairsDevTrain.txt")),
@@ -58,6 +58,45 @@ fn lfw_dev_protocol_accuracy() {
     assert_eq!(r.pairs, 1000);
     assert_eq!(r.train_pairs, 2200);
     assert!(r.accuracy >= 0.993, "accuracy {}", r.accuracy);
+    identification_holds_its_fpir_as_the_gallery_grows(&embeddings);
+}
+
+/// Open-set 1:N on the same 4,992 LFW images (3,095 identities, 1,165 probes): at a fixed
+/// threshold strangers get named more often as the gallery grows; board/laptop.toml's
+/// gallery-size rule (issue 19) holds its 1% FPIR per search at every size up to 3,000 people.
+fn identification_holds_its_fpir_as_the_gallery_grows(embeddings: &lfw::Embeddings) {
+    let mut images: Vec<_> = embeddings.keys().collect();
+    images.sort();
+    let mut names: Vec<&str> = images.iter().map(|i| i.name.as_str()).collect();
+    names.dedup();
+    let classes: Vec<usize> =
+        images.iter().map(|i| names.binary_search(&i.name.as_str()).unwrap()).collect();
+    let emb: Vec<Option<Vec<f32>>> = images.iter().map(|i| embeddings[*i].clone()).collect();
+    let s = identify::Searches::new(&classes, &emb);
+    assert_eq!((s.identities, s.probes()), (3095, 1165));
+
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("board/laptop.toml");
+    let config = Config::load(&path).unwrap();
+    let rule = config.app.decision.gallery.expect("board/laptop.toml has a gallery-size rule");
+    let band = config.app.decision.threshold_for(f32::INFINITY);
+    let at = |n: usize| band + rule.lift(rule.cpu_rise, n);
+    let r = identify::measure(&s, &[10, 100, 1000, 3000], 10, Some(&at));
+    eprint!("{}", identify::table(&r, Some("rule")));
+    // A fixed threshold: more people, more strangers named.
+    let fixed = identify::measure(&s, &[10, 100, 1000, 3000], 10, Some(&|_| band));
+    let fpir: Vec<f64> = fixed.sizes.iter().map(|z| z.at_rule.as_ref().unwrap().fpir).collect();
+    assert!(fpir.windows(2).all(|w| w[1] > w[0]), "at {band}: {fpir:?}");
+    // The threshold that holds 1% rises with the gallery, by about the configured rise.
+    let t: Vec<f32> = r.sizes.iter().map(|z| z.at_fpir[0].threshold).collect();
+    assert!(t.windows(2).all(|w| w[1] > w[0]), "{t:?}");
+    let rise = r.rise_per_decade[0].unwrap();
+    assert!((rise - rule.cpu_rise).abs() < 0.01, "measured {rise}, configured {}", rule.cpu_rise);
+    // The rule holds the FPIR (with the sampling's slack) and still finds nearly everyone.
+    for z in &r.sizes {
+        let a = z.at_rule.as_ref().unwrap();
+        assert!(a.fpir <= f64::from(rule.fpir) * 1.3, "{} people: {a:?}", z.people);
+        assert!(a.fnir < 0.05, "{} people: {a:?}", z.people);
+    }
 }
 
 /// The View 2 path (k folds, threshold chosen on the other folds) on a two-fold file built
