@@ -22,7 +22,7 @@ use crate::door::{DoorControl, DoorError, DoorEvent, UnlockReason};
 use crate::embed::{Embedder, MAX_DIM};
 use crate::enroll_live::{LiveEnrolment, Progress};
 use crate::frame::{FrameDecoder, RgbImage};
-use crate::gallery::{Matcher, PersonId};
+use crate::gallery::{Matcher, PersonId, Storage};
 use crate::liveness::LivenessCheck;
 use crate::route::{NpuEvent, Route, Router};
 use crate::service::Notifier;
@@ -48,6 +48,8 @@ pub struct AppSettings {
     pub camera_lost_restart: Option<Duration>,
     /// How often [`App::run`] logs the counters.
     pub counters_interval: Duration,
+    /// How the loop keeps the matchers' template rows (`[gallery] storage`).
+    pub storage: Storage,
 }
 
 impl AppSettings {
@@ -62,6 +64,7 @@ impl AppSettings {
             frame_timeout: Duration::from_millis(500),
             camera_lost_restart: Some(Duration::from_secs(120)),
             counters_interval: Duration::from_secs(300),
+            storage: Storage::default(),
         }
     }
 }
@@ -617,6 +620,7 @@ impl Npu {
 impl App {
     /// Assembles the loop; buffers are sized here, once.
     pub fn new(settings: AppSettings, parts: Parts) -> Result<Self, AppError> {
+        let storage = settings.storage;
         let max_tracks = settings.tracker.max_tracks;
         let decider =
             Decider::new(settings.decision.clone(), max_tracks).map_err(AppError::Config)?;
@@ -642,7 +646,7 @@ impl App {
             let mut npu = Npu {
                 dim: n.embedder.dim().min(MAX_DIM),
                 embedder: n.embedder,
-                matcher: n.matcher,
+                matcher: n.matcher.with_storage(storage),
                 router: n.router,
                 not_installed: n.not_installed.is_some(),
                 covers: true,
@@ -667,7 +671,7 @@ impl App {
             npu,
             crop: Box::default(),
             embedding: vec![0.0; dim],
-            matcher: parts.matcher,
+            matcher: parts.matcher.with_storage(storage),
             decider,
             door: parts.door,
             door_events: Vec::with_capacity(8),
@@ -752,7 +756,7 @@ impl App {
 
     /// Replaces the gallery (after an enrolment or a reload command); votes start over.
     pub fn set_matcher(&mut self, matcher: Matcher) {
-        self.matcher = matcher;
+        self.matcher = matcher.with_storage(self.settings.storage);
         if let Some(npu) = self.npu.as_mut() {
             npu.check_templates(&self.matcher);
         }
@@ -763,7 +767,7 @@ impl App {
     /// Replaces the NPU's templates too (after an enrolment or a reload).
     pub fn set_npu_matcher(&mut self, matcher: Matcher) {
         if let Some(npu) = self.npu.as_mut() {
-            npu.matcher = matcher;
+            npu.matcher = matcher.with_storage(self.settings.storage);
             npu.check_templates(&self.matcher);
         }
         self.decider.reset();

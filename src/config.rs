@@ -129,6 +129,9 @@ fn default_arcface_mean() -> [f32; 3] {
 struct RawGallery {
     path: PathBuf,
     key_file: Option<PathBuf>,
+    /// How the loop keeps the templates in memory (`gallery::Storage`).
+    #[serde(default)]
+    storage: crate::gallery::Storage,
 }
 
 #[derive(Debug, Deserialize)]
@@ -837,6 +840,7 @@ impl Config {
             })?;
         }
         app.decision.gallery = gallery_rule(&raw, &npu, &invalid)?;
+        app.storage = raw.gallery.storage;
         app.decision.validate().map_err(|reason| invalid("matching", reason))?;
         let gallery_path = resolve(&raw.gallery.path);
         let gallery_key_file = raw

@@ -316,6 +316,9 @@ enum EvalCommand {
         /// Detector input side (LFW's 250x250 photos: near native scale).
         #[arg(long, default_value_t = 320)]
         det_size: u32,
+        /// Template storage of the gallery searched (default: `[gallery] storage`).
+        #[arg(long, value_parser = parse_storage)]
+        storage: Option<portier::gallery::Storage>,
         #[command(flatten)]
         out: OutArgs,
     },
@@ -331,6 +334,14 @@ enum EvalCommand {
     },
 }
 
+fn parse_storage(s: &str) -> Result<portier::gallery::Storage, String> {
+    match s {
+        "float32" => Ok(portier::gallery::Storage::Float32),
+        "int8" => Ok(portier::gallery::Storage::Int8),
+        _ => Err(format!("float32 or int8, got `{s}`")),
+    }
+}
+
 #[derive(Args, Debug)]
 struct OutArgs {
     /// Print JSON instead of a table.
@@ -340,6 +351,25 @@ struct OutArgs {
 
 #[derive(Subcommand, Debug)]
 enum BenchCommand {
+    /// Cost of one 1:N query against N people per template storage, next to reading the same
+    /// bytes from memory, and resident memory (random templates: no gallery needed).
+    Match {
+        /// Gallery sizes.
+        #[arg(long, value_delimiter = ',', default_values_t = [1_000usize, 10_000, 100_000])]
+        people: Vec<usize>,
+        /// Templates per person.
+        #[arg(long, default_value_t = 3)]
+        templates: usize,
+        /// Embedding length.
+        #[arg(long, default_value_t = 512)]
+        dim: usize,
+        /// Queries per configuration.
+        #[arg(long, default_value_t = 200)]
+        queries: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Cost of one status-display redraw per screen and panel size (draw into the canvas).
     Display {
         /// Redraws per screen.
@@ -700,6 +730,20 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 r.check.median_ms * r.checks_per_decision as f64,
                 r.check.median_ms
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            command: BenchCommand::Match { people, templates, dim, queries, json },
+        } => {
+            if dim == 0 || templates == 0 || people.contains(&0) {
+                return Err(Failure::new(64, "--people, --templates and --dim must be above 0"));
+            }
+            let r = portier::eval::bench_match::run(&people, templates, dim, queries);
+            if json {
+                print_json(&r);
+            } else {
+                print!("{}", portier::eval::bench_match::table(&r));
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench { command: BenchCommand::Display { repeat, json } } => {
@@ -1466,7 +1510,7 @@ fn eval(mut config: Config, command: EvalCommand) -> Result<ExitCode, Failure> {
                 print_verify(&r);
             }
         }
-        EvalCommand::Identify { root, labels, people, repeats, det_size, out } => {
+        EvalCommand::Identify { root, labels, people, repeats, det_size, storage, out } => {
             if det_size == 0 || det_size % 32 != 0 {
                 return Err(Failure::new(
                     64,
@@ -1489,10 +1533,11 @@ fn eval(mut config: Config, command: EvalCommand) -> Result<ExitCode, Failure> {
                 move |n: usize| band + g.lift(g.cpu_rise, n)
             });
             let rule_ref = rule.as_ref().map(|f| f as &dyn Fn(usize) -> f32);
-            let r =
-                identify::run(&mut pipeline, &photos, select, &people, repeats, rule_ref, |d| {
-                    bar.set_position(d as u64)
-                })?;
+            let storage = storage.unwrap_or(config.app.storage);
+            let (classes, embeddings) =
+                identify::embed(&mut pipeline, &photos, select, |d| bar.set_position(d as u64))?;
+            let searches = identify::Searches::new(&classes, &embeddings, storage);
+            let r = identify::measure(&searches, &people, repeats, rule_ref);
             bar.finish_and_clear();
             if out.json {
                 print_json(&r);

@@ -22,8 +22,11 @@ use serde::Serialize;
 
 use super::camera::SplitMix;
 use super::verify::{embed_photos, EvalError, Labelled};
-use crate::embed::dot;
+use crate::gallery::{Matcher, Storage};
 use crate::pipeline::{Pipeline, Select};
+
+/// Each photo's embedding; `None` where no face was found.
+pub type Embeddings = Vec<Option<Vec<f32>>>;
 
 /// Per-search FPIRs the thresholds are measured at.
 pub const FPIRS: [f64; 2] = [1e-2, 1e-3];
@@ -44,8 +47,9 @@ pub struct Searches {
 impl Searches {
     /// Builds the score table from each photo's identity (`classes`, any ids) and embedding
     /// (`None`: no face), photos in a fixed order: an identity's first photo with a face is
-    /// its template, its next photo its probe.
-    pub fn new(classes: &[usize], embeddings: &[Option<Vec<f32>>]) -> Self {
+    /// its template, its next photo its probe. Scores are the matcher's own, with its
+    /// templates stored as `storage`.
+    pub fn new(classes: &[usize], embeddings: &[Option<Vec<f32>>], storage: Storage) -> Self {
         let mut template_of: std::collections::HashMap<usize, usize> = Default::default();
         let mut templates: Vec<&[f32]> = Vec::new();
         let mut used = vec![false; classes.len()];
@@ -56,6 +60,10 @@ impl Searches {
                 used[i] = true;
             }
         }
+        let dim = templates.first().map_or(0, |t| t.len());
+        let matcher =
+            Matcher::from_rows("identify", dim, 1, &templates.concat()).with_storage(storage);
+        let mut scores = Vec::new();
         let mut probed = vec![false; templates.len()];
         let (mut mates, mut rows, mut without_face) = (Vec::new(), Vec::new(), 0);
         for (i, c) in classes.iter().enumerate() {
@@ -65,11 +73,11 @@ impl Searches {
             }
             probed[g] = true;
             match &embeddings[i] {
-                Some(e) => {
+                Some(e) if matcher.scores_into(e, &mut scores).is_ok() => {
                     mates.push(g);
-                    rows.extend(templates.iter().map(|t| dot(e, t)));
+                    rows.extend_from_slice(&scores);
                 }
-                None => without_face += 1,
+                _ => without_face += 1,
             }
         }
         Self { identities: templates.len(), mates, scores: rows, probes_without_face: without_face }
@@ -300,16 +308,14 @@ pub fn read_folders(root: &Path) -> Result<Vec<Labelled>, EvalError> {
     Ok(photos)
 }
 
-/// Embeds the photos (the face `select` picks, the largest of them) and measures.
-pub fn run(
+/// Embeds the photos (the face `select` picks, the largest of them): each photo's identity as
+/// a number and its embedding, for [`Searches::new`].
+pub fn embed(
     pipeline: &mut Pipeline,
     photos: &[Labelled],
     select: Select,
-    people: &[usize],
-    repeats: usize,
-    rule: Option<&dyn Fn(usize) -> f32>,
     progress: impl FnMut(usize),
-) -> Result<IdentifyReport, EvalError> {
+) -> Result<(Vec<usize>, Embeddings), EvalError> {
     let paths: Vec<_> = photos.iter().map(|p| p.path.clone()).collect();
     let embeddings = embed_photos(pipeline, &paths, select, progress)?;
     let mut names: Vec<&str> = photos.iter().map(|p| p.identity.as_str()).collect();
@@ -317,7 +323,7 @@ pub fn run(
     names.dedup();
     let classes: Vec<usize> =
         photos.iter().map(|p| names.binary_search(&p.identity.as_str()).unwrap_or(0)).collect();
-    Ok(measure(&Searches::new(&classes, &embeddings), people, repeats, rule))
+    Ok((classes, embeddings))
 }
 
 /// Least-squares slope of y on x; `None` with fewer than two distinct x.
@@ -389,6 +395,7 @@ pub fn table(r: &IdentifyReport, rule: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::embed::dot;
 
     /// Identities on a circle: each identity's two photos 0.1 rad apart, identities spread.
     fn circle(identities: usize) -> (Vec<usize>, Vec<Option<Vec<f32>>>) {
@@ -409,14 +416,14 @@ mod tests {
         // A sixth identity with one photo: a template, no probe; a seventh with no face.
         classes.extend([5, 6, 6]);
         emb.extend([Some(vec![0.0, 1.0]), None, None]);
-        let s = Searches::new(&classes, &emb);
+        let s = Searches::new(&classes, &emb, Storage::Float32);
         assert_eq!((s.identities, s.probes(), s.probes_without_face), (6, 5, 0));
         assert_eq!(s.mates, [0, 1, 2, 3, 4]);
         assert!((s.row(0)[0] - 0.02f32.cos()).abs() < 1e-6);
         // An identity whose second photo has no face: a probe without a face.
         classes.extend([7, 7]);
         emb.extend([Some(vec![1.0, 0.0]), None]);
-        let s = Searches::new(&classes, &emb);
+        let s = Searches::new(&classes, &emb, Storage::Float32);
         assert_eq!((s.identities, s.probes(), s.probes_without_face), (7, 5, 1));
     }
 
@@ -441,7 +448,7 @@ mod tests {
     #[test]
     fn more_people_need_a_higher_threshold_for_the_same_fpir() {
         let (classes, emb) = random(300);
-        let s = Searches::new(&classes, &emb);
+        let s = Searches::new(&classes, &emb, Storage::Float32);
         let r = measure(&s, &[5, 30, 200], 20, Some(&|_| 0.99));
         let t: Vec<f32> = r.sizes.iter().map(|z| z.at_fpir[0].threshold).collect();
         assert!(t[0] < t[1] && t[1] < t[2], "{t:?}");

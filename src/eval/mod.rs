@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod bench_display;
 pub mod bench_loop;
+pub mod bench_match;
 pub mod calibrate;
 pub mod camera;
 pub mod distance;

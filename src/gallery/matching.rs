@@ -1,15 +1,35 @@
 //! 1:N matching of one face embedding against the templates of one model.
 //!
 //! The matcher is a read-only snapshot: templates are copied once into a contiguous row-major
-//! `f32` matrix, rows grouped by person, so a query is a linear scan of dot products with no
-//! allocation and no hashing. Galleries of a door are small (tens to hundreds of people), so a
-//! scan beats any index and its cost is predictable.
+//! matrix, rows grouped by person, so a query is a linear scan of dot products with no
+//! allocation and no hashing (`kernels.rs`: vectorised, AVX2 chosen at run time on x86). The
+//! rows are float32 as the store builds them, or int8 with a scale per row
+//! ([`Matcher::with_storage`]): a quarter of the memory and of the bytes a query reads, which
+//! is what a scan of thousands of people costs. A scan's cost is predictable, and up to the
+//! 100,000 people of a large site it stays within a small multiple of reading the rows once
+//! (`portier bench match`).
 
 use std::fmt;
 use std::path::PathBuf;
 
+use serde::{Deserialize, Serialize};
+
+use super::kernels::{scan, RowsRef};
 use super::{GalleryError, PersonId};
 use crate::embed::dot;
+
+/// How a matcher keeps its template rows. The default is int8: on LFW's development images
+/// it changed no true-accept rate at FPIR 1e-2 (w600k and PaddleX, 10 to 3,000 people; README,
+/// "Many people") and reads a quarter of the bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Storage {
+    /// 4 bytes per value, as embedded.
+    Float32,
+    /// 1 byte per value and a float32 scale per row.
+    #[default]
+    Int8,
+}
 
 /// In-memory templates of one model, ready for 1:N matching.
 #[derive(Clone)]
@@ -20,8 +40,13 @@ pub struct Matcher {
     model_id: String,
     /// Template length; 0 while the matcher is empty.
     dim: usize,
-    /// Row-major `rows x dim` matrix of L2-normalised templates, grouped by person.
+    /// Row-major `rows x dim` matrix of L2-normalised templates, grouped by person: float32
+    /// while built and unless compacted.
     data: Vec<f32>,
+    /// The int8 rows and their scales, when compacted (then `data` is empty).
+    int8: Option<(Vec<i8>, Vec<f32>)>,
+    /// Number of rows.
+    rows: usize,
     /// Exclusive end row of each person's block of rows; person `i` owns rows
     /// `person_end[i-1]..person_end[i]` (from 0 for the first). This replaces a per-row person
     /// index: grouping makes per-person maxima a nested loop without any lookup.
@@ -96,6 +121,8 @@ impl Matcher {
             model_id,
             dim: 0,
             data: Vec::new(),
+            int8: None,
+            rows: 0,
             person_end: Vec::new(),
             person_ids: Vec::new(),
             person_names: Vec::new(),
@@ -107,6 +134,10 @@ impl Matcher {
     /// its dimension check); a row of another length is ignored rather than corrupting the
     /// matrix layout.
     pub(super) fn push_row(&mut self, person: PersonId, name: &str, row: &[f32]) {
+        if self.int8.is_some() {
+            debug_assert!(false, "push_row on a compacted matcher");
+            return;
+        }
         if self.data.is_empty() {
             self.dim = row.len();
         }
@@ -125,12 +156,32 @@ impl Matcher {
             self.person_end.push(self.len());
         }
         self.data.extend_from_slice(row);
+        self.rows += 1;
         if let Some(end) = self.person_end.last_mut() {
             *end += 1;
         }
     }
 
-    /// Template row `index` (normalised), or an empty slice past the end (backups read them).
+    /// A float32 matcher of `rows` (row-major, `dim` values each), `templates` consecutive rows
+    /// per person, people numbered from 1 and named `person N`: galleries for benchmarks and
+    /// tools, without a store (the appliance's come from [`super::Gallery::matcher`]).
+    pub fn from_rows(model_id: &str, dim: usize, templates: usize, rows: &[f32]) -> Matcher {
+        let mut m = Matcher::empty(PathBuf::from("(in memory)"), model_id.to_owned());
+        if dim == 0 || templates == 0 {
+            return m;
+        }
+        for (i, block) in rows.chunks_exact(dim * templates).enumerate() {
+            let id = i as PersonId + 1;
+            let name = format!("person {id}");
+            for row in block.chunks_exact(dim) {
+                m.push_row(id, &name, row);
+            }
+        }
+        m
+    }
+
+    /// Template row `index` (normalised), or an empty slice past the end or in a compacted
+    /// matcher (backups read the store's own float32 matchers).
     pub(super) fn row(&self, index: usize) -> &[f32] {
         self.data.get(index * self.dim..(index + 1) * self.dim).unwrap_or(&[])
     }
@@ -147,12 +198,49 @@ impl Matcher {
 
     /// Number of templates (rows).
     pub fn len(&self) -> usize {
-        self.data.len().checked_div(self.dim).unwrap_or(0)
+        self.rows
     }
 
     /// True if no template is loaded, i.e. nobody is enrolled for this model.
     pub fn is_empty(&self) -> bool {
-        self.data.is_empty()
+        self.rows == 0
+    }
+
+    /// How the rows are stored.
+    pub fn storage(&self) -> Storage {
+        if self.int8.is_some() {
+            Storage::Int8
+        } else {
+            Storage::Float32
+        }
+    }
+
+    /// Bytes the rows take (what one query reads).
+    pub fn row_bytes(&self) -> usize {
+        match &self.int8 {
+            Some((data, scales)) => data.len() + scales.len() * 4,
+            None => self.data.len() * 4,
+        }
+    }
+
+    /// The same templates stored as `storage` (int8: each row quantised with its own scale,
+    /// the float32 rows freed; an int8 matcher stays int8).
+    pub fn with_storage(mut self, storage: Storage) -> Matcher {
+        if storage == Storage::Int8 && self.int8.is_none() {
+            let mut q = vec![0i8; self.data.len()];
+            let scales = if self.dim == 0 {
+                Vec::new()
+            } else {
+                self.data
+                    .chunks_exact(self.dim)
+                    .zip(q.chunks_exact_mut(self.dim))
+                    .map(|(row, out)| super::kernels::quantise_i8(row, out))
+                    .collect()
+            };
+            self.int8 = Some((q, scales));
+            self.data = Vec::new();
+        }
+        self
     }
 
     /// Number of distinct people.
@@ -280,16 +368,13 @@ impl Matcher {
             });
         }
         let inv_norm = 1.0 / norm;
-        let mut start = 0;
-        for (person, &end) in self.person_end.iter().enumerate() {
-            let block = &self.data[start * self.dim..end * self.dim];
-            let best = block
-                .chunks_exact(self.dim)
-                .map(|row| dot(row, embedding))
-                .fold(f32::NEG_INFINITY, f32::max);
-            f(person, best * inv_norm);
-            start = end;
-        }
+        let rows = match &self.int8 {
+            Some((data, scales)) => RowsRef::I8 { data, scales },
+            None => RowsRef::F32(&self.data),
+        };
+        scan(rows, self.dim, &self.person_end, embedding, &mut |person, best| {
+            f(person, best * inv_norm)
+        });
         Ok(())
     }
 }
@@ -301,6 +386,7 @@ impl fmt::Debug for Matcher {
             .field("path", &self.path)
             .field("model_id", &self.model_id)
             .field("dim", &self.dim)
+            .field("storage", &self.storage())
             .field("templates", &self.len())
             .field("people", &self.people())
             .finish()
@@ -387,6 +473,27 @@ mod tests {
         assert!(close(best.similarity, 0.1f32.cos()));
         assert!(close(second.similarity, 1.1f32.cos()));
         assert_eq!(best.person, m.person_id(2));
+    }
+
+    #[test]
+    fn int8_rows_give_the_same_people_within_a_quantisation_step() {
+        let m = three_people();
+        let q = m.clone().with_storage(Storage::Int8);
+        assert_eq!((q.storage(), q.len(), q.people(), q.dim()), (Storage::Int8, 5, 3, 4));
+        assert_eq!(q.row_bytes(), 5 * 4 + 5 * 4);
+        assert_eq!(m.row_bytes(), 5 * 4 * 4);
+        for angle in [0.0, 0.3, 0.95, 2.1, 3.0] {
+            let (a, b) = (m.best_two(&at(angle)).unwrap(), q.best_two(&at(angle)).unwrap());
+            let (a, b) = (a.best.unwrap(), b.best.unwrap());
+            assert_eq!(a.person, b.person, "{angle}");
+            assert!((a.similarity - b.similarity).abs() < 0.01, "{a:?} {b:?}");
+        }
+        assert!(format!("{q:?}").contains("Int8"));
+        // Compacting twice, or an empty matcher, is harmless.
+        let again = q.clone().with_storage(Storage::Int8);
+        assert_eq!(again.best_two(&at(0.3)).unwrap(), q.best_two(&at(0.3)).unwrap());
+        let g = Gallery::open_in_memory().unwrap();
+        assert!(g.matcher("m").unwrap().with_storage(Storage::Int8).is_empty());
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! model identifiers; producing them is the job of the detection and embedding modules.
 
 mod backup;
+pub mod kernels;
 mod key;
 mod matching;
 pub mod otp;
@@ -23,7 +24,9 @@ use std::path::PathBuf;
 
 pub use backup::{open_backup, read_passphrase, BackupHeader, ImportMode, ImportSummary};
 pub use key::{DeviceKey, KeyBinding, KEY_LEN};
-pub use matching::{Candidate, Decision, MatchPolicy, MatchResult, Matcher, UnknownReason};
+pub use matching::{
+    Candidate, Decision, MatchPolicy, MatchResult, Matcher, Storage, UnknownReason,
+};
 pub use store::{EnrollMode, Gallery, PersonSummary};
 
 /// Row id of a person in the gallery; stable for the life of the person (rename keeps it).

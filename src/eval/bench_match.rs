@@ -1,0 +1,225 @@
+//! `portier bench match`: what one 1:N query costs as the gallery grows, per storage, next to
+//! the time it takes merely to read the same bytes from memory (measured in the same run: a
+//! scan can hardly beat that, so the ratio says how much the arithmetic adds), and the
+//! process's resident memory with the gallery loaded.
+//!
+//! The templates are random unit vectors (a query's cost does not depend on their values), so
+//! no gallery file, key or model is needed.
+//!
+//! Must not: present one machine's numbers as another's; the report names the CPU.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::camera::SplitMix;
+use crate::gallery::{Matcher, Storage};
+
+/// One gallery size in one storage.
+#[derive(Debug, Clone, Serialize)]
+pub struct MatchCost {
+    /// People.
+    pub people: usize,
+    /// Templates per person.
+    pub templates: usize,
+    /// Embedding length.
+    pub dim: usize,
+    /// The storage.
+    pub storage: Storage,
+    /// Bytes of template rows one query reads.
+    pub bytes: usize,
+    /// Median query (best two people), milliseconds.
+    pub median_ms: f64,
+    /// 99th percentile, milliseconds.
+    pub p99_ms: f64,
+    /// Median time to read `bytes` once, milliseconds.
+    pub read_ms: f64,
+    /// `median_ms / read_ms`.
+    pub ratio_to_read: f64,
+    /// Resident memory with this gallery loaded, MB (`VmRSS`).
+    pub rss_mb: f64,
+}
+
+/// The report.
+#[derive(Debug, Clone, Serialize)]
+pub struct MatchReport {
+    /// CPU model.
+    pub cpu: String,
+    /// Queries per configuration.
+    pub queries: usize,
+    /// Every configuration.
+    pub costs: Vec<MatchCost>,
+    /// Resident memory with `people.last()` people loaded for two models at once (the Pi's
+    /// pair: `dim` on the NPU and 128-d on the CPU), each in every storage, MB.
+    pub both_models_rss_mb: Vec<(Storage, f64)>,
+}
+
+/// A matcher of `people × templates` random unit rows.
+fn gallery(people: usize, templates: usize, dim: usize, seed: u64) -> Matcher {
+    let mut rng = SplitMix(seed);
+    let mut rows = vec![0.0f32; people * templates * dim];
+    for row in rows.chunks_exact_mut(dim) {
+        for x in row.iter_mut() {
+            *x = (rng.unit() as f32) - 0.5;
+        }
+        crate::embed::l2_normalize(row);
+    }
+    Matcher::from_rows("bench", dim, templates, &rows)
+}
+
+/// Resident set size of this process in MB (0 where /proc is not there).
+pub fn rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Median of the time to sum `words` once (a streaming read of its bytes).
+fn read_time_ms(words: &[u64], passes: usize) -> f64 {
+    let mut t = Vec::with_capacity(passes);
+    for _ in 0..passes {
+        let start = Instant::now();
+        let mut acc = [0u64; 8];
+        for c in words.chunks_exact(8) {
+            for k in 0..8 {
+                acc[k] = acc[k].wrapping_add(c[k]);
+            }
+        }
+        black_box(acc);
+        t.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    quantile(&mut t, 0.5)
+}
+
+fn quantile(v: &mut [f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
+
+/// Runs every size in every storage.
+pub fn run(people: &[usize], templates: usize, dim: usize, queries: usize) -> MatchReport {
+    let mut rng = SplitMix(99);
+    let qs: Vec<Vec<f32>> = (0..queries.max(1))
+        .map(|_| {
+            let mut q: Vec<f32> = (0..dim).map(|_| rng.unit() as f32 - 0.5).collect();
+            crate::embed::l2_normalize(&mut q);
+            q
+        })
+        .collect();
+    let mut costs = Vec::new();
+    for &n in people {
+        for storage in [Storage::Float32, Storage::Int8] {
+            let m = gallery(n, templates, dim, n as u64).with_storage(storage);
+            let bytes = m.row_bytes();
+            let words = vec![0x5555_5555_5555_5555u64; bytes.div_ceil(8).max(8)];
+            let read_ms = read_time_ms(&words, 15);
+            drop(words);
+            // One warm-up query, then the measured ones.
+            let _ = black_box(m.best_two_indices(&qs[0]));
+            let mut t: Vec<f64> = qs
+                .iter()
+                .map(|q| {
+                    let start = Instant::now();
+                    let _ = black_box(m.best_two_indices(q));
+                    start.elapsed().as_secs_f64() * 1e3
+                })
+                .collect();
+            let median_ms = quantile(&mut t, 0.5);
+            costs.push(MatchCost {
+                people: n,
+                templates,
+                dim,
+                storage,
+                bytes,
+                median_ms,
+                p99_ms: quantile(&mut t, 0.99),
+                read_ms,
+                ratio_to_read: median_ms / read_ms,
+                rss_mb: rss_mb(),
+            });
+        }
+    }
+    let n = people.iter().copied().max().unwrap_or(0);
+    let both_models_rss_mb = [Storage::Float32, Storage::Int8]
+        .into_iter()
+        .map(|storage| {
+            let npu = gallery(n, templates, dim, 1).with_storage(storage);
+            let cpu = gallery(n, templates, 128, 2).with_storage(storage);
+            let rss = rss_mb();
+            black_box((&npu, &cpu));
+            (storage, rss)
+        })
+        .collect();
+    MatchReport { cpu: super::bench::cpu_name(), queries: qs.len(), costs, both_models_rss_mb }
+}
+
+/// The report as a table.
+pub fn table(r: &MatchReport) -> String {
+    use std::fmt::Write;
+    let mut s = format!("machine: {}; {} queries per configuration\n", r.cpu, r.queries);
+    let _ = writeln!(
+        s,
+        "{:>8} {:>4} {:>5} {:>8} {:>10} {:>10} {:>9} {:>9} {:>7} {:>8}",
+        "people",
+        "tpl",
+        "dim",
+        "storage",
+        "MB read",
+        "median ms",
+        "p99 ms",
+        "read ms",
+        "ratio",
+        "RSS MB"
+    );
+    for c in &r.costs {
+        let _ = writeln!(
+            s,
+            "{:>8} {:>4} {:>5} {:>8} {:>10.1} {:>10.3} {:>9.3} {:>9.3} {:>7.2} {:>8.0}",
+            c.people,
+            c.templates,
+            c.dim,
+            format!("{:?}", c.storage).to_lowercase(),
+            c.bytes as f64 / 1e6,
+            c.median_ms,
+            c.p99_ms,
+            c.read_ms,
+            c.ratio_to_read,
+            c.rss_mb
+        );
+    }
+    for (storage, rss) in &r.both_models_rss_mb {
+        let _ = writeln!(
+            s,
+            "RSS with both models' galleries ({}-d and 128-d) in {}: {rss:.0} MB",
+            r.costs.first().map_or(0, |c| c.dim),
+            format!("{storage:?}").to_lowercase()
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_small_run_reports_every_configuration() {
+        let r = run(&[10, 50], 2, 16, 5);
+        assert_eq!(r.costs.len(), 4);
+        let f = &r.costs[2];
+        assert_eq!((f.people, f.storage, f.bytes), (50, Storage::Float32, 50 * 2 * 16 * 4));
+        assert_eq!(r.costs[3].bytes, 50 * 2 * 16 + 50 * 2 * 4);
+        assert!(r.costs.iter().all(|c| c.median_ms >= 0.0 && c.p99_ms >= c.median_ms));
+        assert_eq!(r.both_models_rss_mb.len(), 2);
+        assert!(table(&r).contains("int8"));
+    }
+}
