@@ -558,7 +558,8 @@ fn an_npu_missing_at_start_runs_on_the_cpu_and_is_opened_later() {
     std::fs::copy(a.join("models/derived/w600k_mbf_int8_qdq_pct.onnx"), &model).unwrap();
     let mut text = std::fs::read_to_string(&config_path).unwrap();
     text.push_str(&format!(
-        "\n[npu]\nbackend = \"emulated\"\nmodel = \"{}\"\nid = \"w600k_mbf_int8\"\n\n[routing]\n\
+        "\n[npu]\nbackend = \"emulated\"\nmodel = \"{}\"\nid = \"w600k_mbf_int8\"\n\
+         threshold_rise_per_decade = 0.054\n\n[routing]\n\
          npu_min_eye_distance_px = 12.0\nnpu_retry_ms = 500\n[[routing.bands]]\n\
          min_eye_distance_px = 0.0\nthreshold_cosine = 0.32\n",
         model.display()

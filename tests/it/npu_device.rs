@@ -22,7 +22,8 @@ fn hailo_config(base: &Path, d: &Double, name: &str, service: bool) -> PathBuf {
     let mut text = std::fs::read_to_string(base).unwrap();
     text.push_str(&format!(
         "\n[npu]\nbackend = \"hailo\"\nmodel = \"{}\"\nid = \"{NPU_ID}\"\nlibrary = \"{}\"\n\
-         multi_process_service = {service}\n\n[routing]\nnpu_min_eye_distance_px = 12.0\n\
+         multi_process_service = {service}\nthreshold_rise_per_decade = 0.054\n\n[routing]\n\
+         npu_min_eye_distance_px = 12.0\n\
          npu_retry_ms = 300\n[[routing.bands]]\nmin_eye_distance_px = 0.0\n\
          threshold_cosine = 0.32\n",
         d.hef("recognizer").display(),
