@@ -903,6 +903,7 @@ fn run_appliance(
         model_id.clone(),
     )
     .with_npu_model(npu_model_id)
+    .with_storage(config.app.storage)
     .with_enrolment(portier::enroll_live::EnrolSettings::remote(&config));
     let result = app.run(&stop, &notifier, &mut shell);
     shell.shutdown(std::time::Duration::from_secs(3));
@@ -1273,7 +1274,8 @@ fn open_matcher(config: &Config, model_id: &str) -> Result<Option<Matcher>, Fail
         );
         return Ok(None);
     }
-    Ok(Some(Gallery::open(&config.gallery_path, &config.gallery_key_file)?.matcher(model_id)?))
+    let gallery = Gallery::open(&config.gallery_path, &config.gallery_key_file)?;
+    Ok(Some(gallery.matcher_stored(model_id, config.app.storage)?))
 }
 
 fn identify(config: &Config, json: bool, photos: &[PathBuf]) -> Result<ExitCode, Failure> {

@@ -17,7 +17,7 @@ use crate::display::{
 };
 use crate::door::{Alarm, DoorState};
 use crate::enroll_live::{Capture, EnrolSettings, LiveEnrolment};
-use crate::gallery::{EnrollMode, Gallery, GalleryError};
+use crate::gallery::{EnrollMode, Gallery, GalleryError, Storage};
 use crate::mqtt::client::{Message, MqttClient, MqttHealth};
 use crate::mqtt::events::SystemEvent;
 
@@ -119,6 +119,8 @@ pub struct Shell {
     gallery_key_file: PathBuf,
     model_id: String,
     npu_model_id: Option<String>,
+    /// How reloaded matchers keep their rows (`[gallery] storage`).
+    storage: Storage,
     /// `PORTIER_FAULT=panic-on-grant`: panic right after the first grant (tests of the
     /// emergency path).
     panic_on_grant: bool,
@@ -166,13 +168,14 @@ fn load_matchers(
     key_file: &std::path::Path,
     model_id: &str,
     npu_model_id: Option<&str>,
+    storage: Storage,
 ) -> Result<RemoteCommand, GalleryError> {
     let g = Gallery::open(path, key_file)?;
     let npu = match npu_model_id {
-        Some(id) => Some(g.matcher(id)?),
+        Some(id) => Some(g.matcher_stored(id, storage)?),
         None => None,
     };
-    Ok(RemoteCommand::SetMatcher(Box::new((g.matcher(model_id)?, npu))))
+    Ok(RemoteCommand::SetMatcher(Box::new((g.matcher_stored(model_id, storage)?, npu))))
 }
 
 /// A crash injected for tests (`PORTIER_FAULT`).
@@ -251,6 +254,7 @@ impl Shell {
             gallery_key_file,
             model_id,
             npu_model_id: None,
+            storage: Storage::default(),
             panic_on_grant: std::env::var("PORTIER_FAULT").is_ok_and(|v| v == "panic-on-grant"),
             crash_on_grant: match std::env::var("PORTIER_FAULT").as_deref() {
                 Ok("segv-on-grant") => Some(Crash::Segv),
@@ -297,6 +301,7 @@ impl Shell {
             &self.gallery_key_file,
             &self.model_id,
             self.npu_model_id.as_deref(),
+            self.storage,
         )
     }
 
@@ -335,6 +340,7 @@ impl Shell {
         };
         let (path, key) = (self.gallery_path.clone(), self.gallery_key_file.clone());
         let (model, npu_model) = (self.model_id.clone(), self.npu_model_id.clone());
+        let storage = self.storage;
         let (person, name) = (name.to_owned(), name.to_owned());
         let (tx, rx) = std::sync::mpsc::channel();
         let spawned = std::thread::Builder::new().name("enrol-store".to_owned()).spawn(move || {
@@ -352,7 +358,7 @@ impl Shell {
                 Ok((capture.templates.len(), people))
             })();
             let matchers = match &stored {
-                Ok(_) => load_matchers(&path, &key, &model, npu_model.as_deref())
+                Ok(_) => load_matchers(&path, &key, &model, npu_model.as_deref(), storage)
                     .map_err(|e| e.to_string()),
                 Err(_) => Err(String::new()),
             };
@@ -419,6 +425,12 @@ impl Shell {
                 None
             }
         }
+    }
+
+    /// How reloaded matchers keep their rows (`[gallery] storage`; default int8).
+    pub fn with_storage(mut self, storage: Storage) -> Self {
+        self.storage = storage;
+        self
     }
 
     /// Also reload the NPU model's templates on a gallery-reload command.

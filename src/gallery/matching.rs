@@ -115,13 +115,13 @@ pub enum UnknownReason {
 
 impl Matcher {
     /// An empty matcher for `model_id`; rows are added with `push_row`.
-    pub(super) fn empty(path: PathBuf, model_id: String) -> Matcher {
+    pub(super) fn empty(path: PathBuf, model_id: String, storage: Storage) -> Matcher {
         Matcher {
             path,
             model_id,
             dim: 0,
             data: Vec::new(),
-            int8: None,
+            int8: (storage == Storage::Int8).then(|| (Vec::new(), Vec::new())),
             rows: 0,
             person_end: Vec::new(),
             person_ids: Vec::new(),
@@ -129,16 +129,13 @@ impl Matcher {
         }
     }
 
-    /// Appends one normalised template row. Callers must push all rows of a person
-    /// consecutively and rows of equal length (the store guarantees both via its ORDER BY and
-    /// its dimension check); a row of another length is ignored rather than corrupting the
-    /// matrix layout.
+    /// Appends one normalised template row, in the matcher's storage (an int8 matcher
+    /// quantises it: a large gallery never exists as float32 rows). Callers must push all rows
+    /// of a person consecutively and rows of equal length (the store guarantees both via its
+    /// ORDER BY and its dimension check); a row of another length is ignored rather than
+    /// corrupting the matrix layout.
     pub(super) fn push_row(&mut self, person: PersonId, name: &str, row: &[f32]) {
-        if self.int8.is_some() {
-            debug_assert!(false, "push_row on a compacted matcher");
-            return;
-        }
-        if self.data.is_empty() {
+        if self.rows == 0 {
             self.dim = row.len();
         }
         if row.is_empty() || row.len() != self.dim {
@@ -155,7 +152,14 @@ impl Matcher {
             self.person_names.push(name.to_owned());
             self.person_end.push(self.len());
         }
-        self.data.extend_from_slice(row);
+        match &mut self.int8 {
+            Some((data, scales)) => {
+                let start = data.len();
+                data.resize(start + row.len(), 0);
+                scales.push(super::kernels::quantise_i8(row, &mut data[start..]));
+            }
+            None => self.data.extend_from_slice(row),
+        }
         self.rows += 1;
         if let Some(end) = self.person_end.last_mut() {
             *end += 1;
@@ -166,7 +170,8 @@ impl Matcher {
     /// per person, people numbered from 1 and named `person N`: galleries for benchmarks and
     /// tools, without a store (the appliance's come from [`super::Gallery::matcher`]).
     pub fn from_rows(model_id: &str, dim: usize, templates: usize, rows: &[f32]) -> Matcher {
-        let mut m = Matcher::empty(PathBuf::from("(in memory)"), model_id.to_owned());
+        let mut m =
+            Matcher::empty(PathBuf::from("(in memory)"), model_id.to_owned(), Storage::Float32);
         if dim == 0 || templates == 0 {
             return m;
         }
@@ -489,6 +494,16 @@ mod tests {
             assert!((a.similarity - b.similarity).abs() < 0.01, "{a:?} {b:?}");
         }
         assert!(format!("{q:?}").contains("Int8"));
+        // Loaded as int8 from the start (the store's `matcher_stored`): the same rows.
+        let mut g = Gallery::open_in_memory().unwrap();
+        g.enroll("Alice", "m", &[at(0.0), at(1.0)], EnrollMode::New).unwrap();
+        g.enroll("Bob", "m", &[at(0.5)], EnrollMode::New).unwrap();
+        g.enroll("Carol", "m", &[at(2.0), at(2.2)], EnrollMode::New).unwrap();
+        let direct = g.matcher_stored("m", Storage::Int8).unwrap();
+        assert_eq!((direct.storage(), direct.len(), direct.people()), (Storage::Int8, 5, 3));
+        for angle in [0.0, 0.3, 0.95, 2.1, 3.0] {
+            assert_eq!(direct.best_two(&at(angle)).unwrap(), q.best_two(&at(angle)).unwrap());
+        }
         // Compacting twice, or an empty matcher, is harmless.
         let again = q.clone().with_storage(Storage::Int8);
         assert_eq!(again.best_two(&at(0.3)).unwrap(), q.best_two(&at(0.3)).unwrap());

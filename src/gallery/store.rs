@@ -32,7 +32,7 @@ use zeroize::Zeroizing;
 
 use super::backup::{BackupModel, BackupPerson, ImportMode, ImportSummary};
 use super::key::{DeviceKey, SealError, SEAL_OVERHEAD};
-use super::matching::Matcher;
+use super::matching::{Matcher, Storage};
 use super::{GalleryError, PersonId};
 
 /// Schema version stored in `PRAGMA user_version`; bump with a migration when the schema changes.
@@ -645,7 +645,7 @@ impl Gallery {
         for summary in self.list()? {
             let mut models = Vec::with_capacity(summary.templates.len());
             for (model_id, _) in &summary.templates {
-                let matcher = self.matcher_of(model_id, Some(summary.id))?;
+                let matcher = self.matcher_of(model_id, Some(summary.id), Storage::Float32)?;
                 let templates = (0..matcher.len()).map(|i| matcher.row(i).to_vec()).collect();
                 models.push(BackupModel { model_id: model_id.clone(), templates });
             }
@@ -724,11 +724,23 @@ impl Gallery {
     /// A stored template with a wrong blob length, inconsistent dimension or non-finite values
     /// fails with [`GalleryError::CorruptTemplate`] naming the person.
     pub fn matcher(&self, model_id: &str) -> Result<Matcher, GalleryError> {
-        self.matcher_of(model_id, None)
+        self.matcher_of(model_id, None, Storage::Float32)
+    }
+
+    /// [`Gallery::matcher`] with its rows in `storage` from the first row on (int8: each
+    /// template quantised as it is decrypted, so a large gallery's float32 rows never all
+    /// exist at once; what the appliance loads).
+    pub fn matcher_stored(&self, model_id: &str, storage: Storage) -> Result<Matcher, GalleryError> {
+        self.matcher_of(model_id, None, storage)
     }
 
     /// [`Gallery::matcher`], optionally of one person only.
-    fn matcher_of(&self, model_id: &str, only: Option<PersonId>) -> Result<Matcher, GalleryError> {
+    fn matcher_of(
+        &self,
+        model_id: &str,
+        only: Option<PersonId>,
+        storage: Storage,
+    ) -> Result<Matcher, GalleryError> {
         let path = self.path.as_path();
         let mut stmt = self
             .conn
@@ -741,7 +753,7 @@ impl Gallery {
             .map_err(sql_err(path, "cannot prepare template query"))?;
         let mut rows =
             stmt.query(params![model_id, only]).map_err(sql_err(path, "cannot load templates"))?;
-        let mut matcher = Matcher::empty(path.to_path_buf(), model_id.to_owned());
+        let mut matcher = Matcher::empty(path.to_path_buf(), model_id.to_owned(), storage);
         let mut row_buf: Vec<f32> = Vec::new();
         let mut dim: Option<usize> = None;
         while let Some(row) = rows.next().map_err(sql_err(path, "cannot load templates"))? {
