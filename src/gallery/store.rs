@@ -730,7 +730,11 @@ impl Gallery {
     /// [`Gallery::matcher`] with its rows in `storage` from the first row on (int8: each
     /// template quantised as it is decrypted, so a large gallery's float32 rows never all
     /// exist at once; what the appliance loads).
-    pub fn matcher_stored(&self, model_id: &str, storage: Storage) -> Result<Matcher, GalleryError> {
+    pub fn matcher_stored(
+        &self,
+        model_id: &str,
+        storage: Storage,
+    ) -> Result<Matcher, GalleryError> {
         self.matcher_of(model_id, None, storage)
     }
 
