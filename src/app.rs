@@ -754,20 +754,17 @@ impl App {
         self.events.drain(..)
     }
 
-    /// Replaces the gallery (after an enrolment or a reload command); votes start over.
-    pub fn set_matcher(&mut self, matcher: Matcher) {
+    /// Replaces the gallery (after an enrolment or a reload command): the CPU model's
+    /// templates and, when given, the NPU's, which are then checked against the new CPU ones.
+    /// Votes start over and the gallery-size rule follows the new counts. `with_storage` is a
+    /// no-op for the store's matchers (`Gallery::matcher_stored` builds them in the configured
+    /// storage); it keeps the guarantee for matchers from anywhere else.
+    pub fn set_matchers(&mut self, matcher: Matcher, npu_matcher: Option<Matcher>) {
         self.matcher = matcher.with_storage(self.settings.storage);
         if let Some(npu) = self.npu.as_mut() {
-            npu.check_templates(&self.matcher);
-        }
-        self.decider.reset();
-        self.people_changed();
-    }
-
-    /// Replaces the NPU's templates too (after an enrolment or a reload).
-    pub fn set_npu_matcher(&mut self, matcher: Matcher) {
-        if let Some(npu) = self.npu.as_mut() {
-            npu.matcher = matcher.with_storage(self.settings.storage);
+            if let Some(m) = npu_matcher {
+                npu.matcher = m.with_storage(self.settings.storage);
+            }
             npu.check_templates(&self.matcher);
         }
         self.decider.reset();
@@ -1279,14 +1276,7 @@ impl App {
             RemoteCommand::SetMatcher(matchers) => {
                 let (m, npu) = *matchers;
                 log::info!("gallery: {} people enrolled now", m.people());
-                match npu {
-                    // Both at once: the NPU's templates are checked against the new CPU ones.
-                    Some(n) => {
-                        self.matcher = m;
-                        self.set_npu_matcher(n);
-                    }
-                    None => self.set_matcher(m),
-                }
+                self.set_matchers(m, npu);
             }
         }
     }
