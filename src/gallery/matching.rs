@@ -3,9 +3,9 @@
 //! The matcher is a read-only snapshot: templates are copied once into a contiguous row-major
 //! matrix, rows grouped by person, so a query is a linear scan of dot products with no
 //! allocation and no hashing (`kernels.rs`: vectorised, AVX2 chosen at run time on x86). The
-//! rows are float32 as the store builds them, or int8 with a scale per row
-//! ([`Matcher::with_storage`]): a quarter of the memory and of the bytes a query reads, which
-//! is what a scan of thousands of people costs. A scan's cost is predictable, and up to the
+//! rows are float32, float16 or int8 with a scale per row ([`Storage`]): int8 is a quarter of
+//! the memory and of the bytes a query reads, which is what a scan of thousands of people
+//! costs. A scan's cost is predictable, and up to the
 //! 100,000 people of a large site it stays within a small multiple of reading the rows once
 //! (`portier bench match`).
 
@@ -26,9 +26,74 @@ use crate::embed::dot;
 pub enum Storage {
     /// 4 bytes per value, as embedded.
     Float32,
+    /// 2 bytes per value (IEEE half precision).
+    Float16,
     /// 1 byte per value and a float32 scale per row.
     #[default]
     Int8,
+}
+
+impl Storage {
+    /// Every storage, widest first.
+    pub const ALL: [Storage; 3] = [Storage::Float32, Storage::Float16, Storage::Int8];
+
+    /// Its name in configs and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Storage::Float32 => "float32",
+            Storage::Float16 => "float16",
+            Storage::Int8 => "int8",
+        }
+    }
+}
+
+impl std::str::FromStr for Storage {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Storage, String> {
+        Storage::ALL
+            .into_iter()
+            .find(|st| st.name() == s)
+            .ok_or_else(|| format!("float32, float16 or int8, got `{s}`"))
+    }
+}
+
+/// The template matrix in its storage.
+#[derive(Clone)]
+enum Rows {
+    F32(Vec<f32>),
+    F16(Vec<u16>),
+    I8 { data: Vec<i8>, scales: Vec<f32> },
+}
+
+impl Rows {
+    fn new(storage: Storage) -> Rows {
+        match storage {
+            Storage::Float32 => Rows::F32(Vec::new()),
+            Storage::Float16 => Rows::F16(Vec::new()),
+            Storage::Int8 => Rows::I8 { data: Vec::new(), scales: Vec::new() },
+        }
+    }
+
+    fn push(&mut self, row: &[f32]) {
+        match self {
+            Rows::F32(data) => data.extend_from_slice(row),
+            Rows::F16(data) => data.extend(row.iter().map(|&x| super::kernels::to_f16(x))),
+            Rows::I8 { data, scales } => {
+                let start = data.len();
+                data.resize(start + row.len(), 0);
+                scales.push(super::kernels::quantise_i8(row, &mut data[start..]));
+            }
+        }
+    }
+
+    fn as_ref(&self) -> RowsRef<'_> {
+        match self {
+            Rows::F32(data) => RowsRef::F32(data),
+            Rows::F16(data) => RowsRef::F16(data),
+            Rows::I8 { data, scales } => RowsRef::I8 { data, scales },
+        }
+    }
 }
 
 /// In-memory templates of one model, ready for 1:N matching.
@@ -40,11 +105,9 @@ pub struct Matcher {
     model_id: String,
     /// Template length; 0 while the matcher is empty.
     dim: usize,
-    /// Row-major `rows x dim` matrix of L2-normalised templates, grouped by person: float32
-    /// while built and unless compacted.
-    data: Vec<f32>,
-    /// The int8 rows and their scales, when compacted (then `data` is empty).
-    int8: Option<(Vec<i8>, Vec<f32>)>,
+    /// Row-major `rows x dim` matrix of L2-normalised templates, grouped by person, in the
+    /// matcher's storage.
+    data: Rows,
     /// Number of rows.
     rows: usize,
     /// Exclusive end row of each person's block of rows; person `i` owns rows
@@ -120,8 +183,7 @@ impl Matcher {
             path,
             model_id,
             dim: 0,
-            data: Vec::new(),
-            int8: (storage == Storage::Int8).then(|| (Vec::new(), Vec::new())),
+            data: Rows::new(storage),
             rows: 0,
             person_end: Vec::new(),
             person_ids: Vec::new(),
@@ -129,8 +191,8 @@ impl Matcher {
         }
     }
 
-    /// Appends one normalised template row, in the matcher's storage (an int8 matcher
-    /// quantises it: a large gallery never exists as float32 rows). Callers must push all rows
+    /// Appends one normalised template row, in the matcher's storage (a compact matcher
+    /// converts it: a large gallery never exists as float32 rows). Callers must push all rows
     /// of a person consecutively and rows of equal length (the store guarantees both via its
     /// ORDER BY and its dimension check); a row of another length is ignored rather than
     /// corrupting the matrix layout.
@@ -152,14 +214,7 @@ impl Matcher {
             self.person_names.push(name.to_owned());
             self.person_end.push(self.len());
         }
-        match &mut self.int8 {
-            Some((data, scales)) => {
-                let start = data.len();
-                data.resize(start + row.len(), 0);
-                scales.push(super::kernels::quantise_i8(row, &mut data[start..]));
-            }
-            None => self.data.extend_from_slice(row),
-        }
+        self.data.push(row);
         self.rows += 1;
         if let Some(end) = self.person_end.last_mut() {
             *end += 1;
@@ -185,10 +240,13 @@ impl Matcher {
         m
     }
 
-    /// Template row `index` (normalised), or an empty slice past the end or in a compacted
+    /// Template row `index` (normalised), or an empty slice past the end or in a compact
     /// matcher (backups read the store's own float32 matchers).
     pub(super) fn row(&self, index: usize) -> &[f32] {
-        self.data.get(index * self.dim..(index + 1) * self.dim).unwrap_or(&[])
+        match &self.data {
+            Rows::F32(data) => data.get(index * self.dim..(index + 1) * self.dim).unwrap_or(&[]),
+            _ => &[],
+        }
     }
 
     /// Template length (0 for an empty matcher).
@@ -213,37 +271,35 @@ impl Matcher {
 
     /// How the rows are stored.
     pub fn storage(&self) -> Storage {
-        if self.int8.is_some() {
-            Storage::Int8
-        } else {
-            Storage::Float32
+        match self.data {
+            Rows::F32(_) => Storage::Float32,
+            Rows::F16(_) => Storage::Float16,
+            Rows::I8 { .. } => Storage::Int8,
         }
     }
 
     /// Bytes the rows take (what one query reads).
     pub fn row_bytes(&self) -> usize {
-        match &self.int8 {
-            Some((data, scales)) => data.len() + scales.len() * 4,
-            None => self.data.len() * 4,
+        match &self.data {
+            Rows::F32(data) => data.len() * 4,
+            Rows::F16(data) => data.len() * 2,
+            Rows::I8 { data, scales } => data.len() + scales.len() * 4,
         }
     }
 
-    /// The same templates stored as `storage` (int8: each row quantised with its own scale,
-    /// the float32 rows freed; an int8 matcher stays int8).
+    /// The same templates stored as `storage` (float16: each value rounded to half precision;
+    /// int8: each row quantised with its own scale; the float32 rows freed). Only a float32
+    /// matcher converts: a compact one keeps its storage, as its float32 values are gone.
     pub fn with_storage(mut self, storage: Storage) -> Matcher {
-        if storage == Storage::Int8 && self.int8.is_none() {
-            let mut q = vec![0i8; self.data.len()];
-            let scales = if self.dim == 0 {
-                Vec::new()
-            } else {
-                self.data
-                    .chunks_exact(self.dim)
-                    .zip(q.chunks_exact_mut(self.dim))
-                    .map(|(row, out)| super::kernels::quantise_i8(row, out))
-                    .collect()
-            };
-            self.int8 = Some((q, scales));
-            self.data = Vec::new();
+        if let Rows::F32(data) = &self.data {
+            if storage != Storage::Float32 {
+                let mut rows = Rows::new(storage);
+                // An empty matcher has dim 0 and no rows.
+                for row in data.chunks_exact(self.dim.max(1)) {
+                    rows.push(row);
+                }
+                self.data = rows;
+            }
         }
         self
     }
@@ -373,11 +429,7 @@ impl Matcher {
             });
         }
         let inv_norm = 1.0 / norm;
-        let rows = match &self.int8 {
-            Some((data, scales)) => RowsRef::I8 { data, scales },
-            None => RowsRef::F32(&self.data),
-        };
-        scan(rows, self.dim, &self.person_end, embedding, &mut |person, best| {
+        scan(self.data.as_ref(), self.dim, &self.person_end, embedding, &mut |person, best| {
             f(person, best * inv_norm)
         });
         Ok(())
@@ -504,6 +556,20 @@ mod tests {
         for angle in [0.0, 0.3, 0.95, 2.1, 3.0] {
             assert_eq!(direct.best_two(&at(angle)).unwrap(), q.best_two(&at(angle)).unwrap());
         }
+        // float16: the same people, within half precision's step; an int8 matcher stays int8.
+        let h = m.clone().with_storage(Storage::Float16);
+        assert_eq!((h.storage(), h.row_bytes()), (Storage::Float16, 5 * 4 * 2));
+        for angle in [0.0, 0.3, 0.95, 2.1, 3.0] {
+            let (a, b) = (m.best_two(&at(angle)).unwrap(), h.best_two(&at(angle)).unwrap());
+            let (a, b) = (a.best.unwrap(), b.best.unwrap());
+            assert_eq!(a.person, b.person, "{angle}");
+            assert!((a.similarity - b.similarity).abs() < 2e-3, "{a:?} {b:?}");
+        }
+        assert_eq!(q.clone().with_storage(Storage::Float16).storage(), Storage::Int8);
+        let direct = g.matcher_stored("m", Storage::Float16).unwrap();
+        assert_eq!(direct.best_two(&at(0.3)).unwrap(), h.best_two(&at(0.3)).unwrap());
+        assert_eq!("float16".parse::<Storage>(), Ok(Storage::Float16));
+        assert!("half".parse::<Storage>().unwrap_err().contains("`half`"));
         // Compacting twice, or an empty matcher, is harmless.
         let again = q.clone().with_storage(Storage::Int8);
         assert_eq!(again.best_two(&at(0.3)).unwrap(), q.best_two(&at(0.3)).unwrap());
