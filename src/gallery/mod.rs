@@ -23,6 +23,7 @@ mod store;
 use std::path::PathBuf;
 
 pub use backup::{open_backup, read_passphrase, BackupHeader, ImportMode, ImportSummary};
+pub(crate) use backup::{BackupModel, BackupPerson};
 pub use key::{DeviceKey, KeyBinding, KEY_LEN};
 pub use matching::{
     Candidate, Decision, MatchPolicy, MatchResult, Matcher, Storage, UnknownReason,

@@ -15,6 +15,11 @@
 //! transaction at open and then vacuumed, so no plaintext or old blob stays in free pages or the
 //! WAL.
 //!
+//! Loading a large gallery is decryption: a matcher is read on the caller's thread and its
+//! templates opened on up to four worker threads (`SealedBatch`), rows put into the matcher in
+//! store order; new files use 64 KB pages (a 2 KB sealed template would take a whole 4 KB
+//! page), which halves `quick_check`'s and the load's reads (`portier bench match --open-in`).
+//!
 //! What encryption at rest protects, and what it does not: the templates are unreadable to
 //! whoever copies the gallery file alone (a backup, a stolen database, a log bundle). The key
 //! file sits on the same SD card (owner-only, 0600): whoever reads the whole card as root, or
@@ -56,6 +61,9 @@ const SQLITE_MAGIC: &[u8; 16] = b"SQLite format 3\0";
 /// How long a writer waits for another connection (e.g. the enrolment CLI while the door daemon
 /// runs) before giving up with "database is locked".
 const BUSY_TIMEOUT: Duration = Duration::from_millis(2000);
+
+/// Page size of new gallery files (SQLite's largest).
+const PAGE_SIZE: i64 = 65536;
 
 /// Longest accepted person name, in characters (not bytes), so non-Latin names get the same room.
 const MAX_NAME_CHARS: usize = 64;
@@ -191,6 +199,14 @@ impl Gallery {
             });
         }
         quick_check(&conn, p)?;
+        if version == 0 && objects == 0 {
+            // A new file: large pages, before anything is written. A 512-d sealed template
+            // (2 KB) takes a whole 4 KB page; 64 KB pages hold 31, so a large gallery's file
+            // is a third smaller and is read (at open, and by `quick_check`) in a sixteenth
+            // of the reads.
+            conn.pragma_update(None, "page_size", PAGE_SIZE)
+                .map_err(sql_err(p, "cannot set the page size"))?;
+        }
         configure(&conn, p)?;
 
         let (key, key_file) = match keys {
@@ -658,8 +674,9 @@ impl Gallery {
         Ok(people)
     }
 
-    /// Enrols everyone in `people` in ONE transaction (see [`Gallery::import`]).
-    pub(super) fn import_people(
+    /// Enrols everyone in `people` in ONE transaction (see [`Gallery::import`]; also how
+    /// `bench match` writes a large gallery).
+    pub(crate) fn import_people(
         &mut self,
         people: &[BackupPerson],
         mode: ImportMode,
@@ -670,10 +687,12 @@ impl Gallery {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(sql_err(path, "cannot start import transaction"))?;
         let mut names = Vec::with_capacity(people.len());
+        // A set beside the list: a site's backup holds up to 100,000 people.
+        let mut seen = std::collections::HashSet::with_capacity(people.len());
         let mut clashes = Vec::new();
         for person in people {
             let name = validate_name(path, &person.name)?;
-            if names.contains(&name) {
+            if !seen.insert(name.clone()) {
                 return Err(GalleryError::NameTaken { path: path.to_path_buf(), name });
             }
             if person.models.is_empty() || person.models.iter().any(|m| m.templates.is_empty()) {
@@ -758,76 +777,91 @@ impl Gallery {
         let mut rows =
             stmt.query(params![model_id, only]).map_err(sql_err(path, "cannot load templates"))?;
         let mut matcher = Matcher::empty(path.to_path_buf(), model_id.to_owned(), storage);
-        let mut row_buf: Vec<f32> = Vec::new();
-        let mut dim: Option<usize> = None;
-        while let Some(row) = rows.next().map_err(sql_err(path, "cannot load templates"))? {
-            let read = |row: &rusqlite::Row<'_>| -> rusqlite::Result<_> {
-                Ok((
-                    row.get::<_, i64>(0)?,
-                    row.get::<_, i64>(1)?,
-                    row.get::<_, String>(2)?,
-                    row.get::<_, i64>(3)?,
-                ))
-            };
-            let (template_id, person, name, row_dim) =
-                read(row).map_err(sql_err(path, "cannot read template row"))?;
-            let corrupt = |detail: String| GalleryError::CorruptTemplate {
-                path: path.to_path_buf(),
-                person: name.clone(),
-                model_id: model_id.to_owned(),
-                template_id,
-                detail,
-            };
-            let row_dim = usize::try_from(row_dim)
-                .ok()
-                .filter(|&d| d > 0)
-                .ok_or_else(|| corrupt(format!("dimension {row_dim} is not positive")))?;
-            let dim = *dim.get_or_insert(row_dim);
-            if row_dim != dim {
-                return Err(corrupt(format!(
-                    "dimension {row_dim} differs from {dim} of the model's other templates"
-                )));
+        // SQLite stays on this thread, reading batches of sealed rows; workers open them (the
+        // decryption is the cost of loading a large gallery) while the next batch is read;
+        // this thread puts the opened rows into the matcher in store order, so an error is
+        // reported at the first bad row, as if opened one by one.
+        let workers = std::thread::available_parallelism().map_or(1, |t| t.get()).clamp(1, 4);
+        let (work_tx, work_rx) = std::sync::mpsc::sync_channel::<(usize, SealedBatch)>(workers);
+        let work_rx = std::sync::Mutex::new(work_rx);
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<(usize, SealedBatch)>();
+        std::thread::scope(|scope| -> Result<(), GalleryError> {
+            // Owned here, so that every way out of this closure (an error included) drops it
+            // and the workers' `recv` ends before the scope waits for them.
+            let work_tx = work_tx;
+            for _ in 0..workers {
+                let (work_rx, done_tx, key) = (&work_rx, done_tx.clone(), &self.key);
+                scope.spawn(move || loop {
+                    // A poisoned lock only means another worker panicked: stop too.
+                    let job =
+                        work_rx.lock().map_err(|_| ()).and_then(|rx| rx.recv().map_err(|_| ()));
+                    let Ok((index, mut batch)) = job else { break };
+                    batch.open(key, model_id);
+                    if done_tx.send((index, batch)).is_err() {
+                        break;
+                    }
+                });
             }
-            let blob = match row.get_ref(4).map_err(sql_err(path, "cannot read template row"))? {
-                rusqlite::types::ValueRef::Blob(b) => b,
-                other => {
-                    return Err(corrupt(format!(
-                        "embedding is stored as {:?}, not a blob",
-                        other.data_type()
-                    )))
+            drop(done_tx);
+            // Batches sent, batches put into the matcher, opened ones waiting for their turn,
+            // and emptied ones to fill again (at most `2 * workers` exist at once).
+            let (mut sent, mut pushed) = (0usize, 0usize);
+            let mut waiting = std::collections::BTreeMap::new();
+            let mut spare: Vec<SealedBatch> = Vec::new();
+            let mut batch = SealedBatch::default();
+            let mut dim: Option<usize> = None;
+            let mut push_ready = |waiting: &mut std::collections::BTreeMap<usize, SealedBatch>,
+                                  pushed: &mut usize,
+                                  spare: &mut Vec<SealedBatch>|
+             -> Result<(), GalleryError> {
+                while let Some(mut done) = waiting.remove(pushed) {
+                    done.push_into(&mut matcher, path, &self.key_file, model_id)?;
+                    done.clear();
+                    spare.push(done);
+                    *pushed += 1;
                 }
+                Ok(())
             };
-            if blob.len() != dim * 4 + SEAL_OVERHEAD {
-                return Err(corrupt(format!(
-                    "embedding blob has {} bytes, expected {} ({dim} sealed f32)",
-                    blob.len(),
-                    dim * 4 + SEAL_OVERHEAD
-                )));
-            }
-            let plain = match self.key.unseal(&template_aad(person, &name, model_id, dim), blob) {
-                Ok(plain) => plain,
-                // Nothing opened yet: most likely the wrong key file, not a damaged row.
-                Err(SealError::Authentication) if matcher.is_empty() => {
-                    return Err(GalleryError::WrongKey {
-                        path: path.to_path_buf(),
-                        key_file: self.key_file.clone(),
-                        person: name,
-                    })
+            loop {
+                let row = rows.next().map_err(sql_err(path, "cannot load templates"))?;
+                if let Some(row) = row {
+                    let (template_id, person, name, blob) =
+                        read_sealed_row(row, path, model_id, &mut dim)?;
+                    batch.push(template_id, person, name, blob);
+                    if batch.len() < SealedBatch::ROWS {
+                        continue;
+                    }
                 }
-                Err(e) => return Err(corrupt(e.to_string())),
-            };
-            row_buf.clear();
-            row_buf.extend(
-                plain.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-            );
-            // Re-normalise on load: cheap, and keeps "similarity = cosine" exact even if a row
-            // was written by an older tool with slightly different rounding.
-            let scale = normalisation_scale(&row_buf, dim).map_err(corrupt)?;
-            for x in &mut row_buf {
-                *x = (f64::from(*x) * scale) as f32;
+                if batch.len() > 0 {
+                    batch.dim = dim.unwrap_or(0);
+                    // At most `2 * workers` batches out: wait for the oldest (one of them is
+                    // with a worker, as the next one due is never among those waiting).
+                    while sent - pushed >= 2 * workers {
+                        let (i, done) = done_rx.recv().map_err(|_| worker_lost(path))?;
+                        waiting.insert(i, done);
+                        push_ready(&mut waiting, &mut pushed, &mut spare)?;
+                    }
+                    let next = spare.pop().unwrap_or_default();
+                    let job = (sent, std::mem::replace(&mut batch, next));
+                    work_tx.send(job).map_err(|_| worker_lost(path))?;
+                    sent += 1;
+                    while let Ok((i, done)) = done_rx.try_recv() {
+                        waiting.insert(i, done);
+                        push_ready(&mut waiting, &mut pushed, &mut spare)?;
+                    }
+                }
+                if row.is_none() {
+                    break;
+                }
             }
-            matcher.push_row(person, &name, &row_buf);
-        }
+            drop(work_tx);
+            while pushed < sent {
+                let (i, done) = done_rx.recv().map_err(|_| worker_lost(path))?;
+                waiting.insert(i, done);
+                push_ready(&mut waiting, &mut pushed, &mut spare)?;
+            }
+            Ok(())
+        })?;
         log::debug!(
             "gallery {}: loaded {} template(s) of {} person(s) for model {model_id:?}",
             path.display(),
@@ -949,6 +983,190 @@ fn insert_templates(
         }
     }
     Ok(())
+}
+
+/// Why one sealed template could not be opened.
+#[derive(Debug, thiserror::Error)]
+enum OpenFailure {
+    #[error(transparent)]
+    Seal(SealError),
+    #[error("{0}")]
+    Values(String),
+}
+
+/// Sealed template rows read from the store, opened together on a worker thread: decryption
+/// is the cost of loading a large gallery (one XChaCha20-Poly1305 open per template).
+#[derive(Default)]
+struct SealedBatch {
+    /// Template length of every row.
+    dim: usize,
+    /// `(template id, person, name index)` per row.
+    rows: Vec<(i64, PersonId, usize)>,
+    /// Names of the people in the batch (a person's rows are consecutive).
+    names: Vec<String>,
+    /// The blobs, all of one length, back to back.
+    blobs: Vec<u8>,
+    /// Each row's outcome after [`SealedBatch::open`].
+    results: Vec<Result<(), OpenFailure>>,
+    /// The opened rows, normalised.
+    opened: Vec<f32>,
+}
+
+impl SealedBatch {
+    /// Rows per batch: enough to amortise the hand-over, few enough to keep the batches in
+    /// flight small (1,024 512-d rows: 2 MB sealed and 2 MB opened).
+    const ROWS: usize = 1024;
+
+    fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    fn push(&mut self, template_id: i64, person: PersonId, name: &str, blob: &[u8]) {
+        if self.names.last().map(String::as_str) != Some(name) {
+            self.names.push(name.to_owned());
+        }
+        self.rows.push((template_id, person, self.names.len() - 1));
+        self.blobs.extend_from_slice(blob);
+    }
+
+    fn clear(&mut self) {
+        self.rows.clear();
+        self.names.clear();
+        self.blobs.clear();
+        self.results.clear();
+        self.opened.clear();
+    }
+
+    /// Opens and normalises every row into `opened`, each row's outcome in `results`.
+    fn open(&mut self, key: &DeviceKey, model_id: &str) {
+        let (n, dim) = (self.rows.len(), self.dim);
+        self.opened.clear();
+        self.opened.resize(n * dim, 0.0);
+        self.results.clear();
+        if n == 0 || dim == 0 {
+            return;
+        }
+        let blob_len = self.blobs.len() / n;
+        for (i, out) in self.opened.chunks_exact_mut(dim).enumerate() {
+            let (_, person, name) = self.rows[i];
+            let aad = template_aad(person, &self.names[name], model_id, dim);
+            let result = key
+                .unseal(&aad, &self.blobs[i * blob_len..(i + 1) * blob_len])
+                .map_err(OpenFailure::Seal)
+                .and_then(|plain| {
+                    for (o, b) in out.iter_mut().zip(plain.chunks_exact(4)) {
+                        *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                    }
+                    // Re-normalise on load: cheap, and keeps "similarity = cosine" exact even
+                    // if a row was written by an older tool with slightly different rounding.
+                    let scale = normalisation_scale(out, dim).map_err(OpenFailure::Values)?;
+                    for x in out.iter_mut() {
+                        *x = (f64::from(*x) * scale) as f32;
+                    }
+                    Ok(())
+                });
+            self.results.push(result);
+        }
+    }
+
+    /// Puts the opened rows into `matcher` in order; the first failed row is the error (a
+    /// failed authentication before any row is in: most likely the wrong key file).
+    fn push_into(
+        &self,
+        matcher: &mut Matcher,
+        path: &Path,
+        key_file: &Path,
+        model_id: &str,
+    ) -> Result<(), GalleryError> {
+        let rows = self.opened.chunks_exact(self.dim.max(1));
+        for ((&(template_id, person, name), row), result) in
+            self.rows.iter().zip(rows).zip(&self.results)
+        {
+            let name = &self.names[name];
+            match result {
+                Ok(()) => matcher.push_row(person, name, row),
+                Err(OpenFailure::Seal(SealError::Authentication)) if matcher.is_empty() => {
+                    return Err(GalleryError::WrongKey {
+                        path: path.to_path_buf(),
+                        key_file: key_file.to_path_buf(),
+                        person: name.clone(),
+                    })
+                }
+                Err(e) => {
+                    return Err(GalleryError::CorruptTemplate {
+                        path: path.to_path_buf(),
+                        person: name.clone(),
+                        model_id: model_id.to_owned(),
+                        template_id,
+                        detail: e.to_string(),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A worker of the gallery load ended without its batch: it panicked.
+fn worker_lost(path: &Path) -> GalleryError {
+    GalleryError::Unsupported {
+        path: path.to_path_buf(),
+        detail: "a template-opening thread stopped".to_owned(),
+    }
+}
+
+/// One template row of the load query, checked: `(template id, person, name, sealed blob)`;
+/// `dim` is set by the first row and every other row must have it.
+fn read_sealed_row<'r>(
+    row: &'r rusqlite::Row<'_>,
+    path: &Path,
+    model_id: &str,
+    dim: &mut Option<usize>,
+) -> Result<(i64, PersonId, &'r str, &'r [u8]), GalleryError> {
+    let read = |row: &'r rusqlite::Row<'_>| -> rusqlite::Result<_> {
+        Ok((
+            row.get::<_, i64>(0)?,
+            row.get::<_, i64>(1)?,
+            row.get_ref(2)?.as_str()?,
+            row.get::<_, i64>(3)?,
+        ))
+    };
+    let (template_id, person, name, row_dim) =
+        read(row).map_err(sql_err(path, "cannot read template row"))?;
+    let corrupt = |detail: String| GalleryError::CorruptTemplate {
+        path: path.to_path_buf(),
+        person: name.to_owned(),
+        model_id: model_id.to_owned(),
+        template_id,
+        detail,
+    };
+    let row_dim = usize::try_from(row_dim)
+        .ok()
+        .filter(|&d| d > 0)
+        .ok_or_else(|| corrupt(format!("dimension {row_dim} is not positive")))?;
+    let dim = *dim.get_or_insert(row_dim);
+    if row_dim != dim {
+        return Err(corrupt(format!(
+            "dimension {row_dim} differs from {dim} of the model's other templates"
+        )));
+    }
+    let blob = match row.get_ref(4).map_err(sql_err(path, "cannot read template row"))? {
+        rusqlite::types::ValueRef::Blob(b) => b,
+        other => {
+            return Err(corrupt(format!(
+                "embedding is stored as {:?}, not a blob",
+                other.data_type()
+            )))
+        }
+    };
+    if blob.len() != dim * 4 + SEAL_OVERHEAD {
+        return Err(corrupt(format!(
+            "embedding blob has {} bytes, expected {} ({dim} sealed f32)",
+            blob.len(),
+            dim * 4 + SEAL_OVERHEAD
+        )));
+    }
+    Ok((template_id, person, name, blob))
 }
 
 /// Associated data of a sealed template: it binds the blob to its person (id and name), model
@@ -1177,10 +1395,23 @@ fn normalisation_scale(template: &[f32], dim: usize) -> Result<f64, String> {
     if dim == 0 {
         return Err("is empty".to_owned());
     }
-    if let Some(i) = template.iter().position(|x| !x.is_finite()) {
-        return Err(format!("value {i} is not finite ({})", template[i]));
+    // In double precision over four lanes (so it vectorises); a NaN or infinite value makes
+    // the sum non-finite, and only then is the row searched for it.
+    let mut lanes = [0.0f64; 4];
+    let chunks = template.chunks_exact(4);
+    let tail: f64 = chunks.remainder().iter().map(|&x| f64::from(x) * f64::from(x)).sum();
+    for c in chunks {
+        for k in 0..4 {
+            lanes[k] += f64::from(c[k]) * f64::from(c[k]);
+        }
     }
-    let norm = template.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
+    let sum = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]) + tail;
+    if !sum.is_finite() {
+        if let Some(i) = template.iter().position(|x| !x.is_finite()) {
+            return Err(format!("value {i} is not finite ({})", template[i]));
+        }
+    }
+    let norm = sum.sqrt();
     if norm > 0.0 && norm.is_finite() {
         Ok(1.0 / norm)
     } else {
@@ -1487,6 +1718,63 @@ mod tests {
     }
 
     #[test]
+    fn a_large_gallery_opens_on_every_core_like_one_row_at_a_time() {
+        // 1,200 people x 2 rows: two batches, each shared over threads.
+        let mut g = Gallery::open_in_memory().unwrap();
+        let people: Vec<BackupPerson> = (0..1200)
+            .map(|i| BackupPerson {
+                name: format!("p{i:04}"),
+                created_unix: 0,
+                models: vec![BackupModel {
+                    model_id: "m".into(),
+                    templates: templates(i as u64, 2, 8),
+                }],
+            })
+            .collect();
+        g.import_people(&people, ImportMode::Refuse).unwrap();
+        let m = g.matcher("m").unwrap();
+        assert_eq!((m.len(), m.people()), (2400, 1200));
+        for (r, want) in [(0, &people[0]), (1999, &people[999]), (2399, &people[1199])] {
+            let t = &want.models[0].templates[r % 2];
+            let n = t.iter().map(|x| x * x).sum::<f32>().sqrt();
+            assert!(m.row(r).iter().zip(t).all(|(a, b)| (a - b / n).abs() < 1e-6), "row {r}");
+            assert_eq!(m.person_name(r / 2), want.name);
+        }
+        // A row sealed for the next person, deep in a later thread's share of the second
+        // batch, is named, and the first bad row in store order is the one reported.
+        let row_of = |name: &str| -> i64 {
+            g.conn
+                .query_row(
+                    "SELECT t.id FROM template t JOIN person p ON p.id = t.person_id \
+                     WHERE p.name = ?1 ORDER BY t.id LIMIT 1",
+                    [name],
+                    |r| r.get(0),
+                )
+                .unwrap()
+        };
+        let (early, late) = (row_of("p1100"), row_of("p1190"));
+        for id in [late, early] {
+            g.conn
+                .execute(
+                    "UPDATE template SET embedding = (SELECT embedding FROM template \
+                     WHERE id = ?1 + 2) WHERE id = ?1",
+                    [id],
+                )
+                .unwrap();
+        }
+        let err = g.matcher_stored("m", Storage::Int8).unwrap_err();
+        assert!(
+            matches!(&err, GalleryError::CorruptTemplate { person, template_id, .. }
+                if person == "p1100" && *template_id == early),
+            "{err:?}"
+        );
+        // A wrong key is told apart at the very first row, as before.
+        g.key = DeviceKey::random(Path::new("k")).unwrap();
+        let err = g.matcher("m").unwrap_err();
+        assert!(matches!(err, GalleryError::WrongKey { .. }), "{err:?}");
+    }
+
+    #[test]
     fn garbage_file_is_refused_and_left_byte_identical() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gallery.db");
@@ -1560,14 +1848,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gallery.db");
         let mut g = open_at(&path).unwrap();
-        for i in 0..8 {
+        for i in 0..20 {
             g.enroll(&format!("p{i}"), "m", &templates(i, 20, 128), EnrollMode::New).unwrap();
         }
         drop(g); // last connection: checkpoints the WAL into the main file
         let mut bytes = std::fs::read(&path).unwrap();
-        let page = 4096;
+        // The header's page size (big-endian at offset 16; 1 stands for 65536): new
+        // galleries use the largest.
+        let page = match u16::from_be_bytes([bytes[16], bytes[17]]) {
+            1 => 65536,
+            n => usize::from(n),
+        };
+        assert_eq!(page as i64, PAGE_SIZE);
         let pages = bytes.len() / page;
-        assert!(pages > 8, "{pages} pages");
+        assert!(pages > 2, "{pages} pages");
         // Smash a b-tree page in the middle of the file (page 1 is left intact).
         for b in &mut bytes[(pages / 2) * page..(pages / 2 + 1) * page] {
             *b = 0xA5;
