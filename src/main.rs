@@ -317,8 +317,12 @@ enum EvalCommand {
         #[arg(long, default_value_t = 320)]
         det_size: u32,
         /// Template storage of the gallery searched (default: `[gallery] storage`).
-        #[arg(long, value_parser = parse_storage)]
+        #[arg(long)]
         storage: Option<portier::gallery::Storage>,
+        /// Embed with the `[npu]` model instead of `[recognizer]` (the HEF on the Pi; a
+        /// `backend = "emulated"` model runs on the CPU), judged by the NPU's bands and rise.
+        #[arg(long)]
+        npu: bool,
         #[command(flatten)]
         out: OutArgs,
     },
@@ -332,14 +336,6 @@ enum EvalCommand {
         #[command(flatten)]
         out: OutArgs,
     },
-}
-
-fn parse_storage(s: &str) -> Result<portier::gallery::Storage, String> {
-    match s {
-        "float32" => Ok(portier::gallery::Storage::Float32),
-        "int8" => Ok(portier::gallery::Storage::Int8),
-        _ => Err(format!("float32 or int8, got `{s}`")),
-    }
 }
 
 #[derive(Args, Debug)]
@@ -366,6 +362,10 @@ enum BenchCommand {
         /// Queries per configuration.
         #[arg(long, default_value_t = 200)]
         queries: usize,
+        /// Also write a gallery file of the largest size here (both of the Pi's models:
+        /// `--dim` and 128-d) and time opening it into int8 matchers, as the appliance starts.
+        #[arg(long, value_name = "DIR")]
+        open_in: Option<PathBuf>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -733,12 +733,24 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
-            command: BenchCommand::Match { people, templates, dim, queries, json },
+            command: BenchCommand::Match { people, templates, dim, queries, open_in, json },
         } => {
             if dim == 0 || templates == 0 || people.contains(&0) {
                 return Err(Failure::new(64, "--people, --templates and --dim must be above 0"));
             }
-            let r = portier::eval::bench_match::run(&people, templates, dim, queries);
+            // Opened first, while the process holds nothing else (its RSS is the matchers').
+            let open = match open_in {
+                Some(dir) => Some(portier::eval::bench_match::open_cost(
+                    &dir,
+                    people.iter().copied().max().unwrap_or(1),
+                    templates,
+                    &[dim, 128],
+                    portier::gallery::Storage::default(),
+                )?),
+                None => None,
+            };
+            let mut r = portier::eval::bench_match::run(&people, templates, dim, queries);
+            r.open = open;
             if json {
                 print_json(&r);
             } else {
@@ -1512,7 +1524,7 @@ fn eval(mut config: Config, command: EvalCommand) -> Result<ExitCode, Failure> {
                 print_verify(&r);
             }
         }
-        EvalCommand::Identify { root, labels, people, repeats, det_size, storage, out } => {
+        EvalCommand::Identify { root, labels, people, repeats, det_size, storage, npu, out } => {
             if det_size == 0 || det_size % 32 != 0 {
                 return Err(Failure::new(
                     64,
@@ -1529,15 +1541,30 @@ fn eval(mut config: Config, command: EvalCommand) -> Result<ExitCode, Failure> {
                 (None, None) => return Err(Failure::new(64, "give --root or --labels")),
             };
             let mut pipeline = Pipeline::open(&config)?;
+            let mut npu_embedder = match npu {
+                true => Some(
+                    portier::embed::open_npu(&config).map_err(PipelineError::from)?.ok_or_else(
+                        || Failure::new(78, "--npu: the config has no [npu] model with a backend"),
+                    )?,
+                ),
+                false => None,
+            };
             let bar = progress_bar(photos.len(), "embedding photos");
+            let space = if npu { portier::decide::Space::Npu } else { portier::decide::Space::Cpu };
             let rule = config.app.decision.gallery.map(|g| {
-                let band = config.app.decision.threshold_for(f32::INFINITY);
-                move |n: usize| band + g.lift(g.cpu_rise, n)
+                let band = config.app.decision.threshold_in(space, f32::INFINITY);
+                let rise = if npu { g.npu_rise } else { g.cpu_rise };
+                move |n: usize| band + g.lift(rise, n)
             });
             let rule_ref = rule.as_ref().map(|f| f as &dyn Fn(usize) -> f32);
             let storage = storage.unwrap_or(config.app.storage);
-            let (classes, embeddings) =
-                identify::embed(&mut pipeline, &photos, select, |d| bar.set_position(d as u64))?;
+            let (classes, embeddings) = identify::embed(
+                &mut pipeline,
+                &photos,
+                select,
+                npu_embedder.as_deref_mut(),
+                |d| bar.set_position(d as u64),
+            )?;
             let searches = identify::Searches::new(&classes, &embeddings, storage);
             let r = identify::measure(&searches, &people, repeats, rule_ref);
             bar.finish_and_clear();

@@ -102,6 +102,18 @@ impl Pipeline {
         select: Select,
         timings: Option<&mut Timings>,
     ) -> Result<Vec<Face>, PipelineError> {
+        self.faces_by(image, select, timings, None)
+    }
+
+    /// [`Pipeline::faces`], the faces embedded by `embedder` instead of the recognizer when
+    /// given (the NPU's model, for evaluations of it).
+    pub fn faces_by<'e>(
+        &mut self,
+        image: ImageView<'_>,
+        select: Select,
+        timings: Option<&mut Timings>,
+        mut embedder: Option<&mut (dyn Embedder + 'e)>,
+    ) -> Result<Vec<Face>, PipelineError> {
         let detect = self.detector.detect(image, &mut self.detections)?;
         if select == Select::NearestCentre && self.detections.len() > 1 {
             let c = [image.width() as f32 / 2.0, image.height() as f32 / 2.0];
@@ -125,12 +137,18 @@ impl Pipeline {
                 continue;
             }
             let t1 = Instant::now();
-            let mut embedding = vec![0.0; self.embedder.dim()];
-            let norm = self.embedder.embed(&self.crop, &mut embedding)?;
+            let e: &mut dyn Embedder = match embedder.as_deref_mut() {
+                Some(other) => other,
+                None => &mut self.embedder,
+            };
+            let mut embedding = vec![0.0; e.dim()];
+            let norm = e.embed(&self.crop, &mut embedding)?;
+            if embedder.is_none() {
+                t.embed_infer += self.embedder.last_infer();
+            }
             let t2 = Instant::now();
             t.align += t1 - t0;
             t.embed += t2 - t1;
-            t.embed_infer += self.embedder.last_infer();
             faces.push(Face { detection: *det, embedding, norm });
         }
         if let Some(out) = timings {

@@ -41,6 +41,36 @@ pub struct MatchCost {
     pub rss_mb: f64,
 }
 
+/// Opening a gallery file, as the appliance does at start and on every reload: the file's
+/// checks, then each model's templates decrypted (one XChaCha20-Poly1305 open per template),
+/// re-normalised and stored in the configured storage.
+#[derive(Debug, Clone, Serialize)]
+pub struct OpenCost {
+    /// People in the file.
+    pub people: usize,
+    /// Templates per person and model.
+    pub templates: usize,
+    /// Each model's embedding length (the Pi's pair: the NPU's and the CPU's).
+    pub dims: Vec<usize>,
+    /// The matchers' storage.
+    pub storage: Storage,
+    /// Size of the file, MB.
+    pub file_mb: f64,
+    /// Writing it (sealing every template; 5,000 people per transaction), seconds.
+    pub write_s: f64,
+    /// `Gallery::open`: header, `quick_check` of every page, key, schema; milliseconds.
+    pub open_ms: f64,
+    /// Each model's matcher built from the file, milliseconds.
+    pub load_ms: Vec<f64>,
+    /// Open and every model loaded, milliseconds.
+    pub total_ms: f64,
+    /// CPU time the process used for it (all threads), milliseconds: against `total_ms`, how
+    /// well the load spreads over the cores.
+    pub cpu_ms: f64,
+    /// Resident memory with the matchers loaded, MB.
+    pub rss_mb: f64,
+}
+
 /// The report.
 #[derive(Debug, Clone, Serialize)]
 pub struct MatchReport {
@@ -53,6 +83,8 @@ pub struct MatchReport {
     /// Resident memory with `people.last()` people loaded for two models at once (the Pi's
     /// pair: `dim` on the NPU and 128-d on the CPU), each in every storage, MB.
     pub both_models_rss_mb: Vec<(Storage, f64)>,
+    /// Opening a gallery file of that many people with both models (`--open`).
+    pub open: Option<OpenCost>,
 }
 
 /// A matcher of `people × templates` random unit rows.
@@ -66,6 +98,112 @@ fn gallery(people: usize, templates: usize, dim: usize, seed: u64) -> Matcher {
         crate::embed::l2_normalize(row);
     }
     Matcher::from_rows("bench", dim, templates, &rows)
+}
+
+/// Writes a gallery file of `people` people in `dir` (random unit templates of every model in
+/// `dims`), then times opening it and building each model's matcher in `storage`. The file's
+/// pages are in the OS cache (just written), as after the first start since boot; a cold read
+/// from the card adds its transfer time.
+pub fn open_cost(
+    dir: &std::path::Path,
+    people: usize,
+    templates: usize,
+    dims: &[usize],
+    storage: Storage,
+) -> Result<OpenCost, crate::gallery::GalleryError> {
+    use crate::gallery::{BackupModel, BackupPerson, Gallery, ImportMode};
+    /// Removes the bench's files however it ends.
+    struct Files(std::path::PathBuf, std::path::PathBuf);
+    impl Drop for Files {
+        fn drop(&mut self) {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut p = self.0.clone().into_os_string();
+                p.push(suffix);
+                let _ = std::fs::remove_file(p);
+            }
+            let _ = std::fs::remove_file(&self.1);
+        }
+    }
+    // Named by the process: never an existing gallery.
+    let pid = std::process::id();
+    let files =
+        Files(dir.join(format!("bench-open-{pid}.db")), dir.join(format!("bench-{pid}.key")));
+    let (path, key) = (&files.0, &files.1);
+    let models: Vec<String> = dims.iter().map(|d| format!("bench-{d}")).collect();
+    let start = Instant::now();
+    {
+        let mut g = Gallery::open(path, key)?;
+        let mut rng = SplitMix(7);
+        let mut next = 0;
+        while next < people {
+            let batch: Vec<BackupPerson> = (next..people.min(next + 5_000))
+                .map(|i| BackupPerson {
+                    name: format!("person {i:06}"),
+                    created_unix: 0,
+                    models: dims
+                        .iter()
+                        .zip(&models)
+                        .map(|(&dim, model_id)| BackupModel {
+                            model_id: model_id.clone(),
+                            templates: (0..templates)
+                                .map(|_| {
+                                    let mut t: Vec<f32> =
+                                        (0..dim).map(|_| rng.unit() as f32 - 0.5).collect();
+                                    crate::embed::l2_normalize(&mut t);
+                                    t
+                                })
+                                .collect(),
+                        })
+                        .collect(),
+                })
+                .collect();
+            g.import_people(&batch, ImportMode::Refuse)?;
+            next += batch.len();
+        }
+    }
+    let write_s = start.elapsed().as_secs_f64();
+    let file_mb = std::fs::metadata(path).map_or(0.0, |m| m.len() as f64 / 1e6);
+    let (start, cpu_start) = (Instant::now(), cpu_ms());
+    let g = Gallery::open(path, key)?;
+    let open_ms = start.elapsed().as_secs_f64() * 1e3;
+    let mut load_ms = Vec::new();
+    let mut matchers = Vec::new();
+    for model_id in &models {
+        let t = Instant::now();
+        matchers.push(g.matcher_stored(model_id, storage)?);
+        load_ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let total_ms = start.elapsed().as_secs_f64() * 1e3;
+    let cpu_ms = cpu_ms() - cpu_start;
+    let rss_mb = rss_mb();
+    black_box(&matchers);
+    drop(g);
+    drop(files);
+    Ok(OpenCost {
+        people,
+        templates,
+        dims: dims.to_vec(),
+        storage,
+        file_mb,
+        write_s,
+        open_ms,
+        load_ms,
+        total_ms,
+        cpu_ms,
+        rss_mb,
+    })
+}
+
+/// User and system CPU time of this process so far, all threads, milliseconds (0 where /proc
+/// is not there).
+fn cpu_ms() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    // Fields after the command name (which may hold spaces, so split after its ')'): utime
+    // and stime are the 12th and 13th, in clock ticks (100 per second on Linux).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(11) + tick(12)) * 10.0
 }
 
 /// Resident set size of this process in MB (0 where /proc is not there).
@@ -117,7 +255,7 @@ pub fn run(people: &[usize], templates: usize, dim: usize, queries: usize) -> Ma
         .collect();
     let mut costs = Vec::new();
     for &n in people {
-        for storage in [Storage::Float32, Storage::Int8] {
+        for storage in Storage::ALL {
             let m = gallery(n, templates, dim, n as u64).with_storage(storage);
             let bytes = m.row_bytes();
             let words = vec![0x5555_5555_5555_5555u64; bytes.div_ceil(8).max(8)];
@@ -149,7 +287,7 @@ pub fn run(people: &[usize], templates: usize, dim: usize, queries: usize) -> Ma
         }
     }
     let n = people.iter().copied().max().unwrap_or(0);
-    let both_models_rss_mb = [Storage::Float32, Storage::Int8]
+    let both_models_rss_mb = Storage::ALL
         .into_iter()
         .map(|storage| {
             let npu = gallery(n, templates, dim, 1).with_storage(storage);
@@ -159,7 +297,13 @@ pub fn run(people: &[usize], templates: usize, dim: usize, queries: usize) -> Ma
             (storage, rss)
         })
         .collect();
-    MatchReport { cpu: super::bench::cpu_name(), queries: qs.len(), costs, both_models_rss_mb }
+    MatchReport {
+        cpu: super::bench::cpu_name(),
+        queries: qs.len(),
+        costs,
+        both_models_rss_mb,
+        open: None,
+    }
 }
 
 /// The report as a table.
@@ -187,7 +331,7 @@ pub fn table(r: &MatchReport) -> String {
             c.people,
             c.templates,
             c.dim,
-            format!("{:?}", c.storage).to_lowercase(),
+            c.storage.name(),
             c.bytes as f64 / 1e6,
             c.median_ms,
             c.p99_ms,
@@ -201,7 +345,28 @@ pub fn table(r: &MatchReport) -> String {
             s,
             "RSS with both models' galleries ({}-d and 128-d) in {}: {rss:.0} MB",
             r.costs.first().map_or(0, |c| c.dim),
-            format!("{storage:?}").to_lowercase()
+            storage.name()
+        );
+    }
+    if let Some(o) = &r.open {
+        let dims: Vec<String> = o.dims.iter().map(|d| format!("{d}-d")).collect();
+        let loads: Vec<String> = o.load_ms.iter().map(|ms| format!("{ms:.0}")).collect();
+        let _ = writeln!(
+            s,
+            "gallery file of {} people x {} templates of {} ({:.0} MB, written in {:.1} s): \
+             opened in {:.0} ms, matchers built in {} ms ({}), {:.0} ms in all ({:.0} ms of CPU), \
+             RSS {:.0} MB",
+            o.people,
+            o.templates,
+            dims.join(" and "),
+            o.file_mb,
+            o.write_s,
+            o.open_ms,
+            loads.join(" + "),
+            o.storage.name(),
+            o.total_ms,
+            o.cpu_ms,
+            o.rss_mb
         );
     }
     s
@@ -214,12 +379,26 @@ mod tests {
     #[test]
     fn a_small_run_reports_every_configuration() {
         let r = run(&[10, 50], 2, 16, 5);
-        assert_eq!(r.costs.len(), 4);
-        let f = &r.costs[2];
+        assert_eq!(r.costs.len(), 6);
+        let f = &r.costs[3];
         assert_eq!((f.people, f.storage, f.bytes), (50, Storage::Float32, 50 * 2 * 16 * 4));
-        assert_eq!(r.costs[3].bytes, 50 * 2 * 16 + 50 * 2 * 4);
+        assert_eq!(r.costs[4].bytes, 50 * 2 * 16 * 2);
+        assert_eq!(r.costs[5].bytes, 50 * 2 * 16 + 50 * 2 * 4);
         assert!(r.costs.iter().all(|c| c.median_ms >= 0.0 && c.p99_ms >= c.median_ms));
-        assert_eq!(r.both_models_rss_mb.len(), 2);
-        assert!(table(&r).contains("int8"));
+        assert_eq!(r.both_models_rss_mb.len(), 3);
+        assert!(table(&r).contains("float16") && table(&r).contains("int8"));
+    }
+
+    #[test]
+    fn a_written_gallery_opens_with_every_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = open_cost(dir.path(), 120, 2, &[16, 8], Storage::Int8).unwrap();
+        assert_eq!((o.people, o.dims.len(), o.load_ms.len()), (120, 2, 2));
+        assert!(o.file_mb > 0.0 && o.total_ms >= o.open_ms);
+        // The bench leaves nothing behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let mut r = run(&[10], 1, 4, 1);
+        r.open = Some(o);
+        assert!(table(&r).contains("gallery file of 120 people"));
     }
 }

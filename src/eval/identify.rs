@@ -21,7 +21,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::camera::SplitMix;
-use super::verify::{embed_photos, EvalError, Labelled};
+use super::verify::{embed_photos_by, EvalError, Labelled};
 use crate::gallery::{Matcher, Storage};
 use crate::pipeline::{Pipeline, Select};
 
@@ -308,16 +308,18 @@ pub fn read_folders(root: &Path) -> Result<Vec<Labelled>, EvalError> {
     Ok(photos)
 }
 
-/// Embeds the photos (the face `select` picks, the largest of them): each photo's identity as
-/// a number and its embedding, for [`Searches::new`].
-pub fn embed(
+/// Embeds the photos (the face `select` picks, the largest of them; by `embedder` instead of
+/// the pipeline's recognizer when given): each photo's identity as a number and its
+/// embedding, for [`Searches::new`].
+pub fn embed<'e>(
     pipeline: &mut Pipeline,
     photos: &[Labelled],
     select: Select,
+    embedder: Option<&mut (dyn crate::embed::Embedder + 'e)>,
     progress: impl FnMut(usize),
 ) -> Result<(Vec<usize>, Embeddings), EvalError> {
     let paths: Vec<_> = photos.iter().map(|p| p.path.clone()).collect();
-    let embeddings = embed_photos(pipeline, &paths, select, progress)?;
+    let embeddings = embed_photos_by(pipeline, &paths, select, embedder, progress)?;
     let mut names: Vec<&str> = photos.iter().map(|p| p.identity.as_str()).collect();
     names.sort_unstable();
     names.dedup();

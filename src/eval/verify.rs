@@ -76,13 +76,24 @@ pub fn embed_photos(
     pipeline: &mut Pipeline,
     photos: &[PathBuf],
     select: Select,
+    progress: impl FnMut(usize),
+) -> Result<Vec<Option<Vec<f32>>>, EvalError> {
+    embed_photos_by(pipeline, photos, select, None, progress)
+}
+
+/// [`embed_photos`], embedded by `embedder` instead of the pipeline's recognizer when given.
+pub fn embed_photos_by<'e>(
+    pipeline: &mut Pipeline,
+    photos: &[PathBuf],
+    select: Select,
+    mut embedder: Option<&mut (dyn crate::embed::Embedder + 'e)>,
     mut progress: impl FnMut(usize),
 ) -> Result<Vec<Option<Vec<f32>>>, EvalError> {
     let mut out = Vec::with_capacity(photos.len());
     for (i, path) in photos.iter().enumerate() {
         let img = load_image(path)
             .map_err(|e| EvalError::Input { path: path.clone(), reason: e.to_string() })?;
-        let faces = pipeline.faces(img.view(), select, None)?;
+        let faces = pipeline.faces_by(img.view(), select, None, embedder.as_deref_mut())?;
         let largest =
             faces.into_iter().max_by(|a, b| a.detection.area().total_cmp(&b.detection.area()));
         out.push(largest.map(|f| f.embedding));
