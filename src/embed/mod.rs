@@ -202,7 +202,7 @@ pub fn l2_normalize(v: &mut [f32]) -> f32 {
 
 /// Dot product; the cosine similarity of two unit vectors. Sixteen independent partial sums
 /// (two AVX2 registers, four NEON ones in flight) let the compiler vectorise it; always inlined,
-/// so the matcher's scan (`gallery/kernels.rs`) recompiles this one body under AVX2 and FMA.
+/// so the matcher's scan (`gallery/kernels.rs`) recompiles this one body under AVX2.
 #[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     const LANES: usize = 16;

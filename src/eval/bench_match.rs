@@ -112,23 +112,26 @@ pub fn open_cost(
     storage: Storage,
 ) -> Result<OpenCost, crate::gallery::GalleryError> {
     use crate::gallery::{BackupModel, BackupPerson, Gallery, ImportMode};
-    /// Removes the bench's files however it ends.
-    struct Files(std::path::PathBuf, std::path::PathBuf);
-    impl Drop for Files {
+    use std::os::unix::fs::DirBuilderExt;
+    /// The bench's own directory, removed however the bench ends (but for a kill: then
+    /// `DIR/portier-bench-open-PID` is left behind).
+    struct Work(std::path::PathBuf);
+    impl Drop for Work {
         fn drop(&mut self) {
-            for suffix in ["", "-wal", "-shm"] {
-                let mut p = self.0.clone().into_os_string();
-                p.push(suffix);
-                let _ = std::fs::remove_file(p);
-            }
-            let _ = std::fs::remove_file(&self.1);
+            let _ = std::fs::remove_dir_all(&self.0);
         }
     }
-    // Named by the process: never an existing gallery.
-    let pid = std::process::id();
-    let files =
-        Files(dir.join(format!("bench-open-{pid}.db")), dir.join(format!("bench-{pid}.key")));
-    let (path, key) = (&files.0, &files.1);
+    // A new directory, owner-only, that must not exist yet: never anyone's gallery or link.
+    let work = dir.join(format!("portier-bench-open-{}", std::process::id()));
+    std::fs::DirBuilder::new().mode(0o700).create(&work).map_err(|source| {
+        crate::gallery::GalleryError::Io {
+            path: work.clone(),
+            context: "cannot create the bench's directory for a gallery file",
+            source,
+        }
+    })?;
+    let work = Work(work);
+    let (path, key) = (&work.0.join("gallery.db"), &work.0.join("gallery.key"));
     let models: Vec<String> = dims.iter().map(|d| format!("bench-{d}")).collect();
     let start = Instant::now();
     {
@@ -178,7 +181,7 @@ pub fn open_cost(
     let rss_mb = rss_mb();
     black_box(&matchers);
     drop(g);
-    drop(files);
+    drop(work);
     Ok(OpenCost {
         people,
         templates,

@@ -4,7 +4,7 @@
 //! cost); against int8 rows the query is quantised too (its own scale) and the products summed
 //! as integers, which keeps the arithmetic below the memory read (`portier bench match`). The loops are written so the compiler
 //! vectorises them (NEON on the Pi, baseline on aarch64); on x86-64 the same code is compiled a
-//! second time with AVX2 and FMA and chosen at run time when the CPU has them.
+//! second time with AVX2 and chosen at run time when the CPU has it.
 //!
 //! Must not: allocate, or depend on the row count beyond the slices it is given.
 
@@ -34,8 +34,8 @@ pub fn scan(
     f: &mut dyn FnMut(usize, f32),
 ) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has AVX2 and FMA (checked just above), the only requirement of a
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked just above), the only requirement of a
         // `#[target_feature]` function; the function itself is safe code.
         unsafe { scan_avx2(rows, dim, person_end, query, f) };
         return;
@@ -44,7 +44,7 @@ pub fn scan(
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2")]
 fn scan_avx2(
     rows: RowsRef<'_>,
     dim: usize,

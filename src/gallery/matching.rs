@@ -78,7 +78,12 @@ impl Rows {
     fn push(&mut self, row: &[f32]) {
         match self {
             Rows::F32(data) => data.extend_from_slice(row),
-            Rows::F16(data) => data.extend(row.iter().map(|&x| super::kernels::to_f16(x))),
+            // A non-finite row becomes zeros (as int8's quantisation makes it): infinity's
+            // bits would read as a huge value in the scan and match every query.
+            Rows::F16(data) if row.iter().all(|x| x.is_finite()) => {
+                data.extend(row.iter().map(|&x| super::kernels::to_f16(x)))
+            }
+            Rows::F16(data) => data.resize(data.len() + row.len(), 0),
             Rows::I8 { data, scales } => {
                 let start = data.len();
                 data.resize(start + row.len(), 0);
@@ -566,6 +571,13 @@ mod tests {
             assert!((a.similarity - b.similarity).abs() < 2e-3, "{a:?} {b:?}");
         }
         assert_eq!(q.clone().with_storage(Storage::Float16).storage(), Storage::Int8);
+        // A non-finite row never matches in a compact storage (the store refuses such rows;
+        // rows from elsewhere could carry one).
+        let bad = Matcher::from_rows("m", 2, 1, &[f32::INFINITY, 0.0, 0.6, 0.8]);
+        for storage in [Storage::Float16, Storage::Int8] {
+            let r = bad.clone().with_storage(storage).best_two(&[1.0, 0.0]).unwrap();
+            assert_eq!(r.best.unwrap().name, "person 2", "{storage:?}");
+        }
         let direct = g.matcher_stored("m", Storage::Float16).unwrap();
         assert_eq!(direct.best_two(&at(0.3)).unwrap(), h.best_two(&at(0.3)).unwrap());
         assert_eq!("float16".parse::<Storage>(), Ok(Storage::Float16));

@@ -18,7 +18,8 @@
 //! Loading a large gallery is decryption: a matcher is read on the caller's thread and its
 //! templates opened on up to four worker threads (`SealedBatch`), rows put into the matcher in
 //! store order; new files use 64 KB pages (a 2 KB sealed template would take a whole 4 KB
-//! page), which halves `quick_check`'s and the load's reads (`portier bench match --open-in`).
+//! page): a third smaller, and `quick_check` at open takes half the time (`portier bench match
+//! --open-in`).
 //!
 //! What encryption at rest protects, and what it does not: the templates are unreadable to
 //! whoever copies the gallery file alone (a backup, a stolen database, a log bundle). The key
@@ -202,8 +203,7 @@ impl Gallery {
         if version == 0 && objects == 0 {
             // A new file: large pages, before anything is written. A 512-d sealed template
             // (2 KB) takes a whole 4 KB page; 64 KB pages hold 31, so a large gallery's file
-            // is a third smaller and is read (at open, and by `quick_check`) in a sixteenth
-            // of the reads.
+            // is a third smaller and read in a sixteenth as many pages.
             conn.pragma_update(None, "page_size", PAGE_SIZE)
                 .map_err(sql_err(p, "cannot set the page size"))?;
         }
@@ -780,9 +780,14 @@ impl Gallery {
         // SQLite stays on this thread, reading batches of sealed rows; workers open them (the
         // decryption is the cost of loading a large gallery) while the next batch is read;
         // this thread puts the opened rows into the matcher in store order, so an error is
-        // reported at the first bad row, as if opened one by one.
-        let workers = std::thread::available_parallelism().map_or(1, |t| t.get()).clamp(1, 4);
-        let (work_tx, work_rx) = std::sync::mpsc::sync_channel::<(usize, SealedBatch)>(workers);
+        // reported at the first bad row, as if opened one by one. One person's rows (an
+        // export goes person by person) are opened right here: threads would cost more.
+        let workers = match only {
+            Some(_) => 0,
+            None => std::thread::available_parallelism().map_or(1, |t| t.get()).clamp(1, 4),
+        };
+        let (work_tx, work_rx) =
+            std::sync::mpsc::sync_channel::<(usize, SealedBatch)>(workers.max(1));
         let work_rx = std::sync::Mutex::new(work_rx);
         let (done_tx, done_rx) = std::sync::mpsc::channel::<(usize, SealedBatch)>();
         std::thread::scope(|scope| -> Result<(), GalleryError> {
@@ -792,11 +797,12 @@ impl Gallery {
             for _ in 0..workers {
                 let (work_rx, done_tx, key) = (&work_rx, done_tx.clone(), &self.key);
                 scope.spawn(move || loop {
-                    // A poisoned lock only means another worker panicked: stop too.
-                    let job =
-                        work_rx.lock().map_err(|_| ()).and_then(|rx| rx.recv().map_err(|_| ()));
-                    let Ok((index, mut batch)) = job else { break };
-                    batch.open(key, model_id);
+                    // Nothing panics while holding the lock; were it poisoned, stop.
+                    let job = work_rx.lock().ok().and_then(|rx| rx.recv().ok());
+                    let Some((index, mut batch)) = job else { break };
+                    // A panic fails the batch's rows instead of losing the batch (which the
+                    // reading thread would wait for).
+                    batch.open_guarded(key, model_id);
                     if done_tx.send((index, batch)).is_err() {
                         break;
                     }
@@ -804,53 +810,71 @@ impl Gallery {
             }
             drop(done_tx);
             // Batches sent, batches put into the matcher, opened ones waiting for their turn,
-            // and emptied ones to fill again (at most `2 * workers` exist at once).
+            // and emptied ones to fill again (at most `2 * workers + 1` exist at once: 2 MB
+            // sealed and 2 MB opened each at 512-d).
             let (mut sent, mut pushed) = (0usize, 0usize);
             let mut waiting = std::collections::BTreeMap::new();
             let mut spare: Vec<SealedBatch> = Vec::new();
             let mut batch = SealedBatch::default();
             let mut dim: Option<usize> = None;
-            let mut push_ready = |waiting: &mut std::collections::BTreeMap<usize, SealedBatch>,
+            let push_ready = |waiting: &mut std::collections::BTreeMap<usize, SealedBatch>,
                                   pushed: &mut usize,
-                                  spare: &mut Vec<SealedBatch>|
+                                  spare: &mut Vec<SealedBatch>,
+                                  matcher: &mut Matcher|
              -> Result<(), GalleryError> {
                 while let Some(mut done) = waiting.remove(pushed) {
-                    done.push_into(&mut matcher, path, &self.key_file, model_id)?;
+                    done.push_into(matcher, path, &self.key_file, model_id)?;
                     done.clear();
                     spare.push(done);
                     *pushed += 1;
                 }
                 Ok(())
             };
+            // A row that cannot be read ends the reading, but is reported only after the rows
+            // before it are opened: a bad row among those comes first, as one by one.
+            let mut read_error = None;
             loop {
-                let row = rows.next().map_err(sql_err(path, "cannot load templates"))?;
-                if let Some(row) = row {
-                    let (template_id, person, name, blob) =
-                        read_sealed_row(row, path, model_id, &mut dim)?;
-                    batch.push(template_id, person, name, blob);
-                    if batch.len() < SealedBatch::ROWS {
-                        continue;
+                let mut end = false;
+                match rows.next() {
+                    Ok(Some(row)) => match read_sealed_row(row, path, model_id, &mut dim) {
+                        Ok((template_id, person, name, blob)) => {
+                            batch.push(template_id, person, name, blob)
+                        }
+                        Err(e) => (read_error, end) = (Some(e), true),
+                    },
+                    Ok(None) => end = true,
+                    Err(e) => {
+                        (read_error, end) = (Some(sql_err(path, "cannot load templates")(e)), true)
                     }
+                }
+                if !end && batch.len() < SealedBatch::ROWS {
+                    continue;
                 }
                 if batch.len() > 0 {
                     batch.dim = dim.unwrap_or(0);
-                    // At most `2 * workers` batches out: wait for the oldest (one of them is
-                    // with a worker, as the next one due is never among those waiting).
-                    while sent - pushed >= 2 * workers {
-                        let (i, done) = done_rx.recv().map_err(|_| worker_lost(path))?;
-                        waiting.insert(i, done);
-                        push_ready(&mut waiting, &mut pushed, &mut spare)?;
-                    }
-                    let next = spare.pop().unwrap_or_default();
-                    let job = (sent, std::mem::replace(&mut batch, next));
-                    work_tx.send(job).map_err(|_| worker_lost(path))?;
-                    sent += 1;
-                    while let Ok((i, done)) = done_rx.try_recv() {
-                        waiting.insert(i, done);
-                        push_ready(&mut waiting, &mut pushed, &mut spare)?;
+                    if workers == 0 {
+                        batch.open_guarded(&self.key, model_id);
+                        batch.push_into(&mut matcher, path, &self.key_file, model_id)?;
+                        batch.clear();
+                    } else {
+                        // At most `2 * workers` batches out: wait for the oldest (one of them
+                        // is with a worker, as the next one due is never among those waiting).
+                        while sent - pushed >= 2 * workers {
+                            let (i, done) = done_rx.recv().map_err(|_| worker_lost(path))?;
+                            waiting.insert(i, done);
+                            push_ready(&mut waiting, &mut pushed, &mut spare, &mut matcher)?;
+                        }
+                        let next = spare.pop().unwrap_or_default();
+                        let job = (sent, std::mem::replace(&mut batch, next));
+                        work_tx.send(job).map_err(|_| worker_lost(path))?;
+                        sent += 1;
+                        while let Ok((i, done)) = done_rx.try_recv() {
+                            waiting.insert(i, done);
+                            push_ready(&mut waiting, &mut pushed, &mut spare, &mut matcher)?;
+                        }
                     }
                 }
-                if row.is_none() {
+                if end {
                     break;
                 }
             }
@@ -858,9 +882,9 @@ impl Gallery {
             while pushed < sent {
                 let (i, done) = done_rx.recv().map_err(|_| worker_lost(path))?;
                 waiting.insert(i, done);
-                push_ready(&mut waiting, &mut pushed, &mut spare)?;
+                push_ready(&mut waiting, &mut pushed, &mut spare, &mut matcher)?;
             }
-            Ok(())
+            read_error.map_or(Ok(()), Err)
         })?;
         log::debug!(
             "gallery {}: loaded {} template(s) of {} person(s) for model {model_id:?}",
@@ -992,6 +1016,8 @@ enum OpenFailure {
     Seal(SealError),
     #[error("{0}")]
     Values(String),
+    #[error("opening it panicked (a bug in portier)")]
+    Panicked,
 }
 
 /// Sealed template rows read from the store, opened together on a worker thread: decryption
@@ -1069,6 +1095,15 @@ impl SealedBatch {
         }
     }
 
+    /// [`SealedBatch::open`], a panic failing every row of the batch.
+    fn open_guarded(&mut self, key: &DeviceKey, model_id: &str) {
+        let open = std::panic::AssertUnwindSafe(|| self.open(key, model_id));
+        if std::panic::catch_unwind(open).is_err() {
+            self.results.clear();
+            self.results.resize_with(self.rows.len(), || Err(OpenFailure::Panicked));
+        }
+    }
+
     /// Puts the opened rows into `matcher` in order; the first failed row is the error (a
     /// failed authentication before any row is in: most likely the wrong key file).
     fn push_into(
@@ -1078,6 +1113,19 @@ impl SealedBatch {
         key_file: &Path,
         model_id: &str,
     ) -> Result<(), GalleryError> {
+        if self.results.len() != self.rows.len() || self.opened.len() != self.rows.len() * self.dim
+        {
+            // Cannot happen with the dimensions `read_sealed_row` lets through; never pushes
+            // fewer rows than were read without saying so.
+            let (template_id, _, name) = self.rows.first().copied().unwrap_or_default();
+            return Err(GalleryError::CorruptTemplate {
+                path: path.to_path_buf(),
+                person: self.names.get(name).cloned().unwrap_or_default(),
+                model_id: model_id.to_owned(),
+                template_id,
+                detail: "its batch of rows was not opened whole".to_owned(),
+            });
+        }
         let rows = self.opened.chunks_exact(self.dim.max(1));
         for ((&(template_id, person, name), row), result) in
             self.rows.iter().zip(rows).zip(&self.results)
@@ -1107,7 +1155,11 @@ impl SealedBatch {
     }
 }
 
-/// A worker of the gallery load ended without its batch: it panicked.
+/// The largest template dimension a stored row may claim (embeddings are 128 to 512 values): a
+/// row claiming more is corrupt, before any buffer is sized by it.
+const MAX_TEMPLATE_DIM: usize = 8192;
+
+/// The gallery load's workers are gone (cannot happen while they catch their panics).
 fn worker_lost(path: &Path) -> GalleryError {
     GalleryError::Unsupported {
         path: path.to_path_buf(),
@@ -1142,8 +1194,8 @@ fn read_sealed_row<'r>(
     };
     let row_dim = usize::try_from(row_dim)
         .ok()
-        .filter(|&d| d > 0)
-        .ok_or_else(|| corrupt(format!("dimension {row_dim} is not positive")))?;
+        .filter(|&d| d > 0 && d <= MAX_TEMPLATE_DIM)
+        .ok_or_else(|| corrupt(format!("dimension {row_dim} is not in 1..={MAX_TEMPLATE_DIM}")))?;
     let dim = *dim.get_or_insert(row_dim);
     if row_dim != dim {
         return Err(corrupt(format!(
@@ -1302,6 +1354,10 @@ fn configure(conn: &Connection, path: &Path) -> Result<(), GalleryError> {
     }
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(sql_err(path, "cannot set synchronous=FULL"))?;
+    // Checkpoint after 64 pages instead of SQLite's 1,000: with 64 KB pages the WAL would
+    // otherwise grow to 64 MB on the card between checkpoints (4 MB now).
+    conn.pragma_update(None, "wal_autocheckpoint", 64)
+        .map_err(sql_err(path, "cannot set wal_autocheckpoint"))?;
     conn.pragma_update(None, "foreign_keys", "ON")
         .map_err(sql_err(path, "cannot enable foreign keys"))?;
     let secure: i64 = conn
@@ -1768,9 +1824,26 @@ mod tests {
                 if person == "p1100" && *template_id == early),
             "{err:?}"
         );
-        // A wrong key is told apart at the very first row, as before.
+        // A row that cannot even be read (a dimension no buffer may be sized by) is reported
+        // only after the rows before it: the earlier row sealed for someone else comes first.
+        g.conn
+            .execute("UPDATE template SET dim = 4611686018427387906 WHERE id = ?1", [late])
+            .unwrap();
+        let err = g.matcher("m").unwrap_err();
+        assert!(
+            matches!(&err, GalleryError::CorruptTemplate { template_id, .. } if *template_id == early),
+            "{err:?}"
+        );
+        g.conn.execute("UPDATE template SET embedding = (SELECT embedding FROM template WHERE id = ?1 + 1) WHERE id = ?1", [early]).unwrap();
+        let err = g.matcher("m").unwrap_err();
+        assert!(err.to_string().contains("is not in 1..=8192"), "{err}");
+        // A wrong key is told apart at the very first row, as before, even with the bad row
+        // further on.
         g.key = DeviceKey::random(Path::new("k")).unwrap();
         let err = g.matcher("m").unwrap_err();
+        assert!(matches!(err, GalleryError::WrongKey { .. }), "{err:?}");
+        // One person's rows are opened on the caller's thread, with the same checks.
+        let err = g.matcher_of("m", Some(1), Storage::Float32).unwrap_err();
         assert!(matches!(err, GalleryError::WrongKey { .. }), "{err:?}");
     }
 
