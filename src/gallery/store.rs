@@ -818,9 +818,9 @@ impl Gallery {
             let mut batch = SealedBatch::default();
             let mut dim: Option<usize> = None;
             let push_ready = |waiting: &mut std::collections::BTreeMap<usize, SealedBatch>,
-                                  pushed: &mut usize,
-                                  spare: &mut Vec<SealedBatch>,
-                                  matcher: &mut Matcher|
+                              pushed: &mut usize,
+                              spare: &mut Vec<SealedBatch>,
+                              matcher: &mut Matcher|
              -> Result<(), GalleryError> {
                 while let Some(mut done) = waiting.remove(pushed) {
                     done.push_into(matcher, path, &self.key_file, model_id)?;
