@@ -2,8 +2,10 @@
 //!
 //! Every labelled photo is shrunk (with the exact resizer of `frame.rs`) so that its face's eye
 //! distance spans a sweep (8 to 64 px by default, and the original), pasted 1:1 into a canvas of
-//! the detector's input size (so the detector sees the face at exactly that size, as in a camera
-//! frame), detected, aligned and embedded by every backend: the float32 reference (the
+//! the detector's input size (so the detector sees the face at exactly that size), or with
+//! `--frame` into a frame of the camera's size that the detector letterboxes to its input as the
+//! appliance does (so a far face reaches the detector smaller still, as from the camera),
+//! detected, aligned and embedded by every backend: the float32 reference (the
 //! configuration's recognizer) and any number of NPU backends: emulated NPUs (INT8 or A16W8 QDQ
 //! models run on ONNX Runtime's CPU provider) or recognizer HEFs on the Hailo-8 (feature
 //! `hailo`). Probes at each size are matched against a gallery made of the
@@ -152,6 +154,50 @@ pub struct SweepArgs {
     /// Only the first N photos (quick runs).
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Place each shrunk face in a frame of this size (`WIDTHxHEIGHT`, or `camera` for the
+    /// config's V4L2 `[camera]` width and height) that the detector letterboxes to its input, as
+    /// the appliance's camera frames are; default: the detector's input size (no scaling).
+    #[arg(long, value_parser = parse_frame)]
+    pub frame: Option<FrameArg>,
+}
+
+/// `--frame`: a frame size, or the configured camera's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameArg {
+    /// `[camera] width` x `height`.
+    Camera,
+    /// Width and height in pixels.
+    Size([u32; 2]),
+}
+
+impl FrameArg {
+    /// The frame size this stands for.
+    pub fn size(self, config: &Config) -> Result<[u32; 2], DistanceError> {
+        match (self, &config.camera) {
+            (FrameArg::Size(s), _) => Ok(s),
+            (FrameArg::Camera, Some(crate::config::CameraConfig::V4l2 { width, height, .. })) => {
+                Ok([*width, *height])
+            }
+            (FrameArg::Camera, _) => Err(DistanceError::Usage(
+                "--frame camera: the config has no V4L2 [camera] with a size (a replay's is \
+                 its stream's); give WIDTHxHEIGHT"
+                    .into(),
+            )),
+        }
+    }
+}
+
+fn parse_frame(s: &str) -> Result<FrameArg, String> {
+    if s == "camera" {
+        return Ok(FrameArg::Camera);
+    }
+    let size = s.split_once('x').and_then(|(w, h)| Some([w.parse().ok()?, h.parse().ok()?]));
+    match size {
+        Some([w, h]) if (16..=8192).contains(&w) && (16..=8192).contains(&h) => {
+            Ok(FrameArg::Size([w, h]))
+        }
+        _ => Err(format!("expected WIDTHxHEIGHT (16 to 8192 each) or `camera`, got `{s}`")),
+    }
 }
 
 /// Arguments of `portier eval distance`.
@@ -254,6 +300,8 @@ pub struct Sweep {
     pub modes: Vec<Mode>,
     /// The camera-like degradation of [`Mode::Camera`], if any.
     pub camera: Option<CameraArgs>,
+    /// The frame each shrunk face was placed in, when not the detector's input (`--frame`).
+    pub frame: Option<[u32; 2]>,
     /// See the type's docs.
     pub outcomes: Vec<Vec<Vec<Outcome>>>,
     /// Class index per photo.
@@ -517,15 +565,17 @@ pub fn run_sweep(
     sizes: &[u32],
     progress: impl FnMut(usize, usize),
 ) -> Result<Sweep, DistanceError> {
-    run_sweep_with_camera(backends, photos, sizes, None, progress)
+    run_sweep_with_camera(backends, photos, sizes, None, None, progress)
 }
 
-/// [`run_sweep`], and with `camera` also the [`Mode::Camera`] measurements.
+/// [`run_sweep`], and with `camera` also the [`Mode::Camera`] measurements; with `frame` each
+/// shrunk face is placed in a frame of that size instead of the detector's input.
 pub fn run_sweep_with_camera(
     backends: &mut Backends,
     photos: Vec<Labelled>,
     sizes: &[u32],
     camera: Option<&CameraArgs>,
+    frame: Option<[u32; 2]>,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<Sweep, DistanceError> {
     let camera = camera.filter(|c| c.any());
@@ -543,7 +593,7 @@ pub fn run_sweep_with_camera(
         return Err(DistanceError::Usage("--sizes: eye distances must be at least 2 px".into()));
     }
     sizes.push(None);
-    let canvas_size = backends.detector.settings().input_size;
+    let canvas_size = frame.unwrap_or(backends.detector.settings().input_size);
     let mut outcomes = vec![vec![Vec::with_capacity(photos.len()); sizes.len()]; modes.len()];
     for (i, photo) in photos.iter().enumerate() {
         let img = load_image(&photo.path).map_err(|e| {
@@ -618,6 +668,7 @@ pub fn run_sweep_with_camera(
         sizes,
         modes,
         camera: camera.copied(),
+        frame,
         outcomes,
         classes,
         identities,
@@ -846,6 +897,7 @@ impl Sweep {
             verdicts,
             modes,
             camera: self.camera.map(|c| c.describe()),
+            frame: self.frame.map(|[w, h]| format!("{w}x{h}")),
             routing: routed.map(|(r, _)| r),
         }
     }
@@ -990,6 +1042,9 @@ pub struct DistanceReport {
     pub verdicts: Vec<Verdict>,
     /// The camera-like degradation of the `camera` mode, in words.
     pub camera: Option<String>,
+    /// The frame size the shrunk faces were placed in (`WIDTHxHEIGHT`), when not the
+    /// detector's input.
+    pub frame: Option<String>,
     /// The routing of the routed line (its bands are the operating thresholds).
     pub routing: Option<RoutingConfig>,
     /// Per landmark mode.
@@ -1028,9 +1083,11 @@ pub fn sweep_with_camera(
     let mut backends = Backends::open(config, &args.backends)?;
     let bar = indicatif::ProgressBar::new(photos.len() as u64);
     bar.set_message("shrinking and embedding photos");
-    let sweep = run_sweep_with_camera(&mut backends, photos, &args.sizes, camera, |d, _| {
-        bar.set_position(d as u64)
-    })?;
+    let frame = args.frame.map(|f| f.size(config)).transpose()?;
+    let sweep =
+        run_sweep_with_camera(&mut backends, photos, &args.sizes, camera, frame, |d, _| {
+            bar.set_position(d as u64)
+        })?;
     bar.finish_and_clear();
     Ok((sweep, backends))
 }
@@ -1091,6 +1148,13 @@ pub fn table(r: &DistanceReport) -> String {
     );
     if let Some(c) = &r.camera {
         let _ = writeln!(s, "camera-like frames: {c} (swept sizes; the originals as photographed)");
+    }
+    if let Some(f) = &r.frame {
+        let _ = writeln!(
+            s,
+            "swept faces placed in {f} frames, letterboxed to the detector's input (found = \
+             detection recall per size)"
+        );
     }
     let f =
         |v: Option<f64>| v.filter(|x| x.is_finite()).map_or("    -".into(), |x| format!("{x:5.3}"));
@@ -1177,6 +1241,15 @@ mod tests {
         let loose = [det([0.0, 0.0, 42.0, 42.0])];
         assert!(find_expected(&loose, &want).is_some());
         assert!(find_expected(&dets[..1], &want).is_none());
+    }
+
+    #[test]
+    fn frame_sizes_parse_or_name_what_is_wrong() {
+        assert_eq!(parse_frame("1280x720"), Ok(FrameArg::Size([1280, 720])));
+        assert_eq!(parse_frame("camera"), Ok(FrameArg::Camera));
+        for bad in ["1280", "1280x", "x720", "8x720", "1280x720x3", "wide"] {
+            assert!(parse_frame(bad).unwrap_err().contains(&format!("`{bad}`")), "{bad}");
+        }
     }
 
     #[test]
