@@ -1318,6 +1318,7 @@ mod hef_tests {
             ],
             sizes: vec![24],
             limit: Some(3),
+            frame: None,
         };
         let (s, _) = sweep(&config, &sweep_args).unwrap();
         assert_eq!(s.backends, ["float32", "npu"]);
