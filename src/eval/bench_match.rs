@@ -90,14 +90,15 @@ pub struct MatchReport {
 /// A matcher of `people × templates` random unit rows.
 fn gallery(people: usize, templates: usize, dim: usize, seed: u64) -> Matcher {
     let mut rng = SplitMix(seed);
-    let mut rows = vec![0.0f32; people * templates * dim];
-    for row in rows.chunks_exact_mut(dim) {
-        for x in row.iter_mut() {
-            *x = (rng.unit() as f32) - 0.5;
-        }
-        crate::embed::l2_normalize(row);
-    }
+    let rows: Vec<f32> = (0..people * templates).flat_map(|_| unit_row(&mut rng, dim)).collect();
     Matcher::from_rows("bench", dim, templates, &rows)
+}
+
+/// A random unit vector of `dim` values (templates and queries alike).
+fn unit_row(rng: &mut SplitMix, dim: usize) -> Vec<f32> {
+    let mut row: Vec<f32> = (0..dim).map(|_| rng.unit() as f32 - 0.5).collect();
+    crate::embed::l2_normalize(&mut row);
+    row
 }
 
 /// Writes a gallery file of `people` people in `dir` (random unit templates of every model in
@@ -148,14 +149,7 @@ pub fn open_cost(
                         .zip(&models)
                         .map(|(&dim, model_id)| BackupModel {
                             model_id: model_id.clone(),
-                            templates: (0..templates)
-                                .map(|_| {
-                                    let mut t: Vec<f32> =
-                                        (0..dim).map(|_| rng.unit() as f32 - 0.5).collect();
-                                    crate::embed::l2_normalize(&mut t);
-                                    t
-                                })
-                                .collect(),
+                            templates: (0..templates).map(|_| unit_row(&mut rng, dim)).collect(),
                         })
                         .collect(),
                 })
@@ -249,13 +243,7 @@ fn quantile(v: &mut [f64], q: f64) -> f64 {
 /// Runs every size in every storage.
 pub fn run(people: &[usize], templates: usize, dim: usize, queries: usize) -> MatchReport {
     let mut rng = SplitMix(99);
-    let qs: Vec<Vec<f32>> = (0..queries.max(1))
-        .map(|_| {
-            let mut q: Vec<f32> = (0..dim).map(|_| rng.unit() as f32 - 0.5).collect();
-            crate::embed::l2_normalize(&mut q);
-            q
-        })
-        .collect();
+    let qs: Vec<Vec<f32>> = (0..queries.max(1)).map(|_| unit_row(&mut rng, dim)).collect();
     let mut costs = Vec::new();
     for &n in people {
         for storage in Storage::ALL {
