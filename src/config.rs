@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::detect::far::FarSettings;
 use crate::detect::{DetectorKind, DetectorSettings};
 use crate::embed::cpu::RecognizerSettings;
 use crate::frame::Filter;
@@ -80,6 +81,12 @@ struct RawDetector {
     optimization: Optimization,
     #[serde(default)]
     fit_input: bool,
+    #[serde(default)]
+    far_faces: bool,
+    far_scale: Option<f32>,
+    far_max_eye_px: Option<f32>,
+    far_window_width: Option<u32>,
+    far_window_height: Option<u32>,
 }
 
 fn default_input() -> u32 {
@@ -746,8 +753,54 @@ impl Config {
                 FilterName::Antialiased => Filter::Antialiased,
             },
             session: session(d.optimization),
+            far: None,
         };
         check_unit(&invalid, "detector.score_threshold", detector.score_threshold)?;
+        let far_default = FarSettings::default();
+        let far = FarSettings {
+            scale: d.far_scale.unwrap_or(far_default.scale),
+            max_eye_px: d.far_max_eye_px.unwrap_or(far_default.max_eye_px),
+            window: [
+                d.far_window_width.unwrap_or(far_default.window[0]),
+                d.far_window_height.unwrap_or(far_default.window[1]),
+            ],
+        };
+        for (key, v, most) in [
+            ("detector.far_window_width", far.window[0], d.input_width),
+            ("detector.far_window_height", far.window[1], d.input_height),
+        ] {
+            if v % 32 != 0 || !(32..=most).contains(&v) {
+                return Err(invalid(
+                    key,
+                    format!("must be a multiple of 32 in 32..={most} (the input size), got {v}"),
+                ));
+            }
+        }
+        if !(far.scale.is_finite() && (0.25..=4.0).contains(&far.scale)) {
+            return Err(invalid(
+                "detector.far_scale",
+                format!("must be in 0.25..=4 (1: native resolution), got {}", far.scale),
+            ));
+        }
+        if !(far.max_eye_px.is_finite() && (4.0..=256.0).contains(&far.max_eye_px)) {
+            return Err(invalid(
+                "detector.far_max_eye_px",
+                format!("must be in 4..=256 pixels, got {}", far.max_eye_px),
+            ));
+        }
+        let far_keys = [
+            d.far_scale.is_some(),
+            d.far_max_eye_px.is_some(),
+            d.far_window_width.is_some(),
+            d.far_window_height.is_some(),
+        ];
+        if !d.far_faces && far_keys.contains(&true) {
+            return Err(invalid(
+                "detector.far_faces",
+                "a far_* key is set but far_faces is off: set far_faces = true".into(),
+            ));
+        }
+        let detector = DetectorSettings { far: d.far_faces.then_some(far), ..detector };
         check_unit(&invalid, "detector.nms_threshold", detector.nms_threshold)?;
         check_std(&invalid, "detector.std", detector.preprocess.std)?;
 
@@ -1372,6 +1425,28 @@ margin = 0.05
         let text = GOOD.replace("kind = \"scrfd\"", "kind = \"retina\"");
         let err = Config::parse(&text, Path::new("c.toml")).unwrap_err().to_string();
         assert!(err.contains("detector.kind"), "{err}");
+    }
+
+    #[test]
+    fn the_far_face_pass_is_off_by_default_and_its_keys_are_checked() {
+        let c = Config::parse(GOOD, Path::new("c.toml")).unwrap();
+        assert_eq!(c.detector.far, None);
+        let on =
+            |extra: &str| GOOD.replace("kind = \"scrfd\"", &format!("kind = \"scrfd\"\n{extra}"));
+        let c = Config::parse(&on("far_faces = true\nfar_window_width = 480"), Path::new("c.toml"))
+            .unwrap();
+        let far = c.detector.far.unwrap();
+        assert_eq!((far.scale, far.max_eye_px, far.window), (1.0, 32.0, [480, 192]));
+        for (extra, key) in [
+            ("far_faces = true\nfar_scale = 0", "detector.far_scale"),
+            ("far_faces = true\nfar_max_eye_px = 1000", "detector.far_max_eye_px"),
+            ("far_faces = true\nfar_window_width = 100", "detector.far_window_width"),
+            ("far_faces = true\nfar_window_height = 1024", "detector.far_window_height"),
+            ("far_scale = 1.5", "detector.far_faces"),
+        ] {
+            let err = Config::parse(&on(extra), Path::new("c.toml")).unwrap_err().to_string();
+            assert!(err.contains(&format!("key `{key}`")), "{extra}: {err}");
+        }
     }
 
     #[test]

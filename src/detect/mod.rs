@@ -6,6 +6,7 @@
 //! decodes ONNX Runtime's outputs here and an NPU's outputs later. Must not: allocate per frame
 //! once warmed up (buffers live in [`Detector`]), or know which backend produced the tensors.
 
+pub mod far;
 pub mod scrfd;
 pub mod yunet;
 
@@ -143,6 +144,8 @@ pub struct DetectorSettings {
     pub filter: Filter,
     /// ONNX Runtime options.
     pub session: SessionOptions,
+    /// The far-face pass ([`far::FarScan`]) of the appliance and `eval distance`; `None`: off.
+    pub far: Option<far::FarSettings>,
 }
 
 /// Per-stage times of one detection, for benchmarks.
@@ -216,8 +219,40 @@ impl Detector {
         frame: ImageView<'_>,
         out: &mut Vec<Detection>,
     ) -> Result<DetectTimings, DetectError> {
+        self.detect_into(frame, self.settings.input_size, out)
+    }
+
+    /// [`Detector::detect`] with the frame letterboxed into `input` (at most the configured
+    /// input size) instead: a dynamic-input model then runs at that size, a fixed one in its
+    /// own input as always. The far-face pass runs its windows this way, at their own scale.
+    pub fn detect_within(
+        &mut self,
+        frame: ImageView<'_>,
+        input: [u32; 2],
+        out: &mut Vec<Detection>,
+    ) -> Result<DetectTimings, DetectError> {
+        let [w, h] = self.settings.input_size;
+        let input = if self.dynamic_input {
+            [input[0].clamp(32, w), input[1].clamp(32, h)]
+        } else {
+            [w, h]
+        };
+        self.detect_into(frame, input, out)
+    }
+
+    /// Whether the model takes any input size (SCRFD's dynamic export).
+    pub fn dynamic_input(&self) -> bool {
+        self.dynamic_input
+    }
+
+    fn detect_into(
+        &mut self,
+        frame: ImageView<'_>,
+        target: [u32; 2],
+        out: &mut Vec<Detection>,
+    ) -> Result<DetectTimings, DetectError> {
         let t0 = Instant::now();
-        self.letterbox(frame);
+        self.letterbox(frame, target);
         let t1 = Instant::now();
         let infer = self.infer_and_decode(out)?;
         let t2 = Instant::now();
@@ -235,27 +270,43 @@ impl Detector {
         Ok(DetectTimings { pre: t1 - t0, infer, post })
     }
 
-    /// Letterboxes the frame into the input, top-left anchored (the reference pipeline's
-    /// convention: coordinates then map back by one scale factor, no offset).
-    fn letterbox(&mut self, frame: ImageView<'_>) {
-        let [w, h] = self.settings.input_size;
+    /// The geometry of the letterbox of a `frame`-sized image: the model's input for it (with
+    /// `fit_input`, shrunk to the frame's aspect ratio).
+    pub fn input_for(&self, frame: [u32; 2]) -> [u32; 2] {
+        self.letterbox_for(frame, self.settings.input_size).input
+    }
+
+    /// Input pixels per frame pixel in the letterbox of a `frame`-sized image.
+    pub fn scale_for(&self, frame: [u32; 2]) -> f64 {
+        self.letterbox_for(frame, self.settings.input_size).scale
+    }
+
+    fn letterbox_for(&self, frame: [u32; 2], [w, h]: [u32; 2]) -> Letterbox {
+        let [fw, fh] = frame.map(|v| f64::from(v.max(1)));
         // The frame keeps its aspect ratio: scaled by `s` to fit, rounded to whole pixels,
         // anchored at the top-left corner, and coordinates map back by the one factor 1/s (not
         // per axis by the rounded size): the reference pipeline's convention, which the
         // recognizers' sub-pixel alignment is sensitive to (per-axis factors shift landmarks by
         // up to 1 px and cost up to 0.013 of cosine similarity on the reference photos).
-        let s =
-            (f64::from(w) / f64::from(frame.width())).min(f64::from(h) / f64::from(frame.height()));
+        let s = (f64::from(w) / fw).min(f64::from(h) / fh);
         // Half-way cases round to even, as the reference pipeline (Python's round) does: a
         // 410x512 photo becomes 512x640, not 513x640.
-        let nw = ((f64::from(frame.width()) * s).round_ties_even() as u32).clamp(1, w);
-        let nh = ((f64::from(frame.height()) * s).round_ties_even() as u32).clamp(1, h);
-        self.scale = (1.0 / s) as f32;
-        let (w, h) = if self.settings.fit_input && self.dynamic_input {
-            (nw.div_ceil(32) * 32, nh.div_ceil(32) * 32)
+        let nw = ((fw * s).round_ties_even() as u32).clamp(1, w);
+        let nh = ((fh * s).round_ties_even() as u32).clamp(1, h);
+        let input = if self.settings.fit_input && self.dynamic_input {
+            [nw.div_ceil(32) * 32, nh.div_ceil(32) * 32]
         } else {
-            (w, h)
+            [w, h]
         };
+        Letterbox { scale: s, fitted: [nw, nh], input }
+    }
+
+    /// Letterboxes the frame into the input, top-left anchored (the reference pipeline's
+    /// convention: coordinates then map back by one scale factor, no offset).
+    fn letterbox(&mut self, frame: ImageView<'_>, target: [u32; 2]) {
+        let Letterbox { scale: s, fitted: [nw, nh], input: [w, h] } =
+            self.letterbox_for([frame.width(), frame.height()], target);
+        self.scale = (1.0 / s) as f32;
         if self.input != [w, h] {
             self.input = [w, h];
             self.fitted = [0; 2];
@@ -297,6 +348,16 @@ impl Detector {
             .map_err(|reason| DetectError::Outputs { path: self.settings.path.clone(), reason })?;
         Ok(infer)
     }
+}
+
+/// Where a frame lands in the detector's input.
+struct Letterbox {
+    /// Input pixels per frame pixel.
+    scale: f64,
+    /// The frame's area in the input.
+    fitted: [u32; 2],
+    /// The input's size.
+    input: [u32; 2],
 }
 
 /// Decodes raw outputs of a `kind` detector with input `size` into candidates above
