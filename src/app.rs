@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use crate::align::{align_face, AlignedFace};
 use crate::camera::{CameraError, FrameSource};
 use crate::decide::{Decider, DecisionConfig, FaceSize, Space, Verdict};
+use crate::detect::far::FarScan;
 use crate::detect::{Detection, Detector};
 use crate::door::{DoorControl, DoorError, DoorEvent, UnlockReason};
 use crate::embed::{Embedder, MAX_DIM};
@@ -234,6 +235,8 @@ pub struct Counters {
     pub spoofs: u64,
     /// Door pin errors.
     pub door_errors: u64,
+    /// Faces found only by the far-face pass (included in `faces`).
+    pub far_faces: u64,
 }
 
 impl std::fmt::Display for Counters {
@@ -242,7 +245,8 @@ impl std::fmt::Display for Counters {
             f,
             "frames {} (corrupt {}, timeouts {}, camera errors {}), faces {}, embeddings {} \
              (npu {}, norm fallbacks {}, errors {}), grants {}, cooldowns {}, unknown {}, \
-             tailgating {}, liveness checks {} (errors {}), spoofs {}, door errors {}",
+             tailgating {}, liveness checks {} (errors {}), spoofs {}, door errors {}, \
+             far-pass faces {}",
             self.frames,
             self.corrupt_frames,
             self.timeouts,
@@ -259,7 +263,8 @@ impl std::fmt::Display for Counters {
             self.liveness_checks,
             self.liveness_errors,
             self.spoofs,
-            self.door_errors
+            self.door_errors,
+            self.far_faces
         )
     }
 }
@@ -385,6 +390,8 @@ pub struct App {
     frame: RgbImage,
     detector: Detector,
     detections: Vec<Detection>,
+    /// The far-face pass (`[detector] far_faces`).
+    far: Option<FarScan>,
     tracker: Tracker,
     assignment: Vec<Option<TrackId>>,
     ended: Vec<TrackId>,
@@ -404,6 +411,10 @@ pub struct App {
     candidates: Vec<(Duration, usize)>,
     camera_lost: bool,
     last_frame_at: Duration,
+    /// The frame time before `last_frame_at`: a track last seen before it missed a frame.
+    previous_frame_at: Duration,
+    /// Embeddings made on the previous frame: the far-face pass yields to a spent budget.
+    previous_embeddings: usize,
     /// While the door is unlocked for a face: the tracks that were in view at the grant.
     grant_witnesses: Vec<TrackId>,
     grant_open: bool,
@@ -661,6 +672,7 @@ impl App {
             source: parts.source,
             decoder: FrameDecoder::new(),
             frame: RgbImage::new(0, 0),
+            far: parts.detector.settings().far.map(FarScan::new),
             detector: parts.detector,
             detections: Vec::with_capacity(64),
             assignment: Vec::with_capacity(64),
@@ -680,6 +692,8 @@ impl App {
             candidates: Vec::with_capacity(64),
             camera_lost: false,
             last_frame_at: Duration::ZERO,
+            previous_frame_at: Duration::ZERO,
+            previous_embeddings: 0,
             grant_witnesses: Vec::with_capacity(max_tracks),
             grant_open: false,
             corrupt_log: RateLimit::default(),
@@ -838,6 +852,7 @@ impl App {
             log::info!("camera back: {}", self.source.describe());
             self.events.push(AppEvent::CameraBack);
         }
+        self.previous_frame_at = self.last_frame_at;
         self.last_frame_at = now;
         self.counters.frames += 1;
         self.last_stages = StageTimes { decode: arrived.elapsed(), ..StageTimes::default() };
@@ -872,11 +887,19 @@ impl App {
 
     fn process_frame(&mut self, sequence: u64, now: Duration) -> Result<usize, AppError> {
         let t0 = Instant::now();
+        let embeddings_before = self.counters.embeddings;
         if let Err(e) = self.detector.detect(self.frame.view(), &mut self.detections) {
             // A model failure on one frame: count it like a bad frame and go on.
             self.counters.corrupt_frames += 1;
             if let Some(suppressed) = self.corrupt_log.allow(now) {
                 log::warn!("detector failed on frame {sequence}: {e} ({suppressed} more)");
+            }
+            return Ok(0);
+        }
+        if let Err(e) = self.far_pass() {
+            self.counters.corrupt_frames += 1;
+            if let Some(suppressed) = self.corrupt_log.allow(now) {
+                log::warn!("far-face pass failed on frame {sequence}: {e} ({suppressed} more)");
             }
             return Ok(0);
         }
@@ -992,9 +1015,47 @@ impl App {
                 self.apply(v, sequence, face, now)?;
             }
         }
+        self.previous_embeddings =
+            usize::try_from(self.counters.embeddings - embeddings_before).unwrap_or(usize::MAX);
         self.check_tailgating(sequence);
         self.last_stages.decide = t2.elapsed();
         Ok(faces)
+    }
+
+    /// The far-face pass of this frame, its faces merged into `detections`: on every other
+    /// frame a window around the small track that has gone unseen longest (one the whole-frame
+    /// pass is losing: it missed the previous frame), else the next tile of the rotation. Not
+    /// after a frame that spent the whole embedding budget.
+    fn far_pass(&mut self) -> Result<(), crate::detect::DetectError> {
+        let Some(far) = &mut self.far else { return Ok(()) };
+        if self.previous_embeddings >= self.settings.max_embeds_per_frame {
+            // The previous frame spent the whole embedding budget: this one likely will too,
+            // and the faces being decided come first (the far faces wait a frame).
+            return Ok(());
+        }
+        let max_eye = far.settings().max_eye_px;
+        let follow = self.counters.frames.is_multiple_of(2);
+        let around = follow
+            .then(|| {
+                self.tracker
+                    .tracks()
+                    .iter()
+                    .filter(|t| {
+                        t.last_seen < self.previous_frame_at && t.last.eye_distance() <= max_eye
+                    })
+                    .min_by_key(|t| t.last_seen)
+                    .map(|t| {
+                        // Where the constant-velocity motion has taken it by now.
+                        let dt = self.last_frame_at.saturating_sub(t.last_seen).as_secs_f32();
+                        let [dx, dy] = t.velocity.map(|v| v * dt);
+                        [t.bbox[0] + dx, t.bbox[1] + dy, t.bbox[2] + dx, t.bbox[3] + dy]
+                    })
+            })
+            .flatten();
+        let before = self.detections.len();
+        far.pass(&mut self.detector, self.frame.view(), around, &mut self.detections)?;
+        self.counters.far_faces += self.detections.len().saturating_sub(before) as u64;
+        Ok(())
     }
 
     /// Runs the liveness check on a candidate of a grant, from the full frame and its

@@ -626,3 +626,116 @@ fn a_missing_mqtt_credential_file_does_not_stop_the_door() {
     assert!(stderr.contains("missing.password"), "{stderr}");
     assert!(stdout.contains("granted: Lin-Manuel Miranda"), "{stdout}\n{stderr}");
 }
+
+/// Frames of a person walking up to a 1280x720 camera: the face of `photo` grows from
+/// `from_px` to `to_px` between the eyes over `frames` frames, its centre fixed at (250, 200) on
+/// a grey wall, as a Pi camera sees it (README "On the Pi": defocus, demosaicing blur, noise,
+/// MJPEG). PNG files in `dir`, in order.
+fn walk_up(photo: &Path, dir: &Path, from_px: f32, to_px: f32, frames: usize) {
+    let config = laptop_config(&dir.join("unused.db"));
+    let mut pipeline = Pipeline::open(&config).unwrap();
+    let img = portier::frame::load_image(photo).unwrap();
+    let faces = pipeline.faces(img.view(), Select::NearestCentre, None).unwrap();
+    let face = faces[0].detection;
+    let mut resizer = portier::frame::Resizer::default();
+    let (cw, ch) = (1280usize, 720usize);
+    let camera = portier::eval::camera::CameraArgs {
+        defocus_px: 1.5,
+        focus_eye_px: 48.0,
+        optical_blur: 0.6,
+        noise: 3.0,
+        jpeg_quality: 75,
+    };
+    for i in 0..frames {
+        let eye = from_px + (to_px - from_px) * i as f32 / (frames - 1) as f32;
+        let f = eye / face.eye_distance();
+        assert!(f <= 1.0, "the photo is only shrunk");
+        let (w, h) =
+            ((img.width() as f32 * f).round() as u32, (img.height() as f32 * f).round() as u32);
+        let c = face.centre();
+        let (ox, oy) = ((250.0 - c[0] * f).round() as usize, (200.0 - c[1] * f).round() as usize);
+        let mut canvas = vec![96u8; cw * ch * 3];
+        resizer.resize_into(
+            img.view(),
+            &mut canvas[(oy * cw + ox) * 3..],
+            cw,
+            w,
+            h,
+            portier::frame::Filter::Antialiased,
+        );
+        let mut frame = portier::frame::RgbImage::from_raw(cw as u32, ch as u32, canvas).unwrap();
+        camera.degrade(&mut frame, eye, i as u64).unwrap();
+        let path = dir.join(format!("frame{i:04}.png"));
+        let (w, h) = (frame.width(), frame.height());
+        image::save_buffer(&path, frame.as_bytes(), w, h, image::ExtendedColorType::Rgb8).unwrap();
+    }
+}
+
+/// The far-face pass on the shipped laptop config: Colin Powell (enrolled from another LFW
+/// photo) walking up from 8 px between the eyes (4 at the 640x384 whole-frame pass) is found
+/// within one rotation of the far pass's tiles, followed at native resolution while he is
+/// small, recognised early (one track from far to near: no "unknown" on the way) and granted
+/// once, only at the approach distance. Without the pass he is found later; the grant is the
+/// same.
+#[test]
+fn a_far_face_walking_up_is_found_early_and_granted_once_when_close() {
+    const FRAMES: u64 = 240;
+    let Some(a) = assets() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let frames_dir = dir.path().join("frames");
+    std::fs::create_dir(&frames_dir).unwrap();
+    let lfw = a.join("lfw-dev/images/Colin_Powell");
+    walk_up(&lfw.join("Colin_Powell_0074.jpg"), &frames_dir, 8.0, 40.0, FRAMES as usize);
+    let enrolled = ("Colin Powell", "../../lfw-dev/images/Colin_Powell/Colin_Powell_0038.jpg");
+    let run = |far: bool| {
+        let mut config = laptop_config(&dir.path().join(format!("g{far}.db")));
+        assert!(config.detector.far.is_some(), "board/laptop.toml runs the far-face pass");
+        if !far {
+            config.detector.far = None;
+        }
+        // A 40 px face is 14% of the frame tall: the approach distance is 12% here.
+        config.app.decision.min_face_height_pct = 12.0;
+        enroll(&config, &a, &[enrolled]);
+        let (parts, _, _) = cpu_parts(&config, replay_source(&frames_dir, 30.0, false));
+        let mut app = App::new(config.app.clone(), parts).unwrap();
+        let (mut first_found, mut events, mut closer) = (None, Vec::new(), 0);
+        for i in 0..FRAMES {
+            match app.step(Duration::from_secs_f64(i as f64 / 30.0)).unwrap() {
+                StepOutcome::Frame { faces, .. } if faces > 0 => {
+                    first_found.get_or_insert(i);
+                }
+                _ => {}
+            }
+            closer += usize::from(app.step_closer());
+            events.extend(app.drain_events());
+        }
+        (first_found, events, app.counters(), closer)
+    };
+    let (found_far, events_far, counters_far, closer_far) = run(true);
+    let (found_near, events_near, counters_near, _) = run(false);
+    eprintln!(
+        "far pass: first found at frame {found_far:?}, {counters_far}; without: {found_near:?}, \
+         {counters_near}"
+    );
+    let found_far = found_far.expect("found with the far pass");
+    assert!(found_far < 31, "within one rotation of the 30 tiles: frame {found_far}");
+    assert!(found_near.is_none_or(|n| n > found_far + 10), "{found_near:?} vs {found_far}");
+    assert!(counters_far.far_faces > 3, "followed while the whole-frame pass misses him");
+    assert!(counters_far.faces > counters_near.faces, "{counters_far} vs {counters_near}");
+    assert!(closer_far > 10, "recognised while too far to be granted: step closer");
+    for events in [&events_far, &events_near] {
+        let grants: Vec<_> = events
+            .iter()
+            .filter_map(|e| match e {
+                AppEvent::Granted { name, frame, .. } => Some((name.as_str(), *frame)),
+                _ => None,
+            })
+            .collect();
+        eprintln!("grants {grants:?}");
+        assert_eq!(grants.len(), 1, "{grants:?}");
+        assert_eq!(grants[0].0, enrolled.0);
+        assert!(grants[0].1 >= 150, "granted only at the approach distance: {grants:?}");
+        let unknown = events.iter().filter(|e| matches!(e, AppEvent::Unknown { .. })).count();
+        assert_eq!(unknown, 0, "one track from far to near: {events:?}");
+    }
+}
