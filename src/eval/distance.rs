@@ -43,6 +43,7 @@ use super::metrics::{self, Probe, ScoreStats, TarAtFar};
 use super::verify::{read_labels, EvalError, Labelled};
 use crate::align::{align_face, AlignedFace};
 use crate::config::Config;
+use crate::detect::far::FarScan;
 use crate::detect::{iou, DetectError, Detection, Detector, Landmarks};
 use crate::embed::cpu::CpuEmbedder;
 use crate::embed::{dot, EmbedError, Embedder};
@@ -136,10 +137,11 @@ impl DistanceError {
 #[derive(Args, Debug, Clone)]
 pub struct SweepArgs {
     /// CSV with `path` and `identity` columns.
-    #[arg(long)]
-    pub labels: PathBuf,
+    #[arg(long, required_unless_present = "root")]
+    pub labels: Option<PathBuf>,
     /// Folder the CSV's paths are relative to (default: `full/` beside the CSV if it exists,
-    /// else the CSV's folder).
+    /// else the CSV's folder); without `--labels`, identity folders
+    /// (`<root>/<Name>/<photo>.jpg`, LFW's layout).
     #[arg(long)]
     pub root: Option<PathBuf>,
     /// An NPU backend, `NAME=MODEL` (repeatable): a QDQ `.onnx` model run on the CPU with the
@@ -154,6 +156,10 @@ pub struct SweepArgs {
     /// Only the first N photos (quick runs).
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Only identities with at least N photos, their first N each (before `--limit`): with
+    /// 2, every probe has a mate (LFW has thousands of one-photo identities).
+    #[arg(long)]
+    pub per_identity: Option<usize>,
     /// Place each shrunk face in a frame of this size (`WIDTHxHEIGHT`, or `camera` for the
     /// config's V4L2 `[camera]` width and height) that the detector letterboxes to its input, as
     /// the appliance's camera frames are; default: the detector's input size (no scaling).
@@ -302,6 +308,8 @@ pub struct Sweep {
     pub camera: Option<CameraArgs>,
     /// The frame each shrunk face was placed in, when not the detector's input (`--frame`).
     pub frame: Option<[u32; 2]>,
+    /// The far-face pass the detection ran with, in words (`[detector] far_faces`).
+    pub far: Option<String>,
     /// See the type's docs.
     pub outcomes: Vec<Vec<Vec<Outcome>>>,
     /// Class index per photo.
@@ -318,6 +326,9 @@ pub struct Backends {
     cpu: usize,
     resizer: Resizer,
     detections: Vec<Detection>,
+    /// The appliance's far-face pass (`[detector] far_faces`), every tile of its rotation on
+    /// each swept frame.
+    far: Option<FarScan>,
     crop: Box<AlignedFace>,
 }
 
@@ -389,6 +400,7 @@ impl Backends {
             cpu,
             resizer: Resizer::default(),
             detections: Vec::new(),
+            far: config.detector.far.map(FarScan::new),
             crop: Box::default(),
         })
     }
@@ -417,6 +429,9 @@ impl Backends {
         expected: &[f32; 4],
     ) -> Result<Outcome, DistanceError> {
         self.detector.detect(frame.view(), &mut self.detections)?;
+        if let Some(far) = &mut self.far {
+            far.sweep(&mut self.detector, frame.view(), &mut self.detections)?;
+        }
         let Some(d) = find_expected(&self.detections, expected) else {
             return Ok(Outcome::NotDetected);
         };
@@ -489,12 +504,16 @@ pub struct Shrunk {
 /// Shrinks `image` by `factor` (< 1) with the exact antialiased resizer and copies the
 /// `canvas_size` window centred on the face into a black canvas of that size, so that a
 /// detector with that input sees the face at its shrunk size without any further scaling.
+/// With `place`, a shrunk photo smaller than the canvas lands at a position drawn from that
+/// seed instead of the top-left corner (a camera frame's faces are anywhere in it: tile edges
+/// of the far-face pass are met as in the field).
 pub fn shrink_into_canvas(
     resizer: &mut Resizer,
     image: ImageView<'_>,
     face: &Detection,
     factor: f64,
     canvas_size: [u32; 2],
+    place: Option<u64>,
 ) -> Shrunk {
     let nw = ((f64::from(image.width()) * factor).round_ties_even() as u32).max(1);
     let nh = ((f64::from(image.height()) * factor).round_ties_even() as u32).max(1);
@@ -508,21 +527,36 @@ pub fn shrink_into_canvas(
     let x0 = window_start(f64::from(c[0]) * fx, cw, nw);
     let y0 = window_start(f64::from(c[1]) * fy, ch, nh);
     let (w, h) = (cw.min(nw - x0), ch.min(nh - y0));
+    let [ox, oy] = match place {
+        Some(seed) => {
+            let r = splitmix(seed);
+            [(r as u32) % (cw - w + 1), ((r >> 32) as u32) % (ch - h + 1)]
+        }
+        None => [0, 0],
+    };
     let mut canvas = RgbImage::new(cw, ch);
     for y in 0..h as usize {
         let src = ((y0 as usize + y) * nw as usize + x0 as usize) * 3;
-        let dst = y * cw as usize * 3;
+        let dst = ((oy as usize + y) * cw as usize + ox as usize) * 3;
         canvas.as_bytes_mut()[dst..dst + w as usize * 3]
             .copy_from_slice(&small[src..src + w as usize * 3]);
     }
     let map = |p: [f32; 2]| {
         [
-            (f64::from(p[0]) * fx - f64::from(x0)) as f32,
-            (f64::from(p[1]) * fy - f64::from(y0)) as f32,
+            (f64::from(p[0]) * fx - f64::from(x0) + f64::from(ox)) as f32,
+            (f64::from(p[1]) * fy - f64::from(y0) + f64::from(oy)) as f32,
         ]
     };
     let [a, b] = [map([face.bbox[0], face.bbox[1]]), map([face.bbox[2], face.bbox[3]])];
     Shrunk { canvas, expected_box: [a[0], a[1], b[0], b[1]], reference_kps: face.kps.map(map) }
+}
+
+/// SplitMix64: a well-mixed 64-bit value from a seed.
+fn splitmix(seed: u64) -> u64 {
+    let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// First column (or row) of a `window`-wide window centred on `centre` inside `0..len`.
@@ -631,8 +665,15 @@ pub fn run_sweep_with_camera(
                 }
                 continue;
             }
-            let shrunk =
-                shrink_into_canvas(&mut backends.resizer, img.view(), &face, factor, canvas_size);
+            let place = frame.map(|_| super::camera::seed(i, s));
+            let shrunk = shrink_into_canvas(
+                &mut backends.resizer,
+                img.view(),
+                &face,
+                factor,
+                canvas_size,
+                place,
+            );
             let detected = backends.detect_and_embed(&shrunk.canvas, &shrunk.expected_box)?;
             let reference =
                 match backends.embed_all(shrunk.canvas.view(), &shrunk.reference_kps, s as f32)? {
@@ -669,6 +710,15 @@ pub fn run_sweep_with_camera(
         modes,
         camera: camera.copied(),
         frame,
+        far: backends.far.as_ref().map(|f| {
+            format!(
+                "every tile of its rotation ({} of them) at {} detector px per frame px, faces up \
+                 to {} px between the eyes",
+                f.tiles(),
+                f.settings().scale,
+                f.settings().max_eye_px
+            )
+        }),
         outcomes,
         classes,
         identities,
@@ -755,6 +805,7 @@ impl Sweep {
         let (mut closed, mut open) = (Vec::new(), Vec::new());
         let (mut norms, mut cosines) = (Vec::new(), Vec::new());
         let (mut faces, mut npu_faces, mut missed) = (0usize, 0usize, 0usize);
+        let (mut missed_genuine, mut missed_impostor) = (0usize, 0usize);
         for (i, outcome) in self.outcomes[mode][size].iter().enumerate() {
             let class = self.classes[i];
             let has_mate = self
@@ -764,6 +815,18 @@ impl Sweep {
                 .any(|(j, &c)| j != i && c == class && galleries[0][j].is_some());
             let Outcome::Embedded(sample) = outcome else {
                 missed += usize::from(matches!(outcome, Outcome::NotDetected));
+                if matches!(outcome, Outcome::NotDetected) {
+                    // A missed face fails its genuine pairs and rejects its impostors, as
+                    // LFW's protocol scores a pair with no face (-1).
+                    for (j, g) in galleries[0].iter().enumerate() {
+                        if j != i && g.is_some() {
+                            match self.classes[j] == class {
+                                true => missed_genuine += 1,
+                                false => missed_impostor += 1,
+                            }
+                        }
+                    }
+                }
                 if has_mate && matches!(outcome, Outcome::NotDetected) {
                     // A missed face is a missed identification.
                     closed.push(Probe { class, candidates: Vec::new() });
@@ -805,7 +868,15 @@ impl Sweep {
         let rate = |hits: usize, n: usize| if n == 0 { f64::NAN } else { hits as f64 / n as f64 };
         let tar_at_far: Vec<TarAtFar> =
             FARS.iter().filter_map(|&f| metrics::tar_at_far(&genuine, &impostor, f)).collect();
+        let verification = {
+            let mut g = genuine.clone();
+            g.resize(genuine.len() + missed_genuine, -1.0);
+            let mut i = impostor.clone();
+            i.resize(impostor.len() + missed_impostor, -1.0);
+            metrics::best_balanced_accuracy(&g, &i)
+        };
         LineBand {
+            verification,
             match_rate: tar_at_far.first().map_or(f64::NAN, |t| t.tar)
                 * rate(faces, faces + missed),
             faces,
@@ -898,6 +969,7 @@ impl Sweep {
             modes,
             camera: self.camera.map(|c| c.describe()),
             frame: self.frame.map(|[w, h]| format!("{w}x{h}")),
+            far: self.far.clone(),
             routing: routed.map(|(r, _)| r),
         }
     }
@@ -953,6 +1025,10 @@ pub struct LineBand {
     /// this band, so a backend whose similarities are all inflated gains nothing), times the
     /// fraction of faces detected (a missed face is a missed match).
     pub match_rate: f64,
+    /// Verification accuracy as LFW measures it: genuine pairs accepted and impostor pairs
+    /// rejected, each class half the weight, at this band's best threshold; a missed face's
+    /// pairs score -1 (its genuine pairs fail).
+    pub verification: f64,
     /// TAR at FAR 1e-3 and 1e-4 (probe at this size against the original-size gallery).
     pub tar_at_far: Vec<TarAtFar>,
     /// Fraction of genuine pairs at or above the operating threshold.
@@ -1045,6 +1121,8 @@ pub struct DistanceReport {
     /// The frame size the shrunk faces were placed in (`WIDTHxHEIGHT`), when not the
     /// detector's input.
     pub frame: Option<String>,
+    /// The far-face pass (`[detector] far_faces`) beside the whole-frame detection, in words.
+    pub far: Option<String>,
     /// The routing of the routed line (its bands are the operating thresholds).
     pub routing: Option<RoutingConfig>,
     /// Per landmark mode.
@@ -1075,8 +1153,17 @@ pub fn sweep_with_camera(
     args: &SweepArgs,
     camera: Option<&CameraArgs>,
 ) -> Result<(Sweep, Backends), DistanceError> {
-    let root = args.root.clone().unwrap_or_else(|| default_root(&args.labels));
-    let mut photos = read_labels(&args.labels, &root)?;
+    let mut photos = match (&args.labels, &args.root) {
+        (Some(labels), root) => {
+            let root = root.clone().unwrap_or_else(|| default_root(labels));
+            read_labels(labels, &root)?
+        }
+        (None, Some(root)) => super::identify::read_folders(root)?,
+        (None, None) => return Err(DistanceError::Usage("give --labels or --root".into())),
+    };
+    if let Some(n) = args.per_identity {
+        photos = per_identity(photos, n.max(1));
+    }
     if let Some(n) = args.limit {
         photos.truncate(n.max(1));
     }
@@ -1090,6 +1177,27 @@ pub fn sweep_with_camera(
         })?;
     bar.finish_and_clear();
     Ok((sweep, backends))
+}
+
+/// The first `n` photos of every identity that has at least `n`, in the given order.
+fn per_identity(photos: Vec<Labelled>, n: usize) -> Vec<Labelled> {
+    let mut count: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for p in &photos {
+        *count.entry(p.identity.as_str()).or_default() += 1;
+    }
+    let keep: std::collections::HashSet<String> =
+        count.into_iter().filter(|&(_, c)| c >= n).map(|(id, _)| id.to_owned()).collect();
+    let mut taken: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    photos
+        .into_iter()
+        .filter(|p| {
+            keep.contains(&p.identity) && {
+                let t = taken.entry(p.identity.clone()).or_default();
+                *t += 1;
+                *t <= n
+            }
+        })
+        .collect()
 }
 
 /// The index of the NPU backend: `name`, or the first `--backend`.
@@ -1156,12 +1264,15 @@ pub fn table(r: &DistanceReport) -> String {
              detection recall per size)"
         );
     }
+    if let Some(f) = &r.far {
+        let _ = writeln!(s, "far-face pass: {f}");
+    }
     let f =
         |v: Option<f64>| v.filter(|x| x.is_finite()).map_or("    -".into(), |x| format!("{x:5.3}"));
     for m in &r.modes {
         let _ = writeln!(
             s,
-            "\n[{}] eye px | found/missed/small | backend        | genuine mean  p01 | impostor mean   max | TAR@1e-3 TAR@1e-4 | TAR@thr FAR@thr | ident  rank1 | norm  p01   p50   p99 | cos32 p01  p50",
+            "\n[{}] eye px | found/missed/small found% | backend        | verif | genuine mean  p01 | impostor mean   max | TAR@1e-3 TAR@1e-4 | TAR@thr FAR@thr | ident  rank1 | norm  p01   p50   p99 | cos32 p01  p50",
             match m.mode {
                 Mode::Detected => "detected landmarks",
                 Mode::Reference => "reference landmarks (recognition only)",
@@ -1171,12 +1282,17 @@ pub fn table(r: &DistanceReport) -> String {
         for b in &m.bands {
             for (k, l) in b.lines.iter().enumerate() {
                 let head = if k == 0 {
+                    let seen = b.embedded + b.not_detected;
+                    let found = match seen {
+                        0 => "     -".to_string(),
+                        n => format!("{:5.1}%", 100.0 * b.embedded as f64 / n as f64),
+                    };
                     format!(
-                        "{:>8} | {:>5}/{:>3}/{:>3}     ",
+                        "{:>8} | {:>5}/{:>3}/{:>3}      {found}",
                         b.label, b.embedded, b.not_detected, b.source_too_small
                     )
                 } else {
-                    format!("{:>8} | {:>17}", "", "")
+                    format!("{:>8} | {:>24}", "", "")
                 };
                 let st = &l.stats;
                 let tar = |i: usize| {
@@ -1186,8 +1302,9 @@ pub fn table(r: &DistanceReport) -> String {
                 };
                 let _ = writeln!(
                     s,
-                    "{head} | {:14} | {} {} | {} {} | {}    {} | {}   {} | {} {} | {:5.1} {:5.1} {:5.1} | {} {}{}",
+                    "{head} | {:14} | {} | {} {} | {} {} | {}    {} | {}   {} | {} {} | {:5.1} {:5.1} {:5.1} | {} {}{}",
                     l.backend,
+                    f(Some(st.verification)),
                     f(st.genuine.map(|g| g.mean)),
                     f(st.genuine.map(|g| g.p01)),
                     f(st.impostor.map(|g| g.mean)),
@@ -1258,7 +1375,8 @@ mod tests {
         img.as_bytes_mut().fill(255);
         let mut face = det([200.0, 100.0, 300.0, 220.0]);
         face.kps = [[230.0, 150.0], [270.0, 150.0], [250.0, 175.0], [235.0, 195.0], [265.0, 195.0]];
-        let s = shrink_into_canvas(&mut Resizer::default(), img.view(), &face, 0.25, [64, 64]);
+        let s =
+            shrink_into_canvas(&mut Resizer::default(), img.view(), &face, 0.25, [64, 64], None);
         assert_eq!((s.canvas.width(), s.canvas.height()), (64, 64));
         // 400x300 → 100x75; the 64-wide window centred on x = 62.5 starts at 31.
         assert_eq!(s.expected_box[0], 50.0 - 31.0);
@@ -1266,6 +1384,19 @@ mod tests {
         assert!((eye - 10.0).abs() < 1e-4, "{eye}");
         // Inside the photo white, outside black.
         assert_eq!(s.canvas.as_bytes()[0], 255);
+    }
+
+    #[test]
+    fn per_identity_keeps_the_first_photos_of_identities_with_enough() {
+        let l = |id: &str, n: u32| Labelled {
+            path: format!("{id}/{n}.jpg").into(),
+            identity: id.into(),
+        };
+        let photos = vec![l("a", 1), l("b", 1), l("a", 2), l("c", 1), l("a", 3), l("c", 2)];
+        let kept: Vec<_> = per_identity(photos, 2).into_iter().map(|p| p.path).collect();
+        let want: Vec<PathBuf> =
+            ["a/1.jpg", "a/2.jpg", "c/1.jpg", "c/2.jpg"].map(PathBuf::from).into();
+        assert_eq!(kept, want);
     }
 
     #[test]
@@ -1311,13 +1442,14 @@ mod hef_tests {
         let d = Double::new();
         let config = config(&a, &d);
         let sweep_args = SweepArgs {
-            labels: a.join("faces/labels.csv"),
+            labels: Some(a.join("faces/labels.csv")),
             root: None,
             backends: vec![
                 parse_backend(&format!("npu={}", d.hef("recognizer").display())).unwrap()
             ],
             sizes: vec![24],
             limit: Some(3),
+            per_identity: None,
             frame: None,
         };
         let (s, _) = sweep(&config, &sweep_args).unwrap();

@@ -191,7 +191,8 @@ pub fn command(config: &Config, args: &ExportCalibArgs) -> Result<ExportSummary,
             if factor >= 1.0 {
                 continue;
             }
-            let shrunk = shrink_into_canvas(&mut resizer, img.view(), &face, factor, canvas_size);
+            let shrunk =
+                shrink_into_canvas(&mut resizer, img.view(), &face, factor, canvas_size, None);
             detector.detect(shrunk.canvas.view(), &mut dets)?;
             let (kps, how) = match find_expected(&dets, &shrunk.expected_box) {
                 Some(d) => (d.kps, "detected"),

@@ -311,6 +311,39 @@ fn midpoint_f32(a: f32, b: f32) -> f32 {
     ((f64::from(a) + f64::from(b)) / 2.0) as f32
 }
 
+/// Verification accuracy as on LFW's balanced pairs: the best, over thresholds, of the mean of
+/// the genuine pairs accepted and the impostor pairs rejected (each class half the weight,
+/// however many pairs it has), predicting "same" iff `score >= threshold`. NaN when either
+/// class is empty.
+pub fn best_balanced_accuracy(genuine: &[f32], impostor: &[f32]) -> f64 {
+    if genuine.is_empty() || impostor.is_empty() {
+        return f64::NAN;
+    }
+    let mut all: Vec<(f32, bool)> =
+        genuine.iter().map(|&s| (s, true)).chain(impostor.iter().map(|&s| (s, false))).collect();
+    all.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (g, i) = (genuine.len() as f64, impostor.len() as f64);
+    // Threshold below everything: every genuine accepted, every impostor accepted.
+    let (mut genuine_below, mut impostor_below) = (0usize, 0usize);
+    let mut best = 0.5;
+    let mut k = 0;
+    while k < all.len() {
+        // Move the threshold just above the score `all[k].0` (ties move together).
+        let v = all[k].0;
+        while k < all.len() && all[k].0 == v {
+            if all[k].1 {
+                genuine_below += 1;
+            } else {
+                impostor_below += 1;
+            }
+            k += 1;
+        }
+        let acc = 0.5 * ((g - genuine_below as f64) / g + impostor_below as f64 / i);
+        best = f64::max(best, acc);
+    }
+    best
+}
+
 /// Fraction of pairs classified correctly, predicting "same" iff `score >= threshold`.
 ///
 /// Returns NaN for empty input.
@@ -711,6 +744,17 @@ mod tests {
             assert_eq!(acc, brute_best_accuracy(&scores, &same), "round {round}");
             assert_eq!(accuracy_at(&scores, &same, t), acc, "round {round}");
         }
+    }
+
+    #[test]
+    fn balanced_accuracy_weighs_both_classes_alike() {
+        // Separable: 1.0 whatever the class sizes.
+        assert_eq!(best_balanced_accuracy(&[0.9, 0.8], &[0.1; 100]), 1.0);
+        // One genuine pair below every impostor: accept it and lose all 4 impostors, or reject
+        // it and lose a quarter of the genuine pairs.
+        let v = best_balanced_accuracy(&[0.9, 0.8, 0.7, -1.0], &[0.1, 0.2, 0.3, 0.0]);
+        assert!((v - 0.875).abs() < 1e-12, "{v}");
+        assert!(best_balanced_accuracy(&[], &[0.1]).is_nan());
     }
 
     #[test]

@@ -81,6 +81,12 @@ fn operating_rate(band: &BandReport, line: usize) -> Option<f64> {
     (v.is_finite() && seen > 0).then_some(v)
 }
 
+/// The fraction of a band's faces the detector found (detection recall).
+fn found_rate(band: &BandReport) -> Option<f64> {
+    let seen = band.embedded + band.not_detected;
+    (seen > 0).then(|| band.embedded as f64 / seen as f64)
+}
+
 /// The lower end of the y axis: a round value a little under the lowest point, so the curves
 /// fill the plot instead of hugging its top.
 fn axis_floor(values: impl Iterator<Item = f64>) -> f64 {
@@ -99,7 +105,7 @@ pub fn identification_vs_size(report: &DistanceReport, path: &Path) -> Result<()
     let axis = PrimitiveStyle::with_stroke(Rgb888::BLACK, 1);
     let (x0, x1, y0, y1) = (LEFT, W as i32 - RIGHT, TOP, H as i32 - BOTTOM);
     let _ = Text::new(
-        "match rate (TAR at FAR 1e-3, missed faces count) vs eye distance",
+        "match rate (TAR at FAR 1e-3, missed faces count) and faces found vs eye distance",
         Point::new(10, 18),
         title,
     )
@@ -129,7 +135,11 @@ pub fn identification_vs_size(report: &DistanceReport, path: &Path) -> Result<()
     let plotted = [clean, camera].into_iter().flatten().flat_map(|m| {
         report.modes[m].bands.iter().flat_map(|b| b.lines.iter().map(|l| l.stats.match_rate))
     });
-    let lo = axis_floor(plotted.chain(op_points.iter().flatten().copied()));
+    // Detection recall beside recognition, on the frames the operating point is read on.
+    let found: Vec<Option<f64>> = report.modes[op_mode].bands.iter().map(found_rate).collect();
+    let lo = axis_floor(
+        plotted.chain(op_points.iter().flatten().copied()).chain(found.iter().flatten().copied()),
+    );
     let n = bands.len().max(2) as i32;
     let x_at = |i: usize| x0 + (x1 - x0) * i as i32 / (n - 1);
     let y_at =
@@ -263,6 +273,28 @@ pub fn identification_vs_size(report: &DistanceReport, path: &Path) -> Result<()
             .draw(&mut c);
         let _ = Text::new(name, Point::new(x1 + 40, y + 3), text).draw(&mut c);
     }
+    // Detection recall: a dashed black line with square markers.
+    let black = PrimitiveStyle::with_stroke(Rgb888::BLACK, 1);
+    let found_points: Vec<Option<Point>> =
+        found.iter().enumerate().map(|(i, v)| v.map(|v| Point::new(x_at(i), y_at(v)))).collect();
+    for (k, p) in found_points.iter().enumerate() {
+        let Some(p) = *p else { continue };
+        if let Some(Some(q)) = found_points.get(k + 1) {
+            let steps = ((q.x - p.x).abs().max((q.y - p.y).abs()) / 4).max(1);
+            for t in (0..steps).step_by(2) {
+                let at = |t: i32| p + (*q - p) * t / steps;
+                let _ = Line::new(at(t), at(t + 1)).into_styled(black).draw(&mut c);
+            }
+        }
+        let _ = Rectangle::with_center(p, Size::new(5, 5))
+            .into_styled(PrimitiveStyle::with_fill(Rgb888::BLACK))
+            .draw(&mut c);
+    }
+    let y = y0 + 10 + 16 * report.backends.len() as i32;
+    let _ = Rectangle::with_center(Point::new(x1 + 24, y), Size::new(5, 5))
+        .into_styled(PrimitiveStyle::with_fill(Rgb888::BLACK))
+        .draw(&mut c);
+    let _ = Text::new("faces found", Point::new(x1 + 40, y + 3), text).draw(&mut c);
     // The operating point: crosses in the operating line's colour.
     let op_colour = COLOURS[op_line % COLOURS.len()];
     let cross = |c: &mut Canvas, p: Point| {
@@ -275,7 +307,7 @@ pub fn identification_vs_size(report: &DistanceReport, path: &Path) -> Result<()
             cross(&mut c, Point::new(x_at(i), y_at(*v)));
         }
     }
-    let mut y = y0 + 10 + 16 * report.backends.len() as i32 + 12;
+    let mut y = y0 + 10 + 16 * (report.backends.len() as i32 + 1) + 12;
     cross(&mut c, Point::new(x1 + 24, y));
     for line in [
         report.backends[op_line].clone(),

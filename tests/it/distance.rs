@@ -67,6 +67,36 @@ fn far_faces_in_camera_frames_are_found_less_often_than_seen_one_to_one() {
     assert!(in_frame.1 <= 20, "{in_frame:?}");
 }
 
+/// The far-face pass (`[detector] far_faces`) sees each tile of a 1280x720 frame at native
+/// resolution: the 8 px faces the whole-frame pass loses are found as if seen 1:1, wherever the
+/// photo lands in the frame (tile edges included), in frame coordinates (they are recognised).
+/// SCRFD's dynamic input runs 320x192 windows (30 tiles); YuNet, the Pi's detector, its fixed
+/// 640x640 input (6 tiles).
+#[test]
+fn the_far_face_pass_finds_far_faces_in_camera_frames() {
+    let Some(assets) = common::assets() else { return };
+    for (det, rec, least) in [(Det::Scrfd500m, Rec::W600kFp32, 70), (Det::Yunet, Rec::Paddlex, 60)]
+    {
+        let mut cfg = common::config(&assets, det, rec, Path::new("/unused.db"));
+        cfg.detector.fit_input = true;
+        cfg.detector.far = Some(portier::detect::far::FarSettings::default());
+        let r = sweep_config(&assets, &cfg, &[], &[8], None, Some([1280, 720]))
+            .report(&Thresholds::Fixed(0.32), None);
+        let band = &r.modes[0].bands[0];
+        let rate = band.lines[0].stats.match_rate;
+        let far = r.far.clone().unwrap_or_default();
+        eprintln!(
+            "{det:?} 8 px with the far pass ({far}): found {} missed {} match rate {rate}",
+            band.embedded, band.not_detected
+        );
+        let seen = band.embedded + band.not_detected;
+        assert!(band.embedded >= least, "{det:?}: found {} of {seen}", band.embedded);
+        assert!(rate >= 0.4, "{det:?}: the far faces' landmarks are where the faces are: {rate}");
+        let tiles = if matches!(det, Det::Yunet) { "(6 of them)" } else { "(30 of them)" };
+        assert!(far.contains(tiles), "{far}");
+    }
+}
+
 /// A far face as a camera sees it (defocus, noise, MJPEG) is a third mode beside the same face
 /// only downscaled: same photos, the originals untouched, and recognition no better.
 #[test]
