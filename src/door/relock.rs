@@ -336,7 +336,8 @@ impl RelockGuard {
         }
     }
 
-    /// How often the guard secured the relay because the loop did not.
+    /// How often the guard tried to secure the relay because the loop did not (counted after
+    /// each attempt, its outcome already in place).
     pub fn fired(&self) -> usize {
         self.shared.fired.load(Ordering::SeqCst)
     }
@@ -378,8 +379,8 @@ fn watch(shared: &Deadline, emergency: &dyn EmergencySecure) {
             Some(at) => {
                 let now = Instant::now();
                 if now >= at {
-                    shared.fired.fetch_add(1, Ordering::SeqCst);
-                    if emergency.secure_now() {
+                    let secured = emergency.secure_now();
+                    if secured {
                         // After the relay is secure: from now on the door is reported locked.
                         shared.relocked.store(true, Ordering::SeqCst);
                         *due = None;
@@ -398,6 +399,9 @@ fn watch(shared: &Deadline, emergency: &dyn EmergencySecure) {
                             GUARD_MARGIN.as_millis()
                         );
                     }
+                    // Counted once the attempt and its outcome are in place: whoever sees the
+                    // count sees the relay and the reported state it left.
+                    shared.fired.fetch_add(1, Ordering::SeqCst);
                 } else {
                     due = shared
                         .wake
