@@ -293,8 +293,9 @@ pub struct OnnxModel {
     /// Names as C strings for the C API, made once.
     input_name: CString,
     output_names: Vec<CString>,
-    /// The input tensor for the last input shape (`None` before the first run).
-    bound: Option<Bound>,
+    /// Input tensors for the last two input shapes, most recently used first (a detector
+    /// alternating between the whole frame and the far-face pass's window keeps both).
+    bound: [Option<Bound>; 2],
 }
 
 impl std::fmt::Debug for OnnxModel {
@@ -383,7 +384,7 @@ impl OnnxModel {
             results,
             input_name,
             output_names,
-            bound: None,
+            bound: [None, None],
         })
     }
 
@@ -423,8 +424,8 @@ impl OnnxModel {
     /// Runs one NCHW float32 tensor and returns the outputs, in the model's declared order, in
     /// buffers owned by this model (reused from run to run).
     ///
-    /// `input` is copied into an input tensor kept for its shape (made again when the shape
-    /// changes) and the model runs through ONNX Runtime's C `Run` with names and values in stack
+    /// `input` is copied into an input tensor kept for its shape (the last two shapes are kept;
+    /// a third is made in place of the older) and the model runs through ONNX Runtime's C `Run` with names and values in stack
     /// arrays: once the output buffers have grown, a run allocates nothing on the Rust side
     /// (ONNX Runtime's own C++ allocations, from its arena, are not ours to see). Outputs are
     /// not preallocated: ONNX Runtime checks preallocated outputs against the declared output
@@ -435,13 +436,17 @@ impl OnnxModel {
         }
         let path = &self.path;
         let run_err = |reason: String| InferError::Run { path: path.clone(), reason };
-        if self.bound.as_ref().is_none_or(|b| b.shape != shape) {
-            self.bound = None;
-            let tensor = Tensor::from_array((shape, vec![0f32; input.len()]))
-                .map_err(|e| run_err(format!("input: {e}")))?;
-            self.bound = Some(Bound { shape, input: tensor });
+        if self.bound[0].as_ref().is_none_or(|b| b.shape != shape) {
+            // The other entry, or a new tensor in place of the least recently used.
+            self.bound.swap(0, 1);
+            if self.bound[0].as_ref().is_none_or(|b| b.shape != shape) {
+                self.bound[0] = None;
+                let tensor = Tensor::from_array((shape, vec![0f32; input.len()]))
+                    .map_err(|e| run_err(format!("input: {e}")))?;
+                self.bound[0] = Some(Bound { shape, input: tensor });
+            }
         }
-        let Some(bound) = self.bound.as_mut() else {
+        let Some(bound) = self.bound[0].as_mut() else {
             return Err(run_err("internal: no input tensor".into()));
         };
         let (_, data) =
