@@ -237,6 +237,8 @@ pub struct Counters {
     pub door_errors: u64,
     /// Faces found only by the far-face pass (included in `faces`).
     pub far_faces: u64,
+    /// Frames whose far-face pass failed (their whole-frame faces were still used).
+    pub far_errors: u64,
 }
 
 impl std::fmt::Display for Counters {
@@ -246,7 +248,7 @@ impl std::fmt::Display for Counters {
             "frames {} (corrupt {}, timeouts {}, camera errors {}), faces {}, embeddings {} \
              (npu {}, norm fallbacks {}, errors {}), grants {}, cooldowns {}, unknown {}, \
              tailgating {}, liveness checks {} (errors {}), spoofs {}, door errors {}, \
-             far-pass faces {}",
+             far-pass faces {} (errors {})",
             self.frames,
             self.corrupt_frames,
             self.timeouts,
@@ -264,7 +266,8 @@ impl std::fmt::Display for Counters {
             self.liveness_errors,
             self.spoofs,
             self.door_errors,
-            self.far_faces
+            self.far_faces,
+            self.far_errors
         )
     }
 }
@@ -419,6 +422,7 @@ pub struct App {
     grant_witnesses: Vec<TrackId>,
     grant_open: bool,
     corrupt_log: RateLimit,
+    detect_log: RateLimit,
     door_log: RateLimit,
     embed_log: RateLimit,
     liveness: Option<Box<dyn LivenessCheck>>,
@@ -697,6 +701,7 @@ impl App {
             grant_witnesses: Vec::with_capacity(max_tracks),
             grant_open: false,
             corrupt_log: RateLimit::default(),
+            detect_log: RateLimit::default(),
             door_log: RateLimit::default(),
             embed_log: RateLimit::default(),
             liveness: parts.liveness,
@@ -897,11 +902,11 @@ impl App {
             return Ok(0);
         }
         if let Err(e) = self.far_pass() {
-            self.counters.corrupt_frames += 1;
-            if let Some(suppressed) = self.corrupt_log.allow(now) {
+            // The whole-frame faces stand: the frame goes on without the far window's.
+            self.counters.far_errors += 1;
+            if let Some(suppressed) = self.detect_log.allow(now) {
                 log::warn!("far-face pass failed on frame {sequence}: {e} ({suppressed} more)");
             }
-            return Ok(0);
         }
         let t1 = Instant::now();
         let faces = self.detections.len();
@@ -1287,6 +1292,14 @@ impl App {
             let t = &self.tracker.tracks()[i];
             let id = t.id;
             if !t.confirmed || self.grant_witnesses.contains(&id) || self.decider.granted(id) {
+                continue;
+            }
+            // While the far-face pass runs (not at a frame size it skips), a face in its band is
+            // far from the door and may be someone there at the grant whom the rotation reached
+            // only now: tailgating is someone coming through, reported once the face is larger.
+            let far_band =
+                self.far.as_ref().filter(|f| f.tiles() > 0).map(|f| f.settings().max_eye_px);
+            if far_band.is_some_and(|band| t.last.eye_distance() <= band) {
                 continue;
             }
             if self.decider.report_tailgate(id) {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::detect::far::FarSettings;
+use crate::detect::far::{self, FarSettings};
 use crate::detect::{DetectorKind, DetectorSettings};
 use crate::embed::cpu::RecognizerSettings;
 use crate::frame::Filter;
@@ -756,38 +756,6 @@ impl Config {
             far: None,
         };
         check_unit(&invalid, "detector.score_threshold", detector.score_threshold)?;
-        let far_default = FarSettings::default();
-        let far = FarSettings {
-            scale: d.far_scale.unwrap_or(far_default.scale),
-            max_eye_px: d.far_max_eye_px.unwrap_or(far_default.max_eye_px),
-            window: [
-                d.far_window_width.unwrap_or(far_default.window[0]),
-                d.far_window_height.unwrap_or(far_default.window[1]),
-            ],
-        };
-        for (key, v, most) in [
-            ("detector.far_window_width", far.window[0], d.input_width),
-            ("detector.far_window_height", far.window[1], d.input_height),
-        ] {
-            if v % 32 != 0 || !(32..=most).contains(&v) {
-                return Err(invalid(
-                    key,
-                    format!("must be a multiple of 32 in 32..={most} (the input size), got {v}"),
-                ));
-            }
-        }
-        if !(far.scale.is_finite() && (0.25..=4.0).contains(&far.scale)) {
-            return Err(invalid(
-                "detector.far_scale",
-                format!("must be in 0.25..=4 (1: native resolution), got {}", far.scale),
-            ));
-        }
-        if !(far.max_eye_px.is_finite() && (4.0..=256.0).contains(&far.max_eye_px)) {
-            return Err(invalid(
-                "detector.far_max_eye_px",
-                format!("must be in 4..=256 pixels, got {}", far.max_eye_px),
-            ));
-        }
         let far_keys = [
             d.far_scale.is_some(),
             d.far_max_eye_px.is_some(),
@@ -800,7 +768,8 @@ impl Config {
                 "a far_* key is set but far_faces is off: set far_faces = true".into(),
             ));
         }
-        let detector = DetectorSettings { far: d.far_faces.then_some(far), ..detector };
+        let far = if d.far_faces { Some(far_settings(d, &invalid)?) } else { None };
+        let detector = DetectorSettings { far, ..detector };
         check_unit(&invalid, "detector.nms_threshold", detector.nms_threshold)?;
         check_std(&invalid, "detector.std", detector.preprocess.std)?;
 
@@ -1353,6 +1322,59 @@ fn check_std(
     }
 }
 
+/// The far-face pass's settings of a `[detector]` with `far_faces = true`: defaults within the
+/// input size, every value checked, and the windows large enough for the tiles to overlap by
+/// one far face and still advance (a bounded rotation).
+fn far_settings(d: &RawDetector, invalid: Invalid<'_>) -> Result<FarSettings, ConfigError> {
+    let default = FarSettings::default();
+    let far = FarSettings {
+        scale: d.far_scale.unwrap_or(default.scale),
+        max_eye_px: d.far_max_eye_px.unwrap_or(default.max_eye_px),
+        window: [
+            d.far_window_width.unwrap_or(default.window[0].min(d.input_width)),
+            d.far_window_height.unwrap_or(default.window[1].min(d.input_height)),
+        ],
+    };
+    for (key, v, most) in [
+        ("detector.far_window_width", far.window[0], d.input_width),
+        ("detector.far_window_height", far.window[1], d.input_height),
+    ] {
+        if v % 32 != 0 || !(32..=most).contains(&v) {
+            return Err(invalid(
+                key,
+                format!("must be a multiple of 32 in 32..={most} (the input size), got {v}"),
+            ));
+        }
+    }
+    if !(far.scale.is_finite() && (0.25..=4.0).contains(&far.scale)) {
+        return Err(invalid(
+            "detector.far_scale",
+            format!("must be in 0.25..=4 (1: native resolution), got {}", far.scale),
+        ));
+    }
+    if !(far.max_eye_px.is_finite() && (4.0..=256.0).contains(&far.max_eye_px)) {
+        return Err(invalid(
+            "detector.far_max_eye_px",
+            format!("must be in 4..=256 pixels, got {}", far.max_eye_px),
+        ));
+    }
+    // The smallest window side in frame pixels must hold two far faces' overlap.
+    let side = far.window[0].min(far.window[1]) as f32 / far.scale;
+    let most = (side / 2.0 - 2.0 * far::EDGE_MARGIN) / far::FACE_WIDTH_PER_EYE;
+    if far.max_eye_px > most {
+        return Err(invalid(
+            "detector.far_max_eye_px",
+            format!(
+                "must be at most {most:.0} for far windows of {}x{} at far_scale {} (tiles \
+                 overlap by one far face and advance by half a window at least): lower it, or \
+                 raise far_window_* or lower far_scale; got {}",
+                far.window[0], far.window[1], far.scale, far.max_eye_px
+            ),
+        ));
+    }
+    Ok(far)
+}
+
 /// A config for unit tests elsewhere: the smallest detector, recognizer and gallery (files that
 /// need not exist, relative to `/nonexistent`) followed by `extra` (`[matching]` and the
 /// sections under test).
@@ -1437,12 +1459,29 @@ margin = 0.05
             .unwrap();
         let far = c.detector.far.unwrap();
         assert_eq!((far.scale, far.max_eye_px, far.window), (1.0, 32.0, [480, 192]));
+        // A small detector input: the default window shrinks to it, and with the pass off the
+        // far keys are not checked at all.
+        let small = |extra: &str| {
+            GOOD.replace(
+                "kind = \"scrfd\"",
+                &format!("kind = \"scrfd\"\ninput_width = 160\ninput_height = 160\n{extra}"),
+            )
+        };
+        assert!(Config::parse(&small(""), Path::new("c.toml")).unwrap().detector.far.is_none());
+        let err = Config::parse(&small("far_faces = true"), Path::new("c.toml")).unwrap_err();
+        assert!(err.to_string().contains("key `detector.far_max_eye_px`"), "{err}");
+        let c = Config::parse(&small("far_faces = true\nfar_max_eye_px = 12"), Path::new("c.toml"))
+            .unwrap();
+        assert_eq!(c.detector.far.unwrap().window, [160, 160]);
         for (extra, key) in [
             ("far_faces = true\nfar_scale = 0", "detector.far_scale"),
             ("far_faces = true\nfar_max_eye_px = 1000", "detector.far_max_eye_px"),
             ("far_faces = true\nfar_window_width = 100", "detector.far_window_width"),
             ("far_faces = true\nfar_window_height = 1024", "detector.far_window_height"),
             ("far_scale = 1.5", "detector.far_faces"),
+            // 48 px faces overlap by 124 px: a 192 px window would barely advance.
+            ("far_faces = true\nfar_max_eye_px = 48", "detector.far_max_eye_px"),
+            ("far_faces = true\nfar_scale = 4", "detector.far_max_eye_px"),
         ] {
             let err = Config::parse(&on(extra), Path::new("c.toml")).unwrap_err().to_string();
             assert!(err.contains(&format!("key `{key}`")), "{extra}: {err}");

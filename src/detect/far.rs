@@ -7,8 +7,8 @@
 //!
 //! The window is, in turn, the next tile of a fixed grid covering the frame (every region seen
 //! at full resolution once per rotation: a new far face is found within [`FarScan::tiles`]
-//! frames) or a window centred on a far track (so a face found once stays found while it is too
-//! small for the whole-frame pass). Detections of the window are mapped back to frame
+//! frames) or a window centred on a far track (so a face found once is found again at least
+//! every other frame while it is too small for the whole-frame pass). Detections of the window are mapped back to frame
 //! coordinates, kept only when small (the whole-frame pass owns large faces) and not cut by an
 //! inner edge of the window, and merged with the whole-frame pass by the detector's NMS: a track
 //! keeps its identity across the two scales because both speak frame pixels.
@@ -18,7 +18,7 @@
 
 use crate::frame::{ImageView, RgbImage};
 
-use super::{nms, DetectError, Detection, Detector};
+use super::{iou, DetectError, Detection, Detector};
 
 /// Settings of the far-face pass.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -42,11 +42,11 @@ impl Default for FarSettings {
 }
 
 /// A face box is about this many eye distances wide: the tiles overlap by one far face.
-const FACE_WIDTH_PER_EYE: f32 = 2.5;
+pub(crate) const FACE_WIDTH_PER_EYE: f32 = 2.5;
 
 /// A window detection whose box comes within this many pixels of an inner window edge is cut
 /// by it (the neighbouring tile or the whole-frame pass sees it whole).
-const EDGE_MARGIN: f32 = 2.0;
+pub(crate) const EDGE_MARGIN: f32 = 2.0;
 
 /// The far-face pass: its tile grid for the current frame size and its buffers.
 #[derive(Debug)]
@@ -59,6 +59,11 @@ pub struct FarScan {
     next: usize,
     window: RgbImage,
     found: Vec<Detection>,
+    /// Scratch of [`FarScan::merge`] (grown once, reused).
+    order: Vec<usize>,
+    keep: Vec<bool>,
+    kept: Vec<usize>,
+    merged: Vec<Detection>,
 }
 
 impl FarScan {
@@ -71,6 +76,10 @@ impl FarScan {
             next: 0,
             window: RgbImage::new(0, 0),
             found: Vec::with_capacity(64),
+            order: Vec::with_capacity(64),
+            keep: Vec::with_capacity(64),
+            kept: Vec::with_capacity(64),
+            merged: Vec::with_capacity(64),
         }
     }
 
@@ -108,6 +117,8 @@ impl FarScan {
 
     fn ensure_grid(&mut self, frame: [u32; 2], window: [u32; 2]) {
         if self.grid_for != (frame, window) {
+            // Boxes up to `overlap - 2 * EDGE_MARGIN` wide (2.4 eye distances, wider than
+            // the detectors draw a face) lie whole and uncut in some tile.
             let overlap = (self.settings.max_eye_px * FACE_WIDTH_PER_EYE).ceil() as u32;
             self.tiles = grid(frame, window, overlap);
             self.grid_for = (frame, window);
@@ -176,7 +187,7 @@ impl FarScan {
         let (fw, fh) = (frame.width() as f32, frame.height() as f32);
         let (x0, y0) = (x as f32, y as f32);
         let (x1, y1) = (x0 + w as f32, y0 + h as f32);
-        let mut added = false;
+        let whole = dets.len();
         for d in &self.found {
             let mut d = *d;
             d.bbox = [d.bbox[0] + x0, d.bbox[1] + y0, d.bbox[2] + x0, d.bbox[3] + y0];
@@ -189,13 +200,38 @@ impl FarScan {
                 || (y1 < fh && d.bbox[3] > y1 - EDGE_MARGIN);
             if !cut && d.eye_distance() <= self.settings.max_eye_px {
                 dets.push(d);
-                added = true;
             }
         }
-        if added {
-            nms(dets, detector.settings().nms_threshold);
+        if dets.len() > whole {
+            self.merge(dets, whole, detector.settings().nms_threshold);
         }
         Ok(())
+    }
+
+    /// Greedy NMS by score over the whole-frame faces (`dets[..whole]`) and the window's (the
+    /// rest), as [`nms`]; the survivors are put back whole-frame faces first, in their order,
+    /// then the window's, best first: the tracker gives the whole-frame faces (the near ones) its
+    /// free slots first.
+    fn merge(&mut self, dets: &mut Vec<Detection>, whole: usize, threshold: f32) {
+        let order = &mut self.order;
+        order.clear();
+        order.extend(0..dets.len());
+        order.sort_unstable_by(|&a, &b| dets[b].score.total_cmp(&dets[a].score).then(a.cmp(&b)));
+        let keep = &mut self.keep;
+        keep.clear();
+        keep.resize(dets.len(), false);
+        let kept = &mut self.kept;
+        kept.clear();
+        for &i in order.iter() {
+            if kept.iter().all(|&k| iou(&dets[k].bbox, &dets[i].bbox) <= threshold) {
+                kept.push(i);
+                keep[i] = true;
+            }
+        }
+        self.merged.clear();
+        self.merged.extend((0..whole).filter(|&i| keep[i]).map(|i| dets[i]));
+        self.merged.extend(order.iter().filter(|&&i| i >= whole && keep[i]).map(|&i| dets[i]));
+        std::mem::swap(dets, &mut self.merged);
     }
 }
 
@@ -207,7 +243,8 @@ pub fn grid(frame: [u32; 2], window: [u32; 2], overlap: u32) -> Vec<[u32; 4]> {
         if win >= len {
             return vec![0];
         }
-        let step = win.saturating_sub(overlap).max(1);
+        // At most half a window of overlap (the config keeps it far below): a bounded grid.
+        let step = win.saturating_sub(overlap.min(win / 2)).max(1);
         let n = (len - win).div_ceil(step) + 1;
         (0..n).map(|i| (u64::from(len - win) * u64::from(i) / u64::from(n - 1)) as u32).collect()
     };

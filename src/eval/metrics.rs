@@ -330,7 +330,8 @@ pub fn best_balanced_accuracy(genuine: &[f32], impostor: &[f32]) -> f64 {
     while k < all.len() {
         // Move the threshold just above the score `all[k].0` (ties move together).
         let v = all[k].0;
-        while k < all.len() && all[k].0 == v {
+        // `total_cmp`: ties (NaN with NaN too) move together, so `k` always advances.
+        while k < all.len() && all[k].0.total_cmp(&v).is_eq() {
             if all[k].1 {
                 genuine_below += 1;
             } else {
@@ -755,6 +756,9 @@ mod tests {
         let v = best_balanced_accuracy(&[0.9, 0.8, 0.7, -1.0], &[0.1, 0.2, 0.3, 0.0]);
         assert!((v - 0.875).abs() < 1e-12, "{v}");
         assert!(best_balanced_accuracy(&[], &[0.1]).is_nan());
+        // A NaN score ends the sweep (sorted last by `total_cmp`) instead of hanging it.
+        let v = best_balanced_accuracy(&[0.9, f32::NAN], &[0.1, f32::NAN]);
+        assert!((0.5..=1.0).contains(&v), "{v}");
     }
 
     #[test]
