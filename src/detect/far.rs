@@ -115,6 +115,17 @@ impl FarScan {
         detector.scale_for(frame) < f64::from(self.settings.scale) * 0.999
     }
 
+    /// The window size in frame pixels for a `frame`-sized frame, with the tile grid made for
+    /// it; `None` when the pass has nothing to add at that size.
+    fn prepare(&mut self, detector: &Detector, frame: [u32; 2]) -> Option<[u32; 2]> {
+        if !self.needed(detector, frame) {
+            return None;
+        }
+        let window = self.window_size(self.window_input(detector), frame);
+        self.ensure_grid(frame, window);
+        Some(window)
+    }
+
     fn ensure_grid(&mut self, frame: [u32; 2], window: [u32; 2]) {
         if self.grid_for != (frame, window) {
             // Boxes up to `overlap - 2 * EDGE_MARGIN` wide (2.4 eye distances, wider than
@@ -137,11 +148,7 @@ impl FarScan {
         dets: &mut Vec<Detection>,
     ) -> Result<(), DetectError> {
         let size = [frame.width(), frame.height()];
-        if !self.needed(detector, size) {
-            return Ok(());
-        }
-        let window = self.window_size(self.window_input(detector), size);
-        self.ensure_grid(size, window);
+        let Some(window) = self.prepare(detector, size) else { return Ok(()) };
         let rect = match around {
             Some(b) => centred(b, window, size),
             None => {
@@ -161,12 +168,9 @@ impl FarScan {
         frame: ImageView<'_>,
         dets: &mut Vec<Detection>,
     ) -> Result<(), DetectError> {
-        let size = [frame.width(), frame.height()];
-        if !self.needed(detector, size) {
+        if self.prepare(detector, [frame.width(), frame.height()]).is_none() {
             return Ok(());
         }
-        let window = self.window_size(self.window_input(detector), size);
-        self.ensure_grid(size, window);
         for i in 0..self.tiles.len() {
             let rect = self.tiles[i];
             self.detect_in(detector, frame, rect, dets)?;

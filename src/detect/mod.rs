@@ -270,12 +270,6 @@ impl Detector {
         Ok(DetectTimings { pre: t1 - t0, infer, post })
     }
 
-    /// The geometry of the letterbox of a `frame`-sized image: the model's input for it (with
-    /// `fit_input`, shrunk to the frame's aspect ratio).
-    pub fn input_for(&self, frame: [u32; 2]) -> [u32; 2] {
-        self.letterbox_for(frame, self.settings.input_size).input
-    }
-
     /// Input pixels per frame pixel in the letterbox of a `frame`-sized image.
     pub fn scale_for(&self, frame: [u32; 2]) -> f64 {
         self.letterbox_for(frame, self.settings.input_size).scale
