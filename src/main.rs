@@ -868,9 +868,18 @@ fn run_appliance(
     })?;
     let pipeline = Pipeline::open(&config)?;
     let model_id = pipeline.embedder_model_id();
-    let matcher = match open_matcher(&config, &model_id)? {
-        Some(m) => m,
-        None => Gallery::open_in_memory()?.matcher(&model_id)?,
+    let npu_model_id = config.npu.model_id();
+    // Both models' templates in one load (one pass over the file, checked while it loads).
+    let ids: Vec<&str> =
+        std::iter::once(model_id.as_str()).chain(npu_model_id.as_deref()).collect();
+    let loaded = match open_matchers(&config, &ids)? {
+        Some(loaded) => loaded,
+        None => Gallery::open_in_memory()?.matchers(&ids, config.app.storage)?,
+    };
+    let mut loaded = loaded.into_iter();
+    let (Some(matcher), npu_matcher) = (loaded.next(), loaded.next()) else {
+        // Cannot happen: a load returns one matcher per model asked for.
+        return Err(Failure::new(EX_SOFTWARE, "the gallery load returned no matcher"));
     };
     log::info!(
         "gallery: {} people enrolled for {model_id} ({})",
@@ -878,7 +887,7 @@ fn run_appliance(
         config.gallery_path.display()
     );
     let mut parts = Parts::cpu(pipeline, source, matcher, door);
-    parts.npu = open_npu_parts(&config)?;
+    parts.npu = open_npu_parts(&config, npu_matcher)?;
     if let Some(l) = config.liveness.as_ref().filter(|l| l.enabled) {
         let check = portier::liveness::MiniFasNet::open(&l.settings).map_err(|e| {
             let e = portier::eval::liveness::LivenessEvalError::from(e);
@@ -1008,16 +1017,15 @@ fn camera_is_v4l2(camera: &portier::config::CameraConfig) -> bool {
     matches!(camera, portier::config::CameraConfig::V4l2 { .. })
 }
 
-/// The NPU side of the loop when `[npu]` names one, with its templates (see
-/// [`portier::app::NpuParts::open`]: an NPU that cannot be opened or whose model is degenerate
-/// leaves the door on the CPU).
-fn open_npu_parts(config: &Config) -> Result<Option<portier::app::NpuParts>, Failure> {
-    let Some(id) = config.npu.model_id() else {
+/// The NPU side of the loop when `[npu]` names one, with its templates (`matcher`, loaded
+/// with the CPU model's; see [`portier::app::NpuParts::open`]: an NPU that cannot be opened or
+/// whose model is degenerate leaves the door on the CPU).
+fn open_npu_parts(
+    config: &Config,
+    matcher: Option<Matcher>,
+) -> Result<Option<portier::app::NpuParts>, Failure> {
+    let Some(matcher) = matcher.filter(|_| config.npu.model_id().is_some()) else {
         return Ok(None);
-    };
-    let matcher = match open_matcher(config, &id)? {
-        Some(m) => m,
-        None => Gallery::open_in_memory()?.matcher(&id)?,
     };
     portier::app::NpuParts::open(config, matcher)
         .map_err(|e| Failure::new(EX_CONFIG, format!("config {}: {e}", config.source.display())))
@@ -1277,8 +1285,10 @@ struct PhotoReport {
     error: Option<String>,
 }
 
-fn open_matcher(config: &Config, model_id: &str) -> Result<Option<Matcher>, Failure> {
-    // A missing gallery is an empty one; identify never creates it.
+/// The gallery's matchers of `models`, in order ([`Gallery::load_matchers`]), or `None` when
+/// the gallery file does not exist yet (every face is unknown; neither the appliance nor
+/// identify creates it).
+fn open_matchers(config: &Config, models: &[&str]) -> Result<Option<Vec<Matcher>>, Failure> {
     if !config.gallery_path.exists() {
         log::warn!(
             "gallery {} does not exist yet: every face is unknown",
@@ -1286,13 +1296,14 @@ fn open_matcher(config: &Config, model_id: &str) -> Result<Option<Matcher>, Fail
         );
         return Ok(None);
     }
-    let gallery = Gallery::open(&config.gallery_path, &config.gallery_key_file)?;
-    Ok(Some(gallery.matcher_stored(model_id, config.app.storage)?))
+    let path = (&config.gallery_path, &config.gallery_key_file);
+    Ok(Some(Gallery::load_matchers(path.0, path.1, models, config.app.storage)?))
 }
 
 fn identify(config: &Config, json: bool, photos: &[PathBuf]) -> Result<ExitCode, Failure> {
     let mut pipeline = Pipeline::open(config)?;
-    let matcher = open_matcher(config, &pipeline.embedder_model_id())?;
+    let matcher =
+        open_matchers(config, &[&pipeline.embedder_model_id()])?.and_then(|mut m| m.pop());
     let mut reports = Vec::new();
     let mut failed = false;
     for photo in photos {

@@ -170,12 +170,16 @@ fn load_matchers(
     npu_model_id: Option<&str>,
     storage: Storage,
 ) -> Result<RemoteCommand, GalleryError> {
-    let g = Gallery::open(path, key_file)?;
-    let npu = match npu_model_id {
-        Some(id) => Some(g.matcher_stored(id, storage)?),
-        None => None,
+    let ids: Vec<&str> = std::iter::once(model_id).chain(npu_model_id).collect();
+    let mut loaded = Gallery::load_matchers(path, key_file, &ids, storage)?.into_iter();
+    let Some(cpu) = loaded.next() else {
+        // Cannot happen: a load returns one matcher per model asked for.
+        return Err(GalleryError::Unsupported {
+            path: path.to_path_buf(),
+            detail: "the gallery load returned no matcher".to_owned(),
+        });
     };
-    Ok(RemoteCommand::SetMatcher(Box::new((g.matcher_stored(model_id, storage)?, npu))))
+    Ok(RemoteCommand::SetMatcher(Box::new((cpu, loaded.next()))))
 }
 
 /// A crash injected for tests (`PORTIER_FAULT`).

@@ -2,9 +2,17 @@
 //!
 //! Role: [`DeviceKey`] is 32 random bytes from the OS RNG kept in a file outside the database
 //! (`gallery.key_file`), readable by the service user only. [`seal`] and [`unseal`] wrap
-//! XChaCha20-Poly1305 (RustCrypto): a fresh random 24-byte nonce per blob (random nonces of that
-//! size never collide in practice), and associated data the caller uses to bind a blob to its
-//! row, so a blob copied onto another person or model fails authentication.
+//! XChaCha20-Poly1305 (draft-irtf-cfrg-xchacha): a fresh random 24-byte nonce per blob (random
+//! nonces of that size never collide in practice), and associated data the caller uses to bind a
+//! blob to its row, so a blob copied onto another person or model fails authentication.
+//!
+//! XChaCha20-Poly1305 is composed here exactly as the draft defines it, from two audited parts:
+//! RustCrypto's `hchacha` derives the blob's subkey from the key and the nonce's first 16 bytes,
+//! and `ring`'s ChaCha20-Poly1305 (RFC 8439; OpenSSL's assembly for AVX2 and NEON, already linked
+//! for TLS) seals under it with the nonce `0^4 || nonce[16..24]`. Opening a 100,000-person gallery
+//! is 600,000 such opens, and RustCrypto's own AEAD ran at a third of ring's speed on x86 and
+//! without a vector Poly1305 on the Pi. The tests check every blob against RustCrypto's
+//! `XChaCha20Poly1305` both ways and against the draft's test vector.
 //!
 //! A key file is either the 32 key bytes themselves, or (made by `portier gallery new-key
 //! --bind rpi-otp`) the magic `PRTRKEY\x01`, a binding byte (1: Raspberry Pi OTP) and 32 random
@@ -18,9 +26,7 @@ use std::fs::File;
 use std::io::{ErrorKind, Read};
 use std::path::Path;
 
-use chacha20poly1305::aead::rand_core::RngCore;
-use chacha20poly1305::aead::{Aead, OsRng, Payload};
-use chacha20poly1305::{KeyInit, XChaCha20Poly1305, XNonce};
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 use zeroize::Zeroizing;
 
 use super::GalleryError;
@@ -200,34 +206,65 @@ impl DeviceKey {
 
     /// Seals `plaintext` bound to `aad`: format byte || nonce || ciphertext and tag.
     pub(crate) fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
-        let mut nonce = [0u8; NONCE_LEN];
-        fill_random(&mut nonce).map_err(SealError::Random)?;
-        let cipher = XChaCha20Poly1305::new(self.bytes.as_ref().into());
-        let sealed = cipher
-            .encrypt(XNonce::from_slice(&nonce), Payload { msg: plaintext, aad })
-            .map_err(|_| SealError::Cipher)?;
-        let mut blob = Vec::with_capacity(1 + NONCE_LEN + sealed.len());
+        let mut blob = Vec::with_capacity(SEAL_OVERHEAD + plaintext.len());
         blob.push(BLOB_FORMAT);
-        blob.extend_from_slice(&nonce);
-        blob.extend_from_slice(&sealed);
+        blob.resize(1 + NONCE_LEN, 0);
+        fill_random(&mut blob[1..]).map_err(SealError::Random)?;
+        blob.extend_from_slice(plaintext);
+        let (head, body) = blob.split_at_mut(1 + NONCE_LEN);
+        let (key, nonce) = self.blob_key(&head[1..])?;
+        let tag = key
+            .seal_in_place_separate_tag(nonce, Aad::from(aad), body)
+            .map_err(|_| SealError::Cipher)?;
+        blob.extend_from_slice(tag.as_ref());
         Ok(blob)
     }
 
     /// Opens a blob made by [`DeviceKey::seal`] with the same `aad`; the plaintext is wiped
     /// when dropped.
     pub(crate) fn unseal(&self, aad: &[u8], blob: &[u8]) -> Result<Zeroizing<Vec<u8>>, SealError> {
+        let mut copy = Zeroizing::new(blob.to_vec());
+        let len = self.open_in_place(aad, &mut copy)?.len();
+        let mut plain = Zeroizing::new(std::mem::take(&mut *copy));
+        plain.drain(..1 + NONCE_LEN);
+        plain.truncate(len);
+        Ok(plain)
+    }
+
+    /// Opens a blob made by [`DeviceKey::seal`] where it lies, returning the plaintext (inside
+    /// `blob`: the caller wipes or overwrites it). Loading a gallery opens every template this
+    /// way into its batch's own buffer: no allocation per template.
+    pub(crate) fn open_in_place<'b>(
+        &self,
+        aad: &[u8],
+        blob: &'b mut [u8],
+    ) -> Result<&'b mut [u8], SealError> {
         if blob.len() < SEAL_OVERHEAD {
             return Err(SealError::Short(blob.len()));
         }
         if blob[0] != BLOB_FORMAT {
             return Err(SealError::Format(blob[0]));
         }
-        let (nonce, sealed) = blob[1..].split_at(NONCE_LEN);
-        let cipher = XChaCha20Poly1305::new(self.bytes.as_ref().into());
-        cipher
-            .decrypt(XNonce::from_slice(nonce), Payload { msg: sealed, aad })
-            .map(Zeroizing::new)
-            .map_err(|_| SealError::Authentication)
+        let (head, sealed) = blob.split_at_mut(1 + NONCE_LEN);
+        let (key, nonce) = self.blob_key(&head[1..])?;
+        key.open_in_place(nonce, Aad::from(aad), sealed).map_err(|_| SealError::Authentication)
+    }
+
+    /// XChaCha20-Poly1305's per-blob ChaCha20-Poly1305 key and nonce (draft-irtf-cfrg-xchacha
+    /// section 2.3): subkey `HChaCha20(key, nonce[..16])`, nonce `0^4 || nonce[16..]`.
+    fn blob_key(&self, nonce: &[u8]) -> Result<(LessSafeKey, Nonce), SealError> {
+        let (prefix, rest) = nonce.split_at(16);
+        let mut subkey = chacha20::hchacha::<chacha20::cipher::consts::U10>(
+            (&*self.bytes).into(),
+            prefix.into(),
+        );
+        let key = UnboundKey::new(&CHACHA20_POLY1305, &subkey);
+        // ring keeps its own copy (not wiped on drop: it lives as long as one blob's opening).
+        zeroize::Zeroize::zeroize(subkey.as_mut_slice());
+        let key = key.map_err(|_| SealError::Cipher)?;
+        let mut iv = [0u8; 12];
+        iv[4..].copy_from_slice(rest);
+        Ok((LessSafeKey::new(key), Nonce::assume_unique_for_key(iv)))
     }
 }
 
@@ -253,7 +290,7 @@ pub(crate) enum SealError {
 
 /// Fills `buf` from the OS RNG (getrandom(2) on Linux) without panicking on failure.
 pub(crate) fn fill_random(buf: &mut [u8]) -> Result<(), std::io::Error> {
-    OsRng.try_fill_bytes(buf).map_err(|e| std::io::Error::other(e.to_string()))
+    getrandom::getrandom(buf).map_err(|e| std::io::Error::other(e.to_string()))
 }
 
 #[cfg(test)]
@@ -312,6 +349,78 @@ mod tests {
         assert!(matches!(key.unseal(b"person 1", &flipped), Err(SealError::Authentication)));
         assert!(matches!(key.unseal(b"person 1", &blob[..10]), Err(SealError::Short(10))));
         assert_eq!(format!("{key:?}"), "DeviceKey(<redacted>)");
+    }
+
+    /// draft-irtf-cfrg-xchacha-03 appendix A.3.1: key, nonce, AAD, plaintext, ciphertext, tag.
+    #[test]
+    fn the_drafts_xchacha20_poly1305_vector_opens_in_place() {
+        let key: [u8; 32] = std::array::from_fn(|i| 0x80 + i as u8);
+        let nonce: [u8; 24] = std::array::from_fn(|i| 0x40 + i as u8);
+        let aad = [0x50, 0x51, 0x52, 0x53, 0xc0, 0xc1, 0xc2, 0xc3, 0xc4, 0xc5, 0xc6, 0xc7];
+        let plain = b"Ladies and Gentlemen of the class of '99: If I could offer you only one \
+                      tip for the future, sunscreen would be it.";
+        let hex = "bd6d179d3e83d43b9576579493c0e939572a1700252bfaccbed2902c21396cbb731c7f1b0b4a\
+                   a6440bf3a82f4eda7e39ae64c6708c54c216cb96b72e1213b4522f8c9ba40db5d945b11b69b9\
+                   82c1bb9e3f3fac2bc369488f76b2383565d3fff921f9664c97637da9768812f615c68b13b52e\
+                   c0875924c1c7987947deafd8780acf49";
+        let sealed: Vec<u8> = (0..hex.len() / 2)
+            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+            .collect();
+        let mut blob = vec![BLOB_FORMAT];
+        blob.extend_from_slice(&nonce);
+        blob.extend_from_slice(&sealed);
+        let key = DeviceKey::from_bytes(Zeroizing::new(key));
+        assert_eq!(&key.unseal(&aad, &blob).unwrap()[..], &plain[..]);
+        let mut in_place = blob.clone();
+        assert_eq!(&key.open_in_place(&aad, &mut in_place).unwrap()[..], &plain[..]);
+        // The plaintext is where the ciphertext was, after the format byte and the nonce.
+        assert_eq!(&in_place[1 + NONCE_LEN..1 + NONCE_LEN + plain.len()], &plain[..]);
+        blob[1] ^= 1; // the nonce's first half feeds HChaCha20
+        assert!(matches!(key.unseal(&aad, &blob), Err(SealError::Authentication)));
+        blob[1] ^= 1;
+        blob[1 + 20] ^= 1; // its second half, ChaCha20's nonce
+        assert!(matches!(key.unseal(&aad, &blob), Err(SealError::Authentication)));
+        blob[1 + 20] ^= 1;
+        blob[0] = 2;
+        assert!(matches!(key.open_in_place(&aad, &mut blob), Err(SealError::Format(2))));
+    }
+
+    /// The composition (HChaCha20 + ring's ChaCha20-Poly1305) against RustCrypto's own
+    /// XChaCha20-Poly1305, both ways, over message and AAD lengths around ChaCha20's 64-byte
+    /// blocks and the templates' sizes.
+    #[test]
+    fn blobs_agree_with_rustcrypto_xchacha20_poly1305_both_ways() {
+        use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+        use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+        let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
+        fill_random(&mut bytes[..]).unwrap();
+        let reference = XChaCha20Poly1305::new((&*bytes).into());
+        let key = DeviceKey::from_bytes(bytes);
+        for len in [0, 1, 15, 16, 63, 64, 65, 127, 128, 129, 512, 2048, 2052] {
+            for aad_len in [0, 1, 17, 64, 90] {
+                let mut data = vec![0u8; len + aad_len];
+                fill_random(&mut data).unwrap();
+                let (plain, aad) = data.split_at(len);
+                // Ours sealed, RustCrypto opens.
+                let blob = key.seal(aad, plain).unwrap();
+                assert_eq!(blob.len(), len + SEAL_OVERHEAD);
+                let (nonce, body) = blob[1..].split_at(NONCE_LEN);
+                let opened = reference
+                    .decrypt(XNonce::from_slice(nonce), Payload { msg: body, aad })
+                    .unwrap();
+                assert_eq!(opened, plain, "len {len}, aad {aad_len}");
+                // RustCrypto sealed, ours opens (copying and in place).
+                let mut theirs = vec![BLOB_FORMAT];
+                theirs.extend_from_slice(nonce);
+                let body = reference
+                    .encrypt(XNonce::from_slice(nonce), Payload { msg: plain, aad })
+                    .unwrap();
+                theirs.extend_from_slice(&body);
+                assert_eq!(theirs, blob, "same key and nonce: the same blob");
+                assert_eq!(&key.unseal(aad, &theirs).unwrap()[..], plain);
+                assert_eq!(key.open_in_place(aad, &mut theirs).unwrap(), plain);
+            }
+        }
     }
 
     /// Env var naming the folder; set only when the kill test re-executes this binary.

@@ -60,14 +60,15 @@ impl std::str::FromStr for Storage {
 
 /// The template matrix in its storage.
 #[derive(Clone)]
-enum Rows {
+#[cfg_attr(test, derive(PartialEq))]
+pub(super) enum Rows {
     F32(Vec<f32>),
     F16(Vec<u16>),
     I8 { data: Vec<i8>, scales: Vec<f32> },
 }
 
 impl Rows {
-    fn new(storage: Storage) -> Rows {
+    pub(super) fn new(storage: Storage) -> Rows {
         match storage {
             Storage::Float32 => Rows::F32(Vec::new()),
             Storage::Float16 => Rows::F16(Vec::new()),
@@ -75,7 +76,68 @@ impl Rows {
         }
     }
 
-    fn push(&mut self, row: &[f32]) {
+    pub(super) fn storage(&self) -> Storage {
+        match self {
+            Rows::F32(_) => Storage::Float32,
+            Rows::F16(_) => Storage::Float16,
+            Rows::I8 { .. } => Storage::Int8,
+        }
+    }
+
+    /// Empties the rows, keeping their buffers.
+    pub(super) fn clear(&mut self) {
+        match self {
+            Rows::F32(data) => data.clear(),
+            Rows::F16(data) => data.clear(),
+            Rows::I8 { data, scales } => {
+                data.clear();
+                scales.clear();
+            }
+        }
+    }
+
+    /// Makes room for `rows` more rows of `dim` values without reallocating.
+    pub(super) fn reserve(&mut self, rows: usize, dim: usize) {
+        match self {
+            Rows::F32(data) => data.reserve(rows * dim),
+            Rows::F16(data) => data.reserve(rows * dim),
+            Rows::I8 { data, scales } => {
+                data.reserve(rows * dim);
+                scales.reserve(rows);
+            }
+        }
+    }
+
+    /// Empties the rows, wiping the bytes they held (a loader's buffers of opened templates).
+    pub(super) fn wipe(&mut self) {
+        use zeroize::Zeroize;
+        match self {
+            Rows::F32(data) => data.zeroize(),
+            Rows::F16(data) => data.zeroize(),
+            Rows::I8 { data, scales } => {
+                data.zeroize();
+                scales.zeroize();
+            }
+        }
+    }
+
+    /// Appends row `index` (of `dim` values) of `from`, which must have the same storage;
+    /// false (nothing appended) if it has not.
+    fn push_from(&mut self, from: &Rows, index: usize, dim: usize) -> bool {
+        let at = index * dim..(index + 1) * dim;
+        match (self, from) {
+            (Rows::F32(data), Rows::F32(src)) => data.extend_from_slice(&src[at]),
+            (Rows::F16(data), Rows::F16(src)) => data.extend_from_slice(&src[at]),
+            (Rows::I8 { data, scales }, Rows::I8 { data: src, scales: src_scales }) => {
+                data.extend_from_slice(&src[at]);
+                scales.push(src_scales[index]);
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    pub(super) fn push(&mut self, row: &[f32]) {
         match self {
             Rows::F32(data) => data.extend_from_slice(row),
             // A non-finite row becomes zeros (as int8's quantisation makes it): infinity's
@@ -202,24 +264,59 @@ impl Matcher {
     /// ORDER BY and its dimension check); a row of another length is ignored rather than
     /// corrupting the matrix layout.
     pub(super) fn push_row(&mut self, person: PersonId, name: &str, row: &[f32]) {
+        if self.accepts(row.len()) {
+            self.data.push(row);
+            self.count_row(person, name);
+        }
+    }
+
+    /// [`Matcher::push_row`] for a row already in the matcher's storage: row `index` of
+    /// `from` (`dim` values), as a loader's worker encoded it.
+    pub(super) fn push_encoded(
+        &mut self,
+        person: PersonId,
+        name: &str,
+        from: &Rows,
+        index: usize,
+        dim: usize,
+    ) {
+        if self.accepts(dim) && self.data.push_from(from, index, dim) {
+            self.count_row(person, name);
+        } else {
+            debug_assert!(false, "encoded row in {:?}, matcher in {:?}", from.storage(), {
+                self.data.storage()
+            });
+        }
+    }
+
+    /// The same rows, in the same storage, of the same people (tests of the store's loader).
+    #[cfg(test)]
+    pub(super) fn same_as(&self, other: &Matcher) -> bool {
+        (self.model_id == other.model_id)
+            && (self.dim, self.rows) == (other.dim, other.rows)
+            && self.data == other.data
+            && self.person_end == other.person_end
+            && self.person_ids == other.person_ids
+            && self.person_names == other.person_names
+    }
+
+    /// Whether a row of `len` values fits the matrix (the first row sets the dimension).
+    fn accepts(&mut self, len: usize) -> bool {
         if self.rows == 0 {
-            self.dim = row.len();
+            self.dim = len;
         }
-        if row.is_empty() || row.len() != self.dim {
-            debug_assert!(
-                false,
-                "template row of length {} in a matcher of dim {}",
-                row.len(),
-                self.dim
-            );
-            return;
-        }
+        let fits = len > 0 && len == self.dim;
+        debug_assert!(fits, "template row of length {len} in a matcher of dim {}", self.dim);
+        fits
+    }
+
+    /// Books a row just appended to `data` to `person`.
+    fn count_row(&mut self, person: PersonId, name: &str) {
         if self.person_ids.last() != Some(&person) {
             self.person_ids.push(person);
             self.person_names.push(name.to_owned());
             self.person_end.push(self.len());
         }
-        self.data.push(row);
         self.rows += 1;
         if let Some(end) = self.person_end.last_mut() {
             *end += 1;

@@ -38,7 +38,7 @@ use zeroize::Zeroizing;
 
 use super::backup::{BackupModel, BackupPerson, ImportMode, ImportSummary};
 use super::key::{DeviceKey, SealError, SEAL_OVERHEAD};
-use super::matching::{Matcher, Storage};
+use super::matching::{Matcher, Rows, Storage};
 use super::{GalleryError, PersonId};
 
 /// Schema version stored in `PRAGMA user_version`; bump with a migration when the schema changes.
@@ -130,6 +130,15 @@ pub struct Gallery {
     key_file: PathBuf,
 }
 
+/// Where the integrity check of an opened gallery runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// Before the gallery is returned.
+    Here,
+    /// On the caller's second connection, concurrently ([`Gallery::load_matchers`]).
+    Elsewhere,
+}
+
 /// Where [`Gallery::setup`] gets the device key.
 enum KeySource<'a> {
     /// A key file, created on first use.
@@ -148,6 +157,62 @@ impl Gallery {
     /// the gallery holds no sealed template yet; a key file that others can read, that belongs to
     /// another user or has the wrong size is refused. A version 1 gallery is sealed and scrubbed.
     pub fn open(path: &Path, key_file: &Path) -> Result<Gallery, GalleryError> {
+        Gallery::open_checking(path, key_file, Check::Here)
+    }
+
+    /// Opens the gallery at `path` and loads the matchers of `models` in `storage`
+    /// ([`Gallery::matchers`]): what the appliance does at start-up and after every change.
+    ///
+    /// An existing gallery of the current schema is checked (`PRAGMA quick_check`, which reads
+    /// the whole file: a third of the time of opening a large gallery) on a second connection
+    /// while its templates load on the first. The check's verdict comes first, so a damaged
+    /// file is refused exactly as [`Gallery::open`] refuses it; opening such a gallery and
+    /// loading it write nothing, so nothing is written before the verdict either. A gallery
+    /// to create or migrate is checked before anything is written, as by [`Gallery::open`].
+    pub fn load_matchers(
+        path: &Path,
+        key_file: &Path,
+        models: &[&str],
+        storage: Storage,
+    ) -> Result<Vec<Matcher>, GalleryError> {
+        if std::fs::metadata(path).map_or(true, |m| m.len() == 0) {
+            // Nothing to check yet (or an error `open` reports): created as `open` creates it.
+            return Gallery::open(path, key_file)?.matchers(models, storage);
+        }
+        // Not an SQLite file: refused by its header before any connection, as by `open`.
+        check_header(path)?;
+        let (checked, loaded) = std::thread::scope(|scope| {
+            let check = scope.spawn(|| {
+                let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+                let conn = Connection::open_with_flags(path, flags)
+                    .map_err(sql_err(path, "cannot open database"))?;
+                conn.busy_timeout(BUSY_TIMEOUT)
+                    .map_err(sql_err(path, "cannot set busy timeout"))?;
+                quick_check(&conn, path)
+            });
+            let loaded = Gallery::open_checking(path, key_file, Check::Elsewhere)
+                .and_then(|g| g.matchers(models, storage));
+            let checked = check.join().unwrap_or_else(|_| {
+                Err(GalleryError::Unsupported {
+                    path: path.to_path_buf(),
+                    detail: "the integrity check's thread stopped".to_owned(),
+                })
+            });
+            (checked, loaded)
+        });
+        // The verdicts in `open`'s order: what the file is (not ours, too new) before whether
+        // it is damaged, and damage before anything the load met.
+        match loaded {
+            Err(
+                e @ (GalleryError::NotAGallery { .. } | GalleryError::UnsupportedVersion { .. }),
+            ) => Err(e),
+            loaded => checked.and(loaded),
+        }
+    }
+
+    /// [`Gallery::open`], with the integrity check here or (for an existing gallery of the
+    /// current schema only) left to the caller.
+    fn open_checking(path: &Path, key_file: &Path, check: Check) -> Result<Gallery, GalleryError> {
         // Look at the header ourselves first: SQLite would happily treat some non-database files
         // as empty and we must never risk writing into someone else's file.
         check_header(path)?;
@@ -157,7 +222,7 @@ impl Gallery {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags)
             .map_err(sql_err(path, "cannot open database"))?;
-        Gallery::setup(conn, path.to_path_buf(), KeySource::File(key_file))
+        Gallery::setup(conn, path.to_path_buf(), KeySource::File(key_file), check)
     }
 
     /// Opens a fresh, empty gallery that lives in memory only (for tests and evaluation runs).
@@ -165,7 +230,7 @@ impl Gallery {
         let path = PathBuf::from(":memory:");
         let conn = Connection::open_in_memory()
             .map_err(sql_err(&path, "cannot open in-memory database"))?;
-        Gallery::setup(conn, path, KeySource::Ephemeral)
+        Gallery::setup(conn, path, KeySource::Ephemeral, Check::Here)
     }
 
     /// Path of the gallery file (":memory:" for an in-memory gallery).
@@ -178,6 +243,7 @@ impl Gallery {
         conn: Connection,
         path: PathBuf,
         keys: KeySource<'_>,
+        check: Check,
     ) -> Result<Gallery, GalleryError> {
         let p = path.as_path();
         conn.busy_timeout(BUSY_TIMEOUT).map_err(sql_err(p, "cannot set busy timeout"))?;
@@ -199,7 +265,11 @@ impl Gallery {
                 supported: SCHEMA_VERSION,
             });
         }
-        quick_check(&conn, p)?;
+        // Only a gallery that will be neither created nor migrated (so nothing is written while
+        // the file is opened) may leave its check to the caller.
+        if check == Check::Here || version != SCHEMA_VERSION {
+            quick_check(&conn, p)?;
+        }
         if version == 0 && objects == 0 {
             // A new file: large pages, before anything is written. A 512-d sealed template
             // (2 KB) takes a whole 4 KB page; 64 KB pages hold 31, so a large gallery's file
@@ -659,12 +729,15 @@ impl Gallery {
     pub(super) fn export_people(&self) -> Result<Vec<BackupPerson>, GalleryError> {
         let mut people: Vec<BackupPerson> = Vec::new();
         for summary in self.list()? {
-            let mut models = Vec::with_capacity(summary.templates.len());
-            for (model_id, _) in &summary.templates {
-                let matcher = self.matcher_of(model_id, Some(summary.id), Storage::Float32)?;
-                let templates = (0..matcher.len()).map(|i| matcher.row(i).to_vec()).collect();
-                models.push(BackupModel { model_id: model_id.clone(), templates });
-            }
+            let ids: Vec<&str> = summary.templates.iter().map(|(id, _)| id.as_str()).collect();
+            let matchers = self.load(&ids, Some(summary.id), Storage::Float32)?;
+            let models = matchers
+                .iter()
+                .map(|m| BackupModel {
+                    model_id: m.model_id().to_owned(),
+                    templates: (0..m.len()).map(|i| m.row(i).to_vec()).collect(),
+                })
+                .collect();
             people.push(BackupPerson {
                 name: summary.name,
                 created_unix: summary.created_unix,
@@ -743,53 +816,91 @@ impl Gallery {
     /// A stored template with a wrong blob length, inconsistent dimension or non-finite values
     /// fails with [`GalleryError::CorruptTemplate`] naming the person.
     pub fn matcher(&self, model_id: &str) -> Result<Matcher, GalleryError> {
-        self.matcher_of(model_id, None, Storage::Float32)
+        self.matcher_stored(model_id, Storage::Float32)
     }
 
     /// [`Gallery::matcher`] with its rows in `storage` from the first row on (int8: each
     /// template quantised as it is decrypted, so a large gallery's float32 rows never all
-    /// exist at once; what the appliance loads).
+    /// exist at once).
     pub fn matcher_stored(
         &self,
         model_id: &str,
         storage: Storage,
     ) -> Result<Matcher, GalleryError> {
-        self.matcher_of(model_id, None, storage)
+        let mut matchers = self.matchers(&[model_id], storage)?;
+        Ok(matchers
+            .pop()
+            .unwrap_or_else(|| Matcher::empty(self.path.clone(), model_id.to_owned(), storage)))
     }
 
-    /// [`Gallery::matcher`], optionally of one person only.
-    fn matcher_of(
+    /// [`Gallery::matcher_stored`] for each of `models`, in ONE pass over the store (what the
+    /// appliance loads: its CPU and NPU models' templates lie side by side in the file, and a
+    /// pass per model would read every page once per model). One matcher per model, in order.
+    pub fn matchers(
         &self,
-        model_id: &str,
+        models: &[&str],
+        storage: Storage,
+    ) -> Result<Vec<Matcher>, GalleryError> {
+        self.load(models, None, storage)
+    }
+
+    /// The loader behind [`Gallery::matchers`], optionally of one person only.
+    ///
+    /// SQLite stays on this thread, reading batches of sealed rows; workers open them (the
+    /// decryption is the cost of loading a large gallery), normalise them and encode them in
+    /// the matchers' storage while the next batch is read; this thread appends the encoded
+    /// rows to each model's matcher in store order. Within a model an error is reported at its
+    /// first bad row, as if opened one by one; the first model to meet a bad row ends the load.
+    /// One person's rows (an export goes person by person) are opened right here: threads
+    /// would cost more.
+    fn load(
+        &self,
+        models: &[&str],
         only: Option<PersonId>,
         storage: Storage,
-    ) -> Result<Matcher, GalleryError> {
+    ) -> Result<Vec<Matcher>, GalleryError> {
         let path = self.path.as_path();
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT t.id, t.person_id, p.name, t.dim, t.embedding \
+        let sql = match only {
+            Some(_) => {
+                "SELECT t.id, t.person_id, p.name, t.model_id, t.dim, t.embedding \
                  FROM template t JOIN person p ON p.id = t.person_id \
-                 WHERE t.model_id = ?1 AND (?2 IS NULL OR t.person_id = ?2) \
-                 ORDER BY t.person_id, t.id",
-            )
-            .map_err(sql_err(path, "cannot prepare template query"))?;
-        let mut rows =
-            stmt.query(params![model_id, only]).map_err(sql_err(path, "cannot load templates"))?;
-        let mut matcher = Matcher::empty(path.to_path_buf(), model_id.to_owned(), storage);
-        // SQLite stays on this thread, reading batches of sealed rows; workers open them (the
-        // decryption is the cost of loading a large gallery) while the next batch is read;
-        // this thread puts the opened rows into the matcher in store order, so an error is
-        // reported at the first bad row, as if opened one by one. One person's rows (an
-        // export goes person by person) are opened right here: threads would cost more.
+                 WHERE t.person_id = ?1 ORDER BY t.id"
+            }
+            None => {
+                "SELECT t.id, t.person_id, p.name, t.model_id, t.dim, t.embedding \
+                 FROM template t JOIN person p ON p.id = t.person_id \
+                 ORDER BY t.person_id, t.id"
+            }
+        };
+        let mut stmt =
+            self.conn.prepare(sql).map_err(sql_err(path, "cannot prepare template query"))?;
+        let mut rows = match only {
+            Some(person) => stmt.query([person]),
+            None => stmt.query([]),
+        }
+        .map_err(sql_err(path, "cannot load templates"))?;
+        let mut loads: Vec<ModelLoad<'_>> = models
+            .iter()
+            .map(|&model_id| ModelLoad {
+                model_id,
+                dim: None,
+                batch: SealedBatch::default(),
+                matcher: Matcher::empty(path.to_path_buf(), model_id.to_owned(), storage),
+                sent: 0,
+                pushed: 0,
+                waiting: std::collections::BTreeMap::new(),
+                spare: Vec::new(),
+            })
+            .collect();
         let workers = match only {
             Some(_) => 0,
             None => std::thread::available_parallelism().map_or(1, |t| t.get()).clamp(1, 4),
         };
-        let (work_tx, work_rx) =
-            std::sync::mpsc::sync_channel::<(usize, SealedBatch)>(workers.max(1));
+        // Jobs are (model, batch number, batch).
+        type Job = (usize, usize, SealedBatch);
+        let (work_tx, work_rx) = std::sync::mpsc::sync_channel::<Job>(workers.max(1));
         let work_rx = std::sync::Mutex::new(work_rx);
-        let (done_tx, done_rx) = std::sync::mpsc::channel::<(usize, SealedBatch)>();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<Job>();
         std::thread::scope(|scope| -> Result<(), GalleryError> {
             // Owned here, so that every way out of this closure (an error included) drops it
             // and the workers' `recv` ends before the scope waits for them.
@@ -799,34 +910,34 @@ impl Gallery {
                 scope.spawn(move || loop {
                     // Nothing panics while holding the lock; were it poisoned, stop.
                     let job = work_rx.lock().ok().and_then(|rx| rx.recv().ok());
-                    let Some((index, mut batch)) = job else { break };
+                    let Some((model, index, mut batch)) = job else { break };
                     // A panic fails the batch's rows instead of losing the batch (which the
                     // reading thread would wait for).
-                    batch.open_guarded(key, model_id);
-                    if done_tx.send((index, batch)).is_err() {
+                    batch.open_guarded(key, models[model], storage);
+                    if done_tx.send((model, index, batch)).is_err() {
                         break;
                     }
                 });
             }
             drop(done_tx);
-            // Batches sent, batches put into the matcher, opened ones waiting for their turn,
-            // and emptied ones to fill again (at most `2 * workers + 1` exist at once: 2 MB
-            // sealed and 2 MB opened each at 512-d).
-            let (mut sent, mut pushed) = (0usize, 0usize);
-            let mut waiting = std::collections::BTreeMap::new();
-            let mut spare: Vec<SealedBatch> = Vec::new();
-            let mut batch = SealedBatch::default();
-            let mut dim: Option<usize> = None;
-            let push_ready = |waiting: &mut std::collections::BTreeMap<usize, SealedBatch>,
-                              pushed: &mut usize,
-                              spare: &mut Vec<SealedBatch>,
-                              matcher: &mut Matcher|
+            // Batches out with workers or waiting for their turn (at most `2 * workers`: 2 MB
+            // sealed and 0.5 MB encoded each for 1,024 512-d int8 rows), and emptied ones to
+            // fill again.
+            let mut out = 0usize;
+            // An opened batch is back: append it and any of its model's batches now due.
+            let take_done = |(model, index, done): Job,
+                             loads: &mut [ModelLoad<'_>],
+                             out: &mut usize|
              -> Result<(), GalleryError> {
-                while let Some(mut done) = waiting.remove(pushed) {
-                    done.push_into(matcher, path, &self.key_file, model_id)?;
+                let load = &mut loads[model];
+                load.waiting.insert(index, done);
+                while let Some(mut done) = load.waiting.remove(&load.pushed) {
+                    let pushed = done.push_into(&mut load.matcher, path, &self.key_file);
                     done.clear();
-                    spare.push(done);
-                    *pushed += 1;
+                    load.spare.push(done);
+                    load.pushed += 1;
+                    *out -= 1;
+                    pushed?;
                 }
                 Ok(())
             };
@@ -835,11 +946,14 @@ impl Gallery {
             let mut read_error = None;
             loop {
                 let mut end = false;
+                let mut full = None;
                 match rows.next() {
-                    Ok(Some(row)) => match read_sealed_row(row, path, model_id, &mut dim) {
-                        Ok((template_id, person, name, blob)) => {
-                            batch.push(template_id, person, name, blob)
+                    Ok(Some(row)) => match read_sealed_row(row, path, &mut loads) {
+                        Ok(Some(model)) => {
+                            full =
+                                Some(model).filter(|&m| loads[m].batch.len() >= SealedBatch::ROWS)
                         }
+                        Ok(None) => {}
                         Err(e) => (read_error, end) = (Some(e), true),
                     },
                     Ok(None) => end = true,
@@ -847,31 +961,37 @@ impl Gallery {
                         (read_error, end) = (Some(sql_err(path, "cannot load templates")(e)), true)
                     }
                 }
-                if !end && batch.len() < SealedBatch::ROWS {
-                    continue;
-                }
-                if batch.len() > 0 {
-                    batch.dim = dim.unwrap_or(0);
+                let due: Vec<usize> = match (end, full) {
+                    (true, _) => (0..loads.len()).filter(|&m| loads[m].batch.len() > 0).collect(),
+                    (false, Some(m)) => vec![m],
+                    (false, None) => Vec::new(),
+                };
+                for model in due {
+                    let load = &mut loads[model];
+                    let next = load.spare.pop().unwrap_or_default();
+                    let mut batch = std::mem::replace(&mut load.batch, next);
+                    batch.dim = load.dim.unwrap_or(0);
                     if workers == 0 {
-                        batch.open_guarded(&self.key, model_id);
-                        batch.push_into(&mut matcher, path, &self.key_file, model_id)?;
+                        batch.open_guarded(&self.key, load.model_id, storage);
+                        let pushed = batch.push_into(&mut load.matcher, path, &self.key_file);
                         batch.clear();
-                    } else {
-                        // At most `2 * workers` batches out: wait for the oldest (one of them
-                        // is with a worker, as the next one due is never among those waiting).
-                        while sent - pushed >= 2 * workers {
-                            let (i, done) = done_rx.recv().map_err(|_| worker_lost(path))?;
-                            waiting.insert(i, done);
-                            push_ready(&mut waiting, &mut pushed, &mut spare, &mut matcher)?;
-                        }
-                        let next = spare.pop().unwrap_or_default();
-                        let job = (sent, std::mem::replace(&mut batch, next));
-                        work_tx.send(job).map_err(|_| worker_lost(path))?;
-                        sent += 1;
-                        while let Ok((i, done)) = done_rx.try_recv() {
-                            waiting.insert(i, done);
-                            push_ready(&mut waiting, &mut pushed, &mut spare, &mut matcher)?;
-                        }
+                        load.spare.push(batch);
+                        pushed?;
+                        continue;
+                    }
+                    // At most `2 * workers` batches out: wait for one to come back (one of
+                    // those out is with a worker, as each model's next one due is never among
+                    // those waiting).
+                    while out >= 2 * workers {
+                        let done = done_rx.recv().map_err(|_| worker_lost(path))?;
+                        take_done(done, &mut loads, &mut out)?;
+                    }
+                    let job = (model, loads[model].sent, batch);
+                    work_tx.send(job).map_err(|_| worker_lost(path))?;
+                    loads[model].sent += 1;
+                    out += 1;
+                    while let Ok(done) = done_rx.try_recv() {
+                        take_done(done, &mut loads, &mut out)?;
                     }
                 }
                 if end {
@@ -879,21 +999,43 @@ impl Gallery {
                 }
             }
             drop(work_tx);
-            while pushed < sent {
-                let (i, done) = done_rx.recv().map_err(|_| worker_lost(path))?;
-                waiting.insert(i, done);
-                push_ready(&mut waiting, &mut pushed, &mut spare, &mut matcher)?;
+            while out > 0 {
+                let done = done_rx.recv().map_err(|_| worker_lost(path))?;
+                take_done(done, &mut loads, &mut out)?;
             }
             read_error.map_or(Ok(()), Err)
         })?;
-        log::debug!(
-            "gallery {}: loaded {} template(s) of {} person(s) for model {model_id:?}",
-            path.display(),
-            matcher.len(),
-            matcher.people()
-        );
-        Ok(matcher)
+        Ok(loads
+            .into_iter()
+            .map(|load| {
+                log::debug!(
+                    "gallery {}: loaded {} template(s) of {} person(s) for model {:?}",
+                    path.display(),
+                    load.matcher.len(),
+                    load.matcher.people(),
+                    load.model_id
+                );
+                load.matcher
+            })
+            .collect())
     }
+}
+
+/// One model's part of a [`Gallery::load`]: the batch being filled, its matcher, and the
+/// batches opened but not yet appended (they come back from the workers in any order).
+struct ModelLoad<'m> {
+    model_id: &'m str,
+    /// Set by the model's first row; every other row must have it.
+    dim: Option<usize>,
+    batch: SealedBatch,
+    matcher: Matcher,
+    /// Batches handed to the workers, and appended to the matcher.
+    sent: usize,
+    pushed: usize,
+    waiting: std::collections::BTreeMap<usize, SealedBatch>,
+    /// Emptied batches to fill again: a batch stays with its model, so its buffers, sized by
+    /// the first fill, never grow (and never free a buffer of opened templates unwiped).
+    spare: Vec<SealedBatch>,
 }
 
 /// A version 1 template row, read for sealing (the plaintext is wiped on drop).
@@ -1020,8 +1162,8 @@ enum OpenFailure {
     Panicked,
 }
 
-/// Sealed template rows read from the store, opened together on a worker thread: decryption
-/// is the cost of loading a large gallery (one XChaCha20-Poly1305 open per template).
+/// Sealed template rows of one model read from the store, opened together on a worker thread:
+/// decryption is the cost of loading a large gallery (one XChaCha20-Poly1305 open per template).
 #[derive(Default)]
 struct SealedBatch {
     /// Template length of every row.
@@ -1030,17 +1172,21 @@ struct SealedBatch {
     rows: Vec<(i64, PersonId, usize)>,
     /// Names of the people in the batch (a person's rows are consecutive).
     names: Vec<String>,
-    /// The blobs, all of one length, back to back.
+    /// The blobs, all of one length, back to back; opened in place, then wiped.
     blobs: Vec<u8>,
     /// Each row's outcome after [`SealedBatch::open`].
     results: Vec<Result<(), OpenFailure>>,
-    /// The opened rows, normalised.
-    opened: Vec<f32>,
+    /// The opened rows, normalised and in the matcher's storage (`None` until opened).
+    encoded: Option<Rows>,
+    /// One opened row as float32, for normalising.
+    row: Vec<f32>,
+    /// The row being opened's associated data.
+    aad: Vec<u8>,
 }
 
 impl SealedBatch {
     /// Rows per batch: enough to amortise the hand-over, few enough to keep the batches in
-    /// flight small (1,024 512-d rows: 2 MB sealed and 2 MB opened).
+    /// flight small (1,024 512-d rows: 2 MB sealed).
     const ROWS: usize = 1024;
 
     fn len(&self) -> usize {
@@ -1055,49 +1201,70 @@ impl SealedBatch {
         self.blobs.extend_from_slice(blob);
     }
 
+    /// Empties the batch for its model's next rows (which overwrite the opened ones).
     fn clear(&mut self) {
         self.rows.clear();
         self.names.clear();
         self.blobs.clear();
         self.results.clear();
-        self.opened.clear();
     }
 
-    /// Opens and normalises every row into `opened`, each row's outcome in `results`.
-    fn open(&mut self, key: &DeviceKey, model_id: &str) {
+    /// Wipes every byte of an opened template the batch holds (the matcher keeps its copy),
+    /// when the batch is dropped.
+    fn wipe(&mut self) {
+        use zeroize::Zeroize;
+        self.blobs.zeroize();
+        self.row.zeroize();
+        if let Some(encoded) = &mut self.encoded {
+            encoded.wipe();
+        }
+    }
+
+    /// Opens every row in place, normalises it and encodes it in `storage`, each row's
+    /// outcome in `results` (a failed row leaves a zero row, so that rows stay aligned).
+    fn open(&mut self, key: &DeviceKey, model_id: &str, storage: Storage) {
         let (n, dim) = (self.rows.len(), self.dim);
-        self.opened.clear();
-        self.opened.resize(n * dim, 0.0);
+        let encoded = match &mut self.encoded {
+            Some(rows) if rows.storage() == storage => rows,
+            slot => slot.insert(Rows::new(storage)),
+        };
+        encoded.clear();
         self.results.clear();
         if n == 0 || dim == 0 {
             return;
         }
+        // Sized before the first opened row is in: growing would free a buffer of them.
+        encoded.reserve(n, dim);
         let blob_len = self.blobs.len() / n;
-        for (i, out) in self.opened.chunks_exact_mut(dim).enumerate() {
+        self.row.resize(dim, 0.0);
+        for (i, blob) in self.blobs.chunks_exact_mut(blob_len).enumerate() {
             let (_, person, name) = self.rows[i];
-            let aad = template_aad(person, &self.names[name], model_id, dim);
-            let result = key
-                .unseal(&aad, &self.blobs[i * blob_len..(i + 1) * blob_len])
-                .map_err(OpenFailure::Seal)
-                .and_then(|plain| {
-                    for (o, b) in out.iter_mut().zip(plain.chunks_exact(4)) {
+            template_aad_into(&mut self.aad, person, &self.names[name], model_id, dim);
+            let row = &mut self.row;
+            let result =
+                key.open_in_place(&self.aad, blob).map_err(OpenFailure::Seal).and_then(|plain| {
+                    for (o, b) in row.iter_mut().zip(plain.chunks_exact(4)) {
                         *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
                     }
                     // Re-normalise on load: cheap, and keeps "similarity = cosine" exact even
                     // if a row was written by an older tool with slightly different rounding.
-                    let scale = normalisation_scale(out, dim).map_err(OpenFailure::Values)?;
-                    for x in out.iter_mut() {
+                    let scale = normalisation_scale(row, dim).map_err(OpenFailure::Values)?;
+                    for x in row.iter_mut() {
                         *x = (f64::from(*x) * scale) as f32;
                     }
                     Ok(())
                 });
+            if result.is_err() {
+                row.fill(0.0);
+            }
+            encoded.push(row);
             self.results.push(result);
         }
     }
 
     /// [`SealedBatch::open`], a panic failing every row of the batch.
-    fn open_guarded(&mut self, key: &DeviceKey, model_id: &str) {
-        let open = std::panic::AssertUnwindSafe(|| self.open(key, model_id));
+    fn open_guarded(&mut self, key: &DeviceKey, model_id: &str, storage: Storage) {
+        let open = std::panic::AssertUnwindSafe(|| self.open(key, model_id, storage));
         if std::panic::catch_unwind(open).is_err() {
             self.results.clear();
             self.results.resize_with(self.rows.len(), || Err(OpenFailure::Panicked));
@@ -1111,28 +1278,29 @@ impl SealedBatch {
         matcher: &mut Matcher,
         path: &Path,
         key_file: &Path,
-        model_id: &str,
     ) -> Result<(), GalleryError> {
-        if self.results.len() != self.rows.len() || self.opened.len() != self.rows.len() * self.dim
-        {
+        let model_id = matcher.model_id().to_owned();
+        let first = self.rows.first().copied().unwrap_or_default();
+        let encoded = match &self.encoded {
+            Some(rows) if self.results.len() == self.rows.len() => rows,
             // Cannot happen with the dimensions `read_sealed_row` lets through; never pushes
             // fewer rows than were read without saying so.
-            let (template_id, _, name) = self.rows.first().copied().unwrap_or_default();
-            return Err(GalleryError::CorruptTemplate {
-                path: path.to_path_buf(),
-                person: self.names.get(name).cloned().unwrap_or_default(),
-                model_id: model_id.to_owned(),
-                template_id,
-                detail: "its batch of rows was not opened whole".to_owned(),
-            });
-        }
-        let rows = self.opened.chunks_exact(self.dim.max(1));
-        for ((&(template_id, person, name), row), result) in
-            self.rows.iter().zip(rows).zip(&self.results)
+            _ => {
+                return Err(GalleryError::CorruptTemplate {
+                    path: path.to_path_buf(),
+                    person: self.names.get(first.2).cloned().unwrap_or_default(),
+                    model_id,
+                    template_id: first.0,
+                    detail: "its batch of rows was not opened whole".to_owned(),
+                })
+            }
+        };
+        for (index, (&(template_id, person, name), result)) in
+            self.rows.iter().zip(&self.results).enumerate()
         {
             let name = &self.names[name];
             match result {
-                Ok(()) => matcher.push_row(person, name, row),
+                Ok(()) => matcher.push_encoded(person, name, encoded, index, self.dim),
                 Err(OpenFailure::Seal(SealError::Authentication)) if matcher.is_empty() => {
                     return Err(GalleryError::WrongKey {
                         path: path.to_path_buf(),
@@ -1144,7 +1312,7 @@ impl SealedBatch {
                     return Err(GalleryError::CorruptTemplate {
                         path: path.to_path_buf(),
                         person: name.clone(),
-                        model_id: model_id.to_owned(),
+                        model_id,
                         template_id,
                         detail: e.to_string(),
                     })
@@ -1152,6 +1320,12 @@ impl SealedBatch {
             }
         }
         Ok(())
+    }
+}
+
+impl Drop for SealedBatch {
+    fn drop(&mut self) {
+        self.wipe();
     }
 }
 
@@ -1167,28 +1341,31 @@ fn worker_lost(path: &Path) -> GalleryError {
     }
 }
 
-/// One template row of the load query, checked: `(template id, person, name, sealed blob)`;
-/// `dim` is set by the first row and every other row must have it.
+/// One template row of the load query, checked and put into its model's batch: the model's
+/// index in `loads`, or `None` for a model not being loaded. The first row of a model sets its
+/// dimension and every other row must have it.
 fn read_sealed_row<'r>(
     row: &'r rusqlite::Row<'_>,
     path: &Path,
-    model_id: &str,
-    dim: &mut Option<usize>,
-) -> Result<(i64, PersonId, &'r str, &'r [u8]), GalleryError> {
+    loads: &mut [ModelLoad<'_>],
+) -> Result<Option<usize>, GalleryError> {
     let read = |row: &'r rusqlite::Row<'_>| -> rusqlite::Result<_> {
-        Ok((
-            row.get::<_, i64>(0)?,
-            row.get::<_, i64>(1)?,
-            row.get_ref(2)?.as_str()?,
-            row.get::<_, i64>(3)?,
-        ))
+        Ok((row.get_ref(3)?.as_bytes()?, row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
     };
-    let (template_id, person, name, row_dim) =
+    let (model, template_id, person) =
         read(row).map_err(sql_err(path, "cannot read template row"))?;
+    let Some(model) = loads.iter().position(|l| l.model_id.as_bytes() == model) else {
+        return Ok(None);
+    };
+    let load = &mut loads[model];
+    let read = |row: &'r rusqlite::Row<'_>| -> rusqlite::Result<_> {
+        Ok((row.get_ref(2)?.as_str()?, row.get::<_, i64>(4)?))
+    };
+    let (name, row_dim) = read(row).map_err(sql_err(path, "cannot read template row"))?;
     let corrupt = |detail: String| GalleryError::CorruptTemplate {
         path: path.to_path_buf(),
         person: name.to_owned(),
-        model_id: model_id.to_owned(),
+        model_id: load.model_id.to_owned(),
         template_id,
         detail,
     };
@@ -1196,13 +1373,13 @@ fn read_sealed_row<'r>(
         .ok()
         .filter(|&d| d > 0 && d <= MAX_TEMPLATE_DIM)
         .ok_or_else(|| corrupt(format!("dimension {row_dim} is not in 1..={MAX_TEMPLATE_DIM}")))?;
-    let dim = *dim.get_or_insert(row_dim);
+    let dim = *load.dim.get_or_insert(row_dim);
     if row_dim != dim {
         return Err(corrupt(format!(
             "dimension {row_dim} differs from {dim} of the model's other templates"
         )));
     }
-    let blob = match row.get_ref(4).map_err(sql_err(path, "cannot read template row"))? {
+    let blob = match row.get_ref(5).map_err(sql_err(path, "cannot read template row"))? {
         rusqlite::types::ValueRef::Blob(b) => b,
         other => {
             return Err(corrupt(format!(
@@ -1218,7 +1395,8 @@ fn read_sealed_row<'r>(
             dim * 4 + SEAL_OVERHEAD
         )));
     }
-    Ok((template_id, person, name, blob))
+    load.batch.push(template_id, person, name, blob);
+    Ok(Some(model))
 }
 
 /// Associated data of a sealed template: it binds the blob to its person (id and name), model
@@ -1226,6 +1404,13 @@ fn read_sealed_row<'r>(
 /// authentication, and so does a row whose person's name was changed in the file.
 fn template_aad(person: PersonId, name: &str, model_id: &str, dim: usize) -> Vec<u8> {
     let mut aad = Vec::with_capacity(TEMPLATE_AAD_PREFIX.len() + 32 + name.len() + model_id.len());
+    template_aad_into(&mut aad, person, name, model_id, dim);
+    aad
+}
+
+/// [`template_aad`] into a reused buffer (a gallery load builds one per template).
+fn template_aad_into(aad: &mut Vec<u8>, person: PersonId, name: &str, model_id: &str, dim: usize) {
+    aad.clear();
     aad.extend_from_slice(TEMPLATE_AAD_PREFIX);
     aad.extend_from_slice(&person.to_le_bytes());
     // Length-prefixed, so (name "ab", model "c") and (name "a", model "bc") never encode alike.
@@ -1234,7 +1419,6 @@ fn template_aad(person: PersonId, name: &str, model_id: &str, dim: usize) -> Vec
     aad.extend_from_slice(&(model_id.len() as u64).to_le_bytes());
     aad.extend_from_slice(model_id.as_bytes());
     aad.extend_from_slice(&(dim as u64).to_le_bytes());
-    aad
 }
 
 /// The version 2 binding (person id, model, dimension), to open a version 2 file's blobs once.
@@ -1843,8 +2027,120 @@ mod tests {
         let err = g.matcher("m").unwrap_err();
         assert!(matches!(err, GalleryError::WrongKey { .. }), "{err:?}");
         // One person's rows are opened on the caller's thread, with the same checks.
-        let err = g.matcher_of("m", Some(1), Storage::Float32).unwrap_err();
+        let err = g.load(&["m"], Some(1), Storage::Float32).unwrap_err();
         assert!(matches!(err, GalleryError::WrongKey { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn several_models_load_in_one_pass_each_as_if_alone() {
+        // 1,500 people with model "a" (2 x 8-d), every third also with "b" (1 x 4-d): the
+        // models' rows interleave in the store, over more than one batch each.
+        let mut g = Gallery::open_in_memory().unwrap();
+        let people: Vec<BackupPerson> = (0..1500)
+            .map(|i| BackupPerson {
+                name: format!("p{i:04}"),
+                created_unix: 0,
+                models: std::iter::once(("a", 2, 8))
+                    .chain((i % 3 == 0).then_some(("b", 1, 4)))
+                    .map(|(model_id, count, dim)| BackupModel {
+                        model_id: model_id.into(),
+                        templates: templates(i as u64, count, dim),
+                    })
+                    .collect(),
+            })
+            .collect();
+        g.import_people(&people, ImportMode::Refuse).unwrap();
+        // A template appended later (a higher id) still loads with its person's rows.
+        g.enroll("p0001", "a", &templates(99, 1, 8), EnrollMode::Append).unwrap();
+        for storage in Storage::ALL {
+            let both = g.matchers(&["b", "a", "none"], storage).unwrap();
+            assert_eq!(both.len(), 3);
+            assert!(both[0].same_as(&g.matcher_stored("b", storage).unwrap()), "{storage:?}");
+            assert!(both[1].same_as(&g.matcher_stored("a", storage).unwrap()), "{storage:?}");
+            assert_eq!((both[0].len(), both[0].people()), (500, 500));
+            assert_eq!((both[1].len(), both[1].people()), (3001, 1500));
+            assert_eq!(both[1].person_name(1), "p0001");
+            assert!(both[2].is_empty() && both[2].model_id() == "none");
+        }
+        // Float32 rows as stored (normalised), the appended one among its person's.
+        let a = g.matcher("a").unwrap();
+        let unit = |t: &[f32]| -> Vec<f32> {
+            let n = t.iter().map(|x| x * x).sum::<f32>().sqrt();
+            t.iter().map(|x| x / n).collect()
+        };
+        let appended = unit(&templates(99, 1, 8)[0]);
+        assert!(a.row(4).iter().zip(&appended).all(|(x, y)| (x - y).abs() < 1e-6));
+        // A bad row of either model ends the load with that model's error.
+        let b_row: i64 = g
+            .conn
+            .query_row(
+                "SELECT id FROM template WHERE model_id = 'b' ORDER BY id LIMIT 1 OFFSET 400",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        g.conn.execute("UPDATE template SET dim = 5 WHERE id = ?1", [b_row]).unwrap();
+        let err = g.matchers(&["a", "b"], Storage::Int8).unwrap_err();
+        assert!(
+            matches!(&err, GalleryError::CorruptTemplate { model_id, template_id, .. }
+                if model_id == "b" && *template_id == b_row),
+            "{err:?}"
+        );
+        // A model not asked for is not read: its bad row does not matter.
+        assert_eq!(g.matchers(&["a"], Storage::Int8).unwrap()[0].len(), 3001);
+    }
+
+    #[test]
+    fn load_matchers_checks_the_file_beside_the_load_and_refuses_what_open_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gallery.db");
+        let key = path.with_extension("key");
+        let mut g = open_at(&path).unwrap();
+        for i in 0..40 {
+            let sets: [(&str, &[Vec<f32>]); 2] =
+                [("cpu", &templates(i, 3, 128)), ("npu", &templates(i + 100, 3, 64))];
+            g.enroll_models(&format!("p{i}"), &sets, EnrollMode::New).unwrap();
+        }
+        let want = [
+            g.matcher_stored("cpu", Storage::Int8).unwrap(),
+            g.matcher_stored("npu", Storage::Int8).unwrap(),
+        ];
+        drop(g);
+        let loaded = Gallery::load_matchers(&path, &key, &["cpu", "npu"], Storage::Int8).unwrap();
+        assert!(loaded[0].same_as(&want[0]) && loaded[1].same_as(&want[1]));
+        // The wrong key: told apart as by a load after `open`.
+        let other = dir.path().join("other.key");
+        DeviceKey::create(&other).unwrap();
+        let err = Gallery::load_matchers(&path, &other, &["cpu"], Storage::Int8).unwrap_err();
+        assert!(matches!(err, GalleryError::WrongKey { .. }), "{err:?}");
+        // A damaged page: the integrity check's verdict, and the file is not written to.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let page = PAGE_SIZE as usize;
+        let pages = bytes.len() / page;
+        assert!(pages > 2, "{pages} pages");
+        for b in &mut bytes[(pages / 2) * page..(pages / 2 + 1) * page] {
+            *b = 0xA5;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        let err = Gallery::load_matchers(&path, &key, &["cpu", "npu"], Storage::Int8).unwrap_err();
+        assert!(matches!(err, GalleryError::Corrupt { .. }), "{err:?}");
+        assert!(err.to_string().contains("database is corrupt"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "a damaged file is not written to");
+        // Not a database at all: refused by its header, before any connection.
+        std::fs::write(&path, b"not a database, not empty either").unwrap();
+        let err = Gallery::load_matchers(&path, &key, &["cpu"], Storage::Int8).unwrap_err();
+        assert!(matches!(err, GalleryError::NotADatabase { .. }), "{err:?}");
+        // Another application's database: refused as not ours, and left as it was.
+        std::fs::remove_file(&path).unwrap();
+        let foreign = Connection::open(&path).unwrap();
+        foreign
+            .execute_batch("CREATE TABLE notes(body TEXT); INSERT INTO notes VALUES ('x');")
+            .unwrap();
+        drop(foreign);
+        let before = std::fs::read(&path).unwrap();
+        let err = Gallery::load_matchers(&path, &key, &["cpu"], Storage::Int8).unwrap_err();
+        assert!(matches!(err, GalleryError::NotAGallery { .. }), "{err:?}");
+        assert_eq!(std::fs::read(&path).unwrap(), before);
     }
 
     #[test]

@@ -95,11 +95,8 @@ PORTIER_FEATURES ??= "pi5"
 CARGO_FEATURES = "${PORTIER_FEATURES}"
 # Exactly Cargo.lock's versions, from the crates bitbake fetched; never the network.
 EXTRA_CARGO_FLAGS = "--frozen"
-# No build-host paths in the binary (reproducible; no buildpaths QA warning). chacha20's NEON
-# backend for the gallery's cipher (the crate's own opt-in cfg; .cargo/config.toml, which
-# bitbake's RUSTFLAGS replace, says the same for other builds).
-EXTRA_RUSTFLAGS = "--cfg chacha20_force_neon \
-                   --remap-path-prefix=${CARGO_HOME}=/usr/src/debug/cargo \
+# No build-host paths in the binary (reproducible; no buildpaths QA warning).
+EXTRA_RUSTFLAGS = "--remap-path-prefix=${CARGO_HOME}=/usr/src/debug/cargo \
                    --remap-path-prefix=${S}=/usr/src/debug/portier \
                    --remap-path-prefix=${WORKDIR}=/usr/src/debug/portier-work"
 
