@@ -206,7 +206,8 @@ impl DeviceKey {
 
     /// Seals `plaintext` bound to `aad`: format byte || nonce || ciphertext and tag.
     pub(crate) fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
-        let mut blob = Vec::with_capacity(SEAL_OVERHEAD + plaintext.len());
+        // Wiped if sealing fails with the plaintext copied in.
+        let mut blob = Zeroizing::new(Vec::with_capacity(SEAL_OVERHEAD + plaintext.len()));
         blob.push(BLOB_FORMAT);
         blob.resize(1 + NONCE_LEN, 0);
         fill_random(&mut blob[1..]).map_err(SealError::Random)?;
@@ -217,7 +218,7 @@ impl DeviceKey {
             .seal_in_place_separate_tag(nonce, Aad::from(aad), body)
             .map_err(|_| SealError::Cipher)?;
         blob.extend_from_slice(tag.as_ref());
-        Ok(blob)
+        Ok(std::mem::take(&mut *blob))
     }
 
     /// Opens a blob made by [`DeviceKey::seal`] with the same `aad`; the plaintext is wiped

@@ -157,30 +157,29 @@ impl Gallery {
     /// the gallery holds no sealed template yet; a key file that others can read, that belongs to
     /// another user or has the wrong size is refused. A version 1 gallery is sealed and scrubbed.
     pub fn open(path: &Path, key_file: &Path) -> Result<Gallery, GalleryError> {
-        Gallery::open_checking(path, key_file, Check::Here)
+        Ok(Gallery::open_checking(path, key_file, Check::Here)?.0)
     }
 
     /// Opens the gallery at `path` and loads the matchers of `models` in `storage`
     /// ([`Gallery::matchers`]): what the appliance does at start-up and after every change.
     ///
-    /// An existing gallery of the current schema is checked (`PRAGMA quick_check`, which reads
-    /// the whole file: a third of the time of opening a large gallery) on a second connection
-    /// while its templates load on the first. The check's verdict comes first, so a damaged
-    /// file is refused exactly as [`Gallery::open`] refuses it; opening such a gallery and
-    /// loading it write nothing, so nothing is written before the verdict either. A gallery
-    /// to create or migrate is checked before anything is written, as by [`Gallery::open`].
+    /// A gallery that opening writes nothing to (current schema, WAL mode, key file present:
+    /// what the appliance meets) is checked (`PRAGMA quick_check`, which reads the whole file:
+    /// a third of the time of opening a large gallery) on a second connection while its
+    /// templates load on the first, and the check's verdict comes before anything the load
+    /// met: a damaged file is refused as [`Gallery::open`] refuses it, and nothing was written
+    /// to it. Any other gallery (to create, to migrate, to switch to WAL, without its key file)
+    /// is opened exactly as by [`Gallery::open`], checked before anything is written.
     pub fn load_matchers(
         path: &Path,
         key_file: &Path,
         models: &[&str],
         storage: Storage,
     ) -> Result<Vec<Matcher>, GalleryError> {
-        if std::fs::metadata(path).map_or(true, |m| m.len() == 0) {
-            // Nothing to check yet (or an error `open` reports): created as `open` creates it.
-            return Gallery::open(path, key_file)?.matchers(models, storage);
+        let (gallery, check) = Gallery::open_checking(path, key_file, Check::Elsewhere)?;
+        if check == Check::Here {
+            return gallery.matchers(models, storage);
         }
-        // Not an SQLite file: refused by its header before any connection, as by `open`.
-        check_header(path)?;
         let (checked, loaded) = std::thread::scope(|scope| {
             let check = scope.spawn(|| {
                 let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -190,8 +189,7 @@ impl Gallery {
                     .map_err(sql_err(path, "cannot set busy timeout"))?;
                 quick_check(&conn, path)
             });
-            let loaded = Gallery::open_checking(path, key_file, Check::Elsewhere)
-                .and_then(|g| g.matchers(models, storage));
+            let loaded = gallery.matchers(models, storage);
             let checked = check.join().unwrap_or_else(|_| {
                 Err(GalleryError::Unsupported {
                     path: path.to_path_buf(),
@@ -200,19 +198,17 @@ impl Gallery {
             });
             (checked, loaded)
         });
-        // The verdicts in `open`'s order: what the file is (not ours, too new) before whether
-        // it is damaged, and damage before anything the load met.
-        match loaded {
-            Err(
-                e @ (GalleryError::NotAGallery { .. } | GalleryError::UnsupportedVersion { .. }),
-            ) => Err(e),
-            loaded => checked.and(loaded),
-        }
+        // Damage before anything the load met.
+        checked.and(loaded)
     }
 
-    /// [`Gallery::open`], with the integrity check here or (for an existing gallery of the
-    /// current schema only) left to the caller.
-    fn open_checking(path: &Path, key_file: &Path, check: Check) -> Result<Gallery, GalleryError> {
+    /// [`Gallery::open`], with the integrity check here or, when `check` asks for it and
+    /// opening writes nothing (see `setup`), left to the caller: where it is to run is returned.
+    fn open_checking(
+        path: &Path,
+        key_file: &Path,
+        check: Check,
+    ) -> Result<(Gallery, Check), GalleryError> {
         // Look at the header ourselves first: SQLite would happily treat some non-database files
         // as empty and we must never risk writing into someone else's file.
         check_header(path)?;
@@ -230,7 +226,7 @@ impl Gallery {
         let path = PathBuf::from(":memory:");
         let conn = Connection::open_in_memory()
             .map_err(sql_err(&path, "cannot open in-memory database"))?;
-        Gallery::setup(conn, path, KeySource::Ephemeral, Check::Here)
+        Ok(Gallery::setup(conn, path, KeySource::Ephemeral, Check::Here)?.0)
     }
 
     /// Path of the gallery file (":memory:" for an in-memory gallery).
@@ -244,7 +240,7 @@ impl Gallery {
         path: PathBuf,
         keys: KeySource<'_>,
         check: Check,
-    ) -> Result<Gallery, GalleryError> {
+    ) -> Result<(Gallery, Check), GalleryError> {
         let p = path.as_path();
         conn.busy_timeout(BUSY_TIMEOUT).map_err(sql_err(p, "cannot set busy timeout"))?;
 
@@ -265,11 +261,23 @@ impl Gallery {
                 supported: SCHEMA_VERSION,
             });
         }
-        // Only a gallery that will be neither created nor migrated (so nothing is written while
-        // the file is opened) may leave its check to the caller.
-        if check == Check::Here || version != SCHEMA_VERSION {
-            quick_check(&conn, p)?;
-        }
+        // Only a gallery that opening writes nothing to may leave its check to the caller: one
+        // of the current schema (not created, not migrated), already in WAL mode (no header
+        // rewrite), whose key file exists (none is created).
+        let check = match (check, &keys) {
+            (Check::Elsewhere, KeySource::File(key_file))
+                if version == SCHEMA_VERSION
+                    && objects > 0
+                    && journal_mode(&conn, p)?.eq_ignore_ascii_case("wal")
+                    && std::fs::symlink_metadata(key_file).is_ok() =>
+            {
+                Check::Elsewhere
+            }
+            _ => {
+                quick_check(&conn, p)?;
+                Check::Here
+            }
+        };
         if version == 0 && objects == 0 {
             // A new file: large pages, before anything is written. A 512-d sealed template
             // (2 KB) takes a whole 4 KB page; 64 KB pages hold 31, so a large gallery's file
@@ -292,7 +300,7 @@ impl Gallery {
         if version == 1 || version == 2 {
             gallery.migrate_to_v3()?;
         }
-        Ok(gallery)
+        Ok((gallery, check))
     }
 
     /// Migration 1 or 2 → 3, in ONE transaction (a kill leaves the file as it was): the person
@@ -854,6 +862,28 @@ impl Gallery {
     /// One person's rows (an export goes person by person) are opened right here: threads
     /// would cost more.
     fn load(
+        &self,
+        models: &[&str],
+        only: Option<PersonId>,
+        storage: Storage,
+    ) -> Result<Vec<Matcher>, GalleryError> {
+        // A model asked for twice (an NPU model given the CPU model's id) gets the same rows
+        // in both places, as two loads gave it.
+        let mut unique: Vec<&str> = Vec::with_capacity(models.len());
+        for &m in models {
+            if !unique.contains(&m) {
+                unique.push(m);
+            }
+        }
+        let loaded = self.load_unique(&unique, only, storage)?;
+        Ok(models
+            .iter()
+            .filter_map(|m| unique.iter().position(|u| u == m).map(|i| loaded[i].clone()))
+            .collect())
+    }
+
+    /// [`Gallery::load`] of distinct models.
+    fn load_unique(
         &self,
         models: &[&str],
         only: Option<PersonId>,
@@ -1511,6 +1541,12 @@ fn is_ours_or_blank(app_id: i64, version: i64, objects: i64) -> bool {
     app_id == APPLICATION_ID || (app_id == 0 && version == 0 && objects == 0)
 }
 
+/// The journal mode the file is in, read without changing it.
+fn journal_mode(conn: &Connection, path: &Path) -> Result<String, GalleryError> {
+    conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .map_err(sql_err(path, "cannot read the journal mode"))
+}
+
 /// `PRAGMA quick_check`: catches damaged pages at open, before the door trusts the data.
 fn quick_check(conn: &Connection, path: &Path) -> Result<(), GalleryError> {
     let result = pragma_rows(conn, path, "PRAGMA quick_check")?;
@@ -2088,6 +2124,9 @@ mod tests {
         );
         // A model not asked for is not read: its bad row does not matter.
         assert_eq!(g.matchers(&["a"], Storage::Int8).unwrap()[0].len(), 3001);
+        // A model asked for twice has its rows in both places.
+        let twice = g.matchers(&["a", "a"], Storage::Int8).unwrap();
+        assert!(twice[0].same_as(&twice[1]) && twice[1].len() == 3001);
     }
 
     #[test]
