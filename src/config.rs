@@ -16,7 +16,7 @@ use crate::frame::Filter;
 use crate::gallery::MatchPolicy;
 use crate::infer::{ChannelOrder, Optimization, Preprocess, SessionOptions};
 
-/// A configuration problem; main maps it to exit code 78 (EX_CONFIG).
+/// A configuration problem (the process exits with `Exit::Config`: `exit.rs`).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.

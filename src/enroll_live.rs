@@ -35,7 +35,6 @@ use crate::detect::{DetectError, Detection, Detector};
 use crate::embed::{dot, EmbedError, Embedder};
 use crate::frame::{FrameDecoder, ImageView, RgbImage};
 use crate::gallery::{EnrollMode, Gallery, GalleryError, Matcher, PersonId};
-use crate::infer::InferError;
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::track::{quality, Quality, TrackId, Tracker, TrackerConfig};
 
@@ -274,43 +273,6 @@ pub enum EnrolError {
         #[source]
         source: std::io::Error,
     },
-}
-
-impl EnrolError {
-    /// The sysexits code `main` exits with: 64 usage, 65 data (a refused scene, a taken name),
-    /// 66 missing input, 69 runtime or camera unavailable, 70 software, 73 cannot create,
-    /// 78 configuration.
-    pub fn exit_code(&self) -> u8 {
-        let infer = match self {
-            Self::Pipeline(PipelineError::Runtime(i))
-            | Self::Pipeline(PipelineError::Detect(DetectError::Infer(i)))
-            | Self::Pipeline(PipelineError::Embed(EmbedError::Infer(i)))
-            | Self::Detect(DetectError::Infer(i))
-            | Self::Embed(EmbedError::Infer(i)) => Some(i),
-            _ => None,
-        };
-        match (self, infer) {
-            (_, Some(InferError::LibraryNotFound { .. } | InferError::LibraryLoad { .. })) => 69,
-            (_, Some(InferError::ModelMissing { .. })) => 66,
-            (_, Some(InferError::ModelLoad { .. } | InferError::Shape { .. })) => 78,
-            (Self::Pipeline(PipelineError::Detect(DetectError::Outputs { .. })), _) => 78,
-            (Self::Refused(_) | Self::Resembles { .. }, _) => 65,
-            (Self::Usage(_), _) => 64,
-            (Self::NoCamera { .. }, _) => 78,
-            (Self::Camera(CameraError::Open { .. }), _) => 66,
-            (Self::Camera(_), _) => 69,
-            (
-                Self::Gallery(
-                    GalleryError::NameTaken { .. }
-                    | GalleryError::UnknownPerson { .. }
-                    | GalleryError::InvalidName { .. },
-                ),
-                _,
-            ) => 65,
-            (Self::GalleryFolder { .. }, _) => 73,
-            _ => 70,
-        }
-    }
 }
 
 /// Where a capture stands after a frame.

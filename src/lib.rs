@@ -18,6 +18,7 @@
 //! - [`pipeline`]: detect → align → embed for a still image, with stage timings.
 //! - [`config`]: the TOML configuration.
 //! - [`eval`]: verification statistics, LFW protocol, benchmarks.
+//! - [`exit`]: the process's exit statuses, one `From` per error family.
 //! - [`mqtt`]: MQTT payloads, Home Assistant discovery, signed commands (issue 4, partial).
 //! - [`npu_state`]: whether the NPU's model is installed (CPU only when it is not).
 //! - [`par`]: bands of a pixel pass on several cores (the letterbox).
@@ -35,6 +36,7 @@ pub mod door;
 pub mod embed;
 pub mod enroll_live;
 pub mod eval;
+pub mod exit;
 pub mod frame;
 pub mod gallery;
 pub mod infer;

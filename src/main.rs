@@ -1,6 +1,5 @@
 //! The `portier` command line: parses arguments, opens what the command needs, prints results,
-//! and maps errors to exit codes (sysexits: 65 bad input data, 66 missing input, 69 runtime
-//! unavailable, 78 bad configuration). No logic lives here.
+//! and exits with the status `portier::exit` gives each error. No logic lives here.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -13,6 +12,7 @@ use portier::config::{Config, ConfigError};
 use portier::eval::{
     bench, bench_loop, calibrate, distance, export_calib, identify, lfw, npu_check, verify,
 };
+use portier::exit::Exit;
 use portier::frame::load_image;
 use portier::gallery::{
     Decision, EnrollMode, Gallery, GalleryError, ImportMode, Matcher, UnknownReason,
@@ -431,82 +431,39 @@ enum BenchCommand {
     },
 }
 
-/// An error with its exit code.
+/// An error with its exit status.
 struct Failure {
-    code: u8,
+    exit: Exit,
     message: String,
 }
 
 impl Failure {
-    fn new(code: u8, message: impl std::fmt::Display) -> Self {
-        Self { code, message: message.to_string() }
+    fn new(exit: Exit, message: impl std::fmt::Display) -> Self {
+        Self { exit, message: message.to_string() }
     }
 }
 
-const EX_DATAERR: u8 = 65;
-const EX_NOINPUT: u8 = 66;
-const EX_UNAVAILABLE: u8 = 69;
-const EX_SOFTWARE: u8 = 70;
-const EX_CANTCREAT: u8 = 73;
-const EX_CONFIG: u8 = 78;
-
-impl From<ConfigError> for Failure {
-    fn from(e: ConfigError) -> Self {
-        Failure::new(EX_CONFIG, e)
-    }
-}
-
-impl From<GalleryError> for Failure {
-    fn from(e: GalleryError) -> Self {
-        let code = match e {
-            GalleryError::NameTaken { .. }
-            | GalleryError::UnknownPerson { .. }
-            | GalleryError::InvalidName { .. }
-            | GalleryError::Backup { .. }
-            | GalleryError::ImportClash { .. } => EX_DATAERR,
-            // The operator must fix the key file (permissions, owner, the right file): a
-            // restart cannot, so exit 78 and systemd does not restart.
-            GalleryError::KeyFileRefused { .. }
-            | GalleryError::BadKeyFile { .. }
-            | GalleryError::KeyMissing { .. }
-            | GalleryError::WrongKey { .. } => EX_CONFIG,
-            GalleryError::BackupIo { .. } => EX_NOINPUT,
-            _ => EX_SOFTWARE,
-        };
-        Failure::new(code, e)
-    }
-}
-
-impl From<PipelineError> for Failure {
-    fn from(e: PipelineError) -> Self {
-        use portier::infer::InferError as I;
-        let inner = match &e {
-            PipelineError::Runtime(i) => Some(i),
-            PipelineError::Detect(portier::detect::DetectError::Infer(i)) => Some(i),
-            PipelineError::Embed(portier::embed::EmbedError::Infer(i)) => Some(i),
-            _ => None,
-        };
-        let code = match inner {
-            Some(I::LibraryNotFound { .. } | I::LibraryLoad { .. }) => EX_UNAVAILABLE,
-            Some(I::ModelMissing { .. }) => EX_NOINPUT,
-            Some(I::ModelLoad { .. } | I::Shape { .. }) => EX_CONFIG,
-            _ => match e {
-                PipelineError::Detect(portier::detect::DetectError::Outputs { .. }) => EX_CONFIG,
-                _ => EX_SOFTWARE,
-            },
-        };
-        Failure::new(code, e)
-    }
-}
-
-impl From<verify::EvalError> for Failure {
-    fn from(e: verify::EvalError) -> Self {
-        match e {
-            verify::EvalError::Pipeline(p) => p.into(),
-            other => Failure::new(EX_DATAERR, other),
+/// Each error family exits with its status from the one table (`portier::exit`).
+macro_rules! failure_from {
+    ($($error:ty),* $(,)?) => {$(
+        impl From<$error> for Failure {
+            fn from(e: $error) -> Self {
+                Failure::new(Exit::from(&e), e)
+            }
         }
-    }
+    )*};
 }
+
+failure_from!(
+    ConfigError,
+    GalleryError,
+    PipelineError,
+    verify::EvalError,
+    portier::enroll_live::EnrolError,
+    distance::DistanceError,
+    portier::eval::liveness::LivenessEvalError,
+    portier::liveness::LivenessError,
+);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -537,7 +494,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(f) => {
             eprintln!("portier: {}", f.message);
-            ExitCode::from(f.code)
+            f.exit.into()
         }
     }
 }
@@ -554,7 +511,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             let window = config.mqtt.command_window_s;
             let kept = portier::mqtt::replay::reset(dir, now, window).map_err(|e| {
                 Failure::new(
-                    EX_CANTCREAT,
+                    Exit::CantCreate,
                     format!(
                         "mqtt: cannot reset the replay state in {}: {e} (left as it was)",
                         dir.display()
@@ -615,22 +572,22 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         }
         Command::Npu { command: NpuCommand::Check(args) } => {
             let config = Config::load(&cli.config)?;
-            let report = npu_check::check(&config, &args.crops).map_err(distance_failure)?;
+            let report = npu_check::check(&config, &args.crops)?;
             if args.json {
                 print_json(&report);
             } else {
                 println!("{}", npu_check::table(&report));
             }
-            Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if report.passed() { ExitCode::SUCCESS } else { Exit::Failed.into() })
         }
         Command::Calibrate(args) => {
             let config = Config::load(&cli.config)?;
-            calibrate::command(&config, &args).map_err(distance_failure)?;
+            calibrate::command(&config, &args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::ExportCalib(args) => {
             let config = Config::load(&cli.config)?;
-            let s = export_calib::command(&config, &args).map_err(distance_failure)?;
+            let s = export_calib::command(&config, &args)?;
             println!(
                 "{}: {} crops of 112x112x3 uint8 ({} with detected landmarks, {} with full-size \
                  landmarks scaled down); {} photo(s) without a face",
@@ -659,7 +616,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             } else {
                 println!("{report}");
             }
-            Ok(if report.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if report.passed() { ExitCode::SUCCESS } else { Exit::Failed.into() })
         }
         Command::Run { replay, fps, fast, snapshot_dir } => {
             let mut config = Config::load(&cli.config)?;
@@ -674,7 +631,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             if from_camera {
                 use portier::enroll_live::{command, LiveArgs};
                 let args = LiveArgs { name, append, seconds, replay, fps: None, allow_similar };
-                command(&config, &args).map_err(|e| Failure::new(e.exit_code(), e))?;
+                command(&config, &args)?;
                 return Ok(ExitCode::SUCCESS);
             }
             enroll(&config, &name, append, &photos)
@@ -706,8 +663,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         }
         Command::Bench { command: BenchCommand::Liveness { repeat, warmup, json, photos } } => {
             let config = Config::load(&cli.config)?;
-            let r = portier::eval::liveness::bench(&config, &photos, repeat.max(1), warmup)
-                .map_err(|e| Failure::new(e.exit_code(), e))?;
+            let r = portier::eval::liveness::bench(&config, &photos, repeat.max(1), warmup)?;
             if json {
                 print_json(&r);
                 return Ok(ExitCode::SUCCESS);
@@ -736,7 +692,10 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             command: BenchCommand::Match { people, templates, dim, queries, open_in, json },
         } => {
             if dim == 0 || templates == 0 || people.contains(&0) {
-                return Err(Failure::new(64, "--people, --templates and --dim must be above 0"));
+                return Err(Failure::new(
+                    Exit::Usage,
+                    "--people, --templates and --dim must be above 0",
+                ));
             }
             // Opened first, while the process holds nothing else (its RSS is the matchers').
             let open = match open_in {
@@ -844,7 +803,7 @@ fn run_appliance(
     }
     let Some(camera) = config.camera.clone() else {
         return Err(Failure::new(
-            EX_CONFIG,
+            Exit::Config,
             format!(
                 "config {}: key `camera`: required by `portier run` (or pass --replay FILE)",
                 config.source.display()
@@ -862,9 +821,9 @@ fn run_appliance(
 
     let source = portier::camera::open(&camera, config.frame_timeout).map_err(|e| match e {
         portier::camera::CameraError::Open { .. } if camera_is_v4l2(&camera) => {
-            Failure::new(EX_UNAVAILABLE, e)
+            Failure::new(Exit::Unavailable, e)
         }
-        e => Failure::new(EX_NOINPUT, e),
+        e => Failure::new(Exit::NoInput, e),
     })?;
     let pipeline = Pipeline::open(&config)?;
     let model_id = pipeline.embedder_model_id();
@@ -879,7 +838,7 @@ fn run_appliance(
     let mut loaded = loaded.into_iter();
     let (Some(matcher), npu_matcher) = (loaded.next(), loaded.next()) else {
         // Cannot happen: a load returns one matcher per model asked for.
-        return Err(Failure::new(EX_SOFTWARE, "the gallery load returned no matcher"));
+        return Err(Failure::new(Exit::Software, "the gallery load returned no matcher"));
     };
     log::info!(
         "gallery: {} people enrolled for {model_id} ({})",
@@ -889,10 +848,7 @@ fn run_appliance(
     let mut parts = Parts::cpu(pipeline, source, matcher, door);
     parts.npu = open_npu_parts(&config, npu_matcher)?;
     if let Some(l) = config.liveness.as_ref().filter(|l| l.enabled) {
-        let check = portier::liveness::MiniFasNet::open(&l.settings).map_err(|e| {
-            let e = portier::eval::liveness::LivenessEvalError::from(e);
-            Failure::new(e.exit_code(), e)
-        })?;
+        let check = portier::liveness::MiniFasNet::open(&l.settings)?;
         log::info!(
             "liveness: {} (threshold {}, {} of {} confirming votes must pass)",
             portier::liveness::MINIFASNET,
@@ -903,8 +859,9 @@ fn run_appliance(
         parts.liveness = Some(Box::new(check));
     }
     let npu_model_id = config.npu.model_id();
-    let mut app = App::new(config.app.clone(), parts)
-        .map_err(|e| Failure::new(EX_CONFIG, format!("config {}: {e}", config.source.display())))?;
+    let mut app = App::new(config.app.clone(), parts).map_err(|e| {
+        Failure::new(Exit::Config, format!("config {}: {e}", config.source.display()))
+    })?;
     log::info!("running: {}", app.describe_source());
     let notifier = portier::service::Notifier::from_env();
     let mqtt = start_mqtt(&config)?;
@@ -932,7 +889,7 @@ fn run_appliance(
         Ok(c) => c,
         Err(e) => {
             portier::door::secure_on_emergency();
-            return Err(Failure::new(EX_SOFTWARE, e));
+            return Err(Failure::new(Exit::Software, e));
         }
     };
     println!("summary: {counters}");
@@ -952,7 +909,7 @@ fn camera_check(
     timeout: std::time::Duration,
 ) -> Result<ExitCode, Failure> {
     let report = portier::camera::v4l2::probe(device, frames, timeout)
-        .map_err(|e| Failure::new(EX_UNAVAILABLE, e))?;
+        .map_err(|e| Failure::new(Exit::Unavailable, e))?;
     println!("{report}");
     Ok(ExitCode::SUCCESS)
 }
@@ -964,7 +921,7 @@ fn camera_check(
     _timeout: std::time::Duration,
 ) -> Result<ExitCode, Failure> {
     Err(Failure::new(
-        EX_UNAVAILABLE,
+        Exit::Unavailable,
         format!("camera {}: this portier is built without the `v4l2` feature", device.display()),
     ))
 }
@@ -989,7 +946,7 @@ fn start_mqtt(config: &Config) -> Result<Option<portier::mqtt::client::MqttClien
         .map(|d| d.with_area(m.suggested_area.as_deref()))
         .map_err(|e| {
             Failure::new(
-                EX_CONFIG,
+                Exit::Config,
                 format!("config {}: key `mqtt.device_id`: {e}", config.source.display()),
             )
         })?;
@@ -1028,7 +985,7 @@ fn open_npu_parts(
         return Ok(None);
     };
     portier::app::NpuParts::open(config, matcher)
-        .map_err(|e| Failure::new(EX_CONFIG, format!("config {}: {e}", config.source.display())))
+        .map_err(|e| Failure::new(Exit::Config, format!("config {}: {e}", config.source.display())))
 }
 
 /// `secure-door`: the door lines from the config's `[door]` table alone, driven secure.
@@ -1046,7 +1003,7 @@ fn secure_door(config: &Path, hold: bool) -> Result<ExitCode, Failure> {
     if hold {
         let stop = Arc::new(AtomicBool::new(false));
         portier::door::relock::secure_on_every_exit(emergency, Some(&stop))
-            .map_err(|e| Failure::new(EX_SOFTWARE, e))?;
+            .map_err(|e| Failure::new(Exit::Software, e))?;
         println!("door: holding the lines until stopped");
         while !stop.load(Ordering::SeqCst) {
             std::thread::sleep(std::time::Duration::from_millis(200));
@@ -1068,7 +1025,7 @@ fn guard_door(
     stop: &Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<Box<dyn portier::door::DoorControl>, Failure> {
     use portier::door::relock;
-    let fail = |e: relock::RelockError| Failure::new(EX_SOFTWARE, e);
+    let fail = |e: relock::RelockError| Failure::new(Exit::Software, e);
     relock::secure_on_every_exit(Arc::clone(&emergency), Some(stop)).map_err(fail)?;
     let guarded = relock::RelockGuard::new(door, emergency, relock::GUARD_MARGIN)
         .map_err(fail)?
@@ -1081,7 +1038,7 @@ fn guard_door(
 fn open_door(section: &portier::config::DoorSection, source: &Path) -> Result<OpenedDoor, Failure> {
     use portier::config::DoorBackend;
 
-    let door_err = |e: portier::door::DoorError| Failure::new(EX_UNAVAILABLE, e);
+    let door_err = |e: portier::door::DoorError| Failure::new(Exit::Unavailable, e);
     match section.backend {
         DoorBackend::Fake => {
             log::info!("door: fake backend (relay changes are logged; door closed, no button)");
@@ -1093,10 +1050,10 @@ fn open_door(section: &portier::config::DoorSection, source: &Path) -> Result<Op
         DoorBackend::GpioCdev => {
             use portier::door::gpio::{open_door_pins, GpioSettings};
             let settings = GpioSettings::from_config(section).map_err(|e| {
-                Failure::new(EX_CONFIG, format!("config {}: {e}", source.display()))
+                Failure::new(Exit::Config, format!("config {}: {e}", source.display()))
             })?;
             let (relay, contact, button, emergency) =
-                open_door_pins(&settings).map_err(|e| Failure::new(EX_UNAVAILABLE, e))?;
+                open_door_pins(&settings).map_err(|e| Failure::new(Exit::Unavailable, e))?;
             let door = portier::door::Door::new(
                 section.door.clone(),
                 relay,
@@ -1114,7 +1071,7 @@ fn open_door(section: &portier::config::DoorSection, source: &Path) -> Result<Op
             let pin = |key: &str, id: &portier::config::LineId| match id {
                 portier::config::LineId::Offset(o) if *o < 64 => Ok(*o as u8),
                 _ => Err(Failure::new(
-                    EX_CONFIG,
+                    Exit::Config,
                     format!(
                         "config {}: key `door.gpio.{key}`: rppal takes BCM pin numbers (0..64)",
                         source.display()
@@ -1128,7 +1085,7 @@ fn open_door(section: &portier::config::DoorSection, source: &Path) -> Result<Op
                 &section.door,
             );
             let (relay, contact, button, emergency) =
-                open_door_pins(&settings).map_err(|e| Failure::new(EX_UNAVAILABLE, e))?;
+                open_door_pins(&settings).map_err(|e| Failure::new(Exit::Unavailable, e))?;
             let door = portier::door::Door::new(
                 section.door.clone(),
                 relay,
@@ -1141,7 +1098,7 @@ fn open_door(section: &portier::config::DoorSection, source: &Path) -> Result<Op
         }
         #[allow(unreachable_patterns)]
         other => Err(Failure::new(
-            EX_CONFIG,
+            Exit::Config,
             format!(
                 "config {}: key `door.backend`: {other:?} is not built into this binary (build \
                  with the matching feature)",
@@ -1154,13 +1111,9 @@ fn open_door(section: &portier::config::DoorSection, source: &Path) -> Result<Op
 #[cfg(feature = "rppal")]
 fn missing_lines(source: &Path) -> Failure {
     Failure::new(
-        EX_CONFIG,
+        Exit::Config,
         format!("config {}: key `door.gpio`: required by this backend", source.display()),
     )
-}
-
-fn distance_failure(e: distance::DistanceError) -> Failure {
-    Failure::new(e.exit_code(), e)
 }
 
 fn print_json(v: &impl Serialize) {
@@ -1191,7 +1144,7 @@ fn enroll(
     if let Some(dir) = config.gallery_path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| {
             Failure::new(
-                EX_CANTCREAT,
+                Exit::CantCreate,
                 format!("gallery folder {}: cannot create: {e}", dir.display()),
             )
         })?;
@@ -1205,13 +1158,13 @@ fn enroll(
     let mut npu_templates = Vec::new();
     let mut templates = Vec::with_capacity(photos.len());
     for photo in photos {
-        let img = load_image(photo).map_err(|e| Failure::new(EX_DATAERR, e))?;
+        let img = load_image(photo).map_err(|e| Failure::new(Exit::DataErr, e))?;
         let mut faces = pipeline.faces(img.view(), Select::All, None)?;
         match faces.len() {
-            0 => return Err(Failure::new(EX_DATAERR, format!(
+            0 => return Err(Failure::new(Exit::DataErr, format!(
                 "photo {}: no face found; nothing was enrolled", photo.display()))),
             1 => {}
-            n => return Err(Failure::new(EX_DATAERR, format!(
+            n => return Err(Failure::new(Exit::DataErr, format!(
                 "photo {}: {n} faces found; enrol from photos showing only this person; nothing was enrolled",
                 photo.display()))),
         }
@@ -1391,7 +1344,7 @@ fn identify(config: &Config, json: bool, photos: &[PathBuf]) -> Result<ExitCode,
             }
         }
     }
-    Ok(if failed { ExitCode::from(EX_DATAERR) } else { ExitCode::SUCCESS })
+    Ok(if failed { ExitCode::from(Exit::DataErr) } else { ExitCode::SUCCESS })
 }
 
 fn gallery(config: &Config, command: GalleryCommand) -> Result<ExitCode, Failure> {
@@ -1470,7 +1423,7 @@ fn new_key(config: &Config, bind: KeyBindArg) -> Result<ExitCode, Failure> {
     for (what, path) in [("key file", key_file), ("gallery", &config.gallery_path)] {
         if std::fs::symlink_metadata(path).is_ok() {
             return Err(Failure::new(
-                EX_CANTCREAT,
+                Exit::CantCreate,
                 format!(
                     "{what} {} exists: a new key would open none of its templates (export the \
                      gallery, move the gallery and its key away, run new-key, then import)",
@@ -1481,7 +1434,10 @@ fn new_key(config: &Config, bind: KeyBindArg) -> Result<ExitCode, Failure> {
     }
     if let Some(dir) = key_file.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| {
-            Failure::new(EX_CANTCREAT, format!("key folder {}: cannot create: {e}", dir.display()))
+            Failure::new(
+                Exit::CantCreate,
+                format!("key folder {}: cannot create: {e}", dir.display()),
+            )
         })?;
     }
     let binding = match bind {
@@ -1490,7 +1446,7 @@ fn new_key(config: &Config, bind: KeyBindArg) -> Result<ExitCode, Failure> {
     };
     let otp = portier::gallery::otp::Mailbox::default();
     DeviceKey::create_bound(key_file, binding, &otp)
-        .map_err(|e| Failure::new(EX_UNAVAILABLE, e))?;
+        .map_err(|e| Failure::new(Exit::Unavailable, e))?;
     println!("created {} ({bind:?} binding)", key_file.display());
     Ok(ExitCode::SUCCESS)
 }
@@ -1498,13 +1454,12 @@ fn new_key(config: &Config, bind: KeyBindArg) -> Result<ExitCode, Failure> {
 fn eval(mut config: Config, command: EvalCommand) -> Result<ExitCode, Failure> {
     match command {
         EvalCommand::Distance(args) => {
-            distance::command(&config, &args).map_err(distance_failure)?;
+            distance::command(&config, &args)?;
         }
         EvalCommand::Liveness { labels, out } => {
             use portier::eval::liveness;
-            let fail = |e: liveness::LivenessEvalError| Failure::new(e.exit_code(), e);
-            let labelled = liveness::read_labels(&labels).map_err(fail)?;
-            let r = liveness::run(&config, &labelled).map_err(fail)?;
+            let labelled = liveness::read_labels(&labels)?;
+            let r = liveness::run(&config, &labelled)?;
             if out.json {
                 print_json(&r);
             } else {
@@ -1538,7 +1493,7 @@ fn eval(mut config: Config, command: EvalCommand) -> Result<ExitCode, Failure> {
         EvalCommand::Identify { root, labels, people, repeats, det_size, storage, npu, out } => {
             if det_size == 0 || det_size % 32 != 0 {
                 return Err(Failure::new(
-                    64,
+                    Exit::Usage,
                     format!("--det-size {det_size}: must be a multiple of 32"),
                 ));
             }
@@ -1549,13 +1504,18 @@ fn eval(mut config: Config, command: EvalCommand) -> Result<ExitCode, Failure> {
                     (verify::read_labels(csv, root.as_deref().unwrap_or(&dir))?, Select::All)
                 }
                 (None, Some(root)) => (identify::read_folders(root)?, Select::NearestCentre),
-                (None, None) => return Err(Failure::new(64, "give --root or --labels")),
+                (None, None) => return Err(Failure::new(Exit::Usage, "give --root or --labels")),
             };
             let mut pipeline = Pipeline::open(&config)?;
             let mut npu_embedder = match npu {
                 true => Some(
                     portier::embed::open_npu(&config).map_err(PipelineError::from)?.ok_or_else(
-                        || Failure::new(78, "--npu: the config has no [npu] model with a backend"),
+                        || {
+                            Failure::new(
+                                Exit::Config,
+                                "--npu: the config has no [npu] model with a backend",
+                            )
+                        },
                     )?,
                 ),
                 false => None,
@@ -1590,7 +1550,7 @@ fn eval(mut config: Config, command: EvalCommand) -> Result<ExitCode, Failure> {
             config.recognizer.flip = flip;
             if det_size == 0 || det_size % 32 != 0 {
                 return Err(Failure::new(
-                    64,
+                    Exit::Usage,
                     format!("--det-size {det_size}: must be a multiple of 32"),
                 ));
             }

@@ -108,31 +108,6 @@ pub enum DistanceError {
     },
 }
 
-impl DistanceError {
-    /// The sysexits code `main` exits with: 64 usage, 65 data, 66 missing input, 69 runtime
-    /// unavailable, 70 software, 73 cannot create, 78 configuration.
-    pub fn exit_code(&self) -> u8 {
-        let infer = match self {
-            Self::Runtime(i)
-            | Self::Detect(DetectError::Infer(i))
-            | Self::Embed(EmbedError::Infer(i)) => Some(i),
-            Self::Input(EvalError::Pipeline(_)) => return 70,
-            _ => None,
-        };
-        match (self, infer) {
-            (_, Some(InferError::LibraryNotFound { .. } | InferError::LibraryLoad { .. })) => 69,
-            (_, Some(InferError::ModelMissing { .. })) => 66,
-            (_, Some(InferError::ModelLoad { .. } | InferError::Shape { .. })) => 78,
-            (Self::Detect(DetectError::Outputs { .. }), _) => 78,
-            (Self::Usage(_), _) => 64,
-            (Self::Routing { .. }, _) => 78,
-            (Self::Input(_) | Self::Calibration(_), _) => 65,
-            (Self::Write { .. }, _) => 73,
-            _ => 70,
-        }
-    }
-}
-
 /// Arguments of `portier eval distance` (and the sweep part of `calibrate`).
 #[derive(Args, Debug, Clone)]
 pub struct SweepArgs {
@@ -1494,7 +1469,7 @@ mod no_hailo_tests {
         let config = crate::config::test_config("[matching]\nthreshold = 0.3\n");
         assert!(is_hef(Path::new("/m/r50.HEF")) && !is_hef(Path::new("/m/r50.onnx")));
         let err = open_hef(&config, "npu", Path::new("/m/r50.hef")).err().unwrap();
-        assert_eq!(err.exit_code(), 64);
+        assert_eq!(crate::exit::Exit::from(&err), crate::exit::Exit::Usage);
         assert!(err.to_string().contains("`hailo` feature"), "{err}");
     }
 }

@@ -45,26 +45,6 @@ pub enum LivenessEvalError {
     Liveness(#[from] LivenessError),
 }
 
-impl LivenessEvalError {
-    /// The sysexits code for `main`.
-    pub fn exit_code(&self) -> u8 {
-        let infer = match self {
-            Self::Runtime(i)
-            | Self::Detect(DetectError::Infer(i))
-            | Self::Liveness(LivenessError::Infer(i)) => Some(i),
-            _ => None,
-        };
-        match (self, infer) {
-            (Self::NoSection(_), _) => 78,
-            (Self::Input { .. }, _) => 65,
-            (_, Some(InferError::LibraryNotFound { .. } | InferError::LibraryLoad { .. })) => 69,
-            (_, Some(InferError::ModelMissing { .. })) => 66,
-            (_, Some(InferError::ModelLoad { .. } | InferError::Shape { .. })) => 78,
-            _ => 70,
-        }
-    }
-}
-
 /// One labelled photo.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LivenessLabel {

@@ -453,10 +453,11 @@ impl MqttConfig {
     }
 }
 
-/// What can go wrong starting or stopping the MQTT client.
+/// What can go wrong starting or stopping the MQTT client (never an exit: the door runs
+/// without MQTT and says why).
 #[derive(Debug, thiserror::Error)]
 pub enum MqttError {
-    /// A configuration value is invalid (exit 78).
+    /// A configuration value is invalid.
     #[error("config key `{key}`: {reason}")]
     Config {
         /// The key, e.g. `mqtt.port`.
@@ -464,7 +465,7 @@ pub enum MqttError {
         /// Why.
         reason: String,
     },
-    /// A file named by the configuration cannot be read (exit 66).
+    /// A file named by the configuration cannot be read.
     #[error("mqtt {what} {path}: {source}")]
     ReadFile {
         /// What the file is for ("password file", "command key file", "TLS CA file", ...).
@@ -476,7 +477,7 @@ pub enum MqttError {
         source: std::io::Error,
     },
     /// A file was read but its content is unusable (a short key, a PEM file without a
-    /// certificate, a key rustls refuses) (exit 78).
+    /// certificate, a key rustls refuses).
     #[error("mqtt {what} {path}: {reason}")]
     BadFile {
         /// What the file is for.
@@ -486,7 +487,7 @@ pub enum MqttError {
         /// Why it is unusable.
         reason: String,
     },
-    /// The outbox cannot be opened (exit 73).
+    /// The outbox cannot be opened.
     #[error("mqtt: {0}")]
     Outbox(#[from] OutboxError),
     /// The thread could not be started.

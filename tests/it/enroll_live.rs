@@ -124,7 +124,7 @@ fn two_people_in_view_are_refused_and_nothing_is_stored() {
             stream.display()
         );
         assert!(err.to_string().contains("two people in view"), "{err}");
-        assert_eq!(err.exit_code(), 65);
+        assert_eq!(portier::exit::Exit::from(&err), portier::exit::Exit::DataErr);
     }
     assert!(people(&config).is_empty());
 }
@@ -182,7 +182,7 @@ fn resembling_someone_enrolled_is_refused_unless_allowed() {
     let EnrolError::Resembles { other, similarity, .. } = &err else { panic!("{err}") };
     assert_eq!(other, LIN);
     assert!(*similarity >= config.matching.threshold, "{err}");
-    assert_eq!(err.exit_code(), 65);
+    assert_eq!(portier::exit::Exit::from(&err), portier::exit::Exit::DataErr);
     assert_eq!(people(&config).len(), 1, "nothing stored");
     args.allow_similar = true;
     command(&config, &args).unwrap();
