@@ -65,6 +65,17 @@ impl From<&ConfigError> for Exit {
     }
 }
 
+impl From<&crate::door::OpenError> for Exit {
+    fn from(e: &crate::door::OpenError) -> Exit {
+        use crate::door::OpenError;
+        match e {
+            OpenError::Config(_) | OpenError::NotBuilt { .. } => Exit::Config,
+            // The lines may come back (a chip not yet probed, a line another process holds).
+            OpenError::Pins(_) | OpenError::Door(_) => Exit::Unavailable,
+        }
+    }
+}
+
 impl From<&InferError> for Exit {
     fn from(e: &InferError) -> Exit {
         match e {

@@ -865,7 +865,7 @@ fn run_appliance(
     log::info!("running: {}", app.describe_source());
     let notifier = portier::service::Notifier::from_env();
     let mqtt = start_mqtt(&config)?;
-    let display = match portier::shell::open_display(&config.display) {
+    let display = match portier::display::open(&config.display) {
         Ok(d) => d,
         Err(e) => {
             // The door works without its display: report and go on.
@@ -1015,7 +1015,7 @@ fn secure_door(config: &Path, hold: bool) -> Result<ExitCode, Failure> {
 }
 
 /// A door and the handle its panic hook secures.
-type OpenedDoor = (Box<dyn portier::door::DoorControl>, Arc<dyn portier::door::EmergencySecure>);
+use portier::door::OpenedDoor;
 
 /// Registers `emergency` with the panic hook and the fatal-signal handlers, makes SIGTERM and
 /// SIGINT secure the relay and set `stop`, and wraps `door` in the relock guard.
@@ -1035,85 +1035,12 @@ fn guard_door(
 
 /// The door backend named in `section` (of the config file `source`), with the handle the
 /// panic hook secures.
+/// The door backend the config names ([`portier::door::open`]); a config error names the file.
 fn open_door(section: &portier::config::DoorSection, source: &Path) -> Result<OpenedDoor, Failure> {
-    use portier::config::DoorBackend;
-
-    let door_err = |e: portier::door::DoorError| Failure::new(Exit::Unavailable, e);
-    match section.backend {
-        DoorBackend::Fake => {
-            log::info!("door: fake backend (relay changes are logged; door closed, no button)");
-            let (door, emergency, _) =
-                portier::door::fake::idle_door(&section.door).map_err(door_err)?;
-            Ok((Box::new(door), emergency))
-        }
-        #[cfg(feature = "gpio-cdev")]
-        DoorBackend::GpioCdev => {
-            use portier::door::gpio::{open_door_pins, GpioSettings};
-            let settings = GpioSettings::from_config(section).map_err(|e| {
-                Failure::new(Exit::Config, format!("config {}: {e}", source.display()))
-            })?;
-            let (relay, contact, button, emergency) =
-                open_door_pins(&settings).map_err(|e| Failure::new(Exit::Unavailable, e))?;
-            let door = portier::door::Door::new(
-                section.door.clone(),
-                relay,
-                contact,
-                button,
-                std::time::Duration::ZERO,
-            )
-            .map_err(door_err)?;
-            Ok((Box::new(door), emergency))
-        }
-        #[cfg(feature = "rppal")]
-        DoorBackend::Rppal => {
-            use portier::door::rppal::{open_door_pins, RppalSettings};
-            let lines = section.gpio.as_ref().ok_or_else(|| missing_lines(source))?;
-            let pin = |key: &str, id: &portier::config::LineId| match id {
-                portier::config::LineId::Offset(o) if *o < 64 => Ok(*o as u8),
-                _ => Err(Failure::new(
-                    Exit::Config,
-                    format!(
-                        "config {}: key `door.gpio.{key}`: rppal takes BCM pin numbers (0..64)",
-                        source.display()
-                    ),
-                )),
-            };
-            let settings = RppalSettings::new(
-                pin("relay", &lines.relay)?,
-                pin("contact", &lines.contact)?,
-                pin("exit_button", &lines.exit_button)?,
-                &section.door,
-            );
-            let (relay, contact, button, emergency) =
-                open_door_pins(&settings).map_err(|e| Failure::new(Exit::Unavailable, e))?;
-            let door = portier::door::Door::new(
-                section.door.clone(),
-                relay,
-                contact,
-                button,
-                std::time::Duration::ZERO,
-            )
-            .map_err(door_err)?;
-            Ok((Box::new(door), emergency))
-        }
-        #[allow(unreachable_patterns)]
-        other => Err(Failure::new(
-            Exit::Config,
-            format!(
-                "config {}: key `door.backend`: {other:?} is not built into this binary (build \
-                 with the matching feature)",
-                source.display()
-            ),
-        )),
-    }
-}
-
-#[cfg(feature = "rppal")]
-fn missing_lines(source: &Path) -> Failure {
-    Failure::new(
-        Exit::Config,
-        format!("config {}: key `door.gpio`: required by this backend", source.display()),
-    )
+    portier::door::open(section).map_err(|e| match Exit::from(&e) {
+        Exit::Config => Failure::new(Exit::Config, format!("config {}: {e}", source.display())),
+        exit => Failure::new(exit, e),
+    })
 }
 
 fn print_json(v: &impl Serialize) {

@@ -10,10 +10,9 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::app::{App, AppEvent, Hooks, NpuUse, RemoteCommand};
-use crate::config::{DisplayBackend, DisplaySection, NamesShown};
 use crate::display::{
-    AccessView, ClockTime, Display, DisplayConfig, DisplayError, DoorView, EmbedBackend, Health,
-    LinkState, NameDisplay, Outcome, Screen, Sink, Status,
+    AccessView, AnySink, ClockTime, Display, DoorView, EmbedBackend, Health, LinkState, Outcome,
+    Status,
 };
 use crate::door::{Alarm, DoorState};
 use crate::enroll_live::{Capture, EnrolSettings, LiveEnrolment};
@@ -23,84 +22,6 @@ use crate::mqtt::events::SystemEvent;
 
 /// Shortest time between two counter publications that changes alone cause.
 const COUNTERS_MIN_INTERVAL: Duration = Duration::from_secs(5);
-
-/// Any display sink, chosen at start-up.
-pub struct AnySink(Box<dyn Sink + Send>);
-
-impl Sink for AnySink {
-    fn show(&mut self, screen: &Screen) -> Result<(), DisplayError> {
-        self.0.show(screen)
-    }
-}
-
-impl std::fmt::Debug for AnySink {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AnySink")
-    }
-}
-
-/// Opens the display the config names (`None` for `backend = "none"`).
-pub fn open_display(section: &DisplaySection) -> Result<Option<Display<AnySink>>, DisplayError> {
-    let config = DisplayConfig {
-        names: match section.names {
-            NamesShown::First => NameDisplay::FirstName,
-            NamesShown::Full => NameDisplay::Full,
-            NamesShown::Hidden => NameDisplay::Hidden,
-        },
-        ..DisplayConfig::default()
-    };
-    let sink: Box<dyn Sink + Send> = match section.backend {
-        DisplayBackend::None => return Ok(None),
-        DisplayBackend::Snapshots => {
-            let dir = section.snapshot_dir.clone().unwrap_or_else(|| PathBuf::from("."));
-            std::fs::create_dir_all(&dir)
-                .map_err(|source| DisplayError::Open { path: dir.clone(), source })?;
-            Box::new(crate::display::Snapshots::new(dir, section.width, section.height))
-        }
-        #[cfg(feature = "display-fb")]
-        DisplayBackend::Framebuffer => {
-            let device = section.device.clone().unwrap_or_else(|| PathBuf::from("/dev/fb0"));
-            let rotation = crate::display::Rotation::from_degrees(section.rotation_deg)
-                .unwrap_or(crate::display::Rotation::Deg0);
-            Box::new(crate::display::fbdev::Framebuffer::open(&device, rotation)?)
-        }
-        #[cfg(feature = "display-spi")]
-        DisplayBackend::Spi => {
-            use crate::display::spi::{spawn, Controller, PanelConfig};
-            let Some(spi) = &section.spi else {
-                return Err(DisplayError::Panel("[display.spi] is missing".into()));
-            };
-            let size = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
-            Box::new(spawn(PanelConfig {
-                controller: if spi.controller == "ili9341" {
-                    Controller::Ili9341
-                } else {
-                    Controller::St7789
-                },
-                spidev: spi.spidev.clone(),
-                spi_hz: spi.spi_hz,
-                gpiochip: spi.gpiochip.clone(),
-                dc_line: spi.dc_line,
-                reset_line: spi.reset_line,
-                width: size(section.width),
-                height: size(section.height),
-                offset: (spi.offset_x, spi.offset_y),
-                rotation: crate::display::Rotation::from_degrees(section.rotation_deg)
-                    .unwrap_or(crate::display::Rotation::Deg0),
-                invert: spi.invert,
-                bgr: spi.bgr,
-            })?)
-        }
-        #[allow(unreachable_patterns)]
-        other => {
-            return Err(DisplayError::Panel(format!(
-                "display backend {other:?} is not built into this binary (build with the \
-                 display-fb or display-spi feature)"
-            )))
-        }
-    };
-    Ok(Some(Display::new(config, AnySink(sink))))
-}
 
 /// The last access decision, as the display shows it.
 #[derive(Debug, Clone, PartialEq)]

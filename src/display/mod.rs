@@ -30,6 +30,8 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::config::{DisplayBackend, DisplaySection, NamesShown};
+
 mod canvas;
 mod draw;
 #[cfg(feature = "display-fb")]
@@ -83,6 +85,97 @@ pub enum DisplayError {
     /// The display thread has stopped.
     #[error("display thread stopped: {0}")]
     Stopped(String),
+    /// The configured backend is not compiled into this binary.
+    #[error(
+        "key `display.backend`: {backend} is not built into this binary (build with the \
+         `{feature}` feature)"
+    )]
+    NotBuilt {
+        /// The backend as the config names it.
+        backend: &'static str,
+        /// The cargo feature that builds it.
+        feature: &'static str,
+    },
+}
+
+/// Any display sink, chosen at start-up.
+pub struct AnySink(Box<dyn Sink + Send>);
+
+impl Sink for AnySink {
+    fn show(&mut self, screen: &Screen) -> Result<(), DisplayError> {
+        self.0.show(screen)
+    }
+}
+
+impl std::fmt::Debug for AnySink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AnySink")
+    }
+}
+
+/// Opens the display the config names (`None` for `backend = "none"`; as [`camera::open`]
+/// opens the camera, a backend not built in is [`DisplayError::NotBuilt`]).
+///
+/// [`camera::open`]: crate::camera::open
+pub fn open(section: &DisplaySection) -> Result<Option<Display<AnySink>>, DisplayError> {
+    let config = DisplayConfig {
+        names: match section.names {
+            NamesShown::First => NameDisplay::FirstName,
+            NamesShown::Full => NameDisplay::Full,
+            NamesShown::Hidden => NameDisplay::Hidden,
+        },
+        ..DisplayConfig::default()
+    };
+    let sink: Box<dyn Sink + Send> = match section.backend {
+        DisplayBackend::None => return Ok(None),
+        DisplayBackend::Snapshots => {
+            let dir = section.snapshot_dir.clone().unwrap_or_else(|| PathBuf::from("."));
+            std::fs::create_dir_all(&dir)
+                .map_err(|source| DisplayError::Open { path: dir.clone(), source })?;
+            Box::new(Snapshots::new(dir, section.width, section.height))
+        }
+        #[cfg(feature = "display-fb")]
+        DisplayBackend::Framebuffer => {
+            let device = section.device.clone().unwrap_or_else(|| PathBuf::from("/dev/fb0"));
+            let rotation = Rotation::from_degrees(section.rotation_deg).unwrap_or(Rotation::Deg0);
+            Box::new(fbdev::Framebuffer::open(&device, rotation)?)
+        }
+        #[cfg(feature = "display-spi")]
+        DisplayBackend::Spi => {
+            use spi::{spawn, Controller, PanelConfig};
+            let Some(spi) = &section.spi else {
+                return Err(DisplayError::Panel("[display.spi] is missing".into()));
+            };
+            let size = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
+            Box::new(spawn(PanelConfig {
+                controller: if spi.controller == "ili9341" {
+                    Controller::Ili9341
+                } else {
+                    Controller::St7789
+                },
+                spidev: spi.spidev.clone(),
+                spi_hz: spi.spi_hz,
+                gpiochip: spi.gpiochip.clone(),
+                dc_line: spi.dc_line,
+                reset_line: spi.reset_line,
+                width: size(section.width),
+                height: size(section.height),
+                offset: (spi.offset_x, spi.offset_y),
+                rotation: Rotation::from_degrees(section.rotation_deg).unwrap_or(Rotation::Deg0),
+                invert: spi.invert,
+                bgr: spi.bgr,
+            })?)
+        }
+        #[cfg(not(feature = "display-fb"))]
+        DisplayBackend::Framebuffer => {
+            return Err(DisplayError::NotBuilt { backend: "framebuffer", feature: "display-fb" })
+        }
+        #[cfg(not(feature = "display-spi"))]
+        DisplayBackend::Spi => {
+            return Err(DisplayError::NotBuilt { backend: "spi", feature: "display-spi" })
+        }
+    };
+    Ok(Some(Display::new(config, AnySink(sink))))
 }
 
 /// Fixed-capacity UTF-8 text: truncates (at a character boundary) instead of allocating.

@@ -615,3 +615,29 @@ mod fb {
         assert!(err.contains("/nonexistent/fb9"), "{err}");
     }
 }
+
+#[test]
+fn open_names_the_feature_of_a_backend_not_built_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let section = |backend| DisplaySection {
+        backend,
+        device: Some(dir.path().join("no-such-fb")),
+        snapshot_dir: Some(dir.path().join("snaps")),
+        ..DisplaySection::default()
+    };
+    assert!(open(&section(DisplayBackend::None)).unwrap().is_none());
+    assert!(open(&section(DisplayBackend::Snapshots)).unwrap().is_some());
+    assert!(dir.path().join("snaps").is_dir());
+    let Err(e) = open(&section(DisplayBackend::Framebuffer)) else { panic!("opened") };
+    if cfg!(feature = "display-fb") {
+        assert!(matches!(e, DisplayError::Open { .. }), "{e:?}");
+    } else {
+        assert!(e.to_string().contains("`display-fb` feature"), "{e}");
+    }
+    let Err(e) = open(&section(DisplayBackend::Spi)) else { panic!("opened") };
+    if cfg!(feature = "display-spi") {
+        assert!(matches!(e, DisplayError::Panel(_)), "{e:?}");
+    } else {
+        assert!(e.to_string().contains("`display-spi` feature"), "{e}");
+    }
+}

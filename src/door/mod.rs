@@ -33,6 +33,73 @@ pub mod relock;
 #[cfg(feature = "rppal")]
 pub mod rppal;
 
+/// An opened door: its controller, and the handle that drives the relay secure from a panic
+/// hook or a signal handler.
+pub type OpenedDoor = (Box<dyn DoorControl>, std::sync::Arc<dyn EmergencySecure>);
+
+/// Why the configured door backend could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The `[door]` table does not fit the backend; the message names the key.
+    #[error("{0}")]
+    Config(String),
+    /// The backend is not compiled into this binary.
+    #[error(
+        "key `door.backend`: {backend} is not built into this binary (build with the \
+         `{feature}` feature)"
+    )]
+    NotBuilt {
+        /// The backend as the config names it.
+        backend: &'static str,
+        /// The cargo feature that builds it.
+        feature: &'static str,
+    },
+    /// The lines cannot be claimed.
+    #[error("{0}")]
+    Pins(String),
+    /// The relay cannot be driven to its secure level.
+    #[error(transparent)]
+    Door(#[from] DoorError),
+}
+
+/// Opens the door backend `section` names, relay at its secure level (as [`camera::open`]
+/// opens the camera; a backend not built in is [`OpenError::NotBuilt`]).
+///
+/// [`camera::open`]: crate::camera::open
+pub fn open(section: &crate::config::DoorSection) -> Result<OpenedDoor, OpenError> {
+    use crate::config::DoorBackend;
+    match section.backend {
+        DoorBackend::Fake => {
+            log::info!("door: fake backend (relay changes are logged; door closed, no button)");
+            let (door, emergency, _) = fake::idle_door(&section.door)?;
+            Ok((Box::new(door), emergency))
+        }
+        #[cfg(feature = "gpio-cdev")]
+        DoorBackend::GpioCdev => {
+            let settings = gpio::GpioSettings::from_config(section)
+                .map_err(|e| OpenError::Config(e.to_string()))?;
+            let (relay, contact, button, emergency) =
+                gpio::open_door_pins(&settings).map_err(|e| OpenError::Pins(e.to_string()))?;
+            let door = Door::new(section.door.clone(), relay, contact, button, Duration::ZERO)?;
+            Ok((Box::new(door), emergency))
+        }
+        #[cfg(not(feature = "gpio-cdev"))]
+        DoorBackend::GpioCdev => {
+            Err(OpenError::NotBuilt { backend: "gpio-cdev", feature: "gpio-cdev" })
+        }
+        #[cfg(feature = "rppal")]
+        DoorBackend::Rppal => {
+            let settings = rppal::RppalSettings::from_config(section).map_err(OpenError::Config)?;
+            let (relay, contact, button, emergency) =
+                rppal::open_door_pins(&settings).map_err(|e| OpenError::Pins(e.to_string()))?;
+            let door = Door::new(section.door.clone(), relay, contact, button, Duration::ZERO)?;
+            Ok((Box::new(door), emergency))
+        }
+        #[cfg(not(feature = "rppal"))]
+        DoorBackend::Rppal => Err(OpenError::NotBuilt { backend: "rppal", feature: "rppal" }),
+    }
+}
+
 /// Longest accepted relay pulse.
 const MAX_PULSE: Duration = Duration::from_secs(60);
 /// Longest accepted held-open delay.
@@ -543,6 +610,35 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[test]
+    fn open_gives_the_fake_door_and_names_the_key_or_the_feature_for_the_others() {
+        use crate::config::{DoorBackend, DoorSection, GpioLines, LineId};
+        let section = |backend, gpio| DoorSection { backend, door: config(), gpio };
+        let (door, emergency) = open(&section(DoorBackend::Fake, None)).unwrap();
+        assert!(door.state().locked && !door.state().open);
+        assert!(emergency.secure_now());
+        // Without `[door.gpio]`: the key when the backend is built, the feature when not.
+        for (backend, built, feature) in [
+            (DoorBackend::GpioCdev, cfg!(feature = "gpio-cdev"), "gpio-cdev"),
+            (DoorBackend::Rppal, cfg!(feature = "rppal"), "rppal"),
+        ] {
+            let Err(e) = open(&section(backend, None)) else { panic!("{backend:?} opened") };
+            let want = if built { "key `door.gpio`" } else { feature };
+            assert!(e.to_string().contains(want), "{backend:?}: {e}");
+            assert!(matches!(e, OpenError::Config(_) | OpenError::NotBuilt { .. }), "{e:?}");
+        }
+        // rppal takes BCM numbers only.
+        let lines = GpioLines {
+            chip: String::new(),
+            relay: LineId::Offset(64),
+            contact: LineId::Offset(27),
+            exit_button: LineId::Name("GPIO22".into()),
+        };
+        let Err(e) = open(&section(DoorBackend::Rppal, Some(lines))) else { panic!("opened") };
+        let want = if cfg!(feature = "rppal") { "door.gpio.relay" } else { "rppal" };
+        assert!(e.to_string().contains(want), "{e}");
     }
 
     /// 3 s pulse, held open after 10 s, 50 ms debounce, NC contact (low = closed), fail-secure,

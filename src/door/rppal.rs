@@ -43,6 +43,24 @@ pub struct RppalSettings {
 }
 
 impl RppalSettings {
+    /// Settings from the config's `[door]` table: `[door.gpio]`'s lines as BCM numbers; the
+    /// error names the key.
+    pub fn from_config(section: &crate::config::DoorSection) -> Result<Self, String> {
+        use crate::config::LineId;
+        let lines =
+            section.gpio.as_ref().ok_or("key `door.gpio`: required by this backend".to_owned())?;
+        let pin = |key: &str, id: &LineId| match id {
+            LineId::Offset(o) if *o < 64 => Ok(*o as u8),
+            _ => Err(format!("key `door.gpio.{key}`: rppal takes BCM pin numbers (0..64)")),
+        };
+        Ok(Self::new(
+            pin("relay", &lines.relay)?,
+            pin("contact", &lines.contact)?,
+            pin("exit_button", &lines.exit_button)?,
+            &section.door,
+        ))
+    }
+
     /// Settings for `door`: the relay starts at [`secure_level`], inputs pulled up.
     pub fn new(relay: u8, contact: u8, exit_button: u8, door: &DoorConfig) -> Self {
         Self {
