@@ -2,9 +2,11 @@
 //!
 //! Role: [`Exit`] names every status the command line exits with (sysexits(3) for errors, as
 //! systemd and scripts read them: 78 tells systemd not to restart, `RestartPreventExitStatus`),
-//! and one `From` per error family maps an error to its status, so the same error exits the
-//! same way from every command (firecracker's `From<MainError> for FcExitCode`). The modules
-//! that raise the errors know nothing of exit codes.
+//! and one `From` per error family maps an error to its status, so a runtime, model, gallery or
+//! configuration error exits the same way from every command (firecracker's
+//! `From<MainError> for FcExitCode`). The modules that raise the errors know nothing of exit
+//! codes. (A camera that cannot be opened is judged by the command: `run` tells a V4L2 device,
+//! 69, from a replay file, 66.)
 //!
 //! Must not: print, log or decide what a command does on failure; hold a number anywhere but
 //! in [`Exit`].
@@ -28,7 +30,8 @@ pub enum Exit {
     Success = 0,
     /// 1: a check ran to the end and found a fault (`selftest`, `npu check`).
     Failed = 1,
-    /// 64 (EX_USAGE): the command line is wrong.
+    /// 64 (EX_USAGE): option values that do not fit together (clap itself exits 2 for
+    /// arguments it rejects).
     Usage = 64,
     /// 65 (EX_DATAERR): the input is wrong (a photo, a label, a name, a backup).
     DataErr = 65,

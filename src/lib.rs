@@ -13,8 +13,13 @@
 //! - [`align`]: 5-point similarity transform and warp.
 //! - [`embed`]: the `Embedder` trait and the CPU backend.
 //! - [`gallery`]: enrolled people in SQLite, 1:N matching.
-//! - [`door`]: the door controller state machine over embedded-hal pins (issue 9, not wired).
-//! - [`track`]: faces across frames and each track's best-quality face (issue 9, not wired).
+//! - [`camera`]: frame sources (V4L2, replayed streams and folders), `camera::open`.
+//! - [`door`]: the door controller state machine over embedded-hal pins, the relock guard,
+//!   `door::open`.
+//! - [`display`]: the status screens (embedded-graphics) and their sinks, `display::open`.
+//! - [`track`]: faces across frames and each track's best-quality face.
+//! - [`app`]: the loop (`App::step(now)`), the decision core's shell around the stages.
+//! - [`shell`]: the loop's outside world while `portier run` runs (MQTT, display, gallery jobs).
 //! - [`pipeline`]: detect → align → embed for a still image, with stage timings.
 //! - [`config`]: the TOML configuration.
 //! - [`eval`]: verification statistics, LFW protocol, benchmarks.

@@ -1014,9 +1014,6 @@ fn secure_door(config: &Path, hold: bool) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A door and the handle its panic hook secures.
-use portier::door::OpenedDoor;
-
 /// Registers `emergency` with the panic hook and the fatal-signal handlers, makes SIGTERM and
 /// SIGINT secure the relay and set `stop`, and wraps `door` in the relock guard.
 fn guard_door(
@@ -1033,10 +1030,12 @@ fn guard_door(
     Ok(Box::new(guarded))
 }
 
-/// The door backend named in `section` (of the config file `source`), with the handle the
-/// panic hook secures.
-/// The door backend the config names ([`portier::door::open`]); a config error names the file.
-fn open_door(section: &portier::config::DoorSection, source: &Path) -> Result<OpenedDoor, Failure> {
+/// The door backend named in `section` (of the config file `source`: a config error names it),
+/// with the handle the panic hook secures ([`portier::door::open`]).
+fn open_door(
+    section: &portier::config::DoorSection,
+    source: &Path,
+) -> Result<portier::door::OpenedDoor, Failure> {
     portier::door::open(section).map_err(|e| match Exit::from(&e) {
         Exit::Config => Failure::new(Exit::Config, format!("config {}: {e}", source.display())),
         exit => Failure::new(exit, e),

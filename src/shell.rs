@@ -3,8 +3,12 @@
 //! and collects the grants for the summary. It is the [`Hooks`] implementation `main` passes to
 //! [`crate::app::App::run`].
 //!
+//! Gallery work (reload, the enrol button's name check, storing a capture, "remove last") runs
+//! in order on one `gallery` worker thread; its outcome is the loop's next command.
+//!
 //! Must not: block (MQTT is a `try_send`, the display draws only on change into a memory
-//! canvas or a mailbox), or decide anything about access.
+//! canvas or a mailbox, the gallery is opened only on its worker), or decide anything about
+//! access.
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -74,14 +78,133 @@ pub struct Shell {
     last_enrolled: Option<String>,
     /// When the counters were last handed to MQTT, and the frame count then.
     counters_sent: Option<(Duration, u64)>,
-    /// A finished capture being stored by a worker thread (gallery writes sync to the card:
-    /// not on the loop's thread): its outcome.
-    storing: Option<std::sync::mpsc::Receiver<Stored>>,
+    /// The gallery's worker thread, started at the first job.
+    gallery: Option<GalleryWorker>,
+    /// A live enrolment whose name the worker found taken while its capture ran.
+    refused_name: Option<String>,
 }
 
-/// What storing an enrolment gave: the name, templates and people after it (or why nothing was
-/// stored), and the new matchers for the loop (or why they could not be read).
-type Stored = (String, Result<(usize, usize), String>, Result<RemoteCommand, String>);
+/// Gallery work the loop must not wait for (a write syncs to the card; opening a large gallery
+/// checks and decrypts for a second), done in order on one worker thread: a reload never
+/// overtakes the change before it, so a removed person cannot come back with an older read.
+enum GalleryJob {
+    /// Whether a live enrolment of this name can be stored (the name is free).
+    CheckName(String),
+    /// Store a finished capture, then read the matchers back.
+    Store(String, Box<Capture>),
+    /// Read the matchers (MQTT `reload_gallery`).
+    Reload,
+    /// Remove this person (enrolled last from this door), then read the matchers back.
+    Remove(String),
+}
+
+/// What a [`GalleryJob`] gave: the outcome and, after a change, the new matchers for the loop.
+enum GalleryDone {
+    /// The name is free, or why the enrolment is refused.
+    NameChecked(String, Result<(), String>),
+    /// The templates and people after storing (or why nothing was stored), and the matchers
+    /// (or why they could not be read back).
+    Stored(String, Result<(usize, usize), String>, Result<RemoteCommand, String>),
+    /// The matchers, or why the reload is refused.
+    Reloaded(Result<RemoteCommand, String>),
+    /// The people left and the matchers, or why the removal failed.
+    Removed(String, Result<(usize, RemoteCommand), String>),
+}
+
+/// Where the gallery worker finds the gallery, and what it loads.
+#[derive(Debug, Clone)]
+struct GallerySite {
+    path: PathBuf,
+    key_file: PathBuf,
+    model_id: String,
+    npu_model_id: Option<String>,
+    storage: Storage,
+}
+
+impl GallerySite {
+    /// The matchers of the gallery on disk, for the loop.
+    fn matchers(&self) -> Result<RemoteCommand, String> {
+        load_matchers(
+            &self.path,
+            &self.key_file,
+            &self.model_id,
+            self.npu_model_id.as_deref(),
+            self.storage,
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    fn open(&self) -> Result<Gallery, String> {
+        Gallery::open(&self.path, &self.key_file).map_err(|e| e.to_string())
+    }
+
+    /// Does `job` (on the worker thread).
+    fn run(&self, job: GalleryJob) -> GalleryDone {
+        match job {
+            GalleryJob::CheckName(name) => {
+                let free = self.open().and_then(|g| {
+                    match g.list().map_err(|e| e.to_string())?.iter().any(|p| p.name == name) {
+                        true => Err(format!("{name} is enrolled already")),
+                        false => Ok(()),
+                    }
+                });
+                GalleryDone::NameChecked(name, free)
+            }
+            GalleryJob::Store(name, capture) => {
+                let stored = (|| -> Result<(usize, usize), String> {
+                    if let Some(r) = &capture.resemblance {
+                        return Err(format!(
+                            "{name} resembles enrolled {} (similarity {:.3}): not stored; enrol \
+                             with `portier enroll --allow-similar` if they are different people",
+                            r.name, r.similarity
+                        ));
+                    }
+                    let mut g = self.open()?;
+                    capture.commit(&mut g, &name, EnrollMode::New).map_err(|e| e.to_string())?;
+                    let people = g.list().map_or(0, |l| l.len());
+                    Ok((capture.templates.len(), people))
+                })();
+                let matchers = match &stored {
+                    Ok(_) => self.matchers(),
+                    Err(_) => Err(String::new()),
+                };
+                GalleryDone::Stored(name, stored, matchers)
+            }
+            GalleryJob::Reload => GalleryDone::Reloaded(self.matchers()),
+            GalleryJob::Remove(name) => {
+                let removed = (|| -> Result<(usize, RemoteCommand), String> {
+                    let mut g = self.open()?;
+                    g.remove(&name).map_err(|e| e.to_string())?;
+                    let people = g.list().map_err(|e| e.to_string())?.len();
+                    Ok((people, self.matchers()?))
+                })();
+                GalleryDone::Removed(name, removed)
+            }
+        }
+    }
+}
+
+/// The gallery's worker thread: jobs in, outcomes out, in order.
+struct GalleryWorker {
+    jobs: std::sync::mpsc::Sender<GalleryJob>,
+    done: std::sync::mpsc::Receiver<GalleryDone>,
+}
+
+impl GalleryWorker {
+    /// Starts the thread; it ends when the shell (the jobs' sender) is dropped.
+    fn spawn(site: GallerySite) -> std::io::Result<GalleryWorker> {
+        let (jobs, job_rx) = std::sync::mpsc::channel::<GalleryJob>();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        std::thread::Builder::new().name("gallery".to_owned()).spawn(move || {
+            while let Ok(job) = job_rx.recv() {
+                if done_tx.send(site.run(job)).is_err() {
+                    break;
+                }
+            }
+        })?;
+        Ok(GalleryWorker { jobs, done })
+    }
+}
 
 /// The matchers of the gallery on disk, for the loop.
 fn load_matchers(
@@ -203,7 +326,8 @@ impl Shell {
             enrol_settings: None,
             last_enrolled: None,
             counters_sent: None,
-            storing: None,
+            gallery: None,
+            refused_name: None,
         }
     }
 
@@ -219,30 +343,42 @@ impl Shell {
         }
     }
 
-    /// The matchers of the gallery on disk, for the loop.
-    fn load_matchers(&self) -> Result<RemoteCommand, GalleryError> {
-        load_matchers(
-            &self.gallery_path,
-            &self.gallery_key_file,
-            &self.model_id,
-            self.npu_model_id.as_deref(),
-            self.storage,
-        )
+    /// Hands `job` to the gallery's worker (started at the first job); `Err` says why it
+    /// cannot run.
+    fn gallery_job(&mut self, job: GalleryJob) -> Result<(), String> {
+        if self.gallery.is_none() {
+            let site = GallerySite {
+                path: self.gallery_path.clone(),
+                key_file: self.gallery_key_file.clone(),
+                model_id: self.model_id.clone(),
+                npu_model_id: self.npu_model_id.clone(),
+                storage: self.storage,
+            };
+            let worker = GalleryWorker::spawn(site)
+                .map_err(|e| format!("cannot start the gallery thread: {e}"))?;
+            self.gallery = Some(worker);
+        }
+        let sent = self.gallery.as_ref().map(|w| w.jobs.send(job));
+        if !matches!(sent, Some(Ok(()))) {
+            // The worker is gone (it cannot panic out of a job but for a bug): start anew next
+            // time.
+            self.gallery = None;
+            return Err("the gallery thread stopped".to_owned());
+        }
+        Ok(())
     }
 
-    /// An enrolment asked for over MQTT: refused at once when it cannot be stored (name taken,
-    /// gallery unreadable, not offered), else a capture for the loop.
+    /// An enrolment asked for over MQTT: refused at once when it is not offered; else the
+    /// capture starts now (the person is at the door now) while the gallery's worker checks
+    /// the name: a name found taken ends it with one `enrol_failed` ([`Shell::gallery_done`]).
     fn start_enrolment(&mut self, name: String) -> Option<RemoteCommand> {
-        let check = || -> Result<LiveEnrolment, String> {
+        let started = (|| -> Result<LiveEnrolment, String> {
             let settings = self.enrol_settings.clone().ok_or("live enrolment is not offered")?;
-            let g = Gallery::open(&self.gallery_path, &self.gallery_key_file)
-                .map_err(|e| e.to_string())?;
-            if g.list().map_err(|e| e.to_string())?.iter().any(|p| p.name == name) {
-                return Err(format!("{name} is enrolled already"));
-            }
-            LiveEnrolment::new(settings).map_err(|e| e.to_string())
-        };
-        match check() {
+            let live = LiveEnrolment::new(settings).map_err(|e| e.to_string())?;
+            self.gallery_job(GalleryJob::CheckName(name.clone()))?;
+            Ok(live)
+        })();
+        match started {
             Ok(live) => Some(RemoteCommand::Enrol(Box::new((name, live)))),
             Err(reason) => {
                 log::warn!("enrolment of {name} refused: {reason}");
@@ -252,98 +388,99 @@ impl Shell {
         }
     }
 
-    /// Stores a finished capture (one transaction) on a worker thread; [`Shell::stored`]
-    /// takes the outcome and hands the loop the new templates.
+    /// Stores a finished capture (one transaction) on the gallery's worker;
+    /// [`Shell::gallery_done`] takes the outcome and hands the loop the new templates.
     fn store_enrolment(&mut self, name: &str, result: &Result<Box<Capture>, String>) {
-        let capture = match result {
-            Ok(c) => c.clone(),
-            Err(reason) => {
-                let reason = reason.clone();
-                self.system(SystemEvent::EnrolFailed { person: name.to_owned(), reason });
-                return;
-            }
+        if self.refused_name.as_deref() == Some(name) {
+            // Its name was found taken while it ran: reported then.
+            self.refused_name = None;
+            log::info!("capture of {name} dropped: the enrolment was refused");
+            return;
+        }
+        let stored = match result {
+            Ok(c) => self.gallery_job(GalleryJob::Store(name.to_owned(), c.clone())),
+            Err(reason) => Err(reason.clone()),
         };
-        let (path, key) = (self.gallery_path.clone(), self.gallery_key_file.clone());
-        let (model, npu_model) = (self.model_id.clone(), self.npu_model_id.clone());
-        let storage = self.storage;
-        let (person, name) = (name.to_owned(), name.to_owned());
-        let (tx, rx) = std::sync::mpsc::channel();
-        let spawned = std::thread::Builder::new().name("enrol-store".to_owned()).spawn(move || {
-            let stored = (|| -> Result<(usize, usize), String> {
-                if let Some(r) = &capture.resemblance {
-                    return Err(format!(
-                        "{name} resembles enrolled {} (similarity {:.3}): not stored; enrol \
-                         with `portier enroll --allow-similar` if they are different people",
-                        r.name, r.similarity
-                    ));
-                }
-                let mut g = Gallery::open(&path, &key).map_err(|e| e.to_string())?;
-                capture.commit(&mut g, &name, EnrollMode::New).map_err(|e| e.to_string())?;
-                let people = g.list().map_or(0, |l| l.len());
-                Ok((capture.templates.len(), people))
-            })();
-            let matchers = match &stored {
-                Ok(_) => load_matchers(&path, &key, &model, npu_model.as_deref(), storage)
-                    .map_err(|e| e.to_string()),
-                Err(_) => Err(String::new()),
-            };
-            let _ = tx.send((name, stored, matchers));
-        });
-        match spawned {
-            Ok(_) => self.storing = Some(rx),
-            Err(e) => {
-                let reason = format!("cannot start storing: {e}");
-                self.system(SystemEvent::EnrolFailed { person, reason });
-            }
+        if let Err(reason) = stored {
+            self.system(SystemEvent::EnrolFailed { person: name.to_owned(), reason });
         }
     }
 
-    /// The outcome of a stored enrolment, once there: reported, and the loop's new matchers.
-    fn stored(&mut self) -> Option<RemoteCommand> {
-        let (name, stored, matchers) = self.storing.as_ref()?.try_recv().ok()?;
-        self.storing = None;
-        match stored {
-            Ok((templates, people)) => {
-                log::info!("enrolled {name} with {templates} template(s) from the running door");
-                self.last_enrolled = Some(name.clone());
-                self.system(SystemEvent::Enrolled { person: name.clone(), templates, people });
-            }
-            Err(reason) => {
-                log::warn!("enrolment of {name} not stored: {reason}");
-                self.system(SystemEvent::EnrolFailed { person: name, reason });
-                return None;
-            }
-        }
-        match matchers {
-            Ok(m) => Some(m),
-            Err(e) => {
-                // Stored, but the loop keeps its templates until the next reload.
-                log::error!("{name} is enrolled, but the gallery cannot be read back: {e}");
-                None
-            }
-        }
-    }
-
-    /// Removes the person last enrolled from the running service.
-    fn remove_last(&mut self) -> Option<RemoteCommand> {
-        let Some(name) = self.last_enrolled.clone() else {
+    /// Removes the person last enrolled from the running service (on the gallery's worker).
+    fn remove_last(&mut self) {
+        // Taken now, so a second press while the first runs does not remove anyone else; put
+        // back if the removal fails.
+        let Some(name) = self.last_enrolled.take() else {
             let reason = "nobody was enrolled from the running door since it started".to_owned();
             self.system(SystemEvent::RemoveFailed { reason });
-            return None;
+            return;
         };
-        let remove = || -> Result<(usize, RemoteCommand), GalleryError> {
-            let mut g = Gallery::open(&self.gallery_path, &self.gallery_key_file)?;
-            g.remove(&name)?;
-            Ok((g.list()?.len(), self.load_matchers()?))
-        };
-        match remove() {
-            Ok((people, matchers)) => {
-                self.last_enrolled = None;
+        if let Err(e) = self.gallery_job(GalleryJob::Remove(name.clone())) {
+            self.last_enrolled = Some(name.clone());
+            let reason = format!("{name}: {e}");
+            log::warn!("remove last: {reason}");
+            self.system(SystemEvent::RemoveFailed { reason });
+        }
+    }
+
+    /// A gallery job's outcome, reported; the loop's command it gives (new matchers, a capture
+    /// to start).
+    fn gallery_done(&mut self, done: GalleryDone) -> Option<RemoteCommand> {
+        match done {
+            GalleryDone::NameChecked(_, Ok(())) => None,
+            GalleryDone::NameChecked(name, Err(reason)) => {
+                // The capture runs on; its result is dropped (or its store's refusal is not
+                // reported twice).
+                log::warn!("enrolment of {name} refused: {reason}");
+                self.refused_name = Some(name.clone());
+                self.system(SystemEvent::EnrolFailed { person: name, reason });
+                None
+            }
+            GalleryDone::Stored(name, stored, matchers) => {
+                match stored {
+                    Ok((templates, people)) => {
+                        log::info!(
+                            "enrolled {name} with {templates} template(s) from the running door"
+                        );
+                        self.last_enrolled = Some(name.clone());
+                        let person = name.clone();
+                        self.system(SystemEvent::Enrolled { person, templates, people });
+                    }
+                    Err(_) if self.refused_name.as_deref() == Some(name.as_str()) => {
+                        // Stored before its name check came back, and refused for the same
+                        // reason: reported once, with the check.
+                        self.refused_name = None;
+                        return None;
+                    }
+                    Err(reason) => {
+                        log::warn!("enrolment of {name} not stored: {reason}");
+                        self.system(SystemEvent::EnrolFailed { person: name, reason });
+                        return None;
+                    }
+                }
+                match matchers {
+                    Ok(m) => Some(m),
+                    Err(e) => {
+                        // Stored, but the loop keeps its templates until the next reload.
+                        log::error!("{name} is enrolled, but the gallery cannot be read back: {e}");
+                        None
+                    }
+                }
+            }
+            GalleryDone::Reloaded(Ok(m)) => Some(m),
+            GalleryDone::Reloaded(Err(e)) => {
+                log::error!("gallery reload refused: {e}");
+                None
+            }
+            GalleryDone::Removed(name, Ok((people, matchers))) => {
                 log::info!("removed {name}, enrolled last from the running door");
                 self.system(SystemEvent::Removed { person: name, people });
                 Some(matchers)
             }
-            Err(e) => {
+            GalleryDone::Removed(name, Err(e)) => {
+                if self.last_enrolled.is_none() {
+                    self.last_enrolled = Some(name.clone());
+                }
                 let reason = format!("{name}: {e}");
                 log::warn!("remove last: {reason}");
                 self.system(SystemEvent::RemoveFailed { reason });
@@ -434,8 +571,10 @@ impl Hooks for Shell {
 
     fn command(&mut self) -> Option<RemoteCommand> {
         use crate::mqtt::command::Action;
-        if let Some(matchers) = self.stored() {
-            return Some(matchers);
+        if let Some(done) = self.gallery.as_ref().and_then(|w| w.done.try_recv().ok()) {
+            if let Some(command) = self.gallery_done(done) {
+                return Some(command);
+            }
         }
         // Judged again on the way out: a command that waited past its window is dropped there.
         // A command that ends in nothing for the loop (a refused enrolment) is reported, and the
@@ -446,15 +585,18 @@ impl Hooks for Shell {
                 Action::Unlock => Some(RemoteCommand::Unlock),
                 Action::Lock if command.signed => Some(RemoteCommand::Lock),
                 Action::Lock => Some(RemoteCommand::EndRemoteRelease),
-                Action::ReloadGallery => match self.load_matchers() {
-                    Ok(c) => Some(c),
-                    Err(e) => {
+                // The gallery's jobs give the loop their command when done (above).
+                Action::ReloadGallery => {
+                    if let Err(e) = self.gallery_job(GalleryJob::Reload) {
                         log::error!("gallery reload refused: {e}");
-                        None
                     }
-                },
+                    None
+                }
                 Action::Enrol => self.start_enrolment(command.name.unwrap_or_default()),
-                Action::RemoveLast => self.remove_last(),
+                Action::RemoveLast => {
+                    self.remove_last();
+                    None
+                }
             };
             if out.is_some() {
                 return out;
@@ -552,6 +694,72 @@ impl Hooks for Shell {
         if let Err(e) = display.update(&status, now) {
             self.display_errors += 1;
             log::warn!("display: {e} (retrying later; the door works without it)");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn people(command: &RemoteCommand) -> (usize, Option<usize>) {
+        match command {
+            RemoteCommand::SetMatcher(m) => (m.0.people(), m.1.as_ref().map(|n| n.people())),
+            _ => panic!("not matchers"),
+        }
+    }
+
+    #[test]
+    fn gallery_jobs_run_in_order_on_the_worker() {
+        let dir = tempfile::tempdir().unwrap();
+        let site = GallerySite {
+            path: dir.path().join("gallery.db"),
+            key_file: dir.path().join("gallery.key"),
+            model_id: "cpu".into(),
+            npu_model_id: Some("npu".into()),
+            storage: Storage::Int8,
+        };
+        let mut g = site.open().unwrap();
+        let row = |x: f32| vec![vec![x, 1.0, 0.5, 0.25]];
+        for (i, name) in ["Ada", "Grace"].into_iter().enumerate() {
+            let (cpu, npu) = (row(i as f32), row(2.0 + i as f32));
+            let sets: [(&str, &[Vec<f32>]); 2] = [("cpu", &cpu), ("npu", &npu)];
+            g.enroll_models(name, &sets, EnrollMode::New).unwrap();
+        }
+        drop(g);
+        let worker = GalleryWorker::spawn(site).unwrap();
+        for job in [
+            GalleryJob::CheckName("Ada".into()),
+            GalleryJob::CheckName("Linus".into()),
+            GalleryJob::Remove("Ada".into()),
+            GalleryJob::Reload,
+            GalleryJob::Remove("Ada".into()),
+        ] {
+            worker.jobs.send(job).unwrap();
+        }
+        let mut done = (0..5).map(|_| worker.done.recv().unwrap());
+        match done.next() {
+            Some(GalleryDone::NameChecked(name, Err(e))) => {
+                assert_eq!(name, "Ada");
+                assert!(e.contains("enrolled already"), "{e}");
+            }
+            _ => panic!("Ada's name is taken"),
+        }
+        assert!(matches!(done.next(), Some(GalleryDone::NameChecked(_, Ok(())))));
+        match done.next() {
+            Some(GalleryDone::Removed(name, Ok((left, m)))) => {
+                assert_eq!((name.as_str(), left, people(&m)), ("Ada", 1, (1, Some(1))));
+            }
+            _ => panic!("Ada removed"),
+        }
+        // The reload after the removal sees it: jobs keep their order.
+        match done.next() {
+            Some(GalleryDone::Reloaded(Ok(m))) => assert_eq!(people(&m), (1, Some(1))),
+            _ => panic!("reloaded"),
+        }
+        match done.next() {
+            Some(GalleryDone::Removed(_, Err(e))) => assert!(e.contains("Ada"), "{e}"),
+            _ => panic!("Ada is gone already"),
         }
     }
 }
