@@ -20,7 +20,7 @@ use crate::display::{
 };
 use crate::door::{Alarm, DoorState};
 use crate::enroll_live::{Capture, EnrolSettings, LiveEnrolment};
-use crate::gallery::{EnrollMode, Gallery, GalleryError, Storage};
+use crate::gallery::{EnrollMode, Gallery, Storage};
 use crate::mqtt::client::{Message, MqttClient, MqttHealth};
 use crate::mqtt::events::SystemEvent;
 
@@ -124,14 +124,14 @@ struct GallerySite {
 impl GallerySite {
     /// The matchers of the gallery on disk, for the loop.
     fn matchers(&self) -> Result<RemoteCommand, String> {
-        load_matchers(
-            &self.path,
-            &self.key_file,
-            &self.model_id,
-            self.npu_model_id.as_deref(),
-            self.storage,
-        )
-        .map_err(|e| e.to_string())
+        let ids: Vec<&str> =
+            std::iter::once(self.model_id.as_str()).chain(self.npu_model_id.as_deref()).collect();
+        let loaded = Gallery::load_matchers(&self.path, &self.key_file, &ids, self.storage)
+            .map_err(|e| e.to_string())?;
+        let mut loaded = loaded.into_iter();
+        // One matcher per model asked for: the first is always there.
+        let cpu = loaded.next().ok_or("the gallery load returned no matcher")?;
+        Ok(RemoteCommand::SetMatcher(Box::new((cpu, loaded.next()))))
     }
 
     fn open(&self) -> Result<Gallery, String> {
@@ -204,26 +204,6 @@ impl GalleryWorker {
         })?;
         Ok(GalleryWorker { jobs, done })
     }
-}
-
-/// The matchers of the gallery on disk, for the loop.
-fn load_matchers(
-    path: &std::path::Path,
-    key_file: &std::path::Path,
-    model_id: &str,
-    npu_model_id: Option<&str>,
-    storage: Storage,
-) -> Result<RemoteCommand, GalleryError> {
-    let ids: Vec<&str> = std::iter::once(model_id).chain(npu_model_id).collect();
-    let mut loaded = Gallery::load_matchers(path, key_file, &ids, storage)?.into_iter();
-    let Some(cpu) = loaded.next() else {
-        // Cannot happen: a load returns one matcher per model asked for.
-        return Err(GalleryError::Unsupported {
-            path: path.to_path_buf(),
-            detail: "the gallery load returned no matcher".to_owned(),
-        });
-    };
-    Ok(RemoteCommand::SetMatcher(Box::new((cpu, loaded.next()))))
 }
 
 /// A crash injected for tests (`PORTIER_FAULT`).
