@@ -1097,6 +1097,23 @@ mod tests {
         HailoDevice::open(&HailoRuntime::load(Some(&d.path)).unwrap(), options)
     }
 
+    /// `device`, once the devices this test released are free again. The double's device is a
+    /// `flock`ed file, and a lock belongs to the open file description: a child that another
+    /// test forks (to run `cc`, a kill test, ...) while this test holds the device keeps a copy
+    /// of the descriptor until its `exec` closes it (`O_CLOEXEC`). Under qemu-user that window
+    /// lasts long enough to be hit; the same holds for the real driver's file descriptor.
+    fn device_after_release(d: &Double, options: DeviceOptions) -> HailoDevice {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match device(d, options) {
+                Err(HailoError::DeviceBusy { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                other => return other.unwrap(),
+            }
+        }
+    }
+
     /// The recognizer's FLOAT32 output for `input`, as the double computes it.
     fn rec_f32(input: &[u8]) -> Vec<f32> {
         rec_raw(input).iter().map(|&q| (f32::from(q) - REC_ZP) * REC_SCALE).collect()
@@ -1368,7 +1385,7 @@ mod tests {
         assert!(matches!(device(&d, DeviceOptions::default()), Err(HailoError::DeviceBusy { .. })));
         drop(net);
         drop(dev);
-        let dev = device(&d, DeviceOptions::default()).unwrap();
+        let dev = device_after_release(&d, DeviceOptions::default());
         let mut net =
             HailoNetwork::open(&dev, &d.hef("recognizer"), NetworkOptions::default()).unwrap();
         let input = face_input(3);
@@ -1423,7 +1440,7 @@ mod tests {
         assert!(msg.contains("HAILO_OUT_OF_PHYSICAL_DEVICES (74)"), "{msg}");
         assert!(msg.contains("multi_process_service = true") && msg.contains("hailort_service"));
         drop(first);
-        device(&d, DeviceOptions::default()).unwrap();
+        device_after_release(&d, DeviceOptions::default());
     }
 
     #[test]
@@ -1457,7 +1474,7 @@ mod tests {
             assert_eq!(net.run(&input).unwrap()[0].data, rec_f32(&input));
         }
         drop((a, b));
-        device(&d, DeviceOptions::default()).unwrap();
+        device_after_release(&d, DeviceOptions::default());
     }
 
     #[test]
