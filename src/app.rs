@@ -3,8 +3,11 @@
 //! [`AppEvent`] and counted in [`Counters`].
 //!
 //! `step(now)` is a function of the source's next frame and the time the caller passes, so
-//! tests drive it with a synthetic clock; [`App::run`] is the thin real-time shell around it
-//! (stop flag, watchdog, periodic counters, securing the door on the way out).
+//! tests drive it with a synthetic clock; [`App::run`] is the thin shell around it (stop flag,
+//! watchdog, periodic counters, securing the door on the way out). `run` passes the monotonic
+//! clock for a camera and the stream's own timestamps for a replay ([`SourceClock`]): the
+//! door's pulse, the cooldown and every vote window then run on the clip's time, so a replay
+//! gives byte-identical decisions and counters paced, with `--fast`, or on a loaded machine.
 //!
 //! Must not: block longer than the frame timeout, allocate per frame after warm-up (events,
 //! which are rare, carry names), or let anything but a configuration or start-up error stop
@@ -15,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::align::{align_face, AlignedFace};
-use crate::camera::{CameraError, FrameSource};
+use crate::camera::{CameraError, FrameSource, SourceClock};
 use crate::decide::{Decider, DecisionConfig, FaceSize, Space, Verdict};
 use crate::detect::far::FarScan;
 use crate::detect::{Detection, Detector};
@@ -28,6 +31,9 @@ use crate::liveness::LivenessCheck;
 use crate::route::{NpuEvent, Route, Router};
 use crate::service::Notifier;
 use crate::track::{quality, TrackId, Tracker, TrackerConfig};
+
+/// How often the loop polls the door once a replay has ended (waiting for it to relock).
+const IDLE_POLL: Duration = Duration::from_millis(20);
 
 /// Loop settings (from the config file's `[tracker]`, `[decision]` and `[camera]` sections).
 #[derive(Debug, Clone, PartialEq)]
@@ -1390,6 +1396,25 @@ impl App {
         self.door.secure()
     }
 
+    /// The loop's time for the next step, and whether the loop runs in real time: the
+    /// monotonic clock since `start` for a camera; for a replay the stream's own clock (the
+    /// timestamp of the frame it hands out next), so a clip gives the same decisions paced or
+    /// not, on any machine. Once a replay has ended its clock goes on in steps of
+    /// [`IDLE_POLL`] after `last` (the door still relocks on it).
+    fn loop_time(&self, start: Instant, last: Duration) -> (Duration, bool) {
+        match self.source.clock() {
+            SourceClock::Monotonic => (start.elapsed(), true),
+            SourceClock::Stream { next: Some(t), paced } => (t, paced),
+            SourceClock::Stream { next: None, paced } => (last + IDLE_POLL, paced),
+        }
+    }
+
+    /// The clock the source gives the loop (see [`App::run`]); a caller driving [`App::step`]
+    /// itself passes the stream's timestamps the same way.
+    pub fn source_clock(&self) -> SourceClock {
+        self.source.clock()
+    }
+
     /// Runs until `stop` is set or a replay ends (then until the door has relocked), handing
     /// every event to `hooks`, feeding the watchdog on progress, and securing the door on
     /// the way out (also when the loop fails).
@@ -1402,19 +1427,23 @@ impl App {
         let start = Instant::now();
         let mut last_counters = Duration::ZERO;
         let mut ended = false;
+        let mut now = Duration::ZERO;
         notifier.ready(&self.source.describe());
         let result = loop {
             if stop.load(Ordering::SeqCst) {
                 log::info!("stopping on request");
                 break Ok(());
             }
-            let now = start.elapsed();
+            let (next, real_time) = self.loop_time(start, now);
+            now = next;
             while let Some(command) = hooks.command() {
                 self.apply_command(command, now);
             }
             let outcome = if ended {
                 self.poll_door(now);
-                std::thread::sleep(Duration::from_millis(20));
+                if real_time {
+                    std::thread::sleep(IDLE_POLL);
+                }
                 StepOutcome::NoFrame
             } else {
                 match self.step(now) {
@@ -1448,7 +1477,8 @@ impl App {
         };
         notifier.stopping();
         let secured = self.door.secure();
-        self.poll_door(start.elapsed());
+        let (now, _) = self.loop_time(start, now);
+        self.poll_door(now);
         for ev in self.events.drain(..) {
             hooks.event(&ev);
         }

@@ -115,6 +115,22 @@ pub fn open(
     }
 }
 
+/// The clock the loop runs on for a source ([`crate::app::App::run`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceClock {
+    /// The monotonic clock: a live camera, whose frames come when they come.
+    Monotonic,
+    /// The stream's own timestamps (a replay), so a clip gives the same decisions at any
+    /// speed: `next` is the timestamp of the frame [`FrameSource::next_frame`] hands out next
+    /// (`None` once the replay has ended), `paced` whether frames are handed out in real time.
+    Stream {
+        /// The next frame's timestamp.
+        next: Option<Duration>,
+        /// Whether `next_frame` waits in real time until a frame is due.
+        paced: bool,
+    },
+}
+
 /// Where frames come from.
 pub trait FrameSource {
     /// Waits at most `timeout` for the next frame.
@@ -126,5 +142,10 @@ pub trait FrameSource {
     /// The frame rate the source delivers (nominal), when known.
     fn fps(&self) -> Option<f64> {
         None
+    }
+
+    /// The clock the loop runs on: the monotonic clock unless the source carries its own.
+    fn clock(&self) -> SourceClock {
+        SourceClock::Monotonic
     }
 }

@@ -9,7 +9,9 @@
 //! Frames come out at a nominal rate: each frame's timestamp is its index divided by the rate,
 //! so a test driving `step(now)` with those timestamps sees exactly what a camera at that rate
 //! would give. With `pace` on, `next_frame` also waits in real time until the frame is due
-//! (never longer than the timeout it is given).
+//! (never longer than the timeout it is given). [`FrameSource::clock`] hands the next frame's
+//! timestamp to the loop, which runs on it: a clip gives the same decisions and counters
+//! paced, unpaced (`--fast`) and on a machine too slow to keep up, frame for frame.
 //!
 //! Must not: decode JPEG (the loop does, so corrupt frames are counted in one place), or
 //! allocate per frame once every file has been read once.
@@ -17,7 +19,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::{CameraError, FrameSource, PixelFormat, RawFrame};
+use super::{CameraError, FrameSource, PixelFormat, RawFrame, SourceClock};
 use crate::frame::{self, RgbImage};
 
 /// Largest MJPEG stream file read into memory.
@@ -235,6 +237,14 @@ impl FrameSource for ReplaySource {
 
     fn fps(&self) -> Option<f64> {
         Some(self.settings.fps)
+    }
+
+    fn clock(&self) -> SourceClock {
+        let ended = self.next >= self.len() && !self.settings.looped;
+        SourceClock::Stream {
+            next: (!ended).then(|| self.timestamp(self.sequence)),
+            paced: self.settings.pace,
+        }
     }
 }
 

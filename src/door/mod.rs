@@ -469,7 +469,7 @@ impl<R: OutputPin, C: InputPin, B: InputPin> Door<R, C, B> {
             }
             return Err(err);
         }
-        log::info!("door: unlocked ({reason:?}) until {:?}", now + self.config.pulse);
+        log::info!("door: unlocked ({reason:?}) until {:.3?} (loop time)", now + self.config.pulse);
         self.unlocked = true;
         self.pulse_until = Some(now + self.config.pulse);
         self.pending.push(DoorEvent::Unlocked { reason });

@@ -15,6 +15,7 @@ use super::bench::cpu_name;
 use super::verify::EvalError;
 use crate::app::{App, Parts, StepOutcome};
 use crate::camera::replay::{ReplaySettings, ReplaySource};
+use crate::camera::SourceClock;
 use crate::config::Config;
 use crate::gallery::Gallery;
 use crate::pipeline::Pipeline;
@@ -131,8 +132,12 @@ pub fn run(
     let mut at_warm = app.counters();
     let start = Instant::now();
     while seen < limit {
-        // The loop's clock: real time, as `App::run` passes it.
-        let now = start.elapsed();
+        // The loop's clock as `App::run` passes it: the stream's own for a replay (a 30 fps
+        // camera's time, whatever this machine's speed).
+        let now = match app.source_clock() {
+            SourceClock::Stream { next: Some(t), .. } => t,
+            _ => start.elapsed(),
+        };
         let t = Instant::now();
         let outcome = app.step(now).map_err(|e| input(e.to_string()))?;
         let took = t.elapsed();

@@ -335,6 +335,61 @@ fn run_until_unlocked(
     (child.wait().unwrap(), log, out)
 }
 
+/// Issue 20: a replay runs on the stream's own clock, so the same clip gives byte-identical
+/// decisions and counters every run: two `--fast` runs and one paced run of `portier run` on
+/// the Hamilton clip, all three at once on a loaded machine (the paced one falls behind real
+/// time), agree on the summary, every grant (frame and similarity) and every decision logged
+/// (grants, unknown faces, tailgating, the door's releases and their ends).
+#[test]
+fn the_hamilton_replay_gives_the_same_decisions_paced_or_fast() {
+    use std::process::Stdio;
+    let Some(a) = assets() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = cli_config(dir.path(), &a);
+    enroll(&Config::load(&config_path).unwrap(), &a, &[OBAMA]);
+    let runs: Vec<_> = [&["--fast"][..], &["--fast"], &[]]
+        .iter()
+        .map(|extra| {
+            portier_run(&config_path, &a, extra)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let decisions = |log: &str| -> Vec<String> {
+        log.lines()
+            .filter_map(|l| l.split_once("] ").map(|(_, msg)| msg))
+            .filter(|m| {
+                ["granted ", "unknown face", "tailgating", "door: unlocked", "no longer matches"]
+                    .iter()
+                    .any(|k| m.contains(k))
+            })
+            .map(str::to_owned)
+            .collect()
+    };
+    let outs: Vec<(String, Vec<String>)> = runs
+        .into_iter()
+        .map(|child| {
+            let out = child.wait_with_output().unwrap();
+            let (stdout, stderr) =
+                (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            assert!(out.status.success(), "{:?}\n{stderr}", out.status);
+            (stdout.into_owned(), decisions(&stderr))
+        })
+        .collect();
+    let (stdout, log) = &outs[0];
+    assert!(stdout.contains("granted: Lin-Manuel Miranda at frame"), "{stdout}");
+    assert!(stdout.contains("granted: Barack Obama at frame"), "{stdout}");
+    assert!(log.iter().any(|l| l.starts_with("unknown face")), "{log:#?}");
+    assert!(log.iter().any(|l| l.starts_with("door: unlocked")), "{log:#?}");
+    for (i, (other_out, other_log)) in outs.iter().enumerate().skip(1) {
+        let kind = if i == 2 { "paced" } else { "second --fast" };
+        assert_eq!(other_out, stdout, "the {kind} run's summary differs");
+        assert_eq!(other_log, log, "the {kind} run's decisions differ");
+    }
+}
+
 #[test]
 fn sigterm_mid_pulse_releases_the_relay_and_exits_cleanly() {
     let Some(a) = assets() else { return };
