@@ -321,6 +321,9 @@ pub enum RemoteCommand {
     /// Enrol the person at the door under this name with this capture, from the frames the
     /// loop sees anyway (the door keeps working); ends in [`AppEvent::EnrolCaptured`].
     Enrol(Box<(String, LiveEnrolment)>),
+    /// Stop recognising the person of this name (a removal after which the gallery could not
+    /// be read back): their templates leave the loop's matchers until the next reload.
+    Forget(String),
 }
 
 /// What [`App::run`] calls besides the loop itself: the shell's side (MQTT, the display, the
@@ -1352,6 +1355,12 @@ impl App {
                 );
                 self.events.push(AppEvent::EnrolStarted { name: name.clone(), seconds });
                 self.enrolment = Some((name, live, 0));
+            }
+            RemoteCommand::Forget(name) => {
+                let m = self.matcher.without(&name);
+                let npu = self.npu.as_ref().map(|n| n.matcher.without(&name));
+                log::warn!("gallery: {name} forgotten by the loop ({} people now)", m.people());
+                self.set_matchers(m, npu);
             }
             RemoteCommand::SetMatcher(matchers) => {
                 let (m, npu) = *matchers;

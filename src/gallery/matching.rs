@@ -289,6 +289,26 @@ impl Matcher {
         }
     }
 
+    /// This matcher without the person named `name` (every other row copied as it is, in the
+    /// same storage): for a loop that must stop recognising someone before the gallery can be
+    /// read again. The same matcher when nobody has that name.
+    pub fn without(&self, name: &str) -> Matcher {
+        let mut m = Matcher::empty(self.path.clone(), self.model_id.clone(), self.storage());
+        m.data.reserve(self.rows, self.dim);
+        let mut start = 0;
+        for (i, &end) in self.person_end.iter().enumerate() {
+            if self.person_names[i] != name {
+                for row in start..end {
+                    m.push_encoded(self.person_ids[i], &self.person_names[i], &self.data, row, {
+                        self.dim
+                    });
+                }
+            }
+            start = end;
+        }
+        m
+    }
+
     /// The same rows, in the same storage, of the same people (tests of the store's loader).
     #[cfg(test)]
     pub(super) fn same_as(&self, other: &Matcher) -> bool {
@@ -754,6 +774,27 @@ mod tests {
 
     fn cand(name: &str, similarity: f32) -> Candidate {
         Candidate { person: name.len() as PersonId, name: name.to_owned(), similarity }
+    }
+
+    #[test]
+    fn without_drops_one_person_and_keeps_every_other_row() {
+        let (dim, templates) = (8, 2);
+        let rows: Vec<f32> =
+            (0..3 * templates * dim).map(|i| ((i * 37 % 11) as f32) - 5.0).collect();
+        for storage in [Storage::Float32, Storage::Float16, Storage::Int8] {
+            let m = Matcher::from_rows("m", dim, templates, &rows).with_storage(storage);
+            let w = m.without("person 2");
+            assert_eq!((w.people(), w.len(), w.storage()), (2, 4, storage));
+            assert_eq!((w.person_name(0), w.person_name(1)), ("person 1", "person 3"));
+            let q = &rows[4 * dim..5 * dim];
+            let (mut all, mut left) = (Vec::new(), Vec::new());
+            m.scores_into(q, &mut all).unwrap();
+            w.scores_into(q, &mut left).unwrap();
+            assert_eq!(left, [all[0], all[2]], "{storage:?}");
+            assert!(m.without("nobody").same_as(&m));
+            let none = w.without("person 1").without("person 3");
+            assert_eq!((none.people(), none.len()), (0, 0));
+        }
     }
 
     #[test]
