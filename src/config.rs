@@ -16,6 +16,12 @@ use crate::frame::Filter;
 use crate::gallery::MatchPolicy;
 use crate::infer::{ChannelOrder, Optimization, Preprocess, SessionOptions};
 
+// The stages' settings types, parsed and validated here (config.rs imports them; they import
+// nothing from config.rs).
+pub use crate::camera::{CameraConfig, CameraFormat};
+pub use crate::door::{DoorBackend, DoorSection, GpioLines, LineId};
+pub use crate::embed::{NpuBackend, NpuSection};
+
 /// A configuration problem (the process exits with `Exit::Config`: `exit.rs`).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -212,41 +218,6 @@ pub enum CameraKind {
     V4l2,
 }
 
-/// Pixel format asked of a V4L2 camera.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum CameraFormat {
-    /// MJPEG if offered, else YUYV.
-    #[default]
-    Auto,
-    /// MJPEG only.
-    Mjpeg,
-    /// YUYV only.
-    Yuyv,
-}
-
-/// The camera section, validated.
-#[derive(Debug, Clone, PartialEq)]
-pub enum CameraConfig {
-    /// Replay files.
-    Replay(crate::camera::replay::ReplaySettings),
-    /// A V4L2 camera.
-    V4l2 {
-        /// Device node.
-        device: PathBuf,
-        /// Requested width.
-        width: u32,
-        /// Requested height.
-        height: u32,
-        /// Requested frame rate.
-        fps: f64,
-        /// Requested format.
-        format: CameraFormat,
-        /// Memory-mapped buffers.
-        buffers: u32,
-    },
-}
-
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawDoor {
@@ -272,19 +243,6 @@ struct DoorOnly {
     door: RawDoor,
 }
 
-/// Which door I/O backend drives the pins.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum DoorBackend {
-    /// Logs relay changes; inputs idle (door closed, button released).
-    #[default]
-    Fake,
-    /// The Linux GPIO character device (feature `gpio-cdev`).
-    GpioCdev,
-    /// rppal (feature `rppal`).
-    Rppal,
-}
-
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 enum ContactName {
@@ -297,42 +255,6 @@ enum ContactName {
 enum LockName {
     FailSecure,
     FailSafe,
-}
-
-/// GPIO lines of the door (by offset or by line name such as `GPIO17`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GpioLines {
-    /// GPIO chip device (`/dev/gpiochip0`), or empty to find the lines by name on any chip.
-    #[serde(default)]
-    pub chip: String,
-    /// Relay output line.
-    pub relay: LineId,
-    /// Door contact input line.
-    pub contact: LineId,
-    /// Exit button input line.
-    pub exit_button: LineId,
-}
-
-/// A GPIO line: an offset on the chip or a line name.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
-pub enum LineId {
-    /// Offset on the chip.
-    Offset(u32),
-    /// Line name (e.g. `GPIO17` on a Raspberry Pi).
-    Name(String),
-}
-
-/// The door section, validated.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DoorSection {
-    /// Which backend.
-    pub backend: DoorBackend,
-    /// Timing and wiring.
-    pub door: crate::door::DoorConfig,
-    /// Lines, required by the GPIO backends.
-    pub gpio: Option<GpioLines>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -494,80 +416,6 @@ pub struct SpiPanelSection {
     /// BGR subpixel order.
     #[serde(default)]
     pub bgr: bool,
-}
-
-/// The `[npu]` section: the second recognizer, for close faces (see `route.rs`).
-#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct NpuSection {
-    /// none | emulated (an INT8/A16W8 QDQ ONNX model on the CPU: routing without a Hailo) |
-    /// hailo (a HEF on the Hailo-8, feature `hailo`).
-    #[serde(default)]
-    pub backend: NpuBackend,
-    /// The model: a QDQ ONNX file (emulated) or a HEF (hailo).
-    pub model: Option<PathBuf>,
-    /// The embedding space's name (templates are kept per model); default: the file's stem.
-    pub id: Option<String>,
-    /// `libhailort.so` to load (hailo; default: `HAILORT_LIBRARY`, then the system's).
-    pub library: Option<PathBuf>,
-    /// hailo: open the Hailo-8 through HailoRT's multi-process service (`hailort_service`,
-    /// the `hailort.service` unit), so that several processes share it: `portier enroll` while
-    /// `portier run` holds the device. Every process that opens the device needs it, and the
-    /// service must run. Off: the first process holds the device exclusively.
-    #[serde(default)]
-    pub multi_process_service: bool,
-    /// The float32 ONNX parent of the NPU model (the same network before quantisation): `portier
-    /// npu check` runs it on the CPU and compares every embedding with the NPU's.
-    pub twin: Option<PathBuf>,
-    /// Channel order of the NPU model's input (a HEF: the order its calibration set was
-    /// written in, see `portier export-calib`); default: `[recognizer] channel_order`.
-    pub channel_order: Option<ChannelOrder>,
-    /// The NPU model's normalisation `(x - mean) / std`, per input channel in its channel order
-    /// (a HEF compiles it in with its model script's `normalization`; an emulated model and the
-    /// twin are run with it); default: `[recognizer] mean` and `std`.
-    pub mean: Option<[f32; 3]>,
-    /// See `mean`.
-    pub std: Option<[f32; 3]>,
-    /// The gallery-size rule's threshold rise per tenfold people for the NPU's model
-    /// (`[matching] fpir`; measured by `portier eval identify`).
-    pub threshold_rise_per_decade: Option<f32>,
-}
-
-/// NPU backends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum NpuBackend {
-    /// Every face on the CPU.
-    #[default]
-    None,
-    /// A quantised ONNX model run on the CPU, standing in for the NPU.
-    Emulated,
-    /// The Hailo-8.
-    Hailo,
-}
-
-impl NpuSection {
-    /// The NPU model's preprocessing: its channel order and normalisation (filled from
-    /// `[recognizer]` where the file leaves them out; ArcFace's RGB, 127.5 and 127.5 for a
-    /// section not read from a file).
-    pub fn preprocess(&self) -> Preprocess {
-        Preprocess {
-            order: self.channel_order.unwrap_or(ChannelOrder::Rgb),
-            mean: self.mean.unwrap_or([127.5; 3]),
-            std: self.std.unwrap_or([127.5; 3]),
-        }
-    }
-
-    /// The NPU's model id, when an NPU is configured.
-    pub fn model_id(&self) -> Option<String> {
-        if self.backend == NpuBackend::None {
-            return None;
-        }
-        let model = self.model.as_ref()?;
-        Some(self.id.clone().unwrap_or_else(|| {
-            model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
-        }))
-    }
 }
 
 #[derive(Debug, Deserialize, Default)]

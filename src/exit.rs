@@ -153,7 +153,7 @@ impl From<&EvalError> for Exit {
 impl From<&EnrolError> for Exit {
     fn from(e: &EnrolError) -> Exit {
         match e {
-            EnrolError::Pipeline(p) => p.into(),
+            EnrolError::Runtime(r) => r.into(),
             EnrolError::Detect(d) => d.into(),
             EnrolError::Embed(m) => m.into(),
             EnrolError::Gallery(g) => g.into(),
@@ -241,7 +241,7 @@ mod tests {
             Exit::from(&PipelineError::Detect(DetectError::Infer(missing()))),
             Exit::from(&PipelineError::Embed(EmbedError::Infer(missing()))),
             Exit::from(&EnrolError::Detect(DetectError::Infer(missing()))),
-            Exit::from(&EnrolError::Pipeline(PipelineError::Runtime(missing()))),
+            Exit::from(&EnrolError::Runtime(missing())),
             Exit::from(&DistanceError::Embed(EmbedError::Infer(missing()))),
             Exit::from(&LivenessEvalError::Runtime(missing())),
             Exit::from(&LivenessEvalError::Liveness(LivenessError::Infer(missing()))),

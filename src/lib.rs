@@ -20,11 +20,16 @@
 //! - [`track`]: faces across frames and each track's best-quality face.
 //! - [`app`]: the loop (`App::step(now)`), the decision core's shell around the stages.
 //! - [`shell`]: the loop's outside world while `portier run` runs (MQTT, display, gallery jobs).
-//! - [`pipeline`]: detect → align → embed for a still image, with stage timings.
-//! - [`config`]: the TOML configuration.
+//! - [`enroll_live`]: live enrolment's state machine, fed the frames the loop sees anyway.
+//! - [`pipeline`]: detect → align → embed for a still image, with stage timings; the loop's
+//!   parts opened from the config (`Parts::cpu`, `NpuParts::open`).
+//! - [`enroll_camera`]: `portier enroll --from-camera` and the enrolment's settings from the
+//!   config.
+//! - [`config`]: the TOML configuration, parsed and validated into the stages' own settings
+//!   types (which import nothing from it: `scripts/import-cycles` finds no circle).
 //! - [`eval`]: verification statistics, LFW protocol, benchmarks.
 //! - [`exit`]: the process's exit statuses, one `From` per error family.
-//! - [`mqtt`]: MQTT payloads, Home Assistant discovery, signed commands (issue 4, partial).
+//! - [`mqtt`]: MQTT payloads, Home Assistant discovery, signed commands, the client thread.
 //! - [`npu_state`]: whether the NPU's model is installed (CPU only when it is not).
 //! - [`par`]: bands of a pixel pass on several cores (the letterbox).
 //! - [`secret`]: permission checks for files holding keys and passwords.
@@ -39,6 +44,7 @@ pub mod detect;
 pub mod display;
 pub mod door;
 pub mod embed;
+pub mod enroll_camera;
 pub mod enroll_live;
 pub mod eval;
 pub mod exit;

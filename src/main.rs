@@ -224,7 +224,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Enroll { name, append, from_camera, seconds, replay, allow_similar, photos } => {
             let config = Config::load(&cli.config)?;
             if from_camera {
-                use portier::enroll_live::{command, LiveArgs};
+                use portier::enroll_camera::{command, LiveArgs};
                 let args = LiveArgs { name, append, seconds, replay, fps: None, allow_similar };
                 command(&config, &args)?;
                 return Ok(ExitCode::SUCCESS);
@@ -674,7 +674,7 @@ fn enroll(
     let mut pipeline = Pipeline::open(config)?;
     // With an NPU, the same crops are embedded by it too: its templates live in its own
     // embedding space, and the loop compares like with like.
-    let mut npu = portier::npu_state::open_for_enrolment(config)
+    let mut npu = portier::npu_state::open_for_enrolment(&config.npu, &config.recognizer)
         .map_err(|e| Failure::from(PipelineError::Embed(e)))?;
     let mut npu_templates = Vec::new();
     let mut templates = Vec::with_capacity(photos.len());
@@ -975,7 +975,13 @@ fn new_key(config: &Config, bind: KeyBindArg) -> Result<ExitCode, Failure> {
 fn eval(mut config: Config, command: EvalCommand) -> Result<ExitCode, Failure> {
     match command {
         EvalCommand::Distance(args) => {
-            distance::command(&config, &args)?;
+            let report = distance::command(&config, &args)?;
+            if let Some(path) = &args.plot {
+                portier::eval::plot::identification_vs_size(&report, path)?;
+                if !args.json {
+                    println!("plot: {}", path.display());
+                }
+            }
         }
         EvalCommand::Liveness { labels, out } => {
             use portier::eval::liveness;
@@ -1030,14 +1036,14 @@ fn eval(mut config: Config, command: EvalCommand) -> Result<ExitCode, Failure> {
             let mut pipeline = Pipeline::open(&config)?;
             let mut npu_embedder = match npu {
                 true => Some(
-                    portier::embed::open_npu(&config).map_err(PipelineError::from)?.ok_or_else(
-                        || {
+                    portier::embed::open_npu(&config.npu, &config.recognizer)
+                        .map_err(PipelineError::from)?
+                        .ok_or_else(|| {
                             Failure::new(
                                 Exit::Config,
                                 "--npu: the config has no [npu] model with a backend",
                             )
-                        },
-                    )?,
+                        })?,
                 ),
                 false => None,
             };

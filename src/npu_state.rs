@@ -14,16 +14,16 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::{Config, NpuBackend};
-use crate::embed::{EmbedError, Embedder};
+use crate::embed::cpu::RecognizerSettings;
+use crate::embed::{EmbedError, Embedder, NpuBackend, NpuSection};
 use crate::gallery::Matcher;
 
 /// The NPU's model file when `[npu]` names one that does not exist.
-pub fn not_installed(config: &Config) -> Option<PathBuf> {
-    if config.npu.backend == NpuBackend::None {
+pub fn not_installed(npu: &NpuSection) -> Option<PathBuf> {
+    if npu.backend == NpuBackend::None {
         return None;
     }
-    let model = config.npu.model.as_ref()?;
+    let model = npu.model.as_ref()?;
     matches!(model.try_exists(), Ok(false)).then(|| model.clone())
 }
 
@@ -41,8 +41,11 @@ pub fn not_installed_error(model: &Path) -> EmbedError {
 /// installed or is degenerate (the person is enrolled with the CPU's model only, with a warning
 /// saying how to add the NPU's templates later: `run` would not use such a model, and its
 /// templates would be the same vector for everyone); any other failure to open it is an error.
-pub fn open_for_enrolment(config: &Config) -> Result<Option<Box<dyn Embedder>>, EmbedError> {
-    if let Some(model) = not_installed(config) {
+pub fn open_for_enrolment(
+    npu: &NpuSection,
+    recognizer: &RecognizerSettings,
+) -> Result<Option<Box<dyn Embedder>>, EmbedError> {
+    if let Some(model) = not_installed(npu) {
         log::warn!(
             "npu: {} is not installed: enrolling with the CPU's model only; once it is installed, \
              enrol this person again with `--append` (until then the loop keeps every face on \
@@ -51,7 +54,7 @@ pub fn open_for_enrolment(config: &Config) -> Result<Option<Box<dyn Embedder>>, 
         );
         return Ok(None);
     }
-    match crate::embed::open_npu_probed(config) {
+    match crate::embed::open_npu_probed(npu, recognizer) {
         Err(e @ EmbedError::Degenerate { .. }) => {
             log::warn!(
                 "npu: {e}: enrolling with the CPU's model only (`portier run` does not use this \
@@ -74,6 +77,7 @@ pub fn missing_templates(cpu: &Matcher, npu: &Matcher) -> usize {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::config::Config;
 
     fn config(npu: &str) -> Config {
         crate::config::test_config(&format!("[matching]\nthreshold = 0.3\nmargin = 0.05\n{npu}"))
@@ -81,14 +85,14 @@ mod tests {
 
     #[test]
     fn only_a_configured_model_that_does_not_exist_is_not_installed() {
-        assert_eq!(not_installed(&config("")), None);
+        assert_eq!(not_installed(&config("").npu), None);
         let missing = config("[npu]\nbackend = \"hailo\"\nmodel = \"/no/such/dir/model.hef\"\n");
-        assert_eq!(not_installed(&missing), Some(PathBuf::from("/no/such/dir/model.hef")));
+        assert_eq!(not_installed(&missing.npu), Some(PathBuf::from("/no/such/dir/model.hef")));
         let dir = tempfile::tempdir().unwrap();
         let hef = dir.path().join("model.hef");
         std::fs::write(&hef, b"HEF").unwrap();
         let there = config(&format!("[npu]\nbackend = \"hailo\"\nmodel = \"{}\"\n", hef.display()));
-        assert_eq!(not_installed(&there), None);
+        assert_eq!(not_installed(&there.npu), None);
         let err = not_installed_error(&hef).to_string();
         assert!(err.contains("not installed") && err.contains("model.hef"), "{err}");
     }
@@ -110,6 +114,6 @@ mod tests {
     #[test]
     fn enrolment_without_the_model_uses_the_cpu_only() {
         let missing = config("[npu]\nbackend = \"emulated\"\nmodel = \"/no/such/model.onnx\"\n");
-        assert!(open_for_enrolment(&missing).unwrap().is_none());
+        assert!(open_for_enrolment(&missing.npu, &missing.recognizer).unwrap().is_none());
     }
 }

@@ -7,12 +7,17 @@
 use std::time::{Duration, Instant};
 
 use crate::align::{align_face, AlignedFace};
+use crate::app::{NpuParts, Parts};
+use crate::camera::FrameSource;
 use crate::config::Config;
 use crate::detect::{DetectError, DetectTimings, Detection, Detector};
+use crate::door::DoorControl;
 use crate::embed::cpu::CpuEmbedder;
-use crate::embed::{EmbedError, Embedder};
+use crate::embed::{EmbedError, Embedder, MAX_DIM};
 use crate::frame::ImageView;
+use crate::gallery::Matcher;
 use crate::infer::{self, InferError};
+use crate::route::Router;
 
 /// Errors from the pipeline.
 #[derive(Debug, thiserror::Error)]
@@ -165,5 +170,108 @@ impl Pipeline {
     /// The last aligned crop (for debugging and parity tests).
     pub fn last_crop(&self) -> &AlignedFace {
         &self.crop
+    }
+}
+/// The loop's parts from a pipeline (here, so that `app.rs` does not import this module).
+impl Parts {
+    /// The parts of a CPU-only loop: the pipeline's detector and recognizer (backend `cpu`).
+    pub fn cpu(
+        pipeline: Pipeline,
+        source: Box<dyn FrameSource>,
+        matcher: Matcher,
+        door: Box<dyn DoorControl>,
+    ) -> Self {
+        Self {
+            source,
+            detector: pipeline.detector,
+            embedder: Box::new(pipeline.embedder),
+            backend: "cpu",
+            matcher,
+            door,
+            npu: None,
+            liveness: None,
+        }
+    }
+}
+
+/// Opening the NPU side of `portier run` from the config (here, above `config.rs`: the loop
+/// in `app.rs` takes its parts and knows no config).
+impl NpuParts {
+    /// The NPU side of `portier run` when `[npu]` names one (`None` otherwise): its recognizer
+    /// opened and probed ([`crate::embed::open_npu_probed`]), its templates `matcher`, and the
+    /// router (`[routing]`, or CPU below 12 px eye distance and no norm cliff by default).
+    ///
+    /// An NPU that cannot be opened, or whose model is degenerate, does not stop the door: the
+    /// loop starts on the CPU (one `npu_fallback` event with the reason) and the NPU is opened
+    /// (and probed) again with back-off ([`crate::embed::reopen::Reopening`]), so a HEF that is
+    /// replaced on disk is picked up; so is an NPU lost while running (a device reset). The
+    /// error is a `[routing]` that cannot be used.
+    pub fn open(
+        config: &crate::config::Config,
+        matcher: Matcher,
+    ) -> Result<Option<Self>, crate::route::RouteConfigError> {
+        use crate::embed::reopen::{Opener, Reopening};
+        use crate::embed::{open_npu_probed, EmbedError};
+        let Some(id) = config.npu.model_id() else { return Ok(None) };
+        let routing = config
+            .routing
+            .clone()
+            .unwrap_or_else(|| crate::route::RoutingConfig::default_for(config.matching.threshold));
+        let mut router = Router::new(routing, true)?;
+        let mut fallback = None;
+        // An image built without the HEF runs on the CPU and says so: a missing model file is
+        // "not installed", not a fault (it is opened once the file is copied in).
+        let not_installed = crate::npu_state::not_installed(&config.npu);
+        let for_later = config.clone();
+        let mut open: Opener = Box::new(move || {
+            // Still not installed: say so without opening the device (a second on a Hailo).
+            if let Some(model) = crate::npu_state::not_installed(&for_later.npu) {
+                return Err(crate::npu_state::not_installed_error(&model));
+            }
+            open_npu_probed(&for_later.npu, &for_later.recognizer)?.ok_or_else(|| {
+                EmbedError::Output {
+                    path: for_later.npu.model.clone().unwrap_or_default(),
+                    reason: "no NPU configured".into(),
+                }
+            })
+        });
+        let first = Duration::from_millis(router.config().npu_retry_ms);
+        let max = Duration::from_secs(300);
+        // The first attempt is the opener's own; opened or not, the NPU is opened (and probed)
+        // again with back-off whenever it is lost (a device reset).
+        let embedder: Box<dyn Embedder> = match open() {
+            Ok(e) => Box::new(Reopening::opened(e, open, first, max)),
+            Err(e) => {
+                if let Some(model) = &not_installed {
+                    log::warn!(
+                        "npu: cannot open {id}: {e}; portier runs CPU only (install the HEF: \
+                         yocto/README.md; it is opened once it is there)"
+                    );
+                    fallback = Some(format!(
+                        "not installed: {} does not exist; every face runs on the CPU (CPU only)",
+                        model.display()
+                    ));
+                } else {
+                    log::error!(
+                        "npu: cannot use {id}: {e}; running every face on the CPU and opening \
+                         it again in the background"
+                    );
+                    fallback = Some(format!(
+                        "the NPU could not be used at start ({e}); faces run on the CPU while it \
+                         is opened again"
+                    ));
+                }
+                // The router starts with the NPU down: the first retry after npu_retry_ms.
+                router.npu_result(false, Duration::ZERO);
+                let dim = if matcher.is_empty() { MAX_DIM } else { matcher.dim() };
+                Box::new(Reopening::new(id.clone(), dim, open, &e, first, max))
+            }
+        };
+        log::info!(
+            "npu: {id} for faces from {} px between the eyes, {} people enrolled for it",
+            router.config().npu_min_eye_distance_px,
+            matcher.people()
+        );
+        Ok(Some(Self { embedder, matcher, router, fallback, not_installed }))
     }
 }

@@ -441,11 +441,11 @@ fn npu(config: &Config, crops: &Path) -> (Status, String) {
     let Some(id) = config.npu.model_id() else {
         return (Status::Absent, format!("no [npu] backend: every face on the CPU; {}", hailo()));
     };
-    if let Some(model) = crate::npu_state::not_installed(config) {
+    if let Some(model) = crate::npu_state::not_installed(&config.npu) {
         // Not a fault: an image built without the HEF runs CPU only (row "npu: model").
         return (Status::Warn, format!("`{id}`: {} not installed: CPU only", model.display()));
     }
-    let mut embedder = match crate::embed::open_npu(config) {
+    let mut embedder = match crate::embed::open_npu(&config.npu, &config.recognizer) {
         Ok(Some(e)) => e,
         Ok(None) => return (Status::Absent, "no [npu] backend".into()),
         Err(e) => return (Status::Fail, format!("`{id}`: {e} (`portier run` stays on the CPU)")),
@@ -513,7 +513,7 @@ fn npu_model(config: &Config) -> (Status, String) {
     else {
         return (Status::Absent, "no [npu] configured: every face on the CPU".into());
     };
-    if let Some(model) = not_installed(config) {
+    if let Some(model) = not_installed(&config.npu) {
         return (
             Status::Warn,
             format!(

@@ -12,42 +12,47 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::CameraConfig;
+use serde::Deserialize;
 
 pub mod replay;
 #[cfg(feature = "v4l2")]
 pub mod v4l2;
 
-/// How a frame's bytes are laid out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PixelFormat {
-    /// One JPEG image (baseline; the Huffman tables may be omitted, as UVC cameras do).
+pub use crate::frame::{PixelFormat, RawFrame};
+
+/// Pixel format asked of a V4L2 camera.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CameraFormat {
+    /// MJPEG if offered, else YUYV.
+    #[default]
+    Auto,
+    /// MJPEG only.
     Mjpeg,
-    /// Packed YUV 4:2:2, Y0 U Y1 V (V4L2_PIX_FMT_YUYV), BT.601 limited range.
+    /// YUYV only.
     Yuyv,
-    /// Packed 8-bit RGB, `stride` bytes per line (replayed stills that are not JPEG).
-    Rgb24,
 }
 
-/// One frame as the source delivered it, borrowed until the next call to
-/// [`FrameSource::next_frame`].
-#[derive(Debug, Clone, Copy)]
-pub struct RawFrame<'a> {
-    /// Layout of `data`.
-    pub format: PixelFormat,
-    /// Width in pixels (from the negotiated format; a JPEG's own header is authoritative).
-    pub width: u32,
-    /// Height in pixels.
-    pub height: u32,
-    /// Bytes per line for raw formats (0 for MJPEG).
-    pub stride: u32,
-    /// The frame's bytes.
-    pub data: &'a [u8],
-    /// Frame counter of the source, from 0 (gaps mean the source dropped frames).
-    pub sequence: u64,
-    /// When the frame was captured, on the source's clock (time since the source opened; for a
-    /// replay, the frame's place in the stream at its nominal rate).
-    pub timestamp: Duration,
+/// The camera section, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CameraConfig {
+    /// Replay files.
+    Replay(replay::ReplaySettings),
+    /// A V4L2 camera.
+    V4l2 {
+        /// Device node.
+        device: PathBuf,
+        /// Requested width.
+        width: u32,
+        /// Requested height.
+        height: u32,
+        /// Requested frame rate.
+        fps: f64,
+        /// Requested format.
+        format: CameraFormat,
+        /// Memory-mapped buffers.
+        buffers: u32,
+    },
 }
 
 /// Why no frame came.

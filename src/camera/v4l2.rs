@@ -133,11 +133,11 @@ impl V4l2Settings {
         width: u32,
         height: u32,
         fps: f64,
-        format: crate::config::CameraFormat,
+        format: super::CameraFormat,
         buffers: u32,
         frame_timeout: Duration,
     ) -> Self {
-        use crate::config::CameraFormat;
+        use super::CameraFormat;
         let mut s = V4l2Settings::new(device);
         s.width = width;
         s.height = height;

@@ -127,8 +127,8 @@ impl GpioSettings {
 
     /// The settings for a config's door section (`portier run`, `portier selftest`): its
     /// `[door.gpio]` lines and the door's wiring.
-    pub fn from_config(section: &crate::config::DoorSection) -> Result<Self, LinesConfigError> {
-        use crate::config::LineId;
+    pub fn from_config(section: &super::DoorSection) -> Result<Self, LinesConfigError> {
+        use super::LineId;
         let lines = section.gpio.as_ref().ok_or(LinesConfigError::Missing)?;
         let spec = |key: &'static str, id: &LineId| {
             let text = match id {

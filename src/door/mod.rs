@@ -25,6 +25,7 @@
 use std::time::Duration;
 
 use embedded_hal::digital::{InputPin, OutputPin, PinState};
+use serde::Deserialize;
 
 pub mod fake;
 #[cfg(feature = "gpio-cdev")]
@@ -32,6 +33,55 @@ pub mod gpio;
 pub mod relock;
 #[cfg(feature = "rppal")]
 pub mod rppal;
+
+/// Which door I/O backend drives the pins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum DoorBackend {
+    /// Logs relay changes; inputs idle (door closed, button released).
+    #[default]
+    Fake,
+    /// The Linux GPIO character device (feature `gpio-cdev`).
+    GpioCdev,
+    /// rppal (feature `rppal`).
+    Rppal,
+}
+
+/// GPIO lines of the door (by offset or by line name such as `GPIO17`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpioLines {
+    /// GPIO chip device (`/dev/gpiochip0`), or empty to find the lines by name on any chip.
+    #[serde(default)]
+    pub chip: String,
+    /// Relay output line.
+    pub relay: LineId,
+    /// Door contact input line.
+    pub contact: LineId,
+    /// Exit button input line.
+    pub exit_button: LineId,
+}
+
+/// A GPIO line: an offset on the chip or a line name.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum LineId {
+    /// Offset on the chip.
+    Offset(u32),
+    /// Line name (e.g. `GPIO17` on a Raspberry Pi).
+    Name(String),
+}
+
+/// The door section, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DoorSection {
+    /// Which backend.
+    pub backend: DoorBackend,
+    /// Timing and wiring.
+    pub door: DoorConfig,
+    /// Lines, required by the GPIO backends.
+    pub gpio: Option<GpioLines>,
+}
 
 /// An opened door: its controller, and the handle that drives the relay secure from a panic
 /// hook or a signal handler.
@@ -66,8 +116,7 @@ pub enum OpenError {
 /// opens the camera; a backend not built in is [`OpenError::NotBuilt`]).
 ///
 /// [`camera::open`]: crate::camera::open
-pub fn open(section: &crate::config::DoorSection) -> Result<OpenedDoor, OpenError> {
-    use crate::config::DoorBackend;
+pub fn open(section: &DoorSection) -> Result<OpenedDoor, OpenError> {
     match section.backend {
         DoorBackend::Fake => {
             log::info!("door: fake backend (relay changes are logged; door closed, no button)");
@@ -614,7 +663,7 @@ mod tests {
 
     #[test]
     fn open_gives_the_fake_door_and_names_the_key_or_the_feature_for_the_others() {
-        use crate::config::{DoorBackend, DoorSection, GpioLines, LineId};
+        use super::{DoorBackend, DoorSection, GpioLines, LineId};
         let section = |backend, gpio| DoorSection { backend, door: config(), gpio };
         let (door, emergency) = open(&section(DoorBackend::Fake, None)).unwrap();
         assert!(door.state().locked && !door.state().open);

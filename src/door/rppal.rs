@@ -45,8 +45,8 @@ pub struct RppalSettings {
 impl RppalSettings {
     /// Settings from the config's `[door]` table: `[door.gpio]`'s lines as BCM numbers; the
     /// error names the key.
-    pub fn from_config(section: &crate::config::DoorSection) -> Result<Self, String> {
-        use crate::config::LineId;
+    pub fn from_config(section: &super::DoorSection) -> Result<Self, String> {
+        use super::LineId;
         let lines =
             section.gpio.as_ref().ok_or("key `door.gpio`: required by this backend".to_owned())?;
         let pin = |key: &str, id: &LineId| match id {

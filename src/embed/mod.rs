@@ -13,6 +13,7 @@ pub mod npu;
 pub mod probe;
 pub mod reopen;
 
+use serde::Deserialize;
 use std::path::PathBuf;
 
 use crate::align::AlignedFace;
@@ -87,18 +88,106 @@ pub trait Embedder: Send {
     }
 }
 
+/// The `[npu]` section: the second recognizer, for close faces (see `route.rs`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NpuSection {
+    /// none | emulated (an INT8/A16W8 QDQ ONNX model on the CPU: routing without a Hailo) |
+    /// hailo (a HEF on the Hailo-8, feature `hailo`).
+    #[serde(default)]
+    pub backend: NpuBackend,
+    /// The model: a QDQ ONNX file (emulated) or a HEF (hailo).
+    pub model: Option<PathBuf>,
+    /// The embedding space's name (templates are kept per model); default: the file's stem.
+    pub id: Option<String>,
+    /// `libhailort.so` to load (hailo; default: `HAILORT_LIBRARY`, then the system's).
+    pub library: Option<PathBuf>,
+    /// hailo: open the Hailo-8 through HailoRT's multi-process service (`hailort_service`,
+    /// the `hailort.service` unit), so that several processes share it: `portier enroll` while
+    /// `portier run` holds the device. Every process that opens the device needs it, and the
+    /// service must run. Off: the first process holds the device exclusively.
+    #[serde(default)]
+    pub multi_process_service: bool,
+    /// The float32 ONNX parent of the NPU model (the same network before quantisation): `portier
+    /// npu check` runs it on the CPU and compares every embedding with the NPU's.
+    pub twin: Option<PathBuf>,
+    /// Channel order of the NPU model's input (a HEF: the order its calibration set was
+    /// written in, see `portier export-calib`); default: `[recognizer] channel_order`.
+    pub channel_order: Option<crate::infer::ChannelOrder>,
+    /// The NPU model's normalisation `(x - mean) / std`, per input channel in its channel order
+    /// (a HEF compiles it in with its model script's `normalization`; an emulated model and the
+    /// twin are run with it); default: `[recognizer] mean` and `std`.
+    pub mean: Option<[f32; 3]>,
+    /// See `mean`.
+    pub std: Option<[f32; 3]>,
+    /// The gallery-size rule's threshold rise per tenfold people for the NPU's model
+    /// (`[matching] fpir`; measured by `portier eval identify`).
+    pub threshold_rise_per_decade: Option<f32>,
+}
+
+/// NPU backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NpuBackend {
+    /// Every face on the CPU.
+    #[default]
+    None,
+    /// A quantised ONNX model run on the CPU, standing in for the NPU.
+    Emulated,
+    /// The Hailo-8.
+    Hailo,
+}
+
+impl NpuSection {
+    /// The NPU model's preprocessing: its channel order and normalisation (filled from
+    /// `[recognizer]` where the file leaves them out; ArcFace's RGB, 127.5 and 127.5 for a
+    /// section not read from a file).
+    pub fn preprocess(&self) -> crate::infer::Preprocess {
+        crate::infer::Preprocess {
+            order: self.channel_order.unwrap_or(crate::infer::ChannelOrder::Rgb),
+            mean: self.mean.unwrap_or([127.5; 3]),
+            std: self.std.unwrap_or([127.5; 3]),
+        }
+    }
+
+    /// The float32 twin `path` of the NPU model as a CPU recognizer: the NPU's preprocessing
+    /// (channel order, normalisation), no flip, as the NPU embeds.
+    pub fn twin_settings(&self, path: &std::path::Path) -> cpu::RecognizerSettings {
+        cpu::RecognizerSettings {
+            path: path.to_path_buf(),
+            model_id: "twin".into(),
+            preprocess: self.preprocess(),
+            flip: false,
+            session: Default::default(),
+        }
+    }
+
+    /// The NPU's model id, when an NPU is configured.
+    pub fn model_id(&self) -> Option<String> {
+        if self.backend == NpuBackend::None {
+            return None;
+        }
+        let model = self.model.as_ref()?;
+        Some(self.id.clone().unwrap_or_else(|| {
+            model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+        }))
+    }
+}
+
 /// Opens the NPU recognizer `[npu]` describes: `None` without one; an emulated NPU is the
 /// quantised ONNX model on the CPU; `hailo` needs the `hailo` feature.
-pub fn open_npu(config: &crate::config::Config) -> Result<Option<Box<dyn Embedder>>, EmbedError> {
-    use crate::config::NpuBackend;
-    let (Some(model), Some(id)) = (config.npu.model.as_ref(), config.npu.model_id()) else {
+pub fn open_npu(
+    npu: &NpuSection,
+    recognizer: &cpu::RecognizerSettings,
+) -> Result<Option<Box<dyn Embedder>>, EmbedError> {
+    let (Some(model), Some(id)) = (npu.model.as_ref(), npu.model_id()) else {
         return Ok(None);
     };
-    match config.npu.backend {
+    match npu.backend {
         NpuBackend::None => Ok(None),
         NpuBackend::Emulated => {
-            let mut settings = config.recognizer.emulating(&id, model);
-            settings.preprocess = config.npu.preprocess();
+            let mut settings = recognizer.emulating(&id, model);
+            settings.preprocess = npu.preprocess();
             Ok(Some(Box::new(cpu::CpuEmbedder::open(settings)?)))
         }
         #[cfg(feature = "hailo")]
@@ -108,10 +197,9 @@ pub fn open_npu(config: &crate::config::Config) -> Result<Option<Box<dyn Embedde
                 backend: "hailo",
                 source: Box::new(e),
             };
-            let runtime =
-                HailoRuntime::load(config.npu.library.as_deref()).map_err(device_error)?;
+            let runtime = HailoRuntime::load(npu.library.as_deref()).map_err(device_error)?;
             let options = DeviceOptions {
-                multi_process_service: config.npu.multi_process_service,
+                multi_process_service: npu.multi_process_service,
                 ..DeviceOptions::default()
             };
             let device = HailoDevice::open(&runtime, options).map_err(device_error)?;
@@ -121,7 +209,7 @@ pub fn open_npu(config: &crate::config::Config) -> Result<Option<Box<dyn Embedde
                 network: NetworkOptions::default(),
             };
             let hef = Box::new(npu::NpuEmbedder::open(&device, settings)?);
-            Ok(Some(in_channel_order(hef, config.npu.preprocess().order)))
+            Ok(Some(in_channel_order(hef, npu.preprocess().order)))
         }
         #[cfg(not(feature = "hailo"))]
         NpuBackend::Hailo => Err(EmbedError::Output {
@@ -136,9 +224,10 @@ pub fn open_npu(config: &crate::config::Config) -> Result<Option<Box<dyn Embedde
 /// with [`EmbedError::Degenerate`]. What `portier run` opens the NPU with, at start and on every
 /// reopen.
 pub fn open_npu_probed(
-    config: &crate::config::Config,
+    npu: &NpuSection,
+    recognizer: &cpu::RecognizerSettings,
 ) -> Result<Option<Box<dyn Embedder>>, EmbedError> {
-    let Some(mut embedder) = open_npu(config)? else { return Ok(None) };
+    let Some(mut embedder) = open_npu(npu, recognizer)? else { return Ok(None) };
     let report = probe::probe(embedder.as_mut())?;
     match report.degenerate {
         Some(reason) => {

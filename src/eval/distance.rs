@@ -333,7 +333,7 @@ impl Backends {
                     twin.display()
                 )))
             }
-            Some(twin) => (super::npu_check::twin_settings(config, twin), Some(&config.recognizer)),
+            Some(twin) => (config.npu.twin_settings(twin), Some(&config.recognizer)),
             None => (config.recognizer.clone(), None),
         };
         let mut names = vec!["float32".to_string()];
@@ -450,7 +450,7 @@ fn open_hef(config: &Config, name: &str, hef: &Path) -> Result<Box<dyn Embedder>
     npu.npu.backend = crate::config::NpuBackend::Hailo;
     npu.npu.model = Some(hef.to_path_buf());
     npu.npu.id = Some(name.to_string());
-    crate::embed::open_npu(&npu)?.ok_or_else(|| {
+    crate::embed::open_npu(&npu.npu, &npu.recognizer)?.ok_or_else(|| {
         DistanceError::Usage(format!("backend {name}={}: not opened", hef.display()))
     })
 }
@@ -1209,12 +1209,6 @@ pub fn command(config: &Config, args: &DistanceArgs) -> Result<DistanceReport, D
         println!("{text}");
     } else {
         print!("{}", table(&report));
-    }
-    if let Some(path) = &args.plot {
-        super::plot::identification_vs_size(&report, path)?;
-        if !args.json {
-            println!("plot: {}", path.display());
-        }
     }
     Ok(report)
 }

@@ -30,7 +30,7 @@ use super::metrics::{score_stats, ScoreStats};
 use super::verify::EvalError;
 use crate::align::{AlignedFace, CROP};
 use crate::config::Config;
-use crate::embed::cpu::{CpuEmbedder, RecognizerSettings};
+use crate::embed::cpu::CpuEmbedder;
 use crate::embed::probe::{probe, ProbeReport};
 use crate::embed::{cosine, dot, Embedder};
 
@@ -254,18 +254,6 @@ pub fn npu_threshold(config: &Config) -> f32 {
         .fold(f32::INFINITY, f32::min)
 }
 
-/// The float32 twin `path` of the NPU model as a CPU recognizer: the NPU's preprocessing
-/// (channel order, normalisation), no flip, as the NPU embeds.
-pub fn twin_settings(config: &Config, path: &Path) -> RecognizerSettings {
-    RecognizerSettings {
-        path: path.to_path_buf(),
-        model_id: "twin".into(),
-        preprocess: config.npu.preprocess(),
-        flip: false,
-        session: Default::default(),
-    }
-}
-
 /// Runs the check on the crops of `crops_dir`.
 pub fn check(config: &Config, crops_dir: &Path) -> Result<NpuCheckReport, DistanceError> {
     let crops = read_crops(crops_dir)?;
@@ -285,7 +273,7 @@ pub fn check(config: &Config, crops_dir: &Path) -> Result<NpuCheckReport, Distan
         crate::infer::init(o.library.as_deref(), o.intra_threads)?;
     }
     let model = config.npu.model.clone().unwrap_or_default();
-    let mut npu = crate::embed::open_npu(config)?.ok_or_else(|| {
+    let mut npu = crate::embed::open_npu(&config.npu, &config.recognizer)?.ok_or_else(|| {
         DistanceError::Usage(format!(
             "config {}: no NPU configured (`[npu] backend` and `model`)",
             config.source.display()
@@ -294,7 +282,7 @@ pub fn check(config: &Config, crops_dir: &Path) -> Result<NpuCheckReport, Distan
     let mut twin = match &twin_path {
         None => None,
         Some(path) => {
-            let twin = CpuEmbedder::open(twin_settings(config, path))?;
+            let twin = CpuEmbedder::open(config.npu.twin_settings(path))?;
             if twin.dim() != npu.dim() {
                 return Err(DistanceError::Usage(format!(
                     "npu.twin {} gives {}-d embeddings, the NPU model {}-d: not its parent",

@@ -2,21 +2,24 @@
 //! decoding of still photos and camera frames, and resampling into caller-owned buffers.
 //!
 //! Files: `mod.rs` the image types, photo decoding and the camera frame decoder; `jpeg.rs`
-//! libjpeg-turbo behind a strict error manager; `resize.rs` the exact (Pillow-identical)
-//! resampler with its scalar kernels and band split; `simd.rs` its AVX2/AVX-512 horizontal
-//! pass (x86_64).
+//! libjpeg-turbo behind a strict error manager; `taps.rs` the filter's fixed-point taps and
+//! the scalar horizontal pass; `resize.rs` the exact (Pillow-identical) resampler with its band
+//! split; `simd.rs` its AVX2/AVX-512 horizontal pass (x86_64).
 //!
 //! Must not: know about models, faces or devices. Everything here is pure pixel arithmetic (plus
 //! file decoding for the command-line tools).
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 mod jpeg;
 mod resize;
 #[cfg(target_arch = "x86_64")]
 mod simd;
+mod taps;
 
-pub use resize::{Filter, Planes, ResampleTaps, Resizer, RowConvert};
+pub use resize::{Planes, Resizer, RowConvert};
+pub use taps::{Filter, ResampleTaps};
 
 /// Errors from decoding or validating images.
 #[derive(Debug, thiserror::Error)]
@@ -246,7 +249,39 @@ fn decode_with_image_crate(bytes: &[u8], label: &Path) -> Result<RgbImage, Frame
     oriented(image::DynamicImage::from_decoder(decoder).map_err(decode_err)?, orientation)
 }
 
-/// Decodes camera frames ([`crate::camera::RawFrame`]: MJPEG or YUYV) into one reused RGB
+/// How a frame's bytes are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PixelFormat {
+    /// One JPEG image (baseline; the Huffman tables may be omitted, as UVC cameras do).
+    Mjpeg,
+    /// Packed YUV 4:2:2, Y0 U Y1 V (V4L2_PIX_FMT_YUYV), BT.601 limited range.
+    Yuyv,
+    /// Packed 8-bit RGB, `stride` bytes per line (replayed stills that are not JPEG).
+    Rgb24,
+}
+
+/// One frame as the source delivered it, borrowed until the next call to
+/// [`crate::camera::FrameSource::next_frame`].
+#[derive(Debug, Clone, Copy)]
+pub struct RawFrame<'a> {
+    /// Layout of `data`.
+    pub format: PixelFormat,
+    /// Width in pixels (from the negotiated format; a JPEG's own header is authoritative).
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// Bytes per line for raw formats (0 for MJPEG).
+    pub stride: u32,
+    /// The frame's bytes.
+    pub data: &'a [u8],
+    /// Frame counter of the source, from 0 (gaps mean the source dropped frames).
+    pub sequence: u64,
+    /// When the frame was captured, on the source's clock (time since the source opened; for a
+    /// replay, the frame's place in the stream at its nominal rate).
+    pub timestamp: Duration,
+}
+
+/// Decodes camera frames ([`RawFrame`]: MJPEG or YUYV) into one reused RGB
 /// buffer. Create one per stream: the JPEG decompressor and the output keep their memory.
 pub struct FrameDecoder {
     jpeg: jpeg::Decoder,
@@ -272,23 +307,19 @@ impl FrameDecoder {
 
     /// Decodes `frame` into `out`. A corrupt or truncated JPEG, a YUYV buffer shorter than its
     /// declared size, or an odd YUYV width is an error; `out` is then unspecified (but valid).
-    pub fn decode(
-        &mut self,
-        frame: &crate::camera::RawFrame<'_>,
-        out: &mut RgbImage,
-    ) -> Result<(), FrameError> {
+    pub fn decode(&mut self, frame: &RawFrame<'_>, out: &mut RgbImage) -> Result<(), FrameError> {
         const LABEL: &str = "camera frame";
         match frame.format {
-            crate::camera::PixelFormat::Mjpeg => {
+            PixelFormat::Mjpeg => {
                 // A replay does not know its frames' size (0x0): the header decides then.
                 let expected =
                     (frame.width > 0 && frame.height > 0).then_some((frame.width, frame.height));
                 self.jpeg.decode_into(frame.data, out, Path::new(LABEL), expected)
             }
-            crate::camera::PixelFormat::Yuyv => {
+            PixelFormat::Yuyv => {
                 yuyv_to_rgb(frame.data, frame.width, frame.height, frame.stride as usize, out)
             }
-            crate::camera::PixelFormat::Rgb24 => {
+            PixelFormat::Rgb24 => {
                 let (w, h) = (frame.width, frame.height);
                 let line = w as usize * 3;
                 let stride = (frame.stride as usize).max(line);
@@ -378,8 +409,8 @@ mod tests {
         image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 80)
             .encode(gradient(16, 8).as_bytes(), 16, 8, image::ExtendedColorType::Rgb8)
             .unwrap();
-        let frame = |width, height| crate::camera::RawFrame {
-            format: crate::camera::PixelFormat::Mjpeg,
+        let frame = |width, height| RawFrame {
+            format: PixelFormat::Mjpeg,
             width,
             height,
             stride: 0,
@@ -417,8 +448,8 @@ mod tests {
             pos += 2 + usize::from(u16::from_be_bytes([damaged[pos + 2], damaged[pos + 3]]));
         }
         assert_ne!(damaged, jpeg);
-        let frame = |data| crate::camera::RawFrame {
-            format: crate::camera::PixelFormat::Mjpeg,
+        let frame = |data| RawFrame {
+            format: PixelFormat::Mjpeg,
             width: 16,
             height: 16,
             stride: 0,

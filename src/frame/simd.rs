@@ -4,7 +4,7 @@
 
 use std::arch::x86_64::*;
 
-use super::resize::{horizontal_row, ResampleTaps, WEIGHT_BITS};
+use super::taps::{horizontal_row, ResampleTaps, WEIGHT_BITS};
 
 /// Byte shuffles gathering 8 interleaved RGB pixels into one channel's 8 16-bit lanes
 /// (0x80 writes zero): the first 16 bytes hold pixels 0..5 (r5 last), the next 8 bytes the

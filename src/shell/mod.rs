@@ -4,7 +4,7 @@
 //! [`crate::app::App::run`].
 //!
 //! Gallery work (reload, the enrol button's name check, storing a capture, "remove last") runs
-//! in order on one `gallery` worker thread ([`gallery`]); its outcome is the loop's next
+//! in order on one `gallery` worker thread (`shell/gallery.rs`); its outcome is the loop's next
 //! command.
 //!
 //! Must not: block (MQTT is a `try_send`, the display draws only on change into a memory

@@ -42,7 +42,7 @@ pub fn enroll(config: &Config, assets: &Path, people: &[(&str, &str)]) {
     let mut pipeline = Pipeline::open(config).unwrap();
     let mut gallery = Gallery::open(&config.gallery_path, &config.gallery_key_file).unwrap();
     // With an NPU configured, its templates too (as `portier enroll` does).
-    let mut npu = portier::embed::open_npu(config).unwrap();
+    let mut npu = portier::embed::open_npu(&config.npu, &config.recognizer).unwrap();
     for (name, photo) in people {
         let img = portier::frame::load_image(&assets.join("faces/full").join(photo)).unwrap();
         let faces = pipeline.faces(img.view(), Select::All, None).unwrap();
@@ -453,7 +453,7 @@ pub(crate) type Wrap<'a> =
 
 /// The NPU side for `config` (emulated), its embedder optionally wrapped.
 pub(crate) fn npu_parts(config: &Config, wrap: Option<Wrap<'_>>) -> Option<portier::app::NpuParts> {
-    let embedder = portier::embed::open_npu(config).unwrap()?;
+    let embedder = portier::embed::open_npu(&config.npu, &config.recognizer).unwrap()?;
     let embedder = match wrap {
         Some(w) => w(embedder),
         None => embedder,

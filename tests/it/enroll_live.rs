@@ -7,9 +7,8 @@ use std::time::Duration;
 
 use portier::camera::replay::{split_mjpeg, ReplaySettings, ReplaySource};
 use portier::config::Config;
-use portier::enroll_live::{
-    capture, command, Capture, EnrolError, EnrolSettings, LiveArgs, Refusal,
-};
+use portier::enroll_camera::{command, LiveArgs};
+use portier::enroll_live::{capture, Capture, EnrolError, EnrolSettings, Refusal};
 use portier::gallery::{EnrollMode, Gallery};
 use portier::pipeline::Pipeline;
 

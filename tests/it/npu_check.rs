@@ -283,12 +283,14 @@ fn enrolment_leaves_a_degenerate_npu_model_out() {
     let (_, mut config) = laptop_npu(dir.path(), &a);
     // `portier enroll` has opened its pipeline (and so ONNX Runtime) by then.
     portier::infer::init(None, 1).unwrap();
-    let healthy = portier::npu_state::open_for_enrolment(&config).unwrap();
+    let healthy = portier::npu_state::open_for_enrolment(&config.npu, &config.recognizer).unwrap();
     assert_eq!(healthy.map(|e| e.dim()), Some(512));
     let constant = dir.path().join("constant.onnx");
     common::constant_recognizer(&constant, 512);
     config.npu.model = Some(constant);
-    assert!(portier::npu_state::open_for_enrolment(&config).unwrap().is_none());
+    assert!(portier::npu_state::open_for_enrolment(&config.npu, &config.recognizer)
+        .unwrap()
+        .is_none());
 }
 
 /// The Pi's config names a twin the image installs only when its build names it: a configured
