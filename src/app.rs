@@ -35,6 +35,21 @@ use crate::track::{quality, TrackId, Tracker, TrackerConfig};
 /// How often the loop polls the door once a replay has ended (waiting for it to relock).
 const IDLE_POLL: Duration = Duration::from_millis(20);
 
+/// One face embedded and matched ([`App`]'s `embed_and_match`): the best two are indices of
+/// the CPU matcher's people, whichever backend embedded it.
+struct Embedded {
+    /// Norm of the embedding before normalisation.
+    norm: f32,
+    /// The backend that embedded it (`cpu`, `npu`).
+    backend: &'static str,
+    /// Whose thresholds judge it.
+    space: Space,
+    /// Best person and similarity.
+    best: Option<(usize, f32)>,
+    /// Second-best person and similarity.
+    second: Option<(usize, f32)>,
+}
+
 /// Loop settings (from the config file's `[tracker]`, `[decision]` and `[camera]` sections).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AppSettings {
@@ -880,7 +895,7 @@ impl App {
                 );
                 continue;
             }
-            let Some((norm, backend, space, best, second)) =
+            let Some(Embedded { norm, backend, space, best, second }) =
                 self.embed_and_match(q.eye_distance, now)
             else {
                 continue;
@@ -1014,12 +1029,7 @@ impl App {
     /// votes from both backends count for the same person, each judged by its own model's
     /// thresholds ([`Space`]). `None` when the face cannot be embedded or matched (counted,
     /// rate-limited warning).
-    #[allow(clippy::type_complexity)]
-    fn embed_and_match(
-        &mut self,
-        eye_px: f32,
-        now: Duration,
-    ) -> Option<(f32, &'static str, Space, Option<(usize, f32)>, Option<(usize, f32)>)> {
+    fn embed_and_match(&mut self, eye_px: f32, now: Duration) -> Option<Embedded> {
         if let Some(npu) = self.npu.as_mut().filter(|n| n.covers) {
             if npu.router.route(eye_px, now) == Route::Npu {
                 let result = npu.embedder.embed(&self.crop, &mut self.embedding);
@@ -1049,7 +1059,13 @@ impl App {
                                         self.matcher.index_of(id).map(|j| (j, sim))
                                     })
                                 };
-                                return Some((norm, "npu", Space::Npu, map(best), map(second)));
+                                return Some(Embedded {
+                                    norm,
+                                    backend: "npu",
+                                    space: Space::Npu,
+                                    best: map(best),
+                                    second: map(second),
+                                });
                             }
                             Err(e) => {
                                 self.counters.embed_errors += 1;
@@ -1076,7 +1092,9 @@ impl App {
         };
         self.counters.embeddings += 1;
         match self.matcher.best_two_indices(&self.embedding[..self.cpu_dim]) {
-            Ok((best, second)) => Some((norm, self.backend, Space::Cpu, best, second)),
+            Ok((best, second)) => {
+                Some(Embedded { norm, backend: self.backend, space: Space::Cpu, best, second })
+            }
             Err(e) => {
                 self.counters.embed_errors += 1;
                 if let Some(suppressed) = self.embed_log.allow(now) {

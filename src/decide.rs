@@ -243,10 +243,17 @@ impl FaceSize {
 /// What one embedding said, after the threshold and margin of its band.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Vote {
-    /// This person (gallery person index), the similarity, the face's live score (NaN when
-    /// not checked or the check failed to run), and whether the face was at or past the
-    /// approach gate.
-    Person(usize, f32, f32, bool),
+    /// A person.
+    Person {
+        /// Gallery person index.
+        person: usize,
+        /// The similarity.
+        similarity: f32,
+        /// The face's live score (NaN when not checked or the check failed to run).
+        live: f32,
+        /// The face was at or past the approach gate.
+        near: bool,
+    },
     /// Nobody.
     Nobody,
 }
@@ -330,8 +337,19 @@ pub struct Decider {
     tracks: Vec<TrackVotes>,
     /// Last grant time per person (bounded by the number of people seen granted).
     granted_at: Vec<(PersonId, Duration)>,
-    /// Per person in a window: (index, votes, similarity sum).
-    people: Vec<(usize, usize, f32)>,
+    /// Per person in a window (scratch of `vote`, kept to reuse its buffer).
+    people: Vec<Tally>,
+}
+
+/// One person's votes in a track's window.
+#[derive(Debug, Clone, Copy)]
+struct Tally {
+    /// Gallery person index.
+    person: usize,
+    /// Votes for them.
+    votes: usize,
+    /// Sum of those votes' similarities.
+    similarity_sum: f32,
 }
 
 impl Decider {
@@ -532,7 +550,9 @@ impl Decider {
         let eye_px = face.eye_px;
         let near = face.height_pct >= self.config.min_face_height_pct;
         let vote = match self.counts(space, best, second, eye_px) {
-            Some((p, s)) => Vote::Person(p, s, live.unwrap_or(f32::NAN), near),
+            Some((person, similarity)) => {
+                Vote::Person { person, similarity, live: live.unwrap_or(f32::NAN), near }
+            }
             None => Vote::Nobody,
         };
         let liveness = self.config.liveness;
@@ -558,7 +578,9 @@ impl Decider {
             // has a majority means the track now follows someone else.
             let still = t.votes[..t.len]
                 .iter()
-                .filter(|v| matches!(v, Vote::Person(p, ..) if Some(*p) == t.decided_as))
+                .filter(
+                    |v| matches!(v, Vote::Person { person, .. } if Some(*person) == t.decided_as),
+                )
                 .count();
             if t.len < window || still >= self.config.votes {
                 return None;
@@ -573,23 +595,27 @@ impl Decider {
         // Count votes per person in the window: identity from every vote, near or far.
         self.people.clear();
         for v in &t.votes[..t.len] {
-            if let Vote::Person(p, s, ..) = *v {
-                match self.people.iter_mut().find(|e| e.0 == p) {
+            if let Vote::Person { person, similarity, .. } = *v {
+                match self.people.iter_mut().find(|e| e.person == person) {
                     Some(e) => {
-                        e.1 += 1;
-                        e.2 += s;
+                        e.votes += 1;
+                        e.similarity_sum += similarity;
                     }
-                    None => self.people.push((p, 1, s)),
+                    None => {
+                        self.people.push(Tally { person, votes: 1, similarity_sum: similarity })
+                    }
                 }
             }
         }
-        let majority = self.people.iter().find(|e| e.1 >= self.config.votes).copied();
+        let majority = self.people.iter().find(|e| e.votes >= self.config.votes).copied();
         // The deciding face is this one: it must be near and vote for the majority's person.
         let deciding = match vote {
-            Vote::Person(p, ..) if near => Some(p),
+            Vote::Person { person, .. } if near => Some(person),
             _ => None,
         };
-        if let Some((p, n, sum)) = majority.filter(|m| deciding == Some(m.0)) {
+        if let Some(Tally { person: p, votes: n, similarity_sum: sum }) =
+            majority.filter(|m| deciding == Some(m.person))
+        {
             let mut live_mean = f32::NAN;
             if let Some(policy) = liveness {
                 let c = confirming(t, window, p, self.config.votes, policy.threshold);
@@ -689,7 +715,7 @@ fn confirming(
     let mut c = Confirming::default();
     for back in 1..=t.len {
         let slot = (t.next + window - back) % window;
-        if let Vote::Person(p, _, live, true) = t.votes[slot] {
+        if let Vote::Person { person: p, live, near: true, .. } = t.votes[slot] {
             if p != person {
                 continue;
             }
