@@ -1369,9 +1369,9 @@ impl App {
             }
             let outcome = if ended {
                 self.poll_door(now);
-                if real_time {
-                    std::thread::sleep(IDLE_POLL);
-                }
+                // Unpaced, the clip's clock runs on without waiting; a short pause still keeps
+                // a door that never relocks (a failing pin) from spinning a core.
+                std::thread::sleep(if real_time { IDLE_POLL } else { Duration::from_micros(200) });
                 StepOutcome::NoFrame
             } else {
                 match self.step(now) {

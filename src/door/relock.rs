@@ -279,6 +279,11 @@ pub struct RelockGuard {
     /// Set by the stop signals' handler: from then on unlocks are refused (the handler has
     /// secured the relay; the loop may still be finishing a step that would grant).
     stopping: Option<Arc<AtomicBool>>,
+    /// The door's end of the release at the last call (the loop's clock).
+    synced_end: Option<Duration>,
+    /// The deadline follows the loop's clock even when it runs slower than real time (the
+    /// fake relay only: see [`RelockGuard::following_the_loop_clock`]).
+    follows_loop_clock: bool,
 }
 
 impl std::fmt::Debug for RelockGuard {
@@ -304,7 +309,27 @@ impl RelockGuard {
             .name("relock-guard".into())
             .spawn(move || watch(&guard, emergency.as_ref()))
             .map_err(RelockError::Thread)?;
-        Ok(Self { inner, shared, margin, thread: Some(thread), stopping: None })
+        Ok(Self {
+            inner,
+            shared,
+            margin,
+            thread: Some(thread),
+            stopping: None,
+            synced_end: None,
+            follows_loop_clock: false,
+        })
+    }
+
+    /// Lets a release's deadline follow the loop's clock while it runs slower than real time:
+    /// for the fake (logged) relay only, which holds no door, so that a replay, which runs on
+    /// the clip's clock, gives the same decisions on a machine too slow for the clip. A
+    /// stalled loop (no call at all) is still caught. Without it (every real relay), the
+    /// deadline of a release never moves later until the release itself is extended: the
+    /// strike is secured `pulse + margin` in real time after its last extension, whatever the
+    /// loop's clock says.
+    pub fn following_the_loop_clock(mut self) -> Self {
+        self.follows_loop_clock = true;
+        self
     }
 
     /// Refuses every unlock once `stop` is set ([`DoorError::Stopping`]).
@@ -356,14 +381,27 @@ impl RelockGuard {
     /// After a call: disarms once the door is locked; while a release runs, re-arms from the
     /// door's own end of it (`now` is the loop's clock at the call), so an extension (another
     /// grant, the exit button) moves the deadline with it.
-    fn sync(&self, now: Duration) {
+    ///
+    /// A release whose end has not moved since the last call keeps the earlier of its two
+    /// deadlines (unless [`RelockGuard::following_the_loop_clock`]): a loop whose clock runs
+    /// slower than real time (a replay on a machine too slow for it) cannot stretch it.
+    fn sync(&mut self, now: Duration) {
+        let end = self.inner.relock_due();
         let mut due = self.shared.due.lock().unwrap_or_else(PoisonError::into_inner);
-        *due = match self.inner.relock_due() {
+        let computed = match end {
             None if self.inner.state().locked => None,
             // Unlocked with no end (a failed relock the next poll retries): due now.
             None => Some(Instant::now() + self.margin),
             Some(end) => Some(Instant::now() + end.saturating_sub(now) + self.margin),
         };
+        let same_release = end.is_some() && end == self.synced_end;
+        *due = match (computed, *due) {
+            (Some(new), Some(old)) if same_release && !self.follows_loop_clock => {
+                Some(new.min(old))
+            }
+            (new, _) => new,
+        };
+        self.synced_end = end;
         self.shared.wake.notify_one();
     }
 }
@@ -501,6 +539,41 @@ mod tests {
         let secure = level.load(Ordering::SeqCst);
         let guarded = RelockGuard::new(Box::new(door), emergency, GUARD_MARGIN).unwrap();
         (guarded, config, level, secure)
+    }
+
+    /// A loop whose clock runs at a third of real time (a replay on a machine too slow for
+    /// it) polls on and on: a real relay is secured by the guard about `pulse + margin` after
+    /// the release in real time; the fake one, following the loop's clock, is not.
+    #[test]
+    fn a_slow_loop_clock_cannot_stretch_a_release_of_a_real_relay() {
+        for follow in [false, true] {
+            let (guarded, config, level, secure) = guarded_door();
+            let mut guarded = if follow { guarded.following_the_loop_clock() } else { guarded };
+            let start = Instant::now();
+            let slow = || start.elapsed() / 3;
+            guarded.unlock(UnlockReason::Remote, slow()).unwrap();
+            let mut events = Vec::new();
+            let mut secured_at = None;
+            loop {
+                if secured_at.is_none() && level.load(Ordering::SeqCst) == secure {
+                    secured_at = Some(start.elapsed());
+                }
+                if guarded.state().locked || start.elapsed() >= config.pulse * 6 {
+                    break;
+                }
+                guarded.poll(slow(), &mut events).unwrap();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if follow {
+                assert_eq!(guarded.fired(), 0, "the fake relay follows the loop's clock");
+                assert!(start.elapsed() >= config.pulse * 3 - Duration::from_millis(20));
+            } else {
+                let at = secured_at.expect("secured by the guard");
+                assert_eq!(guarded.fired(), 1);
+                assert!(at < config.pulse + GUARD_MARGIN * 3, "secured after {at:?}");
+                assert!(guarded.state().locked);
+            }
+        }
     }
 
     #[test]

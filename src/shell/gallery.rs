@@ -17,7 +17,9 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
 
 use crate::app::RemoteCommand;
 use crate::enroll_live::Capture;
@@ -161,8 +163,10 @@ impl Site {
 pub(super) struct Worker {
     jobs: SyncSender<Job>,
     done: Receiver<Done>,
-    /// A reload is queued and not yet done: another one is merged into it.
-    reload_queued: bool,
+    /// A reload is queued and has not started yet: another one is merged into it. The worker
+    /// clears it as it starts the read, so a reload asked for after that is queued anew (it
+    /// must see changes the running read may have missed).
+    reload_pending: Arc<AtomicBool>,
 }
 
 impl Worker {
@@ -175,8 +179,13 @@ impl Worker {
     fn spawn_with(run: impl Fn(Job) -> Done + Send + 'static) -> std::io::Result<Worker> {
         let (jobs, job_rx) = mpsc::sync_channel::<Job>(QUEUE);
         let (done_tx, done) = mpsc::channel();
+        let reload_pending = Arc::new(AtomicBool::new(false));
+        let pending = Arc::clone(&reload_pending);
         std::thread::Builder::new().name("gallery".to_owned()).spawn(move || {
             while let Ok(job) = job_rx.recv() {
+                if matches!(job, Job::Reload) {
+                    pending.store(false, Ordering::SeqCst);
+                }
                 let kind = Kind::of(&job);
                 // The gallery's code does not panic but for a bug; if it does, the job fails
                 // (the panic hook has logged it and secured the door) and the next one runs.
@@ -187,33 +196,31 @@ impl Worker {
                 }
             }
         })?;
-        Ok(Worker { jobs, done, reload_queued: false })
+        Ok(Worker { jobs, done, reload_pending })
     }
 
     /// Queues `job`; `Err` says why it will not run (the queue is full, the thread is gone).
-    /// A reload while another is queued is merged into it (`Ok`, nothing queued).
+    /// A reload while another is queued and not started is merged into it (`Ok`, nothing
+    /// queued).
     pub(super) fn send(&mut self, job: Job) -> Result<(), SendError> {
         let reload = matches!(job, Job::Reload);
-        if reload && self.reload_queued {
+        if reload && self.reload_pending.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
-        match self.jobs.try_send(job) {
-            Ok(()) => {
-                self.reload_queued |= reload;
-                Ok(())
+        self.jobs.try_send(job).map_err(|e| {
+            if reload {
+                self.reload_pending.store(false, Ordering::SeqCst);
             }
-            Err(TrySendError::Full(_)) => Err(SendError::Busy),
-            Err(TrySendError::Disconnected(_)) => Err(SendError::Gone),
-        }
+            match e {
+                TrySendError::Full(_) => SendError::Busy,
+                TrySendError::Disconnected(_) => SendError::Gone,
+            }
+        })
     }
 
     /// The next outcome, if one is ready.
     pub(super) fn try_done(&mut self) -> Option<Done> {
-        let done = self.done.try_recv().ok()?;
-        if matches!(done, Done::Reloaded(_)) {
-            self.reload_queued = false;
-        }
-        Some(done)
+        self.done.try_recv().ok()
     }
 }
 
@@ -316,10 +323,11 @@ impl Enrolments {
     }
 
     /// The name check of `ticket` came back refused: whether to report it (false when the
-    /// enrolment is over or reported already).
+    /// enrolment is over or reported already, and when its capture is being stored: the
+    /// store checks the name again and its outcome is the one reported).
     pub(super) fn refused(&mut self, ticket: Ticket) -> bool {
         match self.entries.iter_mut().find(|e| e.ticket == ticket) {
-            Some(e) if !e.reported => {
+            Some(e) if !e.reported && !e.captured => {
                 e.reported = true;
                 true
             }
@@ -462,10 +470,22 @@ mod tests {
         for t in 1..QUEUE as u64 {
             assert!(matches!(recv(&mut worker), Done::NameChecked(got, _, Ok(())) if got == t));
         }
-        // Once the reload is done, the next one is queued again.
+        // Once the reload has started, the next one is queued again.
         worker.send(Job::Reload).unwrap();
         release_tx.send(()).unwrap();
         assert!(matches!(recv(&mut worker), Done::Reloaded(_)));
+        // A reload asked for while one runs (started, not done) is queued, not merged: the
+        // running read may have missed the change that asked for it.
+        worker.send(Job::Reload).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        worker.send(Job::Reload).unwrap();
+        worker.send(Job::Reload).unwrap(); // merged into the second, which has not started
+        release_tx.send(()).unwrap();
+        release_tx.send(()).unwrap();
+        assert!(matches!(recv(&mut worker), Done::Reloaded(_)));
+        assert!(matches!(recv(&mut worker), Done::Reloaded(_)));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(worker.try_done().is_none(), "two reloads ran, not three");
     }
 
     #[test]
@@ -484,12 +504,12 @@ mod tests {
         assert_eq!(book.captured("Ada", true), Captured::Store(t2));
         assert!(book.stored(t2), "its outcome is reported");
         assert_eq!(book.len(), 0);
-        // The capture finishes before its name check comes back refused: the store's refusal
-        // is the one reported, the check's is not.
+        // The capture finishes before its name check comes back refused: the store's outcome
+        // (it checks the name again) is the one reported, the check's is not.
         let t3 = book.start("Grace");
         assert_eq!(book.captured("Grace", true), Captured::Store(t3));
-        assert!(book.refused(t3));
-        assert!(!book.stored(t3), "reported with the check");
+        assert!(!book.refused(t3), "the store reports");
+        assert!(book.stored(t3), "reported with the store");
         assert_eq!(book.len(), 0);
         // A capture that fails is reported; a check that comes back after it is not.
         let t4 = book.start("Linus");

@@ -285,6 +285,14 @@ impl Shell {
         self.system(SystemEvent::EnrolFailed { person: name.to_owned(), reason: failed });
     }
 
+    /// A `reload_gallery` command that did not give the loop new templates: logged, and
+    /// reported as a refused command (Home Assistant's "last refused command").
+    fn reload_refused(&self, reason: &str, detail: String) {
+        log::error!("gallery reload refused: {detail}");
+        let reason = reason.to_owned();
+        self.system(SystemEvent::CommandRefused { reason, detail });
+    }
+
     /// Removes the person last enrolled from the running service (on the gallery's worker).
     fn remove_last(&mut self) {
         // Taken now, so a second press while the first runs does not remove anyone else; put
@@ -346,7 +354,7 @@ impl Shell {
             }
             Done::Reloaded(Ok(m)) => Some(m),
             Done::Reloaded(Err(e)) => {
-                log::error!("gallery reload refused: {e}");
+                self.reload_refused("reload_failed", e);
                 None
             }
             Done::Removed(name, removed, matchers) => {
@@ -476,7 +484,7 @@ impl Hooks for Shell {
                 // The gallery's jobs give the loop their command when done (above).
                 Action::ReloadGallery => {
                     if let Err(e) = self.gallery_job(Job::Reload) {
-                        log::error!("gallery reload refused: {e}");
+                        self.reload_refused("gallery_busy", e);
                     }
                     None
                 }
