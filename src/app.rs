@@ -21,7 +21,7 @@ use crate::align::{align_face, AlignedFace};
 use crate::camera::{CameraError, FrameSource, SourceClock};
 use crate::decide::{Decider, DecisionConfig, FaceSize, Space, Verdict};
 use crate::detect::far::FarScan;
-use crate::detect::{Detection, Detector};
+use crate::detect::{keep_most_confident, Detection, Detector, Faces, MAX_FACES};
 use crate::door::{DoorControl, DoorError, DoorEvent, UnlockReason};
 use crate::embed::{Embedder, MAX_DIM};
 use crate::enroll_live::{LiveEnrolment, Progress};
@@ -30,7 +30,7 @@ use crate::gallery::{Matcher, PersonId, Storage};
 use crate::liveness::LivenessCheck;
 use crate::route::{NpuEvent, Route, Router};
 use crate::service::Notifier;
-use crate::track::{quality, TrackId, Tracker, TrackerConfig};
+use crate::track::{quality, Assignment, Ended, TrackId, Tracker, TrackerConfig, MAX_TRACKS};
 
 /// How often the loop polls the door once a replay has ended (waiting for it to relock).
 const IDLE_POLL: Duration = Duration::from_millis(20);
@@ -260,6 +260,9 @@ pub struct Counters {
     pub far_faces: u64,
     /// Frames whose far-face pass failed (their whole-frame faces were still used).
     pub far_errors: u64,
+    /// Faces left out of their frame beyond the [`MAX_FACES`] a frame carries (the least
+    /// confident; not in `faces`).
+    pub faces_over_bound: u64,
 }
 
 impl std::fmt::Display for Counters {
@@ -289,7 +292,11 @@ impl std::fmt::Display for Counters {
             self.door_errors,
             self.far_faces,
             self.far_errors
-        )
+        )?;
+        if self.faces_over_bound > 0 {
+            write!(f, ", faces over the frame bound {}", self.faces_over_bound)?;
+        }
+        Ok(())
     }
 }
 
@@ -416,12 +423,15 @@ pub struct App {
     decoder: FrameDecoder,
     frame: RgbImage,
     detector: Detector,
-    detections: Vec<Detection>,
+    /// Everything the detector (and the far-face pass) found in this frame: its buffer.
+    found: Vec<Detection>,
+    /// This frame's faces: `found`, or its most confident [`MAX_FACES`].
+    faces: Faces,
     /// The far-face pass (`[detector] far_faces`).
     far: Option<FarScan>,
     tracker: Tracker,
-    assignment: Vec<Option<TrackId>>,
-    ended: Vec<TrackId>,
+    assignment: Assignment,
+    ended: Ended,
     embedder: Box<dyn Embedder>,
     backend: &'static str,
     cpu_dim: usize,
@@ -434,8 +444,9 @@ pub struct App {
     door_events: Vec<DoorEvent>,
     events: Vec<AppEvent>,
     counters: Counters,
-    /// (last vote, detection index) of this frame's embedding candidates.
-    candidates: Vec<(Duration, usize)>,
+    /// (last vote, face index) of this frame's embedding candidates; the first
+    /// `max_embeds_per_frame` (at most [`MAX_FACES`]) are embedded.
+    candidates: heapless::Vec<(Duration, usize), MAX_FACES>,
     camera_lost: bool,
     last_frame_at: Duration,
     /// The frame time before `last_frame_at`: a track last seen before it missed a frame.
@@ -443,10 +454,12 @@ pub struct App {
     /// Embeddings made on the previous frame: the far-face pass yields to a spent budget.
     previous_embeddings: usize,
     /// While the door is unlocked for a face: the tracks that were in view at the grant.
-    grant_witnesses: Vec<TrackId>,
+    grant_witnesses: heapless::Vec<TrackId, MAX_TRACKS>,
     grant_open: bool,
     corrupt_log: RateLimit,
     detect_log: RateLimit,
+    /// Frames with more faces than [`MAX_FACES`].
+    crowd_log: RateLimit,
     door_log: RateLimit,
     embed_log: RateLimit,
     liveness: Option<Box<dyn LivenessCheck>>,
@@ -561,9 +574,7 @@ impl App {
     /// Assembles the loop; buffers are sized here, once.
     pub fn new(settings: AppSettings, parts: Parts) -> Result<Self, AppError> {
         let storage = settings.storage;
-        let max_tracks = settings.tracker.max_tracks;
-        let decider =
-            Decider::new(settings.decision.clone(), max_tracks).map_err(AppError::Config)?;
+        let decider = Decider::new(settings.decision.clone()).map_err(AppError::Config)?;
         if settings.decision.liveness.is_some() && parts.liveness.is_none() {
             return Err(AppError::Config(
                 "liveness is on in the decision settings but no liveness check was given".into(),
@@ -603,9 +614,10 @@ impl App {
             frame: RgbImage::new(0, 0),
             far: parts.detector.settings().far.map(FarScan::new),
             detector: parts.detector,
-            detections: Vec::with_capacity(64),
-            assignment: Vec::with_capacity(64),
-            ended: Vec::with_capacity(max_tracks),
+            found: Vec::with_capacity(256),
+            faces: Faces::new(),
+            assignment: Assignment::new(),
+            ended: Ended::new(),
             embedder: parts.embedder,
             backend: parts.backend,
             cpu_dim,
@@ -618,15 +630,16 @@ impl App {
             door_events: Vec::with_capacity(8),
             events,
             counters: Counters::default(),
-            candidates: Vec::with_capacity(64),
+            candidates: heapless::Vec::new(),
             camera_lost: false,
             last_frame_at: Duration::ZERO,
             previous_frame_at: Duration::ZERO,
             previous_embeddings: 0,
-            grant_witnesses: Vec::with_capacity(max_tracks),
+            grant_witnesses: heapless::Vec::new(),
             grant_open: false,
             corrupt_log: RateLimit::default(),
             detect_log: RateLimit::default(),
+            crowd_log: RateLimit::default(),
             door_log: RateLimit::default(),
             embed_log: RateLimit::default(),
             liveness: parts.liveness,
@@ -818,7 +831,7 @@ impl App {
     fn process_frame(&mut self, sequence: u64, now: Duration) -> Result<usize, AppError> {
         let t0 = Instant::now();
         let embeddings_before = self.counters.embeddings;
-        if let Err(e) = self.detector.detect(self.frame.view(), &mut self.detections) {
+        if let Err(e) = self.detector.detect(self.frame.view(), &mut self.found) {
             // A model failure on one frame: count it like a bad frame and go on.
             self.counters.corrupt_frames += 1;
             if let Some(suppressed) = self.corrupt_log.allow(now) {
@@ -833,12 +846,23 @@ impl App {
                 log::warn!("far-face pass failed on frame {sequence}: {e} ({suppressed} more)");
             }
         }
+        let over = keep_most_confident(&mut self.found, &mut self.faces);
+        if over > 0 {
+            self.counters.faces_over_bound += over as u64;
+            if let Some(suppressed) = self.crowd_log.allow(now) {
+                log::warn!(
+                    "frame {sequence}: {} faces, more than the {MAX_FACES} a frame carries: the \
+                     {over} least confident are left out ({suppressed} such frames since the last)",
+                    self.found.len()
+                );
+            }
+        }
         let t1 = Instant::now();
-        let faces = self.detections.len();
+        let faces = self.faces.len();
         self.counters.faces += faces as u64;
         if let Some((_, live, good)) = &mut self.enrolment {
             if let Progress::Watching { good: g, .. } =
-                live.offer(self.frame.view(), &self.detections, now)
+                live.offer(self.frame.view(), &self.faces, now)
             {
                 *good = g;
             }
@@ -846,7 +870,7 @@ impl App {
                 self.finish_enrolment();
             }
         }
-        self.tracker.update(&self.detections, now, &mut self.assignment, &mut self.ended);
+        self.tracker.update(&self.faces, now, &mut self.assignment, &mut self.ended);
         self.decider.end_tracks(&self.ended);
         let t2 = Instant::now();
         self.last_stages.detect = t1 - t0;
@@ -856,7 +880,7 @@ impl App {
         self.candidates.clear();
         self.step_closer = false;
         let frame_h = self.frame.height().max(1) as f32;
-        for (i, det) in self.detections.iter().enumerate() {
+        for (i, det) in self.faces.iter().enumerate() {
             let Some(track) = self.assignment[i] else { continue };
             let confirmed = self.tracker.get(track).is_some_and(|t| t.confirmed);
             if confirmed && !self.decider.granted(track) {
@@ -868,7 +892,8 @@ impl App {
                 && self.decider.wants(track, now)
                 && det.eye_distance() >= self.settings.min_eye_px
             {
-                self.candidates.push((self.decider.last_vote(track), i));
+                // Cannot fail: one candidate per face.
+                let _ = self.candidates.push((self.decider.last_vote(track), i));
             }
         }
         self.candidates.sort_unstable_by_key(|c| c.0);
@@ -876,7 +901,7 @@ impl App {
 
         for c in 0..self.candidates.len() {
             let i = self.candidates[c].1;
-            let det = self.detections[i];
+            let det = self.faces[i];
             let Some(track) = self.assignment[i] else { continue };
             if align_face(self.frame.view(), &det.kps, &mut self.crop).is_none() {
                 continue;
@@ -952,7 +977,7 @@ impl App {
         Ok(faces)
     }
 
-    /// The far-face pass of this frame, its faces merged into `detections`: on every other
+    /// The far-face pass of this frame, its faces merged into `found`: on every other
     /// frame a window around the small track that has gone unseen longest (one the whole-frame
     /// pass is losing: it missed the previous frame), else the next tile of the rotation. Not
     /// after a frame that spent the whole embedding budget.
@@ -982,9 +1007,9 @@ impl App {
                     })
             })
             .flatten();
-        let before = self.detections.len();
-        far.pass(&mut self.detector, self.frame.view(), around, &mut self.detections)?;
-        self.counters.far_faces += self.detections.len().saturating_sub(before) as u64;
+        let before = self.found.len();
+        far.pass(&mut self.detector, self.frame.view(), around, &mut self.found)?;
+        self.counters.far_faces += self.found.len().saturating_sub(before) as u64;
         Ok(())
     }
 
@@ -1135,7 +1160,8 @@ impl App {
                 self.grant_witnesses.clear();
                 for t in self.tracker.tracks() {
                     if t.last_seen == now {
-                        self.grant_witnesses.push(t.id);
+                        // Cannot fail: one per live track.
+                        let _ = self.grant_witnesses.push(t.id);
                     }
                 }
                 self.events.push(AppEvent::Granted {

@@ -10,11 +10,12 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::detect::far::{self, FarSettings};
-use crate::detect::{DetectorKind, DetectorSettings};
+use crate::detect::{DetectorKind, DetectorSettings, MAX_FACES};
 use crate::embed::cpu::RecognizerSettings;
 use crate::frame::Filter;
 use crate::gallery::MatchPolicy;
 use crate::infer::{ChannelOrder, Optimization, Preprocess, SessionOptions};
+use crate::track::MAX_TRACKS;
 
 // The stages' settings types, parsed and validated here (config.rs imports them; they import
 // nothing from config.rs).
@@ -1100,10 +1101,10 @@ fn app_settings(
         app.min_quality = v;
     }
     if let Some(v) = d.max_embeds_per_frame {
-        if !(1..=64).contains(&v) {
+        if !(1..=MAX_FACES).contains(&v) {
             return Err(invalid(
                 "decision.max_embeds_per_frame",
-                format!("must be in 1..=64, got {v}"),
+                format!("must be in 1..={MAX_FACES}, got {v}"),
             ));
         }
         app.max_embeds_per_frame = v;
@@ -1122,8 +1123,11 @@ fn app_settings(
         app.tracker.max_age = Duration::from_millis(v);
     }
     if let Some(v) = t.max_tracks {
-        if !(1..=256).contains(&v) {
-            return Err(invalid("tracker.max_tracks", format!("must be in 1..=256, got {v}")));
+        if !(1..=MAX_TRACKS).contains(&v) {
+            return Err(invalid(
+                "tracker.max_tracks",
+                format!("must be in 1..={MAX_TRACKS}, got {v}"),
+            ));
         }
         app.tracker.max_tracks = v;
     }

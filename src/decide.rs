@@ -20,12 +20,13 @@
 //! (the person leaves the view and comes back as a new track to try again).
 //!
 //! Must not: read clocks, run models, or allocate per vote: per-track state lives in a fixed
-//! ring of `MAX_WINDOW` votes in a vector sized for the tracker's `max_tracks` once.
+//! ring of `MAX_WINDOW` votes, in a fixed-capacity table of [`MAX_TRACKS`] tracks (the
+//! tracker's bound; a vote that finds the table full is dropped and logged, never a grant).
 
 use std::time::Duration;
 
 use crate::gallery::PersonId;
-use crate::track::TrackId;
+use crate::track::{TrackId, MAX_TRACKS};
 
 /// Longest vote window.
 pub const MAX_WINDOW: usize = 16;
@@ -334,11 +335,12 @@ pub struct Decider {
     config: DecisionConfig,
     /// What the gallery-size rule adds to the bands, per [`Space`] (CPU, NPU).
     lift: [f32; 2],
-    tracks: Vec<TrackVotes>,
+    /// Boxed: 64 tracks of 16 votes, about 30 KiB, allocated once.
+    tracks: Box<heapless::Vec<TrackVotes, MAX_TRACKS>>,
     /// Last grant time per person (bounded by the number of people seen granted).
     granted_at: Vec<(PersonId, Duration)>,
-    /// Per person in a window (scratch of `vote`, kept to reuse its buffer).
-    people: Vec<Tally>,
+    /// Per person in a window (scratch of `vote`): a window names at most `MAX_WINDOW`.
+    people: heapless::Vec<Tally, MAX_WINDOW>,
 }
 
 /// One person's votes in a track's window.
@@ -353,17 +355,34 @@ struct Tally {
 }
 
 impl Decider {
-    /// A decider for up to `max_tracks` live tracks (more are accepted, at the cost of an
-    /// allocation).
-    pub fn new(config: DecisionConfig, max_tracks: usize) -> Result<Self, String> {
+    /// A decider with no votes, for up to [`MAX_TRACKS`] live tracks.
+    pub fn new(config: DecisionConfig) -> Result<Self, String> {
         config.validate()?;
         Ok(Self {
             config,
             lift: [0.0; 2],
-            tracks: Vec::with_capacity(max_tracks),
+            tracks: Box::default(),
             granted_at: Vec::with_capacity(64),
-            people: Vec::with_capacity(MAX_WINDOW),
+            people: heapless::Vec::new(),
         })
+    }
+
+    /// The table index of `track`, a fresh entry if it has none; `None` when the table is full
+    /// (more live tracks than the tracker keeps: cannot happen while the loop ends the tracks
+    /// the tracker ends, and if it does the vote is dropped, never granted).
+    fn slot(&mut self, track: TrackId) -> Option<usize> {
+        if let Some(i) = self.tracks.iter().position(|t| t.track == track) {
+            return Some(i);
+        }
+        match self.tracks.push(Self::fresh(track)) {
+            Ok(()) => Some(self.tracks.len() - 1),
+            Err(_) => {
+                log::warn!(
+                    "track {track}: {MAX_TRACKS} tracks already hold votes; this vote is dropped"
+                );
+                None
+            }
+        }
     }
 
     /// The settings.
@@ -465,19 +484,12 @@ impl Decider {
 
     /// Marks `track` as reported for tailgating; true the first time.
     pub fn report_tailgate(&mut self, track: TrackId) -> bool {
-        match self.tracks.iter_mut().find(|t| t.track == track) {
-            Some(t) if !t.tailgate_reported => {
-                t.tailgate_reported = true;
-                true
-            }
-            Some(_) => false,
-            None => {
-                let mut t = Self::fresh(track);
-                t.tailgate_reported = true;
-                self.tracks.push(t);
-                true
-            }
-        }
+        // A full table (see `slot`): reported, if again on the next frame.
+        let Some(i) = self.slot(track) else { return true };
+        let t = &mut self.tracks[i];
+        let first = !t.tailgate_reported;
+        t.tailgate_reported = true;
+        first
     }
 
     /// Whether `track` was granted.
@@ -556,13 +568,7 @@ impl Decider {
             None => Vote::Nobody,
         };
         let liveness = self.config.liveness;
-        let slot = match self.tracks.iter().position(|t| t.track == track) {
-            Some(i) => i,
-            None => {
-                self.tracks.push(Self::fresh(track));
-                self.tracks.len() - 1
-            }
-        };
+        let slot = self.slot(track)?;
         let window = self.config.window;
         let t = &mut self.tracks[slot];
         if t.spoofed {
@@ -602,7 +608,12 @@ impl Decider {
                         e.similarity_sum += similarity;
                     }
                     None => {
-                        self.people.push(Tally { person, votes: 1, similarity_sum: similarity })
+                        // Cannot fail: a window of at most MAX_WINDOW votes.
+                        let _ = self.people.push(Tally {
+                            person,
+                            votes: 1,
+                            similarity_sum: similarity,
+                        });
                     }
                 }
             }
@@ -746,7 +757,7 @@ mod tests {
             SizeBand { min_eye_px: 0.0, threshold: 0.5 },
             SizeBand { min_eye_px: 30.0, threshold: 0.4 },
         ];
-        Decider::new(c, 8).unwrap()
+        Decider::new(c).unwrap()
     }
 
     fn id(i: usize) -> PersonId {
@@ -759,7 +770,7 @@ mod tests {
         let mut c = DecisionConfig::single(0.3, 0.05);
         c.gallery =
             Some(GalleryRule { fpir: 0.01, bands_far: 1e-3, cpu_rise: 0.05, npu_rise: 0.04 });
-        let mut d = Decider::new(c, 4).unwrap();
+        let mut d = Decider::new(c).unwrap();
         let mut last = 0.0;
         for (n, cpu, npu) in [
             (0, 0.3, 0.3),
@@ -776,9 +787,32 @@ mod tests {
             last = t;
         }
         // Without a rule the people do not matter.
-        let mut plain = Decider::new(DecisionConfig::single(0.3, 0.05), 4).unwrap();
+        let mut plain = Decider::new(DecisionConfig::single(0.3, 0.05)).unwrap();
         plain.set_people(100_000, 100_000);
         assert_eq!(plain.threshold(Space::Cpu, 50.0), 0.3);
+    }
+
+    /// A vote of a track beyond the table's bound is dropped: it never grants; ending a track
+    /// makes room again.
+    #[test]
+    fn a_full_vote_table_drops_the_vote_and_never_grants() {
+        let mut c = DecisionConfig::single(0.4, 0.05);
+        (c.votes, c.window) = (1, 1);
+        let mut d = Decider::new(c).unwrap();
+        let yes = Some((0, 0.9));
+        for t in 0..MAX_TRACKS as TrackId {
+            // Votes for nobody: the tracks hold slots, reported unknown.
+            let v = d.vote(t, None, None, FaceSize::eyes(40.0), id, S);
+            assert!(matches!(v, Some(Verdict::Unknown { .. })), "{v:?}");
+        }
+        let extra = MAX_TRACKS as TrackId;
+        assert_eq!(d.vote(extra, yes, None, FaceSize::eyes(40.0), id, S), None);
+        assert!(!d.granted(extra));
+        d.end_tracks(&[0]);
+        assert!(matches!(
+            d.vote(extra, yes, None, FaceSize::eyes(40.0), id, S),
+            Some(Verdict::Granted { .. })
+        ));
     }
 
     #[test]
@@ -918,7 +952,7 @@ mod tests {
     fn a_far_face_is_granted_only_once_close_enough() {
         let mut c = DecisionConfig::single(0.4, 0.05);
         c.min_face_height_pct = 20.0;
-        let mut d = Decider::new(c, 4).unwrap();
+        let mut d = Decider::new(c).unwrap();
         let far = FaceSize { eye_px: 40.0, height_pct: 15.0 };
         let near = FaceSize { eye_px: 40.0, height_pct: 30.0 };
         for _ in 0..6 {
@@ -933,7 +967,7 @@ mod tests {
     fn live_decider(passes: usize) -> Decider {
         let mut c = DecisionConfig::single(0.4, 0.05);
         c.liveness = Some(LivenessPolicy { threshold: 0.5, passes });
-        Decider::new(c, 4).unwrap()
+        Decider::new(c).unwrap()
     }
 
     #[test]
@@ -996,7 +1030,7 @@ mod tests {
             c.window = 5;
             c.min_face_height_pct = 20.0;
             c.liveness = Some(LivenessPolicy { threshold: 0.5, passes: 2 });
-            Decider::new(c, 4).unwrap()
+            Decider::new(c).unwrap()
         };
         // [0.9, 0.1, 0.1, 0.9, 0.1], only the last face near: refused (mean 0.42).
         let mut d = decider();
@@ -1056,7 +1090,7 @@ mod tests {
         let impostor = Some((0, 0.446));
         let face = FaceSize::eyes(50.0);
         // Three CPU embeddings (the NPU is down): refused, reported unknown.
-        let mut d = Decider::new(c.clone(), 4).unwrap();
+        let mut d = Decider::new(c.clone()).unwrap();
         let mut verdicts = Vec::new();
         for _ in 0..5 {
             verdicts.extend(d.vote_in(Space::Cpu, 1, impostor, None, face, None, id, S));
@@ -1064,7 +1098,7 @@ mod tests {
         assert!(verdicts.iter().all(|v| !matches!(v, Verdict::Granted { .. })), "{verdicts:?}");
         assert!(matches!(verdicts[..], [Verdict::Unknown { .. }]), "{verdicts:?}");
         // The same similarities from the NPU's model are votes (its scale is lower).
-        let mut d = Decider::new(c.clone(), 4).unwrap();
+        let mut d = Decider::new(c.clone()).unwrap();
         let mut v = None;
         for _ in 0..3 {
             v = d.vote_in(Space::Npu, 2, impostor, None, face, None, id, S);

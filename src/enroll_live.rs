@@ -29,11 +29,11 @@ use std::time::{Duration, Instant};
 
 use crate::align::{align_face, AlignedFace};
 use crate::camera::{CameraError, FrameSource};
-use crate::detect::{DetectError, Detection, Detector};
+use crate::detect::{keep_most_confident, DetectError, Detection, Detector, Faces, MAX_FACES};
 use crate::embed::{dot, EmbedError, Embedder};
 use crate::frame::{FrameDecoder, ImageView, RgbImage};
 use crate::gallery::{EnrollMode, Gallery, GalleryError, Matcher, PersonId};
-use crate::track::{quality, Quality, TrackId, Tracker, TrackerConfig};
+use crate::track::{quality, Assignment, Ended, Quality, TrackId, Tracker, TrackerConfig};
 
 /// Templates kept by default.
 pub const DEFAULT_TEMPLATES: usize = 5;
@@ -357,8 +357,8 @@ impl Capture {
 pub struct LiveEnrolment {
     settings: EnrolSettings,
     tracker: Tracker,
-    assignment: Vec<Option<TrackId>>,
-    ended: Vec<TrackId>,
+    assignment: Assignment,
+    ended: Ended,
     started: Option<Duration>,
     /// First frame offered while waiting for a close face ([`EnrolSettings::wait_for_face`]).
     waiting_since: Option<Duration>,
@@ -393,8 +393,8 @@ impl LiveEnrolment {
         let slots = settings.templates * SLOTS_PER_TEMPLATE;
         Ok(Self {
             tracker: Tracker::new(settings.tracker),
-            assignment: Vec::with_capacity(16),
-            ended: Vec::with_capacity(settings.tracker.max_tracks),
+            assignment: Assignment::new(),
+            ended: Ended::new(),
             settings,
             started: None,
             waiting_since: None,
@@ -418,12 +418,7 @@ impl LiveEnrolment {
     /// Feeds one frame and its detections (best first, frame coordinates) at frame time `now`
     /// (monotonic, the frame's timestamp). The first frame starts the capture; a frame at or
     /// after `duration` ends it without being used.
-    pub fn offer(
-        &mut self,
-        frame: ImageView<'_>,
-        detections: &[Detection],
-        now: Duration,
-    ) -> Progress {
+    pub fn offer(&mut self, frame: ImageView<'_>, detections: &Faces, now: Duration) -> Progress {
         if let Some(r) = &self.refusal {
             return Progress::Refused(r.clone());
         }
@@ -716,7 +711,7 @@ pub fn capture(
     let mut live = LiveEnrolment::new(settings)?;
     let mut decoder = FrameDecoder::new();
     let mut image = RgbImage::new(0, 0);
-    let mut detections = Vec::with_capacity(32);
+    let (mut found, mut detections) = (Vec::with_capacity(256), Faces::new());
     let mut corrupt = 0u64;
     let mut last_frame = Instant::now();
     while !live.is_over() {
@@ -738,7 +733,14 @@ pub fn capture(
             }
             continue;
         }
-        detector.detect(image.view(), &mut detections)?;
+        detector.detect(image.view(), &mut found)?;
+        let over = keep_most_confident(&mut found, &mut detections);
+        if over > 0 {
+            log::warn!(
+                "enrolment: frame {}: {over} faces beyond {MAX_FACES} left out",
+                raw.sequence
+            );
+        }
         if let Progress::Refused(_) = live.offer(image.view(), &detections, now) {
             break;
         }
@@ -753,6 +755,10 @@ pub fn capture(
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    fn fs(d: &[Detection]) -> Faces {
+        Faces::from_slice(d).unwrap()
+    }
     use crate::align::ARCFACE_TEMPLATE;
 
     fn slot(score: f32) -> Option<Slot> {
@@ -814,8 +820,8 @@ mod tests {
     fn two_people_in_view_refuse_and_stay_refused() {
         let img = checker_frame();
         let mut live = LiveEnrolment::new(settings()).unwrap();
-        let one = [face(100.0, 100.0, 200.0)];
-        let two = [face(100.0, 100.0, 200.0), face(400.0, 100.0, 150.0)];
+        let one = fs(&[face(100.0, 100.0, 200.0)]);
+        let two = fs(&[face(100.0, 100.0, 200.0), face(400.0, 100.0, 150.0)]);
         for i in 0..5 {
             let p = live.offer(img.view(), &one, FRAME * i);
             assert!(matches!(p, Progress::Watching { .. }), "{p:?}");
@@ -835,20 +841,20 @@ mod tests {
         let remote = EnrolSettings { wait_for_face: Some(Duration::from_secs(10)), ..settings() };
         let mut live = LiveEnrolment::new(remote).unwrap();
         // Two faces far away (eye distance about 19 px): waiting, the capture has not begun.
-        let far = [face(50.0, 50.0, 60.0), face(400.0, 50.0, 60.0)];
+        let far = fs(&[face(50.0, 50.0, 60.0), face(400.0, 50.0, 60.0)]);
         for i in 0..20 {
             let p = live.offer(img.view(), &far, FRAME * i);
             assert_eq!(p, Progress::Watching { elapsed: Duration::ZERO, good: 0, in_view: 0 });
         }
         // One close face (about 63 px): the capture begins there.
-        let close = [face(200.0, 100.0, 200.0)];
+        let close = fs(&[face(200.0, 100.0, 200.0)]);
         for i in 20..22 {
             let p = live.offer(img.view(), &close, FRAME * i);
             assert!(matches!(p, Progress::Watching { .. }), "{p:?}");
         }
         // A passer-by next to them before enough faces: the capture starts again (nothing
         // kept), it is not refused.
-        let two = [face(200.0, 100.0, 200.0), face(450.0, 100.0, 150.0)];
+        let two = fs(&[face(200.0, 100.0, 200.0), face(450.0, 100.0, 150.0)]);
         live.offer(img.view(), &two, FRAME * 22);
         let p = live.offer(img.view(), &two, FRAME * 23);
         assert_eq!(p, Progress::Watching { elapsed: Duration::ZERO, good: 0, in_view: 2 });
@@ -896,13 +902,13 @@ mod tests {
         let img = checker_frame();
         let mut live = LiveEnrolment::new(settings()).unwrap();
         // Small: eye distance 35.2 * 80 / 112 = 25 px.
-        live.offer(img.view(), &[face(100.0, 100.0, 80.0)], Duration::ZERO);
-        live.offer(img.view(), &[face(100.0, 100.0, 80.0)], FRAME);
+        live.offer(img.view(), &fs(&[face(100.0, 100.0, 80.0)]), Duration::ZERO);
+        live.offer(img.view(), &fs(&[face(100.0, 100.0, 80.0)]), FRAME);
         assert_eq!(live.rejected.small, 1, "the first frame is not confirmed yet");
         // Cut by the right edge.
         let mut l2 = LiveEnrolment::new(settings()).unwrap();
         for i in 0..3 {
-            l2.offer(img.view(), &[face(500.0, 100.0, 200.0)], FRAME * i);
+            l2.offer(img.view(), &fs(&[face(500.0, 100.0, 200.0)]), FRAME * i);
         }
         assert_eq!(l2.rejected.cut, 2);
         // Turned: the nose over an eye.
@@ -910,16 +916,16 @@ mod tests {
         turned.kps[2][0] = turned.kps[0][0];
         let mut l3 = LiveEnrolment::new(settings()).unwrap();
         for i in 0..3 {
-            l3.offer(img.view(), &[turned], FRAME * i);
+            l3.offer(img.view(), &fs(&[turned]), FRAME * i);
         }
         assert_eq!(l3.rejected.turned, 2);
         // Good faces fill slots until the time is up.
         let mut l4 = LiveEnrolment::new(settings()).unwrap();
         for i in 0..50 {
-            let p = l4.offer(img.view(), &[face(100.0, 100.0, 200.0)], FRAME * i);
+            let p = l4.offer(img.view(), &fs(&[face(100.0, 100.0, 200.0)]), FRAME * i);
             assert!(matches!(p, Progress::Watching { .. }), "{i}: {p:?}");
         }
-        assert_eq!(l4.offer(img.view(), &[], FRAME * 50), Progress::Done);
+        assert_eq!(l4.offer(img.view(), &fs(&[]), FRAME * 50), Progress::Done);
         assert_eq!(l4.slots.iter().filter(|s| s.is_some()).count(), 15);
         assert_eq!(l4.rejected, Rejections::default());
     }

@@ -15,9 +15,7 @@ use crate::config::ConfigError;
 use crate::detect::DetectError;
 use crate::embed::EmbedError;
 use crate::enroll_live::EnrolError;
-use crate::eval::distance::DistanceError;
-use crate::eval::liveness::LivenessEvalError;
-use crate::eval::verify::EvalError;
+use crate::eval::EvalError;
 use crate::gallery::GalleryError;
 use crate::infer::InferError;
 use crate::liveness::LivenessError;
@@ -144,8 +142,14 @@ impl From<&GalleryError> for Exit {
 impl From<&EvalError> for Exit {
     fn from(e: &EvalError) -> Exit {
         match e {
-            EvalError::Pipeline(p) => p.into(),
-            _ => Exit::DataErr,
+            EvalError::Runtime(i) => i.into(),
+            EvalError::Detect(d) => d.into(),
+            EvalError::Embed(m) => m.into(),
+            EvalError::Liveness(l) => l.into(),
+            EvalError::Input { .. } | EvalError::Calibration(_) => Exit::DataErr,
+            EvalError::Usage(_) => Exit::Usage,
+            EvalError::NoLivenessSection(_) | EvalError::Routing { .. } => Exit::Config,
+            EvalError::Write { .. } => Exit::CantCreate,
         }
     }
 }
@@ -163,34 +167,6 @@ impl From<&EnrolError> for Exit {
             EnrolError::Camera(crate::camera::CameraError::Open { .. }) => Exit::NoInput,
             EnrolError::Camera(_) => Exit::Unavailable,
             EnrolError::GalleryFolder { .. } => Exit::CantCreate,
-        }
-    }
-}
-
-impl From<&DistanceError> for Exit {
-    fn from(e: &DistanceError) -> Exit {
-        match e {
-            DistanceError::Runtime(i) => i.into(),
-            DistanceError::Detect(d) => d.into(),
-            DistanceError::Embed(m) => m.into(),
-            // The models opened, then failed on a photo: an internal error.
-            DistanceError::Input(EvalError::Pipeline(_)) => Exit::Software,
-            DistanceError::Input(_) | DistanceError::Calibration(_) => Exit::DataErr,
-            DistanceError::Usage(_) => Exit::Usage,
-            DistanceError::Routing { .. } => Exit::Config,
-            DistanceError::Write { .. } => Exit::CantCreate,
-        }
-    }
-}
-
-impl From<&LivenessEvalError> for Exit {
-    fn from(e: &LivenessEvalError) -> Exit {
-        match e {
-            LivenessEvalError::NoSection(_) => Exit::Config,
-            LivenessEvalError::Input { .. } => Exit::DataErr,
-            LivenessEvalError::Runtime(i) => i.into(),
-            LivenessEvalError::Detect(d) => d.into(),
-            LivenessEvalError::Liveness(l) => l.into(),
         }
     }
 }
@@ -242,13 +218,13 @@ mod tests {
             Exit::from(&PipelineError::Embed(EmbedError::Infer(missing()))),
             Exit::from(&EnrolError::Detect(DetectError::Infer(missing()))),
             Exit::from(&EnrolError::Runtime(missing())),
-            Exit::from(&DistanceError::Embed(EmbedError::Infer(missing()))),
-            Exit::from(&LivenessEvalError::Runtime(missing())),
-            Exit::from(&LivenessEvalError::Liveness(LivenessError::Infer(missing()))),
-            Exit::from(&EvalError::Pipeline(PipelineError::Runtime(missing()))),
+            Exit::from(&EvalError::Embed(EmbedError::Infer(missing()))),
+            Exit::from(&EvalError::Runtime(missing())),
+            Exit::from(&EvalError::Liveness(LivenessError::Infer(missing()))),
+            Exit::from(&EvalError::from(PipelineError::Runtime(missing()))),
         ];
         assert!(wrapped.iter().all(|&e| e == Exit::NoInput), "{wrapped:?}");
         assert_eq!(Exit::from(&EnrolError::Usage("x".into())), Exit::Usage);
-        assert_eq!(Exit::from(&LivenessEvalError::NoSection(PathBuf::new())), Exit::Config);
+        assert_eq!(Exit::from(&EvalError::NoLivenessSection(PathBuf::new())), Exit::Config);
     }
 }

@@ -53,10 +53,8 @@ failure_from!(
     ConfigError,
     GalleryError,
     PipelineError,
-    verify::EvalError,
     portier::enroll_live::EnrolError,
-    distance::DistanceError,
-    portier::eval::liveness::LivenessEvalError,
+    portier::eval::EvalError,
     portier::liveness::LivenessError,
 );
 

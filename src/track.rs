@@ -3,18 +3,32 @@
 //! track keeps its best-quality face so the recognizer embeds good crops, and tracks end after a
 //! configurable time unseen.
 //!
-//! Must not: allocate per frame after warm-up (all buffers live in [`Tracker`], sized for
-//! `max_tracks` up front; the caller owns the output vectors), read clocks (the caller passes
-//! the frame time), or run models (quality comes from landmarks, the detector score and the
-//! aligned crop's pixels).
+//! Must not: allocate (every table is a fixed-capacity `heapless` vector, bounded by
+//! [`MAX_TRACKS`] tracks and [`MAX_FACES`] faces a frame; the caller owns the output vectors),
+//! read clocks (the caller passes the frame time), or run models (quality comes from
+//! landmarks, the detector score and the aligned crop's pixels).
 
 use std::time::Duration;
 
 use crate::align::{AlignedFace, CROP};
-use crate::detect::{iou, Detection, Landmarks};
+use crate::detect::{iou, Detection, Faces, Landmarks, MAX_FACES};
 
 /// Identifier of a track: increasing from 1, never reused within one [`Tracker`].
 pub type TrackId = u64;
+
+/// The most tracks live at once: `[tracker] max_tracks` is at most this (a door's camera
+/// follows a handful of people; a crowd past 64 faces is counted, not followed).
+pub const MAX_TRACKS: usize = 64;
+
+/// The tracks that ended in a frame.
+pub type Ended = heapless::Vec<TrackId, MAX_TRACKS>;
+
+/// For each of a frame's faces (same index), the track it was assigned to, `None` when it was
+/// dropped because `max_tracks` tracks were live.
+pub type Assignment = heapless::Vec<Option<TrackId>, MAX_FACES>;
+
+/// Candidate (track, face) pairs of one frame.
+const MAX_PAIRS: usize = MAX_TRACKS * MAX_FACES;
 
 /// Settings of the tracker.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -24,8 +38,8 @@ pub struct TrackerConfig {
     pub iou_min: f32,
     /// A track unseen for longer than this ends (e.g. 1 s).
     pub max_age: Duration,
-    /// Most live tracks at once (e.g. 16); detections that would start more are ignored and
-    /// counted in [`Tracker::dropped_detections`].
+    /// Most live tracks at once (e.g. 16, at most [`MAX_TRACKS`]); detections that would start
+    /// more are ignored and counted in [`Tracker::dropped_detections`].
     pub max_tracks: usize,
     /// Frames a track must be seen in before it is confirmed (e.g. 2).
     pub min_hits: u32,
@@ -186,37 +200,34 @@ pub struct Track {
 /// Weight of a new velocity measurement in the exponential smoothing of [`Track::velocity`].
 const VELOCITY_ALPHA: f32 = 0.6;
 
-/// Detections per frame the association buffers are sized for up front; more make them grow
-/// once (warm-up), never shrink.
-const EXPECTED_DETECTIONS: usize = 32;
-
-/// Multi-face tracker. Buffers are preallocated for `max_tracks` tracks.
+/// Multi-face tracker: fixed-capacity tables, [`MAX_TRACKS`] tracks.
 #[derive(Debug)]
 pub struct Tracker {
     config: TrackerConfig,
-    tracks: Vec<Track>,
+    tracks: heapless::Vec<Track, MAX_TRACKS>,
     next_id: TrackId,
     dropped: u64,
     /// Predicted box per track (index-parallel to `tracks`).
-    predicted: Vec<[f32; 4]>,
+    predicted: heapless::Vec<[f32; 4], MAX_TRACKS>,
     /// Whether the track at this index was matched this frame.
-    track_matched: Vec<bool>,
-    /// Candidate pairs `(iou, track index, detection index)`.
-    pairs: Vec<(f32, usize, usize)>,
+    track_matched: [bool; MAX_TRACKS],
+    /// Candidate pairs `(iou, track index, detection index)` (boxed: 48 KiB, allocated once).
+    pairs: Box<heapless::Vec<(f32, usize, usize), MAX_PAIRS>>,
 }
 
 impl Tracker {
-    /// A tracker with no tracks.
-    pub fn new(config: TrackerConfig) -> Tracker {
-        let n = config.max_tracks;
+    /// A tracker with no tracks; `config.max_tracks` is capped at [`MAX_TRACKS`] (the config
+    /// refuses more).
+    pub fn new(mut config: TrackerConfig) -> Tracker {
+        config.max_tracks = config.max_tracks.min(MAX_TRACKS);
         Tracker {
             config,
-            tracks: Vec::with_capacity(n),
+            tracks: heapless::Vec::new(),
             next_id: 1,
             dropped: 0,
-            predicted: Vec::with_capacity(n),
-            track_matched: Vec::with_capacity(n),
-            pairs: Vec::with_capacity(n.saturating_mul(EXPECTED_DETECTIONS)),
+            predicted: heapless::Vec::new(),
+            track_matched: [false; MAX_TRACKS],
+            pairs: Box::default(),
         }
     }
 
@@ -240,31 +251,35 @@ impl Tracker {
     /// clock.
     pub fn update(
         &mut self,
-        detections: &[Detection],
+        detections: &Faces,
         now: Duration,
-        assignment: &mut Vec<Option<TrackId>>,
-        ended: &mut Vec<TrackId>,
+        assignment: &mut Assignment,
+        ended: &mut Ended,
     ) {
         ended.clear();
         let max_age = self.config.max_age;
         for t in &self.tracks {
             if now.saturating_sub(t.last_seen) > max_age {
-                ended.push(t.id);
+                // Cannot fail: `ended` holds as many as `tracks`.
+                let _ = ended.push(t.id);
             }
         }
         self.tracks.retain(|t| now.saturating_sub(t.last_seen) <= max_age);
 
         self.predicted.clear();
-        self.predicted.extend(self.tracks.iter().map(|t| predict(t, now)));
-        self.track_matched.clear();
-        self.track_matched.resize(self.tracks.len(), false);
+        for t in &self.tracks {
+            // Cannot fail: index-parallel to `tracks`, same capacity.
+            let _ = self.predicted.push(predict(t, now));
+        }
+        self.track_matched = [false; MAX_TRACKS];
 
         self.pairs.clear();
         for (ti, p) in self.predicted.iter().enumerate() {
             for (di, d) in detections.iter().enumerate() {
                 let v = iou(p, &d.bbox);
                 if v >= self.config.iou_min && v > 0.0 {
-                    self.pairs.push((v, ti, di));
+                    // Cannot fail: at most MAX_TRACKS x MAX_FACES pairs.
+                    let _ = self.pairs.push((v, ti, di));
                 }
             }
         }
@@ -273,8 +288,9 @@ impl Tracker {
             .sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
 
         assignment.clear();
-        assignment.resize(detections.len(), None);
-        for &(_, ti, di) in &self.pairs {
+        // Cannot fail: one entry per face, as many as `Faces` holds.
+        let _ = assignment.resize(detections.len(), None);
+        for &(_, ti, di) in self.pairs.iter() {
             if self.track_matched[ti] || assignment[di].is_some() {
                 continue;
             }
@@ -294,7 +310,8 @@ impl Tracker {
             }
             let id = self.next_id;
             self.next_id += 1;
-            self.tracks.push(Track {
+            // Cannot fail: fewer than max_tracks <= MAX_TRACKS are live.
+            let _ = self.tracks.push(Track {
                 id,
                 bbox: det.bbox,
                 velocity: [0.0; 2],
@@ -376,6 +393,10 @@ fn observe(t: &mut Track, det: &Detection, now: Duration, min_hits: u32) {
 mod tests {
     use super::*;
 
+    fn fs(d: &[Detection]) -> Faces {
+        Faces::from_slice(d).unwrap()
+    }
+
     const FRAME: Duration = Duration::from_millis(100);
 
     fn config() -> TrackerConfig {
@@ -406,10 +427,10 @@ mod tests {
     #[test]
     fn moving_face_keeps_id_and_velocity() {
         let mut tr = Tracker::new(config());
-        let (mut asg, mut ended) = (Vec::new(), Vec::new());
+        let (mut asg, mut ended) = (Assignment::new(), Ended::new());
         let mut id = None;
         for i in 0..20 {
-            tr.update(&[face(10.0 * i as f32, 50.0, 60.0)], at(i), &mut asg, &mut ended);
+            tr.update(&fs(&[face(10.0 * i as f32, 50.0, 60.0)]), at(i), &mut asg, &mut ended);
             assert!(ended.is_empty());
             assert_eq!(asg.len(), 1);
             let got = asg[0].unwrap();
@@ -438,17 +459,17 @@ mod tests {
         assert!(swaps);
 
         let mut tr = Tracker::new(config());
-        let (mut asg, mut ended) = (Vec::new(), Vec::new());
-        tr.update(&[a(0), b(0)], at(0), &mut asg, &mut ended);
+        let (mut asg, mut ended) = (Assignment::new(), Ended::new());
+        tr.update(&fs(&[a(0), b(0)]), at(0), &mut asg, &mut ended);
         let (ia, ib) = (asg[0].unwrap(), asg[1].unwrap());
         assert_ne!(ia, ib);
         for i in 1..30 {
             // Alternate the order so index order cannot help.
             if i & 1 == 0 {
-                tr.update(&[a(i), b(i)], at(i), &mut asg, &mut ended);
+                tr.update(&fs(&[a(i), b(i)]), at(i), &mut asg, &mut ended);
                 assert_eq!(asg, [Some(ia), Some(ib)], "frame {i}");
             } else {
-                tr.update(&[b(i), a(i)], at(i), &mut asg, &mut ended);
+                tr.update(&fs(&[b(i), a(i)]), at(i), &mut asg, &mut ended);
                 assert_eq!(asg, [Some(ib), Some(ia)], "frame {i}");
             }
             assert!(ended.is_empty());
@@ -459,27 +480,27 @@ mod tests {
     #[test]
     fn short_gap_keeps_id_long_gap_ends() {
         let mut tr = Tracker::new(config());
-        let (mut asg, mut ended) = (Vec::new(), Vec::new());
+        let (mut asg, mut ended) = (Assignment::new(), Ended::new());
         let f = face(100.0, 100.0, 80.0);
         for i in 0..5 {
-            tr.update(&[f], at(i), &mut asg, &mut ended);
+            tr.update(&fs(&[f]), at(i), &mut asg, &mut ended);
         }
         let id = asg[0].unwrap();
         // Gone for 0.7 s (< 1 s).
         for i in 5..12 {
-            tr.update(&[], at(i), &mut asg, &mut ended);
+            tr.update(&fs(&[]), at(i), &mut asg, &mut ended);
             assert!(ended.is_empty());
             assert!(asg.is_empty());
         }
-        tr.update(&[f], at(12), &mut asg, &mut ended);
+        tr.update(&fs(&[f]), at(12), &mut asg, &mut ended);
         assert_eq!(asg, [Some(id)]);
         // Gone for 1.5 s (> 1 s): the old track ends once, the face comes back as a new id.
         let mut all_ended = Vec::new();
         for i in 13..27 {
-            tr.update(&[], at(i), &mut asg, &mut ended);
+            tr.update(&fs(&[]), at(i), &mut asg, &mut ended);
             all_ended.extend_from_slice(&ended);
         }
-        tr.update(&[f], at(27), &mut asg, &mut ended);
+        tr.update(&fs(&[f]), at(27), &mut asg, &mut ended);
         all_ended.extend_from_slice(&ended);
         assert_eq!(all_ended, [id]);
         let new = asg[0].unwrap();
@@ -492,20 +513,20 @@ mod tests {
     fn max_tracks_and_dropped_count_ids_never_reused() {
         let cfg = TrackerConfig { max_tracks: 3, ..config() };
         let mut tr = Tracker::new(cfg);
-        let (mut asg, mut ended) = (Vec::new(), Vec::new());
+        let (mut asg, mut ended) = (Assignment::new(), Ended::new());
         let dets: Vec<_> = (0..5).map(|i| face(100.0 * i as f32, 0.0, 50.0)).collect();
-        tr.update(&dets, at(0), &mut asg, &mut ended);
+        tr.update(&fs(&dets), at(0), &mut asg, &mut ended);
         assert_eq!(asg, [Some(1), Some(2), Some(3), None, None]);
         assert_eq!(tr.dropped_detections(), 2);
         assert_eq!(tr.tracks().len(), 3);
-        tr.update(&dets, at(1), &mut asg, &mut ended);
+        tr.update(&fs(&dets), at(1), &mut asg, &mut ended);
         assert_eq!(asg, [Some(1), Some(2), Some(3), None, None]);
         assert_eq!(tr.dropped_detections(), 4);
         // Everything ends; the same faces come back with fresh ids.
-        tr.update(&[], at(20), &mut asg, &mut ended);
+        tr.update(&fs(&[]), at(20), &mut asg, &mut ended);
         assert_eq!(ended, [1, 2, 3]);
         assert!(tr.tracks().is_empty());
-        tr.update(&dets[..2], at(21), &mut asg, &mut ended);
+        tr.update(&fs(&dets[..2]), at(21), &mut asg, &mut ended);
         assert_eq!(asg, [Some(4), Some(5)]);
         assert!(ended.is_empty());
         assert_eq!(tr.dropped_detections(), 4);
@@ -515,16 +536,16 @@ mod tests {
     fn confirmed_after_min_hits() {
         let cfg = TrackerConfig { min_hits: 3, ..config() };
         let mut tr = Tracker::new(cfg);
-        let (mut asg, mut ended) = (Vec::new(), Vec::new());
+        let (mut asg, mut ended) = (Assignment::new(), Ended::new());
         let f = face(0.0, 0.0, 50.0);
         for i in 0..5 {
-            tr.update(&[f], at(i), &mut asg, &mut ended);
+            tr.update(&fs(&[f]), at(i), &mut asg, &mut ended);
             let t = tr.get(asg[0].unwrap()).unwrap();
             assert_eq!(t.hits, i + 1);
             assert_eq!(t.confirmed, i + 1 >= 3, "after {} hits", i + 1);
         }
         // A missed frame does not unconfirm.
-        tr.update(&[], at(5), &mut asg, &mut ended);
+        tr.update(&fs(&[]), at(5), &mut asg, &mut ended);
         assert!(tr.tracks()[0].confirmed);
     }
 
@@ -621,19 +642,19 @@ mod tests {
     #[test]
     fn best_quality_kept() {
         let mut tr = Tracker::new(config());
-        let (mut asg, mut ended) = (Vec::new(), Vec::new());
+        let (mut asg, mut ended) = (Assignment::new(), Ended::new());
         let d0 = face(0.0, 0.0, 100.0);
-        tr.update(&[d0], at(0), &mut asg, &mut ended);
+        tr.update(&fs(&[d0]), at(0), &mut asg, &mut ended);
         let id = asg[0].unwrap();
         assert!(tr.get(id).unwrap().best.is_none());
         let q = |score| Quality { score, ..quality(&d0, None) };
         tr.offer(id, &d0, q(0.6));
         let d1 = face(2.0, 0.0, 100.0);
-        tr.update(&[d1], at(1), &mut asg, &mut ended);
+        tr.update(&fs(&[d1]), at(1), &mut asg, &mut ended);
         tr.offer(id, &d1, q(0.4));
         assert_eq!(tr.get(id).unwrap().best, Some((d0, q(0.6))));
         let d2 = face(4.0, 0.0, 100.0);
-        tr.update(&[d2], at(2), &mut asg, &mut ended);
+        tr.update(&fs(&[d2]), at(2), &mut asg, &mut ended);
         tr.offer(id, &d2, q(0.8));
         assert_eq!(tr.get(id).unwrap().best, Some((d2, q(0.8))));
         // Unknown ids are ignored.
@@ -642,18 +663,25 @@ mod tests {
     }
 
     #[test]
-    fn buffers_do_not_grow_after_warm_up() {
-        let mut tr = Tracker::new(config());
-        let (mut asg, mut ended) = (Vec::with_capacity(16), Vec::with_capacity(16));
-        let caps =
-            |tr: &Tracker| (tr.tracks.capacity(), tr.predicted.capacity(), tr.pairs.capacity());
-        let before = caps(&tr);
-        for i in 0..50u32 {
-            let dets: Vec<_> =
-                (0..4).map(|k| face(200.0 * k as f32 + i as f32, 0.0, 60.0)).collect();
-            tr.update(&dets, at(i), &mut asg, &mut ended);
-        }
-        assert_eq!(caps(&tr), before);
-        assert_eq!(tr.tracks().len(), 4);
+    fn a_full_frame_fills_every_table_to_its_bound() {
+        // MAX_FACES faces on a grid, MAX_TRACKS tracks allowed: every face gets a track, and
+        // a second frame of the same faces keeps every id (every pair fits).
+        let cfg = TrackerConfig { max_tracks: MAX_TRACKS, ..config() };
+        let mut tr = Tracker::new(cfg);
+        let (mut asg, mut ended) = (Assignment::new(), Ended::new());
+        let grid = |dx: f32| -> Faces {
+            (0..MAX_FACES)
+                .map(|k| face(70.0 * (k % 8) as f32 + dx, 70.0 * (k / 8) as f32, 60.0))
+                .collect()
+        };
+        tr.update(&grid(0.0), at(0), &mut asg, &mut ended);
+        let first: Vec<_> = asg.iter().map(|a| a.unwrap()).collect();
+        assert_eq!(first.len(), MAX_TRACKS.min(MAX_FACES));
+        tr.update(&grid(2.0), at(1), &mut asg, &mut ended);
+        assert_eq!(asg.iter().map(|a| a.unwrap()).collect::<Vec<_>>(), first);
+        assert_eq!(tr.dropped_detections(), 0);
+        // A config asking for more than MAX_TRACKS gets MAX_TRACKS.
+        let big = Tracker::new(TrackerConfig { max_tracks: 1000, ..config() });
+        assert_eq!(big.config().max_tracks, MAX_TRACKS);
     }
 }

@@ -51,6 +51,29 @@ impl Detection {
     }
 }
 
+/// The most faces one frame carries into tracking, enrolment and the decision. The detector
+/// may find more (its own buffer holds every candidate of its model); the loop takes the most
+/// confident `MAX_FACES` of them ([`keep_most_confident`]) and counts the rest. A door camera
+/// sees a handful; a crowd filling a 1080p frame stays under it.
+pub const MAX_FACES: usize = 64;
+
+/// One frame's faces, most confident first: the bound is in the type.
+pub type Faces = heapless::Vec<Detection, MAX_FACES>;
+
+/// Fills `faces` with `found` when it fits, in its order; otherwise with its most confident
+/// [`MAX_FACES`] (`found` is reordered to pick them). Returns how many were left out. Never
+/// allocates.
+pub fn keep_most_confident(found: &mut [Detection], faces: &mut Faces) -> usize {
+    faces.clear();
+    if found.len() > MAX_FACES {
+        found.select_nth_unstable_by(MAX_FACES - 1, |a, b| b.score.total_cmp(&a.score));
+    }
+    let kept = found.len().min(MAX_FACES);
+    // Cannot fail: `kept` fits.
+    let _ = faces.extend_from_slice(&found[..kept]);
+    found.len() - kept
+}
+
 /// Intersection over union of two boxes.
 pub fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
     let w = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
@@ -423,6 +446,21 @@ mod tests {
         nms(&mut d, 0.4);
         let scores: Vec<f32> = d.iter().map(|d| d.score).collect();
         assert_eq!(scores, vec![0.9, 0.7]);
+    }
+
+    #[test]
+    fn a_frame_keeps_its_faces_in_order_or_the_most_confident_when_too_many() {
+        let mut faces = Faces::new();
+        let mut few = vec![det([0.0; 4], 0.5), det([1.0; 4], 0.9)];
+        assert_eq!(keep_most_confident(&mut few, &mut faces), 0);
+        assert_eq!(faces.iter().map(|d| d.score).collect::<Vec<_>>(), vec![0.5, 0.9]);
+        // 100 faces, scores 0.00..0.99 shuffled: the 64 best stay, 36 are counted out.
+        let mut many: Vec<_> =
+            (0..100).map(|i| det([i as f32; 4], ((i * 37) % 100) as f32 / 100.0)).collect();
+        assert_eq!(keep_most_confident(&mut many, &mut faces), 100 - MAX_FACES);
+        assert_eq!(faces.len(), MAX_FACES);
+        let lowest = faces.iter().map(|d| d.score).fold(f32::INFINITY, f32::min);
+        assert_eq!(lowest, (100 - MAX_FACES) as f32 / 100.0);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::verify::EvalError;
+use super::EvalError;
 use crate::gallery::{EnrollMode, Gallery};
 use crate::pipeline::{Pipeline, Select, Timings};
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::bench::cpu_name;
-use super::verify::EvalError;
+use super::EvalError;
 use crate::app::{App, Parts, StepOutcome};
 use crate::camera::replay::{ReplaySettings, ReplaySource};
 use crate::camera::SourceClock;

@@ -25,10 +25,11 @@ use clap::Args;
 
 use super::camera::CameraArgs;
 use super::distance::{
-    npu_index, sweep_with_camera, DistanceError, Line, Mode, Outcome, Sample, Sweep, SweepArgs,
+    npu_index, sweep_with_camera, Line, Mode, Outcome, Sample, Sweep, SweepArgs,
     MIN_FACES_TO_JUDGE, RELIABLE_MEDIAN_COSINE,
 };
 use super::metrics;
+use super::EvalError;
 use crate::config::Config;
 use crate::embed::dot;
 use crate::route::{BandThreshold, RoutingConfig};
@@ -73,7 +74,7 @@ pub struct Calibration {
 
 /// Chooses the routing numbers for backend `npu` from a sweep: on its camera-like frames when
 /// it has them, else on the clean downscaled ones (detected landmarks either way).
-pub fn calibrate(sweep: &Sweep, npu: usize) -> Result<Calibration, DistanceError> {
+pub fn calibrate(sweep: &Sweep, npu: usize) -> Result<Calibration, EvalError> {
     let report = sweep.report(&super::distance::Thresholds::Fixed(1.0), None);
     let mode = sweep.modes.iter().position(|m| *m == Mode::Camera).unwrap_or(0);
     let (cpu, cpu_name) = (sweep.cpu, &sweep.backends[sweep.cpu]);
@@ -82,9 +83,9 @@ pub fn calibrate(sweep: &Sweep, npu: usize) -> Result<Calibration, DistanceError
         .verdicts
         .iter()
         .find(|v| &v.backend == name)
-        .ok_or_else(|| DistanceError::Calibration(format!("no verdict for {name}")))?;
+        .ok_or_else(|| EvalError::Calibration(format!("no verdict for {name}")))?;
     if verdict.reliable_from_px.is_none() {
-        return Err(DistanceError::Calibration(format!(
+        return Err(EvalError::Calibration(format!(
             "backend {name} is {}: route no face to it (see `portier eval distance`)",
             verdict.verdict
         )));
@@ -107,7 +108,7 @@ pub fn calibrate(sweep: &Sweep, npu: usize) -> Result<Calibration, DistanceError
     }
     let npu_min = match from {
         None => {
-            return Err(DistanceError::Calibration(format!(
+            return Err(EvalError::Calibration(format!(
                 "backend {name} loses more than {ROUTE_MAX_LOSS} of match rate to the CPU \
                  recognizer ({cpu_name}) even at the original size: route no face to it"
             )))
@@ -164,7 +165,7 @@ pub fn calibrate(sweep: &Sweep, npu: usize) -> Result<Calibration, DistanceError
         }
     }
     if !cliff.is_finite() {
-        return Err(DistanceError::Calibration(format!(
+        return Err(EvalError::Calibration(format!(
             "backend {name}: no norm separates collapsed embeddings (cosine < {COLLAPSE_COSINE}) \
              from good ones: route no face to it"
         )));
@@ -196,7 +197,7 @@ pub fn calibrate(sweep: &Sweep, npu: usize) -> Result<Calibration, DistanceError
         cpu_bands: Vec::new(),
     };
     let mut router = crate::route::Router::new(routing_probe.clone(), true)
-        .map_err(|e| DistanceError::Calibration(e.to_string()))?;
+        .map_err(|e| EvalError::Calibration(e.to_string()))?;
     let sizes: Vec<u32> = sweep.sizes.iter().flatten().copied().collect();
     let gallery: Vec<Vec<Option<&[f32]>>> = (0..sweep.backends.len())
         .map(|b| {
@@ -230,7 +231,7 @@ pub fn calibrate(sweep: &Sweep, npu: usize) -> Result<Calibration, DistanceError
         bands,
         cpu_bands,
     };
-    routing.validate().map_err(|e| DistanceError::Calibration(e.to_string()))?;
+    routing.validate().map_err(|e| EvalError::Calibration(e.to_string()))?;
     let mut toml = String::new();
     toml.push_str(&format!(
         "# Written by `portier calibrate` from a sweep of {} photos ({} identities) at eye \
@@ -265,7 +266,7 @@ pub fn calibrate(sweep: &Sweep, npu: usize) -> Result<Calibration, DistanceError
         toml.push('\n');
     }
     let body = toml::to_string(&Wrapper { routing: &routing })
-        .map_err(|e| DistanceError::Calibration(format!("cannot encode TOML: {e}")))?;
+        .map_err(|e| EvalError::Calibration(format!("cannot encode TOML: {e}")))?;
     toml.push_str(&body);
     Ok(Calibration { routing, toml })
 }
@@ -280,7 +281,7 @@ fn measure_bands(
     gallery: &[Vec<Option<&[f32]>>],
     choose: &mut dyn FnMut(&Sample) -> usize,
     label: &dyn Fn(u32) -> String,
-) -> Result<(Vec<BandThreshold>, Vec<String>), DistanceError> {
+) -> Result<(Vec<BandThreshold>, Vec<String>), EvalError> {
     let mut bands = Vec::new();
     let mut band_notes = Vec::new();
     for (k, &size) in sizes.iter().enumerate() {
@@ -331,7 +332,7 @@ fn measure_bands(
         ));
     }
     if bands.is_empty() {
-        return Err(DistanceError::Calibration("no band had any pair to measure".into()));
+        return Err(EvalError::Calibration("no band had any pair to measure".into()));
     }
     Ok((bands, band_notes))
 }
@@ -347,7 +348,7 @@ fn round3(v: f32) -> f32 {
 }
 
 /// `portier calibrate`: runs the sweep and writes (or prints) the fragment.
-pub fn command(config: &Config, args: &CalibrateArgs) -> Result<Calibration, DistanceError> {
+pub fn command(config: &Config, args: &CalibrateArgs) -> Result<Calibration, EvalError> {
     let (sweep, _) = sweep_with_camera(config, &args.sweep, Some(&args.camera))?;
     let npu = npu_index(&sweep, args.npu.as_deref())?;
     let mut c = calibrate(&sweep, npu)?;
@@ -365,7 +366,7 @@ pub fn command(config: &Config, args: &CalibrateArgs) -> Result<Calibration, Dis
     }
     match &args.output {
         Some(path) => std::fs::write(path, &c.toml)
-            .map_err(|e| DistanceError::Write { path: path.clone(), reason: e.to_string() })?,
+            .map_err(|e| EvalError::Write { path: path.clone(), reason: e.to_string() })?,
         None => print!("{}", c.toml),
     }
     Ok(c)

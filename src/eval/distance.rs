@@ -40,15 +40,16 @@ use clap::Args;
 use serde::Serialize;
 
 use super::metrics::{self, Probe, ScoreStats, TarAtFar};
-use super::verify::{read_labels, EvalError, Labelled};
+use super::verify::{read_labels, Labelled};
+use super::EvalError;
 use crate::align::{align_face, AlignedFace};
 use crate::config::Config;
 use crate::detect::far::FarScan;
-use crate::detect::{iou, DetectError, Detection, Detector, Landmarks};
+use crate::detect::{iou, Detection, Detector, Landmarks};
 use crate::embed::cpu::CpuEmbedder;
-use crate::embed::{dot, EmbedError, Embedder};
+use crate::embed::{dot, Embedder};
 use crate::frame::{load_image, Filter, ImageView, Resizer, RgbImage};
-use crate::infer::{self, InferError};
+use crate::infer;
 use crate::route::{Route, Router, RoutingConfig};
 
 use super::camera::CameraArgs;
@@ -68,45 +69,6 @@ pub const MIN_FACES_TO_JUDGE: usize = 10;
 
 /// The false-accept rates reported (a door's security budget: 1e-3 at least).
 pub const FARS: [f64; 2] = [1e-3, 1e-4];
-
-/// Errors of the distance evaluation, calibration and calibration-set export.
-#[derive(Debug, thiserror::Error)]
-pub enum DistanceError {
-    /// The labels file or a photo is unreadable.
-    #[error(transparent)]
-    Input(#[from] EvalError),
-    /// ONNX Runtime could not be loaded.
-    #[error(transparent)]
-    Runtime(#[from] InferError),
-    /// The detector failed.
-    #[error(transparent)]
-    Detect(#[from] DetectError),
-    /// A recognizer failed.
-    #[error(transparent)]
-    Embed(#[from] EmbedError),
-    /// A command-line value is unusable.
-    #[error("{0}")]
-    Usage(String),
-    /// The routing file is unreadable or invalid.
-    #[error("routing file {path}: {reason}")]
-    Routing {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
-    /// The measurements do not support a decision (e.g. a backend unreliable at every size).
-    #[error("calibration: {0}")]
-    Calibration(String),
-    /// An output file could not be written.
-    #[error("{path}: cannot write: {reason}")]
-    Write {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        reason: String,
-    },
-}
 
 /// Arguments of `portier eval distance` (and the sweep part of `calibrate`).
 #[derive(Args, Debug, Clone)]
@@ -153,13 +115,13 @@ pub enum FrameArg {
 
 impl FrameArg {
     /// The frame size this stands for.
-    pub fn size(self, config: &Config) -> Result<[u32; 2], DistanceError> {
+    pub fn size(self, config: &Config) -> Result<[u32; 2], EvalError> {
         match (self, &config.camera) {
             (FrameArg::Size(s), _) => Ok(s),
             (FrameArg::Camera, Some(crate::config::CameraConfig::V4l2 { width, height, .. })) => {
                 Ok([*width, *height])
             }
-            (FrameArg::Camera, _) => Err(DistanceError::Usage(
+            (FrameArg::Camera, _) => Err(EvalError::Usage(
                 "--frame camera: the config has no V4L2 [camera] with a size (a replay's is \
                  its stream's); give WIDTHxHEIGHT"
                     .into(),
@@ -322,12 +284,12 @@ impl Backends {
     /// model the router falls back to (the Pi's PaddleX beside the HEF's MobileFaceNet): it
     /// joins last, named by its `id`, with its own dimension and no cosine to the reference,
     /// so that the CPU's bands and the routed line are measured on the model the door runs.
-    pub fn open(config: &Config, extra: &[(String, PathBuf)]) -> Result<Self, DistanceError> {
+    pub fn open(config: &Config, extra: &[(String, PathBuf)]) -> Result<Self, EvalError> {
         infer::init(config.onnxruntime.library.as_deref(), config.onnxruntime.intra_threads)?;
         let detector = Detector::open(config.detector.clone())?;
         let (reference, cpu) = match &config.npu.twin {
             Some(twin) if matches!(twin.try_exists(), Ok(false)) => {
-                return Err(DistanceError::Usage(format!(
+                return Err(EvalError::Usage(format!(
                     "npu.twin {}: not installed; the sweep measures the NPU model against its \
                      float32 twin (install it, or remove `twin` to use [recognizer])",
                     twin.display()
@@ -342,7 +304,7 @@ impl Backends {
             vec![Box::new(CpuEmbedder::open(reference.clone())?)];
         for (name, path) in extra {
             if names.contains(name) || cpu.is_some_and(|c| *name == c.model_id) {
-                return Err(DistanceError::Usage(format!("backend name `{name}` given twice")));
+                return Err(EvalError::Usage(format!("backend name `{name}` given twice")));
             }
             embedders.push(if is_hef(path) {
                 open_hef(config, name, path)?
@@ -354,7 +316,7 @@ impl Backends {
         }
         let dim = embedders[0].dim();
         if let Some((e, path)) = embedders.iter().zip(&paths).find(|(e, _)| e.dim() != dim) {
-            return Err(DistanceError::Usage(format!(
+            return Err(EvalError::Usage(format!(
                 "backend {} gives {}-d embeddings, the reference {dim}-d: not the same model",
                 path.display(),
                 e.dim()
@@ -391,7 +353,7 @@ impl Backends {
     }
 
     /// The largest face of a full-size image.
-    fn largest_face(&mut self, image: ImageView<'_>) -> Result<Option<Detection>, DistanceError> {
+    fn largest_face(&mut self, image: ImageView<'_>) -> Result<Option<Detection>, EvalError> {
         self.detector.detect(image, &mut self.detections)?;
         Ok(self.detections.iter().copied().max_by(|a, b| a.area().total_cmp(&b.area())))
     }
@@ -402,7 +364,7 @@ impl Backends {
         &mut self,
         frame: &RgbImage,
         expected: &[f32; 4],
-    ) -> Result<Outcome, DistanceError> {
+    ) -> Result<Outcome, EvalError> {
         self.detector.detect(frame.view(), &mut self.detections)?;
         if let Some(far) = &mut self.far {
             far.sweep(&mut self.detector, frame.view(), &mut self.detections)?;
@@ -422,7 +384,7 @@ impl Backends {
         image: ImageView<'_>,
         kps: &Landmarks,
         eye_px: f32,
-    ) -> Result<Option<Sample>, DistanceError> {
+    ) -> Result<Option<Sample>, EvalError> {
         if align_face(image, kps, &mut self.crop).is_none() {
             return Ok(None);
         }
@@ -445,20 +407,19 @@ fn is_hef(path: &Path) -> bool {
 /// A HEF backend: the recognizer HEF on the Hailo-8, opened as `portier run` opens the NPU
 /// (`[npu] library` and the device options of the config), its embedding space named `name`.
 #[cfg(feature = "hailo")]
-fn open_hef(config: &Config, name: &str, hef: &Path) -> Result<Box<dyn Embedder>, DistanceError> {
+fn open_hef(config: &Config, name: &str, hef: &Path) -> Result<Box<dyn Embedder>, EvalError> {
     let mut npu = config.clone();
     npu.npu.backend = crate::config::NpuBackend::Hailo;
     npu.npu.model = Some(hef.to_path_buf());
     npu.npu.id = Some(name.to_string());
-    crate::embed::open_npu(&npu.npu, &npu.recognizer)?.ok_or_else(|| {
-        DistanceError::Usage(format!("backend {name}={}: not opened", hef.display()))
-    })
+    crate::embed::open_npu(&npu.npu, &npu.recognizer)?
+        .ok_or_else(|| EvalError::Usage(format!("backend {name}={}: not opened", hef.display())))
 }
 
 /// Without the `hailo` feature a HEF backend cannot run.
 #[cfg(not(feature = "hailo"))]
-fn open_hef(_: &Config, name: &str, hef: &Path) -> Result<Box<dyn Embedder>, DistanceError> {
-    Err(DistanceError::Usage(format!(
+fn open_hef(_: &Config, name: &str, hef: &Path) -> Result<Box<dyn Embedder>, EvalError> {
+    Err(EvalError::Usage(format!(
         "--backend {name}={}: a HEF runs on the Hailo-8 through HailoRT, and this portier is \
          built without the `hailo` feature (build with --features hailo)",
         hef.display()
@@ -573,7 +534,7 @@ pub fn run_sweep(
     photos: Vec<Labelled>,
     sizes: &[u32],
     progress: impl FnMut(usize, usize),
-) -> Result<Sweep, DistanceError> {
+) -> Result<Sweep, EvalError> {
     run_sweep_with_camera(backends, photos, sizes, None, None, progress)
 }
 
@@ -586,10 +547,10 @@ pub fn run_sweep_with_camera(
     camera: Option<&CameraArgs>,
     frame: Option<[u32; 2]>,
     mut progress: impl FnMut(usize, usize),
-) -> Result<Sweep, DistanceError> {
+) -> Result<Sweep, EvalError> {
     let camera = camera.filter(|c| c.any());
     if let Some(c) = camera {
-        c.validate().map_err(DistanceError::Usage)?;
+        c.validate().map_err(EvalError::Usage)?;
     }
     let mut modes = MODES.to_vec();
     if camera.is_some() {
@@ -599,18 +560,14 @@ pub fn run_sweep_with_camera(
     sizes.sort_unstable();
     sizes.dedup();
     if sizes.iter().any(|s| s.is_some_and(|v| v < 2)) {
-        return Err(DistanceError::Usage("--sizes: eye distances must be at least 2 px".into()));
+        return Err(EvalError::Usage("--sizes: eye distances must be at least 2 px".into()));
     }
     sizes.push(None);
     let canvas_size = frame.unwrap_or(backends.detector.settings().input_size);
     let mut outcomes = vec![vec![Vec::with_capacity(photos.len()); sizes.len()]; modes.len()];
     for (i, photo) in photos.iter().enumerate() {
-        let img = load_image(&photo.path).map_err(|e| {
-            DistanceError::Input(EvalError::Input {
-                path: photo.path.clone(),
-                reason: e.to_string(),
-            })
-        })?;
+        let img = load_image(&photo.path)
+            .map_err(|e| EvalError::Input { path: photo.path.clone(), reason: e.to_string() })?;
         let Some(face) = backends.largest_face(img.view())? else {
             log::warn!("{}: no face at full size", photo.path.display());
             for mode in &mut outcomes {
@@ -665,7 +622,7 @@ pub fn run_sweep_with_camera(
                     s as f32,
                     super::camera::seed(i, s),
                 )
-                .map_err(DistanceError::Usage)?;
+                .map_err(EvalError::Usage)?;
                 outcomes[2][si].push(backends.detect_and_embed(&frame, &shrunk.expected_box)?);
             }
         }
@@ -1105,8 +1062,8 @@ pub struct DistanceReport {
 }
 
 /// Reads the `[routing]` table of a TOML file and validates it.
-pub fn read_routing(path: &Path) -> Result<RoutingConfig, DistanceError> {
-    let bad = |reason: String| DistanceError::Routing { path: path.into(), reason };
+pub fn read_routing(path: &Path) -> Result<RoutingConfig, EvalError> {
+    let bad = |reason: String| EvalError::Routing { path: path.into(), reason };
     let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read: {e}")))?;
     #[derive(serde::Deserialize)]
     struct File {
@@ -1118,7 +1075,7 @@ pub fn read_routing(path: &Path) -> Result<RoutingConfig, DistanceError> {
 }
 
 /// Reads the labels and runs the sweep with a progress bar on standard error.
-pub fn sweep(config: &Config, args: &SweepArgs) -> Result<(Sweep, Backends), DistanceError> {
+pub fn sweep(config: &Config, args: &SweepArgs) -> Result<(Sweep, Backends), EvalError> {
     sweep_with_camera(config, args, None)
 }
 
@@ -1127,14 +1084,14 @@ pub fn sweep_with_camera(
     config: &Config,
     args: &SweepArgs,
     camera: Option<&CameraArgs>,
-) -> Result<(Sweep, Backends), DistanceError> {
+) -> Result<(Sweep, Backends), EvalError> {
     let mut photos = match (&args.labels, &args.root) {
         (Some(labels), root) => {
             let root = root.clone().unwrap_or_else(|| default_root(labels));
             read_labels(labels, &root)?
         }
         (None, Some(root)) => super::identify::read_folders(root)?,
-        (None, None) => return Err(DistanceError::Usage("give --labels or --root".into())),
+        (None, None) => return Err(EvalError::Usage("give --labels or --root".into())),
     };
     if let Some(n) = args.per_identity {
         photos = per_identity(photos, n.max(1));
@@ -1176,22 +1133,22 @@ fn per_identity(photos: Vec<Labelled>, n: usize) -> Vec<Labelled> {
 }
 
 /// The index of the NPU backend: `name`, or the first `--backend`.
-pub fn npu_index(sweep: &Sweep, name: Option<&str>) -> Result<usize, DistanceError> {
+pub fn npu_index(sweep: &Sweep, name: Option<&str>) -> Result<usize, EvalError> {
     let backends = &sweep.backends;
     let npu_like = |i: &usize| *i > 0 && *i != sweep.cpu;
     match name {
         Some(n) => backends.iter().position(|b| b == n).filter(npu_like).ok_or_else(|| {
-            DistanceError::Usage(format!("--npu {n}: no such --backend (have {backends:?})"))
+            EvalError::Usage(format!("--npu {n}: no such --backend (have {backends:?})"))
         }),
         None if (1..backends.len()).any(|i| npu_like(&i)) => Ok(1),
-        None => Err(DistanceError::Usage(
+        None => Err(EvalError::Usage(
             "give at least one --backend NAME=MODEL.onnx (or NAME=MODEL.hef)".into(),
         )),
     }
 }
 
 /// `portier eval distance`: runs the sweep, prints the table or JSON, writes the plot.
-pub fn command(config: &Config, args: &DistanceArgs) -> Result<DistanceReport, DistanceError> {
+pub fn command(config: &Config, args: &DistanceArgs) -> Result<DistanceReport, EvalError> {
     let routing = args.routing.as_deref().map(read_routing).transpose()?;
     let (sweep, _) = sweep_with_camera(config, &args.sweep, Some(&args.camera))?;
     let routed = match &routing {
@@ -1205,7 +1162,7 @@ pub fn command(config: &Config, args: &DistanceArgs) -> Result<DistanceReport, D
     let report = sweep.report(&thresholds, routed);
     if args.json {
         let text = serde_json::to_string_pretty(&report)
-            .map_err(|e| DistanceError::Usage(format!("cannot encode JSON: {e}")))?;
+            .map_err(|e| EvalError::Usage(format!("cannot encode JSON: {e}")))?;
         println!("{text}");
     } else {
         print!("{}", table(&report));
@@ -1448,7 +1405,7 @@ mod hef_tests {
             camera: Default::default(),
         };
         let err = super::super::calibrate::command(&config, &args).unwrap_err();
-        assert!(matches!(err, DistanceError::Calibration(_)), "{err}");
+        assert!(matches!(err, EvalError::Calibration(_)), "{err}");
         assert!(err.to_string().contains("npu"), "{err}");
     }
 }

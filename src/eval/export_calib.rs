@@ -22,10 +22,9 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 
-use super::distance::{
-    default_root, find_expected, shrink_into_canvas, DistanceError, DEFAULT_SIZES,
-};
-use super::verify::{read_labels, EvalError};
+use super::distance::{default_root, find_expected, shrink_into_canvas, DEFAULT_SIZES};
+use super::verify::read_labels;
+use super::EvalError;
 use crate::align::{align_face, AlignedFace, CROP};
 use crate::config::Config;
 use crate::detect::Detector;
@@ -112,7 +111,7 @@ pub fn npy_header(shape: &[usize]) -> Vec<u8> {
 }
 
 /// `portier export-calib`.
-pub fn command(config: &Config, args: &ExportCalibArgs) -> Result<ExportSummary, DistanceError> {
+pub fn command(config: &Config, args: &ExportCalibArgs) -> Result<ExportSummary, EvalError> {
     let root = args.root.clone().unwrap_or_else(|| default_root(&args.labels));
     let photos = read_labels(&args.labels, &root)?;
     infer::init(config.onnxruntime.library.as_deref(), config.onnxruntime.intra_threads)?;
@@ -120,7 +119,7 @@ pub fn command(config: &Config, args: &ExportCalibArgs) -> Result<ExportSummary,
     let canvas_size = detector.settings().input_size;
     let preprocess = config.npu.preprocess();
     let bgr = preprocess.order == ChannelOrder::Bgr;
-    let write_err = |path: &Path, e: std::io::Error| DistanceError::Write {
+    let write_err = |path: &Path, e: std::io::Error| EvalError::Write {
         path: path.into(),
         reason: e.to_string(),
     };
@@ -147,12 +146,8 @@ pub fn command(config: &Config, args: &ExportCalibArgs) -> Result<ExportSummary,
     let bar = indicatif::ProgressBar::new(photos.len() as u64);
     for (pi, photo) in photos.iter().enumerate() {
         bar.set_position(pi as u64);
-        let img = load_image(&photo.path).map_err(|e| {
-            DistanceError::Input(EvalError::Input {
-                path: photo.path.clone(),
-                reason: e.to_string(),
-            })
-        })?;
+        let img = load_image(&photo.path)
+            .map_err(|e| EvalError::Input { path: photo.path.clone(), reason: e.to_string() })?;
         detector.detect(img.view(), &mut dets)?;
         let Some(face) = dets.iter().copied().max_by(|a, b| a.area().total_cmp(&b.area())) else {
             summary.no_face += 1;
@@ -163,7 +158,7 @@ pub fn command(config: &Config, args: &ExportCalibArgs) -> Result<ExportSummary,
                         eye: String,
                         how: &str,
                         summary: &mut ExportSummary|
-         -> Result<(), DistanceError> {
+         -> Result<(), EvalError> {
             let mut px = crop.pixels;
             if bgr {
                 px.chunks_exact_mut(3).for_each(|p| p.swap(0, 2));
@@ -175,9 +170,9 @@ pub fn command(config: &Config, args: &ExportCalibArgs) -> Result<ExportSummary,
             if args.png {
                 let path = png_dir.join(format!("{:05}.png", summary.crops));
                 image::RgbImage::from_raw(CROP as u32, CROP as u32, crop.pixels.to_vec())
-                    .ok_or_else(|| DistanceError::Usage("internal: crop size".into()))?
+                    .ok_or_else(|| EvalError::Usage("internal: crop size".into()))?
                     .save_with_format(&path, image::ImageFormat::Png)
-                    .map_err(|e| DistanceError::Write { path, reason: e.to_string() })?;
+                    .map_err(|e| EvalError::Write { path, reason: e.to_string() })?;
             }
             summary.crops += 1;
             Ok(())

@@ -21,7 +21,8 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::camera::SplitMix;
-use super::verify::{embed_photos_by, EvalError, Labelled};
+use super::verify::{embed_photos_by, Labelled};
+use super::EvalError;
 use crate::gallery::{Matcher, Storage};
 use crate::pipeline::{Pipeline, Select};
 

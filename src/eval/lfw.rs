@@ -14,7 +14,8 @@ use serde::Serialize;
 
 use super::metrics;
 use super::pairs::{read_pairs, ImageRef, PairSet};
-use super::verify::{embed_photos, EvalError};
+use super::verify::embed_photos;
+use super::EvalError;
 use crate::embed::dot;
 use crate::pipeline::{Pipeline, Select};
 

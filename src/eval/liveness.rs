@@ -13,37 +13,12 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::config::{Config, LivenessSection};
-use crate::detect::{DetectError, Detection, Detector};
+use crate::detect::{Detection, Detector};
 use crate::frame::load_image;
-use crate::infer::InferError;
-use crate::liveness::{LivenessCheck, LivenessError, MiniFasNet};
+use crate::liveness::{LivenessCheck, MiniFasNet};
 
 use super::bench_loop::Percentiles;
-
-/// Errors of the liveness evaluation.
-#[derive(Debug, thiserror::Error)]
-pub enum LivenessEvalError {
-    /// The config names no liveness models.
-    #[error("config {0}: no [liveness] section (it names the models to evaluate)")]
-    NoSection(PathBuf),
-    /// The labels file or a photo is unreadable or malformed.
-    #[error("{path}: {reason}")]
-    Input {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
-    /// ONNX Runtime could not be loaded.
-    #[error(transparent)]
-    Runtime(#[from] InferError),
-    /// The detector failed.
-    #[error(transparent)]
-    Detect(#[from] DetectError),
-    /// The liveness models failed.
-    #[error(transparent)]
-    Liveness(#[from] LivenessError),
-}
+use super::EvalError;
 
 /// One labelled photo.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,8 +40,8 @@ struct RawLabel {
 /// Reads a labels file: a JSON object from file name (relative to the file's folder) to
 /// `{"label": "live" | "spoof", "attack": ...}` (the shared samples' `labels.json`), in file
 /// name order.
-pub fn read_labels(path: &Path) -> Result<Vec<LivenessLabel>, LivenessEvalError> {
-    let bad = |reason: String| LivenessEvalError::Input { path: path.into(), reason };
+pub fn read_labels(path: &Path) -> Result<Vec<LivenessLabel>, EvalError> {
+    let bad = |reason: String| EvalError::Input { path: path.into(), reason };
     let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read: {e}")))?;
     let raw: std::collections::BTreeMap<String, RawLabel> =
         serde_json::from_str(&text).map_err(|e| bad(format!("not a labels object: {e}")))?;
@@ -151,8 +126,8 @@ pub struct LivenessReport {
     pub histogram: Vec<(usize, usize)>,
 }
 
-fn liveness_section(config: &Config) -> Result<&LivenessSection, LivenessEvalError> {
-    config.liveness.as_ref().ok_or_else(|| LivenessEvalError::NoSection(config.source.clone()))
+fn liveness_section(config: &Config) -> Result<&LivenessSection, EvalError> {
+    config.liveness.as_ref().ok_or_else(|| EvalError::NoLivenessSection(config.source.clone()))
 }
 
 /// The largest face of a photo (the one in front of the camera).
@@ -161,7 +136,7 @@ fn largest(dets: &[Detection]) -> Option<Detection> {
 }
 
 /// Runs the check on every labelled photo with the config's detector and liveness models.
-pub fn run(config: &Config, labels: &[LivenessLabel]) -> Result<LivenessReport, LivenessEvalError> {
+pub fn run(config: &Config, labels: &[LivenessLabel]) -> Result<LivenessReport, EvalError> {
     let section = liveness_section(config)?;
     crate::infer::init(config.onnxruntime.library.as_deref(), config.onnxruntime.intra_threads)?;
     let mut detector = Detector::open(config.detector.clone())?;
@@ -170,10 +145,8 @@ pub fn run(config: &Config, labels: &[LivenessLabel]) -> Result<LivenessReport, 
     let mut dets = Vec::new();
     let mut samples = Vec::new();
     for l in labels {
-        let image = load_image(&l.path).map_err(|e| LivenessEvalError::Input {
-            path: l.path.clone(),
-            reason: e.to_string(),
-        })?;
+        let image = load_image(&l.path)
+            .map_err(|e| EvalError::Input { path: l.path.clone(), reason: e.to_string() })?;
         detector.detect(image.view(), &mut dets)?;
         let face = largest(&dets);
         let score = match face {
@@ -274,7 +247,7 @@ pub fn bench(
     photos: &[PathBuf],
     repeat: usize,
     warmup: usize,
-) -> Result<LivenessBench, LivenessEvalError> {
+) -> Result<LivenessBench, EvalError> {
     let section = liveness_section(config)?;
     crate::infer::init(config.onnxruntime.library.as_deref(), config.onnxruntime.intra_threads)?;
     let mut detector = Detector::open(config.detector.clone())?;
@@ -283,7 +256,7 @@ pub fn bench(
     let (mut total, mut models) = (Vec::new(), Vec::new());
     for path in photos {
         let image = load_image(path)
-            .map_err(|e| LivenessEvalError::Input { path: path.clone(), reason: e.to_string() })?;
+            .map_err(|e| EvalError::Input { path: path.clone(), reason: e.to_string() })?;
         detector.detect(image.view(), &mut dets)?;
         let Some(face) = largest(&dets) else { continue };
         for i in 0..warmup + repeat {

@@ -25,9 +25,8 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use serde::Serialize;
 
-use super::distance::DistanceError;
 use super::metrics::{score_stats, ScoreStats};
-use super::verify::EvalError;
+use super::EvalError;
 use crate::align::{AlignedFace, CROP};
 use crate::config::Config;
 use crate::embed::cpu::CpuEmbedder;
@@ -161,10 +160,8 @@ impl NpuCheckReport {
 }
 
 /// The aligned crops of `dir` with their identities, in file-name order.
-pub fn read_crops(dir: &Path) -> Result<Vec<(String, String, Box<AlignedFace>)>, DistanceError> {
-    let bad = |path: &Path, reason: String| {
-        DistanceError::Input(EvalError::Input { path: path.to_path_buf(), reason })
-    };
+pub fn read_crops(dir: &Path) -> Result<Vec<(String, String, Box<AlignedFace>)>, EvalError> {
+    let bad = |path: &Path, reason: String| EvalError::Input { path: path.to_path_buf(), reason };
     let labels = crop_labels(dir)?;
     let entries = std::fs::read_dir(dir).map_err(|e| {
         bad(dir, format!("cannot read the crops folder: {e} (copy golden/aligned_112 there)"))
@@ -210,7 +207,7 @@ fn people(crops: &[(String, String, Box<AlignedFace>)]) -> usize {
 }
 
 /// (file name, identity) from `dir/labels.csv`, else from `dir/../embeddings.json`'s `labels`.
-fn crop_labels(dir: &Path) -> Result<Vec<(String, String)>, DistanceError> {
+fn crop_labels(dir: &Path) -> Result<Vec<(String, String)>, EvalError> {
     let csv = dir.join("labels.csv");
     if csv.is_file() {
         let listed = super::verify::read_labels(&csv, Path::new(""))?;
@@ -220,8 +217,7 @@ fn crop_labels(dir: &Path) -> Result<Vec<(String, String)>, DistanceError> {
             .collect());
     }
     let json = dir.parent().map(|p| p.join("embeddings.json")).unwrap_or_default();
-    let bad =
-        |reason: String| DistanceError::Input(EvalError::Input { path: json.clone(), reason });
+    let bad = |reason: String| EvalError::Input { path: json.clone(), reason };
     let text = std::fs::read_to_string(&json).map_err(|e| {
         bad(format!("cannot read ({e}); the crops need a labels.csv (path,identity) or this file"))
     })?;
@@ -255,7 +251,7 @@ pub fn npu_threshold(config: &Config) -> f32 {
 }
 
 /// Runs the check on the crops of `crops_dir`.
-pub fn check(config: &Config, crops_dir: &Path) -> Result<NpuCheckReport, DistanceError> {
+pub fn check(config: &Config, crops_dir: &Path) -> Result<NpuCheckReport, EvalError> {
     let crops = read_crops(crops_dir)?;
     // A configured twin that is not installed: checked without it, and said so.
     let (twin_path, twin_not_installed) = match &config.npu.twin {
@@ -274,7 +270,7 @@ pub fn check(config: &Config, crops_dir: &Path) -> Result<NpuCheckReport, Distan
     }
     let model = config.npu.model.clone().unwrap_or_default();
     let mut npu = crate::embed::open_npu(&config.npu, &config.recognizer)?.ok_or_else(|| {
-        DistanceError::Usage(format!(
+        EvalError::Usage(format!(
             "config {}: no NPU configured (`[npu] backend` and `model`)",
             config.source.display()
         ))
@@ -284,7 +280,7 @@ pub fn check(config: &Config, crops_dir: &Path) -> Result<NpuCheckReport, Distan
         Some(path) => {
             let twin = CpuEmbedder::open(config.npu.twin_settings(path))?;
             if twin.dim() != npu.dim() {
-                return Err(DistanceError::Usage(format!(
+                return Err(EvalError::Usage(format!(
                     "npu.twin {} gives {}-d embeddings, the NPU model {}-d: not its parent",
                     path.display(),
                     twin.dim(),
@@ -337,7 +333,7 @@ pub fn check(config: &Config, crops_dir: &Path) -> Result<NpuCheckReport, Distan
     }
     let probe = probe(npu.as_mut())?;
     let threshold = npu_threshold(config);
-    let norm = score_stats(&norms).ok_or_else(|| DistanceError::Usage("no crops".into()))?;
+    let norm = score_stats(&norms).ok_or_else(|| EvalError::Usage("no crops".into()))?;
     let norm_cv = if norm.mean > 0.0 { norm.std / norm.mean } else { 0.0 };
     let mut report = NpuCheckReport {
         model,

@@ -22,7 +22,8 @@ use embedded_graphics::prelude::*;
 use embedded_graphics::primitives::{Circle, Line, PrimitiveStyle, Rectangle};
 use embedded_graphics::text::{Alignment, Text};
 
-use super::distance::{BandReport, DistanceError, DistanceReport, Mode};
+use super::distance::{BandReport, DistanceReport, Mode};
+use super::EvalError;
 
 const W: u32 = 860;
 const H: u32 = 520;
@@ -95,7 +96,7 @@ fn axis_floor(values: impl Iterator<Item = f64>) -> f64 {
 }
 
 /// Draws the match rate of every line against eye distance and writes a PNG.
-pub fn identification_vs_size(report: &DistanceReport, path: &Path) -> Result<(), DistanceError> {
+pub fn identification_vs_size(report: &DistanceReport, path: &Path) -> Result<(), EvalError> {
     let mut c = Canvas { pixels: vec![255; (W * H * 3) as usize] };
     // Drawing into memory cannot fail (Infallible); results are ignored for that reason.
     let text = MonoTextStyle::new(&FONT_6X10, Rgb888::BLACK);
@@ -321,8 +322,8 @@ pub fn identification_vs_size(report: &DistanceReport, path: &Path) -> Result<()
     save(&c, path)
 }
 
-fn save(c: &Canvas, path: &Path) -> Result<(), DistanceError> {
-    let err = |reason: String| DistanceError::Write { path: path.into(), reason };
+fn save(c: &Canvas, path: &Path) -> Result<(), EvalError> {
+    let err = |reason: String| EvalError::Write { path: path.into(), reason };
     let img = image::RgbImage::from_raw(W, H, c.pixels.clone())
         .ok_or_else(|| err("internal: canvas size".into()))?;
     img.save_with_format(path, image::ImageFormat::Png).map_err(|e| err(e.to_string()))

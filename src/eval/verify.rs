@@ -10,25 +10,10 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::metrics::{self, Probe, ScoreStats, TarAtFar};
+use super::EvalError;
 use crate::embed::dot;
 use crate::frame::load_image;
-use crate::pipeline::{Pipeline, PipelineError, Select};
-
-/// Errors of the evaluation drivers.
-#[derive(Debug, thiserror::Error)]
-pub enum EvalError {
-    /// A labels or pairs file is unreadable or malformed.
-    #[error("{path}: {reason}")]
-    Input {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
-    /// The models failed.
-    #[error(transparent)]
-    Pipeline(#[from] PipelineError),
-}
+use crate::pipeline::{Pipeline, Select};
 
 /// One labelled photo.
 #[derive(Debug, Clone, PartialEq, Eq)]
