@@ -4,9 +4,22 @@ use std::path::{Path, PathBuf};
 
 use portier::config::Config;
 
+/// ONNX Runtime threads per model in the tests and the `portier` processes they start. The
+/// harness runs as many tests at once as there are cores, each with its models: pools of one
+/// thread per core each would put twice as many busy threads as cores on the machine (on two
+/// cores two model-heavy tests took 45.6 s side by side with per-core pools, 33.2 s with one
+/// thread each). The appliance's own default (a thread per core) is what the benches measure.
+pub const TEST_INTRA_THREADS: usize = 1;
+
 /// The shared assets folder, or `None` (with a notice) when it is missing outside CI.
 /// Under `CI=true` a missing folder fails the test: CI must never pass by skipping.
+///
+/// Also loads ONNX Runtime for this test process with [`TEST_INTRA_THREADS`] (the first load
+/// of a process decides its threads; every test that runs a model asks for its assets first).
 pub fn assets() -> Option<PathBuf> {
+    // Without the library (a machine that has not fetched it) the model tests fail on their
+    // own, with the loader's message.
+    let _ = portier::infer::init(None, TEST_INTRA_THREADS);
     let dir = std::env::var_os("PORTIER_ASSETS")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/assets"));
@@ -61,7 +74,7 @@ pub fn config(assets: &Path, det: Det, rec: Rec, gallery: &Path) -> Config {
         ),
     };
     let text = format!(
-        "[detector]\n{det}\n[recognizer]\n{rec}\n[gallery]\npath = \"{}\"\n[matching]\nthreshold = 0.3\nmargin = 0.0\n",
+        "[detector]\n{det}\n[recognizer]\n{rec}\n[gallery]\npath = \"{}\"\n[matching]\nthreshold = 0.3\nmargin = 0.0\n[onnxruntime]\nintra_threads = {TEST_INTRA_THREADS}\n",
         gallery.display()
     );
     Config::parse(&text, Path::new("/test.toml")).expect("test config")
@@ -74,13 +87,25 @@ pub fn board_config(board: &str, dir: &Path, assets: &Path, gallery: &Path) -> P
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("board").join(board))
             .unwrap();
     let mut out = String::new();
+    let threads = format!("intra_threads = {TEST_INTRA_THREADS}\n");
+    let mut runtime = false;
     for line in text.lines() {
         if line.starts_with("path = ") && line.contains("gallery") {
             out.push_str(&format!("path = \"{}\"\n", gallery.display()));
+        } else if line.starts_with("intra_threads") {
+            // Set below, under the section's header.
+        } else if line.trim() == "[onnxruntime]" {
+            runtime = true;
+            out.push_str("[onnxruntime]\n");
+            out.push_str(&threads);
         } else {
             out.push_str(&line.replace("../../shared/assets", &assets.display().to_string()));
             out.push('\n');
         }
+    }
+    if !runtime {
+        out.push_str("\n[onnxruntime]\n");
+        out.push_str(&threads);
     }
     let path = dir.join("portier.toml");
     std::fs::write(&path, out).unwrap();

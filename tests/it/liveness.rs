@@ -80,7 +80,7 @@ fn liveness_matches_the_reference() {
     let reference: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
     let settings = &config.liveness.as_ref().unwrap().settings;
-    portier::infer::init(None, 0).unwrap();
+    portier::infer::init(None, crate::common::TEST_INTRA_THREADS).unwrap();
     let mut check = MiniFasNet::open(settings).unwrap();
     let reference = reference.as_object().unwrap();
     assert_eq!(reference.len(), 8);
