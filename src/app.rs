@@ -1355,18 +1355,13 @@ impl App {
     /// timestamp of the frame it hands out next), so a clip gives the same decisions paced or
     /// not, on any machine. Once a replay has ended its clock goes on in steps of
     /// [`IDLE_POLL`] after `last` (the door still relocks on it).
-    fn loop_time(&self, start: Instant, last: Duration) -> (Duration, bool) {
+    /// A caller driving [`App::step`] itself (`bench loop`) takes its `now` from here too.
+    pub fn loop_time(&self, start: Instant, last: Duration) -> (Duration, bool) {
         match self.source.clock() {
             SourceClock::Monotonic => (start.elapsed(), true),
             SourceClock::Stream { next: Some(t), paced } => (t, paced),
             SourceClock::Stream { next: None, paced } => (last + IDLE_POLL, paced),
         }
-    }
-
-    /// The clock the source gives the loop (see [`App::run`]); a caller driving [`App::step`]
-    /// itself passes the stream's timestamps the same way.
-    pub fn source_clock(&self) -> SourceClock {
-        self.source.clock()
     }
 
     /// Runs until `stop` is set or a replay ends (then until the door has relocked), handing

@@ -15,7 +15,6 @@ use super::bench::cpu_name;
 use super::EvalError;
 use crate::app::{App, Parts, StepOutcome};
 use crate::camera::replay::{ReplaySettings, ReplaySource};
-use crate::camera::SourceClock;
 use crate::config::Config;
 use crate::gallery::Gallery;
 use crate::pipeline::Pipeline;
@@ -130,14 +129,11 @@ pub fn run(
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let (mut seen, mut wall) = (0usize, Duration::ZERO);
     let mut at_warm = app.counters();
-    let start = Instant::now();
+    let (start, mut now) = (Instant::now(), Duration::ZERO);
     while seen < limit {
         // The loop's clock as `App::run` passes it: the stream's own for a replay (a 30 fps
         // camera's time, whatever this machine's speed).
-        let now = match app.source_clock() {
-            SourceClock::Stream { next: Some(t), .. } => t,
-            _ => start.elapsed(),
-        };
+        now = app.loop_time(start, now).0;
         let t = Instant::now();
         let outcome = app.step(now).map_err(|e| input(e.to_string()))?;
         let took = t.elapsed();

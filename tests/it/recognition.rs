@@ -71,8 +71,7 @@ fn lfw_dev_protocol_accuracy() {
     every_kth_pair(&lfw_dir.join("pairsDevTest.txt"), 2, &test);
     every_kth_pair(&lfw_dir.join("pairsDevTrain.txt"), 5, &train);
     let (r, embeddings) =
-        lfw::run_keeping(&mut p, &test, Some(&train), &lfw_dir.join("images"), |_, _| {})
-            .unwrap();
+        lfw::run_keeping(&mut p, &test, Some(&train), &lfw_dir.join("images"), |_, _| {}).unwrap();
     eprintln!(
         "LFW dev sample: accuracy {:.4}, threshold {:.4}, failed {}",
         r.accuracy, r.threshold, r.failed_detections
