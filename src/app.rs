@@ -1375,7 +1375,7 @@ impl App {
     ) -> Result<Counters, AppError> {
         let start = Instant::now();
         let mut last_counters = Duration::ZERO;
-        let mut ended = false;
+        let (mut ended, mut decided_one) = (false, false);
         let mut now = Duration::ZERO;
         notifier.ready(&self.source.describe());
         let result = loop {
@@ -1396,7 +1396,17 @@ impl App {
                 StepOutcome::NoFrame
             } else {
                 match self.step(now) {
-                    Ok(o) => o,
+                    Ok(o) => {
+                        if !decided_one && matches!(o, StepOutcome::Frame { .. }) {
+                            decided_one = true;
+                            log::info!(
+                                "{} {:.1?} after the loop started",
+                                crate::startup::FIRST_DECIDED,
+                                start.elapsed()
+                            );
+                        }
+                        o
+                    }
                     Err(e) => break Err(e),
                 }
             };

@@ -402,6 +402,20 @@ pub(crate) enum BenchCommand {
         #[arg(required = true)]
         photos: Vec<PathBuf>,
     },
+    /// How long a restart leaves the door without portier: starts `portier run` on a replay
+    /// (the config's door must be the fake one) and times each start-up phase, the loop's
+    /// start and the first frame decided, from the spawn.
+    Startup {
+        /// The MJPEG stream or image folder standing in for the camera.
+        #[arg(long)]
+        replay: PathBuf,
+        /// Starts measured.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Latency from a frame's arrival to its access decision, per frame, through the appliance
     /// loop on a replayed MJPEG stream (unpaced, fake door): median, p90, p99, max, frames/s.
     Loop {

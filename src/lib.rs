@@ -51,6 +51,8 @@
 //! - [`npu_state`]: whether the NPU's model is installed (CPU only when it is not).
 //! - [`par`]: bands of a pixel pass on several cores (the letterbox).
 //! - [`secret`]: permission checks for files holding keys and passwords.
+//! - [`startup`]: the start-up's phases, timed (`portier run` logs them, `bench startup` reads
+//!   them).
 
 // Stages and the pure core.
 pub mod align;
@@ -86,3 +88,4 @@ pub mod infer;
 pub mod npu_state;
 pub mod par;
 pub mod secret;
+pub mod startup;

@@ -59,6 +59,8 @@ failure_from!(
 );
 
 fn main() -> ExitCode {
+    // The start-up's phases are timed from here (`portier::startup`).
+    let started = std::time::Instant::now();
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => log::LevelFilter::Info,
@@ -83,7 +85,7 @@ fn main() -> ExitCode {
         });
     }
     logger.init();
-    match run(cli) {
+    match run(cli, started) {
         Ok(code) => code,
         Err(f) => {
             eprintln!("portier: {}", f.message);
@@ -92,7 +94,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<ExitCode, Failure> {
+fn run(cli: Cli, started: std::time::Instant) -> Result<ExitCode, Failure> {
     match cli.command {
         Command::SecureDoor { hold } => secure_door(&cli.config, hold),
         Command::Mqtt { command: MqttCommand::ResetReplay } => {
@@ -217,7 +219,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 config.display.backend = portier::config::DisplayBackend::Snapshots;
                 config.display.snapshot_dir = Some(dir);
             }
-            run_appliance(config, replay, fps, fast)
+            run_appliance(config, replay, fps, fast, started)
         }
         Command::Enroll { name, append, from_camera, seconds, replay, allow_similar, photos } => {
             let config = Config::load(&cli.config)?;
@@ -325,6 +327,35 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Bench { command: BenchCommand::Startup { replay, runs, json } } => {
+            let exe = std::env::current_exe().map_err(|e| {
+                Failure::new(Exit::Software, format!("cannot find this program's file: {e}"))
+            })?;
+            let r = portier::eval::bench_startup::run(&exe, &cli.config, &replay, runs)?;
+            if json {
+                print_json(&r);
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!(
+                "machine: {} ({} logical cores); {} start(s) of `portier --config {} run --fast \
+                 --replay {}`",
+                r.cpu,
+                r.cores,
+                r.runs.len(),
+                r.config,
+                r.replay
+            );
+            println!("times in ms: median, p90, max");
+            let row = |name: &str, p: &portier::eval::bench_loop::Percentiles| {
+                println!("  {name:28} {:8.1} {:8.1} {:8.1}", p.median_ms, p.p90_ms, p.max_ms);
+            };
+            for (name, p) in &r.phases {
+                row(&format!("  {name}"), p);
+            }
+            row("spawn to the loop's start", &r.spawn_to_loop);
+            row("spawn to first frame decided", &r.spawn_to_first_decided);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench { command: BenchCommand::Loop { replay, frames, warmup, json } } => {
             let config = Config::load(&cli.config)?;
             let r = bench_loop::run(&config, &replay, frames, warmup)?;
@@ -371,8 +402,12 @@ fn run_appliance(
     replay: Option<PathBuf>,
     fps: Option<f64>,
     fast: bool,
+    started: std::time::Instant,
 ) -> Result<ExitCode, Failure> {
     use std::sync::atomic::AtomicBool;
+
+    let mut phases = portier::startup::Phases::new(started);
+    phases.mark("config");
 
     use portier::app::{App, Parts};
     use portier::camera::replay::ReplaySettings;
@@ -412,6 +447,7 @@ fn run_appliance(
     let stop = Arc::new(AtomicBool::new(false));
     let fake = config.door.backend == portier::config::DoorBackend::Fake;
     let door = guard_door(door, emergency, &stop, fake)?;
+    phases.mark("door");
 
     let source = portier::camera::open(&camera, config.frame_timeout).map_err(|e| match e {
         portier::camera::CameraError::Open { .. } if camera_is_v4l2(&camera) => {
@@ -419,7 +455,9 @@ fn run_appliance(
         }
         e => Failure::new(Exit::NoInput, e),
     })?;
+    phases.mark("camera");
     let pipeline = Pipeline::open(&config)?;
+    phases.mark("models");
     let model_id = pipeline.embedder_model_id();
     let npu_model_id = config.npu.model_id();
     // Both models' templates in one load (one pass over the file, checked while it loads).
@@ -439,8 +477,10 @@ fn run_appliance(
         matcher.people(),
         config.gallery_path.display()
     );
+    phases.mark("gallery");
     let mut parts = Parts::cpu(pipeline, source, matcher, door);
     parts.npu = open_npu_parts(&config, npu_matcher)?;
+    phases.mark("npu");
     if let Some(l) = config.liveness.as_ref().filter(|l| l.enabled) {
         let check = portier::liveness::MiniFasNet::open(&l.settings)?;
         log::info!(
@@ -452,6 +492,7 @@ fn run_appliance(
         );
         parts.liveness = Some(Box::new(check));
     }
+    phases.mark("liveness");
     let npu_model_id = config.npu.model_id();
     let mut app = App::new(config.app.clone(), parts).map_err(|e| {
         Failure::new(Exit::Config, format!("config {}: {e}", config.source.display()))
@@ -477,6 +518,8 @@ fn run_appliance(
     .with_npu_model(npu_model_id)
     .with_storage(config.app.storage)
     .with_enrolment(portier::enroll_live::EnrolSettings::remote(&config));
+    phases.mark("loop");
+    log::info!("{phases}");
     let result = app.run(&stop, &notifier, &mut shell);
     shell.shutdown(std::time::Duration::from_secs(3));
     let counters = match result {

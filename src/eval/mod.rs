@@ -7,6 +7,7 @@ pub mod bench;
 pub mod bench_display;
 pub mod bench_loop;
 pub mod bench_match;
+pub mod bench_startup;
 pub mod calibrate;
 pub mod camera;
 pub mod distance;

@@ -286,9 +286,24 @@ pub(crate) fn cli_config(dir: &Path, assets: &Path) -> PathBuf {
 
 /// The real binary as the process tests run it: `portier --config CONFIG run EXTRA --replay
 /// <the Hamilton clip>`, info logging, no systemd notify socket, no `PORTIER_FAULT` inherited
-/// from the test's own environment.
+/// from the test's own environment, every signal at its default (as systemd starts a
+/// service: a test suite started in the background of a shell inherits SIGINT and SIGQUIT
+/// ignored, and portier rightly leaves an ignored signal ignored).
 pub(crate) fn portier_run(config: &Path, assets: &Path, extra: &[&str]) -> std::process::Command {
+    use std::os::unix::process::CommandExt;
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_portier"));
+    // SAFETY: runs in the forked child before exec; signal(2) is async-signal-safe and changes
+    // only the child's dispositions.
+    unsafe {
+        cmd.pre_exec(|| {
+            for signal in 1..32 {
+                if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+                    libc::signal(signal, libc::SIG_DFL);
+                }
+            }
+            Ok(())
+        });
+    }
     cmd.arg("--config")
         .arg(config)
         .arg("run")
@@ -792,5 +807,42 @@ fn a_far_face_walking_up_is_found_early_and_granted_once_when_close() {
         assert!(grants[0].1 >= 150, "granted only at the approach distance: {grants:?}");
         let unknown = events.iter().filter(|e| matches!(e, AppEvent::Unknown { .. })).count();
         assert_eq!(unknown, 0, "one track from far to near: {events:?}");
+    }
+}
+
+/// `portier bench startup` (issue 21) starts the real binary on a replay: every phase of the
+/// start-up is timed, in order, and the first frame is decided after the loop started.
+#[test]
+fn bench_startup_times_every_phase_up_to_the_first_decided_frame() {
+    let Some(a) = assets() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let config = cli_config(dir.path(), &a);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portier"))
+        .arg("--config")
+        .arg(&config)
+        .args(["bench", "startup", "--runs", "2", "--json", "--replay"])
+        .arg(video(&a, "hamilton_640x480.mjpeg"))
+        .env("PORTIER_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> =
+        r["phases"].as_array().unwrap().iter().map(|p| p[0].as_str().unwrap()).collect();
+    assert_eq!(names, ["config", "door", "camera", "models", "gallery", "npu", "liveness", "loop"]);
+    let runs = r["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    for run in runs {
+        let f = |k: &str| run[k].as_f64().unwrap();
+        let sum: f64 =
+            run["phases"].as_array().unwrap().iter().map(|p| p[1].as_f64().unwrap()).sum();
+        assert!((sum - f("main_to_loop_ms")).abs() < 1.0, "{run}");
+        // The child's own clock starts after the spawn; the first frame comes after the loop.
+        assert!(f("main_to_loop_ms") <= f("spawn_to_loop_ms") + 1.0, "{run}");
+        assert!(f("spawn_to_loop_ms") <= f("spawn_to_first_decided_ms"), "{run}");
+        assert!(
+            run["phases"][3][1].as_f64().unwrap() > 1.0,
+            "opening the models takes time: {run}"
+        );
     }
 }
