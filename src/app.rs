@@ -1354,7 +1354,7 @@ impl App {
     /// monotonic clock since `start` for a camera; for a replay the stream's own clock (the
     /// timestamp of the frame it hands out next), so a clip gives the same decisions paced or
     /// not, on any machine. Once a replay has ended its clock goes on in steps of
-    /// [`IDLE_POLL`] after `last` (the door still relocks on it).
+    /// `IDLE_POLL` (20 ms) after `last` (the door still relocks on it).
     /// A caller driving [`App::step`] itself (`bench loop`) takes its `now` from here too.
     pub fn loop_time(&self, start: Instant, last: Duration) -> (Duration, bool) {
         match self.source.clock() {
