@@ -230,7 +230,8 @@ pub struct Counters {
     pub timeouts: u64,
     /// Camera failures.
     pub camera_errors: u64,
-    /// Faces detected (summed over frames).
+    /// Faces detected and carried into tracking (summed over frames; those past the frame's
+    /// bound are in `faces_over_bound`).
     pub faces: u64,
     /// Embeddings computed.
     pub embeddings: u64,
@@ -472,6 +473,8 @@ pub struct App {
     enrolment: Option<(String, LiveEnrolment, usize)>,
     /// A face or the exit button released the door since it was last locked.
     local_release: bool,
+    /// Frames taken through detection and the decision (a detector failure's frame is not).
+    frames_decided: u64,
 }
 
 impl std::fmt::Debug for App {
@@ -649,6 +652,7 @@ impl App {
             step_closer: false,
             enrolment: None,
             local_release: false,
+            frames_decided: 0,
         };
         app.people_changed();
         Ok(app)
@@ -974,6 +978,7 @@ impl App {
             usize::try_from(self.counters.embeddings - embeddings_before).unwrap_or(usize::MAX);
         self.check_tailgating(sequence);
         self.last_stages.decide = t2.elapsed();
+        self.frames_decided += 1;
         Ok(faces)
     }
 
@@ -1397,7 +1402,7 @@ impl App {
             } else {
                 match self.step(now) {
                     Ok(o) => {
-                        if !decided_one && matches!(o, StepOutcome::Frame { .. }) {
+                        if !decided_one && self.frames_decided > 0 {
                             decided_one = true;
                             log::info!(
                                 "{} {:.1?} after the loop started",

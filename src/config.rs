@@ -17,6 +17,9 @@ use crate::gallery::MatchPolicy;
 use crate::infer::{ChannelOrder, Optimization, Preprocess, SessionOptions};
 use crate::track::MAX_TRACKS;
 
+/// The largest `[tracker] max_tracks` accepted before the track table had a fixed bound.
+const LEGACY_MAX_TRACKS: usize = 256;
+
 // The stages' settings types, parsed and validated here (config.rs imports them; they import
 // nothing from config.rs).
 pub use crate::camera::{CameraConfig, CameraFormat};
@@ -1123,13 +1126,21 @@ fn app_settings(
         app.tracker.max_age = Duration::from_millis(v);
     }
     if let Some(v) = t.max_tracks {
-        if !(1..=MAX_TRACKS).contains(&v) {
+        // Up to 256 was accepted before the track table had its bound: such a config still
+        // starts (a door must not stay down after an upgrade), with the bound and a warning.
+        if !(1..=LEGACY_MAX_TRACKS).contains(&v) {
             return Err(invalid(
                 "tracker.max_tracks",
                 format!("must be in 1..={MAX_TRACKS}, got {v}"),
             ));
         }
-        app.tracker.max_tracks = v;
+        if v > MAX_TRACKS {
+            log::warn!(
+                "config: key `tracker.max_tracks` = {v}: at most {MAX_TRACKS} tracks are \
+                 followed (the track table's bound); using {MAX_TRACKS}"
+            );
+        }
+        app.tracker.max_tracks = v.min(MAX_TRACKS);
     }
     if let Some(v) = t.min_hits {
         if !(1..=30).contains(&v) {
@@ -1360,6 +1371,13 @@ margin = 0.05
         let text = format!("{GOOD}\n[tracker]\nmax_tracks = 0\n");
         let err = Config::parse(&text, Path::new("c.toml")).unwrap_err().to_string();
         assert!(err.contains("key `tracker.max_tracks`"), "{err}");
+        // What was accepted before the table's bound still starts, at the bound.
+        let text = format!("{GOOD}\n[tracker]\nmax_tracks = 200\n");
+        let c = Config::parse(&text, Path::new("c.toml")).unwrap();
+        assert_eq!(c.app.tracker.max_tracks, MAX_TRACKS);
+        let text = format!("{GOOD}\n[tracker]\nmax_tracks = 257\n");
+        let err = Config::parse(&text, Path::new("c.toml")).unwrap_err().to_string();
+        assert!(err.contains("must be in 1..=64, got 257"), "{err}");
     }
 
     #[test]

@@ -415,7 +415,7 @@ impl LiveEnrolment {
         &self.settings
     }
 
-    /// Feeds one frame and its detections (best first, frame coordinates) at frame time `now`
+    /// Feeds one frame and its faces (see [`Faces`], frame coordinates) at frame time `now`
     /// (monotonic, the frame's timestamp). The first frame starts the capture; a frame at or
     /// after `duration` ends it without being used.
     pub fn offer(&mut self, frame: ImageView<'_>, detections: &Faces, now: Duration) -> Progress {

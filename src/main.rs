@@ -331,7 +331,8 @@ fn run(cli: Cli, started: std::time::Instant) -> Result<ExitCode, Failure> {
             let exe = std::env::current_exe().map_err(|e| {
                 Failure::new(Exit::Software, format!("cannot find this program's file: {e}"))
             })?;
-            let r = portier::eval::bench_startup::run(&exe, &cli.config, &replay, runs)?;
+            let config = Config::load(&cli.config)?;
+            let r = portier::eval::bench_startup::run(&exe, &config, &cli.config, &replay, runs)?;
             if json {
                 print_json(&r);
                 return Ok(ExitCode::SUCCESS);

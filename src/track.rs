@@ -211,7 +211,7 @@ pub struct Tracker {
     predicted: heapless::Vec<[f32; 4], MAX_TRACKS>,
     /// Whether the track at this index was matched this frame.
     track_matched: [bool; MAX_TRACKS],
-    /// Candidate pairs `(iou, track index, detection index)` (boxed: 48 KiB, allocated once).
+    /// Candidate pairs `(iou, track index, detection index)` (boxed: 96 KiB, allocated once).
     pairs: Box<heapless::Vec<(f32, usize, usize), MAX_PAIRS>>,
 }
 

@@ -57,16 +57,21 @@ impl Detection {
 /// sees a handful; a crowd filling a 1080p frame stays under it.
 pub const MAX_FACES: usize = 64;
 
-/// One frame's faces, most confident first: the bound is in the type.
+/// One frame's faces: the bound is in the type. In the detector's order (the whole-frame
+/// pass's best first, then the far-face pass's), or, when more were found, the most confident
+/// [`MAX_FACES`] best first.
 pub type Faces = heapless::Vec<Detection, MAX_FACES>;
 
 /// Fills `faces` with `found` when it fits, in its order; otherwise with its most confident
-/// [`MAX_FACES`] (`found` is reordered to pick them). Returns how many were left out. Never
-/// allocates.
+/// [`MAX_FACES`], best first (`found` is reordered to pick them). Returns how many were left
+/// out. Never allocates.
 pub fn keep_most_confident(found: &mut [Detection], faces: &mut Faces) -> usize {
     faces.clear();
     if found.len() > MAX_FACES {
-        found.select_nth_unstable_by(MAX_FACES - 1, |a, b| b.score.total_cmp(&a.score));
+        let by_score = |a: &Detection, b: &Detection| b.score.total_cmp(&a.score);
+        found.select_nth_unstable_by(MAX_FACES - 1, by_score);
+        // Best first, as the tracker hands out its free tracks in this order.
+        found[..MAX_FACES].sort_unstable_by(by_score);
     }
     let kept = found.len().min(MAX_FACES);
     // Cannot fail: `kept` fits.
@@ -459,8 +464,9 @@ mod tests {
             (0..100).map(|i| det([i as f32; 4], ((i * 37) % 100) as f32 / 100.0)).collect();
         assert_eq!(keep_most_confident(&mut many, &mut faces), 100 - MAX_FACES);
         assert_eq!(faces.len(), MAX_FACES);
-        let lowest = faces.iter().map(|d| d.score).fold(f32::INFINITY, f32::min);
-        assert_eq!(lowest, (100 - MAX_FACES) as f32 / 100.0);
+        let scores: Vec<f32> = faces.iter().map(|d| d.score).collect();
+        assert!(scores.windows(2).all(|w| w[0] >= w[1]), "best first: {scores:?}");
+        assert_eq!((scores[0], scores[MAX_FACES - 1]), (0.99, (100 - MAX_FACES) as f32 / 100.0));
     }
 
     #[test]

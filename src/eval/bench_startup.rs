@@ -5,9 +5,11 @@
 //! liveness, loop) and the first frame decided. The time before `main` (exec, dynamic
 //! linking) is the spawn-to-loop time less the phases' total.
 //!
-//! Must not: drive a real relay (the config's door must be the fake one), or leave a child
-//! running (each is stopped with SIGTERM once its first frame is decided, killed on a
-//! timeout).
+//! Must not: drive a real relay, speak to the site's broker or draw on a real panel (the
+//! config's door must be the fake one, MQTT off, the display none or snapshots: on a device,
+//! a copy of its config so changed, with `portier.service` stopped, since the camera is
+//! shared too), or leave a child running (each is stopped with SIGTERM once its first frame
+//! is decided, killed on a timeout).
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -20,7 +22,7 @@ use serde::Serialize;
 use super::bench::cpu_name;
 use super::bench_loop::Percentiles;
 use super::EvalError;
-use crate::config::{Config, DoorBackend};
+use crate::config::{Config, DisplayBackend, DoorBackend};
 use crate::startup::{parse_phases, FIRST_DECIDED};
 
 /// Longest wait for one start to decide its first frame.
@@ -61,22 +63,35 @@ pub struct StartupReport {
     pub spawn_to_first_decided: Percentiles,
 }
 
-/// Starts `exe` with `config` on `replay` `runs` times. Refuses a config whose door is not the
-/// fake one (the appliance would drive the relay).
+/// Starts `exe` with `config` (loaded from `config_path`) on `replay` `runs` times. Refuses
+/// a config that would reach the outside world: a door other than the fake one (the relay),
+/// MQTT (the site's broker: the same client id would push the real door off, its commands
+/// would change the real gallery), a framebuffer or SPI display.
 pub fn run(
     exe: &Path,
+    config: &Config,
     config_path: &Path,
     replay: &Path,
     runs: usize,
 ) -> Result<StartupReport, EvalError> {
-    let config = Config::load(config_path)
-        .map_err(|e| EvalError::Input { path: config_path.into(), reason: e.to_string() })?;
-    if config.door.backend != DoorBackend::Fake {
-        return Err(EvalError::Usage(format!(
-            "config {}: bench startup runs the appliance, which would drive this config's \
-             relay: give a config with `[door] backend = \"fake\"`",
+    let refuse = |what: &str, needs: &str| {
+        Err(EvalError::Usage(format!(
+            "config {}: bench startup runs the appliance, which would {what}: give a copy of \
+             the config with {needs}",
             config_path.display()
-        )));
+        )))
+    };
+    if config.door.backend != DoorBackend::Fake {
+        return refuse("drive this config's relay", "`[door] backend = \"fake\"`");
+    }
+    if config.mqtt.enabled {
+        return refuse(
+            "connect to this config's broker as its door",
+            "`[mqtt] enabled = false` (and `portier.service` stopped on a device)",
+        );
+    }
+    if !matches!(config.display.backend, DisplayBackend::None | DisplayBackend::Snapshots) {
+        return refuse("draw on this config's panel", "`[display] backend = \"none\"`");
     }
     let mut out = Vec::with_capacity(runs);
     for _ in 0..runs.max(1) {
@@ -145,24 +160,33 @@ fn start_once(exe: &Path, config: &Path, replay: &Path) -> Result<StartupRun, Ev
             tail.remove(0);
         }
     }
-    // Stop it as systemd would (SIGTERM: the door secured, exit 0), then make sure.
-    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
-        // SAFETY: kill(2) on our own child's pid, which we have not waited for yet (so it
-        // cannot have been reused); no memory is touched.
+    // Stop it as systemd would (SIGTERM: the door secured, exit 0), then make sure. A child
+    // that has ended (or cannot be waited for: then it was reaped already) is not signalled.
+    let mut status = child.try_wait();
+    if let (Ok(None), Ok(pid)) = (&status, libc::pid_t::try_from(child.id())) {
+        // SAFETY: kill(2) on our own child's pid, which has not been waited for (try_wait just
+        // said it runs), so it cannot have been reused; no memory is touched.
         unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(status, Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            status = child.try_wait();
+        }
+        if matches!(status, Ok(None)) {
+            let _ = child.kill();
+            status = child.wait().map(Some);
+        }
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
     let _ = reader.join();
     let (Some((phases, main_to_loop_ms)), Some(at_loop), Some(at_decided)) =
         (phases, at_loop, at_decided)
     else {
+        let ended = match status {
+            Ok(Some(s)) => format!("it ended ({s})"),
+            _ => format!("it did not decide a frame within {TIMEOUT:?}"),
+        };
         return Err(failed(format!(
-            "the appliance did not decide a frame within {TIMEOUT:?}; its last lines:\n{}",
+            "the appliance started but {ended}; its last lines:\n{}",
             tail.join("\n")
         )));
     };
