@@ -445,15 +445,16 @@ pub struct App {
     door_events: Vec<DoorEvent>,
     events: Vec<AppEvent>,
     counters: Counters,
-    /// (last vote, face index) of this frame's embedding candidates; the first
-    /// `max_embeds_per_frame` (at most [`MAX_FACES`]) are embedded.
+    /// (when due, face index) of this frame's embedding candidates
+    /// ([`Decider::embed_due`]); the `max_embeds_per_frame` due first are embedded.
     candidates: heapless::Vec<(Duration, usize), MAX_FACES>,
     camera_lost: bool,
     last_frame_at: Duration,
     /// The frame time before `last_frame_at`: a track last seen before it missed a frame.
     previous_frame_at: Duration,
-    /// Embeddings made on the previous frame: the far-face pass yields to a spent budget.
-    previous_embeddings: usize,
+    /// The previous frame had more faces wanting an embedding than its budget, or a near face
+    /// (larger than the far pass finds) wanting one: the far-face pass yields this frame.
+    far_yields: bool,
     /// While the door is unlocked for a face: the tracks that were in view at the grant.
     grant_witnesses: heapless::Vec<TrackId, MAX_TRACKS>,
     grant_open: bool,
@@ -637,7 +638,7 @@ impl App {
             camera_lost: false,
             last_frame_at: Duration::ZERO,
             previous_frame_at: Duration::ZERO,
-            previous_embeddings: 0,
+            far_yields: false,
             grant_witnesses: heapless::Vec::new(),
             grant_open: false,
             corrupt_log: RateLimit::default(),
@@ -834,7 +835,6 @@ impl App {
 
     fn process_frame(&mut self, sequence: u64, now: Duration) -> Result<usize, AppError> {
         let t0 = Instant::now();
-        let embeddings_before = self.counters.embeddings;
         if let Err(e) = self.detector.detect(self.frame.view(), &mut self.found) {
             // A model failure on one frame: count it like a bad frame and go on.
             self.counters.corrupt_frames += 1;
@@ -892,15 +892,24 @@ impl App {
                 self.step_closer |= det.eye_distance() < self.settings.min_eye_px
                     || height_pct < self.settings.decision.min_face_height_pct;
             }
-            if confirmed
-                && self.decider.wants(track, now)
-                && det.eye_distance() >= self.settings.min_eye_px
-            {
+            let first_seen = self.tracker.get(track).map(|t| t.first_seen);
+            if let Some(first_seen) = first_seen.filter(|_| {
+                confirmed
+                    && self.decider.wants(track, now)
+                    && det.eye_distance() >= self.settings.min_eye_px
+            }) {
                 // Cannot fail: one candidate per face.
-                let _ = self.candidates.push((self.decider.last_vote(track), i));
+                let _ = self.candidates.push((self.decider.embed_due(track, first_seen), i));
             }
         }
-        self.candidates.sort_unstable_by_key(|c| c.0);
+        // Ties (same due time) go by face index: the order stays the same run after run.
+        self.candidates.sort_unstable();
+        // The next frame's far pass yields when faces are left waiting, or when a face too
+        // large for the far pass to find wants an embedding: a face at the door is being
+        // decided, and its embedding, not a search for far faces, is what that frame is for.
+        let far_eye = self.far.as_ref().map_or(f32::INFINITY, |f| f.settings().max_eye_px);
+        self.far_yields = self.candidates.len() > self.settings.max_embeds_per_frame
+            || self.candidates.iter().any(|&(_, i)| self.faces[i].eye_distance() > far_eye);
         self.candidates.truncate(self.settings.max_embeds_per_frame);
 
         for c in 0..self.candidates.len() {
@@ -974,8 +983,6 @@ impl App {
                 self.apply(v, sequence, face, now)?;
             }
         }
-        self.previous_embeddings =
-            usize::try_from(self.counters.embeddings - embeddings_before).unwrap_or(usize::MAX);
         self.check_tailgating(sequence);
         self.last_stages.decide = t2.elapsed();
         self.frames_decided += 1;
@@ -985,12 +992,13 @@ impl App {
     /// The far-face pass of this frame, its faces merged into `found`: on every other
     /// frame a window around the small track that has gone unseen longest (one the whole-frame
     /// pass is losing: it missed the previous frame), else the next tile of the rotation. Not
-    /// after a frame that spent the whole embedding budget.
+    /// after a frame that left faces waiting for an embedding or that embedded a near face.
     fn far_pass(&mut self) -> Result<(), crate::detect::DetectError> {
         let Some(far) = &mut self.far else { return Ok(()) };
-        if self.previous_embeddings >= self.settings.max_embeds_per_frame {
-            // The previous frame spent the whole embedding budget: this one likely will too,
-            // and the faces being decided come first (the far faces wait a frame).
+        if self.far_yields {
+            // The previous frame left faces waiting for an embedding, or was deciding a near
+            // face: this one likely will too, and the faces found come first (the far faces,
+            // and the small tracks the pass follows, wait a frame).
             return Ok(());
         }
         let max_eye = far.settings().max_eye_px;

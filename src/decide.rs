@@ -31,6 +31,28 @@ use crate::track::{TrackId, MAX_TRACKS};
 /// Longest vote window.
 pub const MAX_WINDOW: usize = 16;
 
+/// How much later a track is due for an embedding per vote its leading person lacks for a
+/// grant ([`Decider::embed_due`]): three frames of a 30 fps camera.
+pub const EMBED_ORDER_STEP: Duration = Duration::from_millis(100);
+
+/// The most votes any one person has in `votes`.
+fn leading_votes(votes: &[Vote]) -> usize {
+    votes
+        .iter()
+        .filter_map(|v| match *v {
+            Vote::Person { person, .. } => Some(person),
+            Vote::Nobody => None,
+        })
+        .map(|p| {
+            votes
+                .iter()
+                .filter(|v| matches!(v, Vote::Person { person, .. } if *person == p))
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 /// Similarity threshold for faces at least `min_eye_px` apart at the eyes.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SizeBand {
@@ -467,9 +489,30 @@ impl Decider {
         })
     }
 
-    /// When `track` last voted (zero if never), so the loop can embed the stalest tracks first.
-    pub fn last_vote(&self, track: TrackId) -> Duration {
-        self.tracks.iter().find(|t| t.track == track).map_or(Duration::ZERO, |t| t.last_vote)
+    /// When `track` is due for an embedding, for a frame with more faces wanting one than
+    /// `max_embeds_per_frame`: the loop embeds the earliest first. A track is due at its last
+    /// vote (a track that never voted: `first_seen`, when it came into view), plus
+    /// [`EMBED_ORDER_STEP`] for each vote it still lacks for a decision: a grant (its leading
+    /// person's votes short of `votes`) or, not yet reported, an unknown face (its window's
+    /// empty slots), whichever is nearer. So the face nearest to a decision goes first (one
+    /// vote short of a grant, it is due two steps before a face with no vote yet), and a face
+    /// kept waiting still comes up, at most `votes` steps later than it would alone: nobody
+    /// waits for ever. A granted track re-checking lacks every vote (its grant is made; a
+    /// newcomer's is not).
+    pub fn embed_due(&self, track: TrackId, first_seen: Duration) -> Duration {
+        let votes = self.config.votes;
+        let (since, missing) = match self.tracks.iter().find(|t| t.track == track) {
+            Some(t) if t.decided => (t.last_vote, votes),
+            Some(t) => {
+                let grant = votes.saturating_sub(leading_votes(&t.votes[..t.len]));
+                let unknown =
+                    if t.unknown_reported { usize::MAX } else { self.config.window - t.len };
+                (t.last_vote, grant.min(unknown))
+            }
+            None => (first_seen, votes),
+        };
+        let missing = u32::try_from(missing.min(votes)).unwrap_or(u32::MAX);
+        since.saturating_add(EMBED_ORDER_STEP.saturating_mul(missing))
     }
 
     /// Forgets tracks that ended.
@@ -866,6 +909,38 @@ mod tests {
                 Some(Verdict::Granted { .. })
             ));
         }
+    }
+
+    #[test]
+    fn the_face_nearest_to_a_decision_is_embedded_first_and_nobody_waits_for_ever() {
+        let mut d = decider();
+        let ms = Duration::from_millis;
+        let face = FaceSize::eyes(40.0);
+        // Track 1: two votes for person 0, the last at 1.0 s. Track 2: one vote for nobody
+        // at 0.9 s. Track 3: seen since 0.95 s, never embedded.
+        d.vote(1, Some((0, 0.6)), None, face, id, ms(900));
+        d.vote(1, Some((0, 0.6)), None, face, id, ms(1000));
+        d.vote(2, Some((0, 0.1)), None, face, id, ms(900));
+        let due = |d: &Decider, t| d.embed_due(t, ms(950));
+        // One vote short of a grant: due one step after its last vote, before the others.
+        assert_eq!(due(&d, 1), ms(1000) + EMBED_ORDER_STEP);
+        assert_eq!(due(&d, 2), ms(900) + 3 * EMBED_ORDER_STEP);
+        assert_eq!(due(&d, 3), ms(950) + 3 * EMBED_ORDER_STEP);
+        assert!(due(&d, 1) < due(&d, 2) && due(&d, 2) < due(&d, 3));
+        // A track that has waited `votes` steps longer goes before the nearest one.
+        d.vote(1, Some((0, 0.1)), None, face, id, ms(1400));
+        assert!(due(&d, 2) < due(&d, 1));
+        // Four votes in a window of five, no majority: one short of an unknown report.
+        for t in [2000, 2100, 2200] {
+            d.vote(2, Some((1, 0.1)), None, face, id, ms(t));
+        }
+        assert_eq!(due(&d, 2), ms(2200) + EMBED_ORDER_STEP);
+        // Granted: a re-check lacks every vote.
+        for t in [3000, 3100, 3200] {
+            d.vote(4, Some((0, 0.6)), None, face, id, ms(t));
+        }
+        assert!(d.granted(4));
+        assert_eq!(due(&d, 4), ms(3200) + 3 * EMBED_ORDER_STEP);
     }
 
     #[test]
