@@ -138,6 +138,10 @@ pub fn warp_bilinear(
         unsafe { warp_avx2(src, inverse, out, width, height) };
         return;
     }
+    // `portier_portable_kernels`: the portable warp on aarch64, to measure the difference.
+    #[cfg(all(target_arch = "aarch64", not(portier_portable_kernels)))]
+    warp_neon(src, inverse, out, width, height);
+    #[cfg(not(all(target_arch = "aarch64", not(portier_portable_kernels))))]
     warp(src, inverse, out, width, height);
 }
 
@@ -253,19 +257,96 @@ fn warp_avx2(src: ImageView<'_>, inverse: &Affine, out: &mut [u8], width: usize,
             out[o..o + 12].copy_from_slice(&bytes[..12]);
             x += 4;
         }
-        warp_span(src, inverse, out, width, y, x);
+        warp_span(src, inverse, out, width, y, x..width);
     }
 }
 
-/// The warp of [`warp_bilinear`].
+/// [`warp`] with NEON (aarch64's baseline), the three channels of one output pixel at a time:
+/// the pixel's 2x2 neighbourhood is two 8-byte loads (its two source rows, each the left and
+/// right pixel's RGB), widened to doubles in two 2-lane vectors per neighbour (R and G, then B),
+/// and interpolated with the scalar code's double-precision operations in its order (separate
+/// multiplies and adds, never fused), so the same bytes. The position, `floor` and the bounds
+/// are the scalar code's; a pixel whose neighbourhood is clamped at the frame's edge, or whose
+/// second load would read past the frame's last byte, goes through [`warp`]'s code.
+#[cfg(target_arch = "aarch64")]
+#[cfg_attr(portier_portable_kernels, allow(dead_code))]
+fn warp_neon(src: ImageView<'_>, inverse: &Affine, out: &mut [u8], width: usize, height: usize) {
+    use std::arch::aarch64::*;
+    let (sw, sh) = (src.width() as usize, src.height() as usize);
+    let data = src.as_bytes();
+    let [[a, b, c], [d, e, f]] = inverse.0;
+    let (last_x, last_y) = (sw.saturating_sub(1) as f64, sh.saturating_sub(1) as f64);
+    for y in 0..height {
+        let yc = y as f64 + 0.5;
+        for x in 0..width {
+            let xc = x as f64 + 0.5;
+            let xin = a * xc + b * yc + c;
+            let yin = d * xc + e * yc + f;
+            let o = (y * width + x) * 3;
+            if !(xin >= 0.0 && yin >= 0.0 && xin < sw as f64 && yin < sh as f64) {
+                out[o..o + 3].fill(0);
+                continue;
+            }
+            let (xs, ys) = (xin - 0.5, yin - 0.5);
+            let (x0, y0) = (xs.floor(), ys.floor());
+            // Both neighbours of each axis inside the frame (no clamping), and 8 bytes from the
+            // lower row's start inside the data.
+            let top = (y0 as usize * sw + x0 as usize) * 3;
+            if x0 < 0.0 || y0 < 0.0 || x0 >= last_x || y0 >= last_y || top + sw * 3 + 8 > data.len()
+            {
+                warp_span(src, inverse, out, width, y, x..x + 1);
+                continue;
+            }
+            let (dx, dy) = (xs - x0, ys - y0);
+            // SAFETY: NEON is part of aarch64's baseline; both 8-byte loads lie inside `data`
+            // (the lower one ends at most at its end, checked above, and the upper one starts a
+            // row earlier).
+            let rgb = unsafe {
+                let (upper, lower) =
+                    (vld1_u8(data.as_ptr().add(top)), vld1_u8(data.as_ptr().add(top + sw * 3)));
+                // [R G] and [B _] of the left and the right pixel of a row, as doubles.
+                let row = |v: uint8x8_t| {
+                    let wide = vmovl_u8(v);
+                    let (lo, hi) = (vmovl_u16(vget_low_u16(wide)), vmovl_high_u16(wide));
+                    let rg = vcvtq_f64_u64(vmovl_u32(vget_low_u32(lo))); // R0 G0
+                    let br = vcvtq_f64_u64(vmovl_high_u32(lo)); // B0 R1
+                    let gb = vcvtq_f64_u64(vmovl_u32(vget_low_u32(hi))); // G1 B1
+                    (rg, br, vextq_f64::<1>(br, gb), vextq_f64::<1>(gb, gb))
+                };
+                let (a_rg, a_b, b_rg, b_b) = row(upper);
+                let (c_rg, c_b, d_rg, d_b) = row(lower);
+                let (vdx, vdy) = (vdupq_n_f64(dx), vdupq_n_f64(dy));
+                let lerp = |p: float64x2_t, q: float64x2_t, t: float64x2_t| {
+                    vaddq_f64(p, vmulq_f64(vsubq_f64(q, p), t))
+                };
+                let to_bytes = |v: float64x2_t| {
+                    let v =
+                        vminq_f64(vmaxq_f64(vrndaq_f64(v), vdupq_n_f64(0.0)), vdupq_n_f64(255.0));
+                    vcvtq_u64_f64(v)
+                };
+                let rg = to_bytes(lerp(lerp(a_rg, b_rg, vdx), lerp(c_rg, d_rg, vdx), vdy));
+                let bb = to_bytes(lerp(lerp(a_b, b_b, vdx), lerp(c_b, d_b, vdx), vdy));
+                [
+                    vgetq_lane_u64::<0>(rg) as u8,
+                    vgetq_lane_u64::<1>(rg) as u8,
+                    vgetq_lane_u64::<0>(bb) as u8,
+                ]
+            };
+            out[o..o + 3].copy_from_slice(&rgb);
+        }
+    }
+}
+
+/// The warp of [`warp_bilinear`] (on aarch64 the tests' reference).
+#[cfg(any(test, not(all(target_arch = "aarch64", not(portier_portable_kernels)))))]
 #[inline(always)]
 fn warp(src: ImageView<'_>, inverse: &Affine, out: &mut [u8], width: usize, height: usize) {
     for y in 0..height {
-        warp_span(src, inverse, out, width, y, 0);
+        warp_span(src, inverse, out, width, y, 0..width);
     }
 }
 
-/// Output pixels `first..width` of row `y` of the warp.
+/// Output pixels `xs` of row `y` of the warp.
 #[inline(always)]
 fn warp_span(
     src: ImageView<'_>,
@@ -273,13 +354,13 @@ fn warp_span(
     out: &mut [u8],
     width: usize,
     y: usize,
-    first: usize,
+    xs: std::ops::Range<usize>,
 ) {
     let (sw, sh) = (src.width() as usize, src.height() as usize);
     let data = src.as_bytes();
     let [[a, b, c], [d, e, f]] = inverse.0;
     let yc = y as f64 + 0.5;
-    for x in first..width {
+    for x in xs {
         let xc = x as f64 + 0.5;
         let xin = a * xc + b * yc + c;
         let yin = d * xc + e * yc + f;
@@ -401,6 +482,38 @@ mod tests {
             // SAFETY: AVX2 checked above.
             unsafe { warp_avx2(img.view(), &inv, &mut simd, ow, oh) };
             assert!(scalar == simd, "case {case}: {inv:?}");
+        }
+    }
+
+    /// Run in CI under `qemu-aarch64`.
+    #[cfg(target_arch = "aarch64")]
+    #[test]
+    fn neon_warp_is_bit_identical_to_scalar() {
+        let mut state = 0x9e37_79b9u32;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state
+        };
+        let (w, h) = (203, 151);
+        let mut img = RgbImage::new(w, h);
+        for v in img.as_bytes_mut() {
+            *v = next() as u8;
+        }
+        for case in 0..200 {
+            // As the AVX2 test: scales from 0.2 to 3, any rotation, parts of the crop outside
+            // the frame and across its last pixels; odd widths end rows with one pixel.
+            let unit = |v: u32| f64::from(v % 10_000) / 10_000.0;
+            let (s, th) = (0.2 + 2.8 * unit(next()), 6.3 * unit(next()));
+            let (tx, ty) = (-60.0 + 320.0 * unit(next()), -60.0 + 270.0 * unit(next()));
+            let inv = Affine([[s * th.cos(), -s * th.sin(), tx], [s * th.sin(), s * th.cos(), ty]]);
+            let (ow, oh) = (if case % 3 == 0 { 37 } else { 112 }, 112);
+            let mut scalar = vec![1u8; ow * oh * 3];
+            let mut neon = vec![2u8; ow * oh * 3];
+            warp(img.view(), &inv, &mut scalar, ow, oh);
+            warp_neon(img.view(), &inv, &mut neon, ow, oh);
+            assert!(scalar == neon, "case {case}: {inv:?}");
         }
     }
 

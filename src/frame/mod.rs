@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod jpeg;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 mod resize;
 #[cfg(target_arch = "x86_64")]
 mod simd;

@@ -245,6 +245,10 @@ enum Kernel {
     /// Four output pixels per 512-bit register, windows gathered with `vpermb`.
     #[cfg(target_arch = "x86_64")]
     Avx512,
+    /// One output pixel per iteration, its window split into channels by `ld3`.
+    #[cfg(target_arch = "aarch64")]
+    #[cfg_attr(portier_portable_kernels, allow(dead_code))]
+    Neon,
 }
 
 /// The prepared taps and source of one resize, shared by the threads that compute its bands.
@@ -285,6 +289,14 @@ impl Band<'_> {
                     self.passes_avx2(scratch, rows, out, kernel, on_row);
                 }
             }
+            return;
+        }
+        // NEON is aarch64's baseline: the vertical pass is vectorised by the compiler in
+        // every build, the horizontal one is written out (`portier_portable_kernels`: the
+        // portable one, to measure the difference).
+        #[cfg(all(target_arch = "aarch64", not(portier_portable_kernels)))]
+        if !self.h.weights8.is_empty() {
+            self.passes(scratch, rows, out, Kernel::Neon, on_row);
             return;
         }
         self.passes(scratch, rows, out, Kernel::Scalar, on_row);
@@ -372,6 +384,8 @@ impl Band<'_> {
                     Kernel::Avx512 => unsafe {
                         super::simd::horizontal_row_avx512(h, src_row, tmp_row);
                     },
+                    #[cfg(target_arch = "aarch64")]
+                    Kernel::Neon => super::neon::horizontal_row_neon(h, src_row, tmp_row),
                     Kernel::Scalar => horizontal_row(h, src_row, tmp_row, 0),
                 }
                 next += 1;
@@ -498,6 +512,10 @@ pub(super) mod tests {
                     Kernel::Scalar => {
                         band.passes(&mut scratch, rows, &mut planar, kernel, &mut |_, _| {});
                     }
+                    #[cfg(target_arch = "aarch64")]
+                    Kernel::Neon => {
+                        band.passes(&mut scratch, rows, &mut planar, kernel, &mut |_, _| {});
+                    }
                     // SAFETY: `kernels_for` lists only kernels the CPU has and the taps fit.
                     #[cfg(target_arch = "x86_64")]
                     _ => unsafe {
@@ -533,9 +551,45 @@ pub(super) mod tests {
                 kernels.push(Kernel::Avx512);
             }
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(target_arch = "aarch64")]
+        if !h.weights8.is_empty() {
+            kernels.push(Kernel::Neon);
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
         let _ = h;
         kernels
+    }
+
+    /// The NEON horizontal pass gives the scalar pass's bytes, row by row, for shrinks and
+    /// enlargements (it finishes the row's end with the scalar code). Run in CI under
+    /// `qemu-aarch64`.
+    #[cfg(target_arch = "aarch64")]
+    #[test]
+    fn neon_horizontal_pass_is_bit_identical_to_scalar() {
+        let mut checked = 0;
+        for (src, dst, filter) in [
+            (1280, 640, Filter::Antialiased),
+            (1920, 640, Filter::Antialiased),
+            (1280, 517, Filter::Antialiased),
+            (1931, 1931, Filter::Antialiased),
+            (1931, 700, Filter::Bilinear),
+            (1931, 2500, Filter::Antialiased),
+            (1931, 483, Filter::Antialiased),
+        ] {
+            let row = noise(src, 1, 99 + dst);
+            let mut taps = ResampleTaps::default();
+            taps.prepare(src, dst, filter);
+            if taps.weights8.is_empty() {
+                continue;
+            }
+            let mut scalar = vec![0u8; dst as usize * 3];
+            let mut neon = vec![1u8; dst as usize * 3];
+            horizontal_row(&taps, row.as_bytes(), &mut scalar, 0);
+            crate::frame::neon::horizontal_row_neon(&taps, row.as_bytes(), &mut neon);
+            assert_eq!(scalar, neon, "{src} -> {dst} {filter:?}");
+            checked += 1;
+        }
+        assert_eq!(checked, 6, "every case but the 4x shrink (9 taps) has at most 8");
     }
 
     /// Each SIMD horizontal kernel this CPU has gives the scalar pass's bytes, row by row, for

@@ -44,6 +44,10 @@ pub struct ResampleTaps {
     /// The weights of each group of four split likewise ([`split_weights`], 64 lanes per
     /// group: two 512-bit vectors).
     pub(super) group_split: Vec<i16>,
+    /// For the NEON pass, with at most 8 taps: each output index's weights padded with zeros
+    /// to 8 (two 4-lane vectors).
+    #[cfg(target_arch = "aarch64")]
+    pub(super) weights8: Vec<i32>,
 }
 
 impl ResampleTaps {
@@ -91,6 +95,16 @@ impl ResampleTaps {
         self.split.clear();
         self.group_offsets.clear();
         self.group_split.clear();
+        #[cfg(target_arch = "aarch64")]
+        {
+            self.weights8.clear();
+            if max_taps <= 8 {
+                for w in self.weights.chunks_exact(max_taps) {
+                    self.weights8.extend_from_slice(w);
+                    self.weights8.extend(std::iter::repeat_n(0, 8 - max_taps));
+                }
+            }
+        }
         if max_taps <= 8 {
             split_weights(&self.weights, max_taps, 2, &mut self.split);
             for group in self.starts.chunks(4) {
