@@ -1388,7 +1388,7 @@ impl App {
     ) -> Result<Counters, AppError> {
         let start = Instant::now();
         let mut last_counters = Duration::ZERO;
-        let (mut ended, mut decided_one) = (false, false);
+        let mut ended = false;
         let mut now = Duration::ZERO;
         notifier.ready(&self.source.describe());
         let result = loop {
@@ -1408,10 +1408,10 @@ impl App {
                 std::thread::sleep(if real_time { IDLE_POLL } else { Duration::from_micros(200) });
                 StepOutcome::NoFrame
             } else {
+                let decided_before = self.frames_decided;
                 match self.step(now) {
                     Ok(o) => {
-                        if !decided_one && self.frames_decided > 0 {
-                            decided_one = true;
+                        if decided_before == 0 && self.frames_decided > 0 {
                             log::info!(
                                 "{} {:.1?} after the loop started",
                                 crate::startup::FIRST_DECIDED,

@@ -712,7 +712,7 @@ pub fn capture(
     let mut decoder = FrameDecoder::new();
     let mut image = RgbImage::new(0, 0);
     let (mut found, mut detections) = (Vec::with_capacity(256), Faces::new());
-    let mut corrupt = 0u64;
+    let (mut corrupt, mut crowded) = (0u64, 0u64);
     let mut last_frame = Instant::now();
     while !live.is_over() {
         let raw = match source.next_frame(frame_timeout) {
@@ -736,10 +736,13 @@ pub fn capture(
         detector.detect(image.view(), &mut found)?;
         let over = keep_most_confident(&mut found, &mut detections);
         if over > 0 {
-            log::warn!(
-                "enrolment: frame {}: {over} faces beyond {MAX_FACES} left out",
-                raw.sequence
-            );
+            crowded += 1;
+            if crowded == 1 {
+                log::warn!(
+                    "enrolment: frame {}: {over} faces beyond {MAX_FACES} left out",
+                    raw.sequence
+                );
+            }
         }
         if let Progress::Refused(_) = live.offer(image.view(), &detections, now) {
             break;
@@ -747,6 +750,9 @@ pub fn capture(
     }
     if corrupt > 0 {
         log::warn!("enrolment: {corrupt} corrupt frame(s) dropped");
+    }
+    if crowded > 1 {
+        log::warn!("enrolment: {crowded} frames had more than {MAX_FACES} faces");
     }
     Ok(live)
 }

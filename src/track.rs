@@ -216,8 +216,9 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    /// A tracker with no tracks; `config.max_tracks` is capped at [`MAX_TRACKS`] (the config
-    /// refuses more).
+    /// A tracker with no tracks; `config.max_tracks` is capped at [`MAX_TRACKS`], the table's
+    /// size. (A config file's larger value is clamped, with a warning naming the key, when the
+    /// file is read; this cap is for a `TrackerConfig` built in code.)
     pub fn new(mut config: TrackerConfig) -> Tracker {
         config.max_tracks = config.max_tracks.min(MAX_TRACKS);
         Tracker {
