@@ -21,6 +21,7 @@ fn main() {
         .get(2)
         .and_then(|s| s.split_once('x'))
         .and_then(|(w, h)| Some((w.parse::<u32>().ok()?, h.parse::<u32>().ok()?)))
+        .filter(|&(w, h)| w >= 2 && h >= 2)
         .unwrap_or((1280, 720));
     // A deterministic frame (xorshift bytes): the kernels' work does not depend on the values.
     let mut frame = RgbImage::new(w, h);
@@ -33,9 +34,9 @@ fn main() {
     }
     let mut sum = 0f64;
 
-    // The letterbox: half size, as 1280x720 into SCRFD's 640x384 input (rows converted to
-    // floats as the detector's models want them).
-    let (dw, dh) = (w / 2, h / 2);
+    // The letterbox: half size, as 1280x720 into 640x360 of SCRFD's 640x384 input (rows
+    // converted to floats as the detector's models want them).
+    let (dw, dh) = ((w / 2).max(1), (h / 2).max(1));
     let plane = (dw * dh) as usize;
     let mut tensor = vec![0f32; 3 * plane];
     let mut resizer = Resizer::default();

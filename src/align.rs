@@ -515,6 +515,23 @@ mod tests {
             warp_neon(img.view(), &inv, &mut neon, ow, oh);
             assert!(scalar == neon, "case {case}: {inv:?}");
         }
+        // Frames of one row, one column and 2x2 (every neighbourhood clamped or at the last
+        // bytes), and a crop over a frame's bottom-right corner.
+        for (w, h) in [(1, 9), (9, 1), (2, 2), (3, 3), (40, 30)] {
+            let mut img = RgbImage::new(w, h);
+            for v in img.as_bytes_mut() {
+                *v = next() as u8;
+            }
+            for s in [0.05, 0.3, 1.0] {
+                let (tx, ty) = (f64::from(w) - 2.0, f64::from(h) - 2.0);
+                let inv = Affine([[s, 0.01, tx - 1.0], [-0.01, s, ty - 1.0]]);
+                let mut scalar = vec![1u8; 16 * 16 * 3];
+                let mut neon = vec![2u8; 16 * 16 * 3];
+                warp(img.view(), &inv, &mut scalar, 16, 16);
+                warp_neon(img.view(), &inv, &mut neon, 16, 16);
+                assert!(scalar == neon, "{w}x{h} at scale {s}");
+            }
+        }
     }
 
     #[test]

@@ -35,6 +35,10 @@ use crate::track::{quality, Assignment, Ended, TrackId, Tracker, TrackerConfig, 
 /// How often the loop polls the door once a replay has ended (waiting for it to relock).
 const IDLE_POLL: Duration = Duration::from_millis(20);
 
+/// While the far-face pass yields to faces being decided, it still searches the next tile on
+/// every this-many-th frame.
+const FAR_SEARCH_EVERY: u32 = 4;
+
 /// One face embedded and matched ([`App`]'s `embed_and_match`): the best two are indices of
 /// the CPU matcher's people, whichever backend embedded it.
 struct Embedded {
@@ -455,6 +459,9 @@ pub struct App {
     /// The previous frame had more faces wanting an embedding than its budget, or a near face
     /// (larger than the far pass finds) wanting one: the far-face pass yields this frame.
     far_yields: bool,
+    /// Far passes run, and frames since the last one.
+    far_runs: u64,
+    far_skipped: u32,
     /// While the door is unlocked for a face: the tracks that were in view at the grant.
     grant_witnesses: heapless::Vec<TrackId, MAX_TRACKS>,
     grant_open: bool,
@@ -639,6 +646,8 @@ impl App {
             last_frame_at: Duration::ZERO,
             previous_frame_at: Duration::ZERO,
             far_yields: false,
+            far_runs: 0,
+            far_skipped: 0,
             grant_witnesses: heapless::Vec::new(),
             grant_open: false,
             corrupt_log: RateLimit::default(),
@@ -916,6 +925,9 @@ impl App {
             let i = self.candidates[c].1;
             let det = self.faces[i];
             let Some(track) = self.assignment[i] else { continue };
+            // Picked: due later whatever comes of it (a crop that fails alignment or quality
+            // must not hold the budget frame after frame).
+            self.decider.attempted(track, now);
             if align_face(self.frame.view(), &det.kps, &mut self.crop).is_none() {
                 continue;
             }
@@ -990,36 +1002,43 @@ impl App {
     }
 
     /// The far-face pass of this frame, its faces merged into `found`: on every other
-    /// frame a window around the small track that has gone unseen longest (one the whole-frame
-    /// pass is losing: it missed the previous frame), else the next tile of the rotation. Not
-    /// after a frame that left faces waiting for an embedding or that embedded a near face.
+    /// pass a window around the small track that has gone unseen longest (one the whole-frame
+    /// pass is losing: it missed the previous frame), else the next tile of the rotation. After
+    /// a frame that left faces waiting for an embedding or that embedded a near face, only the
+    /// window around such a track, or the next tile every [`FAR_SEARCH_EVERY`]-th frame.
     fn far_pass(&mut self) -> Result<(), crate::detect::DetectError> {
         let Some(far) = &mut self.far else { return Ok(()) };
-        if self.far_yields {
-            // The previous frame left faces waiting for an embedding, or was deciding a near
-            // face: this one likely will too, and the faces found come first (the far faces,
-            // and the small tracks the pass follows, wait a frame).
-            return Ok(());
-        }
         let max_eye = far.settings().max_eye_px;
-        let follow = self.counters.frames.is_multiple_of(2);
-        let around = follow
-            .then(|| {
-                self.tracker
-                    .tracks()
-                    .iter()
-                    .filter(|t| {
-                        t.last_seen < self.previous_frame_at && t.last.eye_distance() <= max_eye
-                    })
-                    .min_by_key(|t| t.last_seen)
-                    .map(|t| {
-                        // Where the constant-velocity motion has taken it by now.
-                        let dt = self.last_frame_at.saturating_sub(t.last_seen).as_secs_f32();
-                        let [dx, dy] = t.velocity.map(|v| v * dt);
-                        [t.bbox[0] + dx, t.bbox[1] + dy, t.bbox[2] + dx, t.bbox[3] + dy]
-                    })
-            })
-            .flatten();
+        // The small track the whole-frame pass is losing (it missed the previous frame) that
+        // has gone unseen longest, where its constant-velocity motion has taken it by now.
+        let lost = self
+            .tracker
+            .tracks()
+            .iter()
+            .filter(|t| t.last_seen < self.previous_frame_at && t.last.eye_distance() <= max_eye)
+            .min_by_key(|t| t.last_seen)
+            .map(|t| {
+                let dt = self.last_frame_at.saturating_sub(t.last_seen).as_secs_f32();
+                let [dx, dy] = t.velocity.map(|v| v * dt);
+                [t.bbox[0] + dx, t.bbox[1] + dy, t.bbox[2] + dx, t.bbox[3] + dy]
+            });
+        let around = if self.far_yields {
+            // The previous frame left faces waiting for an embedding, or was deciding a near
+            // face: this one likely will too, and the faces found come first. A small track
+            // being lost is still followed (its votes would go with it), and the search for
+            // new far faces still runs every FAR_SEARCH_EVERY-th frame (a face that stays at
+            // the door undecided must not stop it).
+            self.far_skipped += 1;
+            if lost.is_none() && self.far_skipped < FAR_SEARCH_EVERY {
+                return Ok(());
+            }
+            lost
+        } else {
+            // Every other pass follows a lost small track, the others search.
+            lost.filter(|_| self.far_runs.is_multiple_of(2))
+        };
+        self.far_skipped = 0;
+        self.far_runs += 1;
         let before = self.found.len();
         far.pass(&mut self.detector, self.frame.view(), around, &mut self.found)?;
         self.counters.far_faces += self.found.len().saturating_sub(before) as u64;

@@ -349,6 +349,8 @@ struct TrackVotes {
     /// Reported as a suspected spoof: never granted, no more votes wanted.
     spoofed: bool,
     last_vote: Duration,
+    /// When the loop last picked the track for an embedding (vote or not).
+    last_attempt: Duration,
 }
 
 /// Votes of every live track. See the module documentation.
@@ -491,28 +493,46 @@ impl Decider {
 
     /// When `track` is due for an embedding, for a frame with more faces wanting one than
     /// `max_embeds_per_frame`: the loop embeds the earliest first. A track is due at its last
-    /// vote (a track that never voted: `first_seen`, when it came into view), plus
-    /// [`EMBED_ORDER_STEP`] for each vote it still lacks for a decision: a grant (its leading
-    /// person's votes short of `votes`) or, not yet reported, an unknown face (its window's
-    /// empty slots), whichever is nearer. So the face nearest to a decision goes first (one
-    /// vote short of a grant, it is due two steps before a face with no vote yet), and a face
-    /// kept waiting still comes up, at most `votes` steps later than it would alone: nobody
-    /// waits for ever. A granted track re-checking lacks every vote (its grant is made; a
-    /// newcomer's is not).
+    /// vote or its last attempt ([`Decider::attempted`]: an embedding that gave no vote, for a
+    /// crop that failed alignment or quality, counts too), or, with neither, at `first_seen`
+    /// (when it came into view); plus [`EMBED_ORDER_STEP`] for each vote it still lacks for a
+    /// decision: a grant (its leading person's votes short of `votes`) or, not yet reported, an
+    /// unknown face (its window's empty slots), whichever is nearer, and at least one. So the
+    /// face nearest to a decision goes first (one vote short of a grant, it is due two steps
+    /// before a face with no vote yet), every pick moves a track back (a face whose embedding
+    /// keeps failing, or whose majority waits for the approach gate, cannot hold the budget),
+    /// and a face kept waiting comes up at most `votes` steps later than it would alone. A
+    /// granted track's re-check is due one step after its last: a track handed to someone else
+    /// is found out first.
     pub fn embed_due(&self, track: TrackId, first_seen: Duration) -> Duration {
         let votes = self.config.votes;
         let (since, missing) = match self.tracks.iter().find(|t| t.track == track) {
-            Some(t) if t.decided => (t.last_vote, votes),
+            Some(t) if t.decided => (t.last_vote.max(t.last_attempt), 1),
+            Some(t) if t.len == 0 => (first_seen.max(t.last_attempt), votes),
             Some(t) => {
                 let grant = votes.saturating_sub(leading_votes(&t.votes[..t.len]));
                 let unknown =
                     if t.unknown_reported { usize::MAX } else { self.config.window - t.len };
-                (t.last_vote, grant.min(unknown))
+                (t.last_vote.max(t.last_attempt), grant.min(unknown))
             }
             None => (first_seen, votes),
         };
-        let missing = u32::try_from(missing.min(votes)).unwrap_or(u32::MAX);
+        let missing = u32::try_from(missing.clamp(1, votes.max(1))).unwrap_or(u32::MAX);
         since.saturating_add(EMBED_ORDER_STEP.saturating_mul(missing))
+    }
+
+    /// Notes that the loop picked `track` for an embedding at `now`, whatever comes of it
+    /// (see [`Decider::embed_due`]). A full track table drops the note (logged by the vote
+    /// that would find it full).
+    pub fn attempted(&mut self, track: TrackId, now: Duration) {
+        let i = match self.tracks.iter().position(|t| t.track == track) {
+            Some(i) => i,
+            None => match self.tracks.push(Self::fresh(track)) {
+                Ok(()) => self.tracks.len() - 1,
+                Err(_) => return,
+            },
+        };
+        self.tracks[i].last_attempt = now;
     }
 
     /// Forgets tracks that ended.
@@ -553,6 +573,7 @@ impl Decider {
             tailgate_reported: false,
             spoofed: false,
             last_vote: Duration::ZERO,
+            last_attempt: Duration::ZERO,
         }
     }
 
@@ -935,12 +956,31 @@ mod tests {
             d.vote(2, Some((1, 0.1)), None, face, id, ms(t));
         }
         assert_eq!(due(&d, 2), ms(2200) + EMBED_ORDER_STEP);
-        // Granted: a re-check lacks every vote.
+        // Granted: a re-check is due one step after the last.
         for t in [3000, 3100, 3200] {
             d.vote(4, Some((0, 0.6)), None, face, id, ms(t));
         }
         assert!(d.granted(4));
-        assert_eq!(due(&d, 4), ms(3200) + 3 * EMBED_ORDER_STEP);
+        assert_eq!(due(&d, 4), ms(3200) + EMBED_ORDER_STEP);
+        // A pick that gave no vote (the crop failed quality) moves the track back all the same:
+        // a face whose embedding keeps failing cannot hold the budget.
+        assert_eq!(due(&d, 5), ms(950) + 3 * EMBED_ORDER_STEP);
+        d.attempted(5, ms(4000));
+        assert_eq!(due(&d, 5), ms(4000) + 3 * EMBED_ORDER_STEP);
+        d.attempted(2, ms(4000));
+        assert_eq!(due(&d, 2), ms(4000) + EMBED_ORDER_STEP);
+        // A majority that waits for the approach gate lacks no vote, and still waits a step.
+        let far = FaceSize { eye_px: 40.0, height_pct: 5.0 };
+        let mut gated = Decider::new({
+            let mut c = DecisionConfig::single(0.4, 0.05);
+            c.min_face_height_pct = 20.0;
+            c
+        })
+        .unwrap();
+        for t in [5000, 5100, 5200] {
+            assert_eq!(gated.vote(6, Some((0, 0.6)), None, far, id, ms(t)), None);
+        }
+        assert_eq!(gated.embed_due(6, ms(4900)), ms(5200) + EMBED_ORDER_STEP);
     }
 
     #[test]

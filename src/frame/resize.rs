@@ -590,6 +590,23 @@ pub(super) mod tests {
             checked += 1;
         }
         assert_eq!(checked, 6, "every case but the 4x shrink (9 taps) has at most 8");
+        // Rows narrower than one 8-pixel window (the scalar code does them), and taps without
+        // the padded weights (more than 8 taps: the scalar code does the whole row).
+        for src in 1..=10 {
+            for dst in [1, src, 2 * src] {
+                let row = noise(src, 1, dst);
+                let mut taps = ResampleTaps::default();
+                taps.prepare(src, dst, Filter::Antialiased);
+                let mut scalar = vec![0u8; dst as usize * 3];
+                let mut neon = vec![1u8; dst as usize * 3];
+                horizontal_row(&taps, row.as_bytes(), &mut scalar, 0);
+                crate::frame::neon::horizontal_row_neon(&taps, row.as_bytes(), &mut neon);
+                assert_eq!(scalar, neon, "{src} -> {dst}");
+                taps.weights8.clear();
+                crate::frame::neon::horizontal_row_neon(&taps, row.as_bytes(), &mut neon);
+                assert_eq!(scalar, neon, "{src} -> {dst}, no padded weights");
+            }
+        }
     }
 
     /// Each SIMD horizontal kernel this CPU has gives the scalar pass's bytes, row by row, for
