@@ -449,6 +449,55 @@ mod tests {
         assert!(align_face(img.view(), &[[1.0, 1.0]; 5], &mut out).is_none());
     }
 
+    /// A SIMD warp's signature.
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    type Kernel = dyn Fn(ImageView<'_>, &Affine, &mut [u8], usize, usize);
+
+    /// `kernel` gives [`warp`]'s bytes: 200 random similarity transforms (scales from 0.2 to 3,
+    /// any rotation, parts of the crop outside the frame and across its last pixels; odd crop
+    /// widths end rows with the scalar code) on a 203x151 frame, then frames of one row, one
+    /// column, 2x2 and 3x3 (every neighbourhood clamped or at the last bytes) and crops over a
+    /// frame's bottom-right corner.
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    fn assert_warp_matches(kernel: &Kernel) {
+        let mut state = 0x9e37_79b9u32;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state
+        };
+        let image = |w: u32, h: u32, next: &mut dyn FnMut() -> u32| {
+            let mut img = RgbImage::new(w, h);
+            for v in img.as_bytes_mut() {
+                *v = next() as u8;
+            }
+            img
+        };
+        let check = |img: &RgbImage, inv: &Affine, ow: usize, oh: usize| {
+            let mut scalar = vec![1u8; ow * oh * 3];
+            let mut simd = vec![2u8; ow * oh * 3];
+            warp(img.view(), inv, &mut scalar, ow, oh);
+            kernel(img.view(), inv, &mut simd, ow, oh);
+            assert!(scalar == simd, "{}x{}: {inv:?}", img.width(), img.height());
+        };
+        let img = image(203, 151, &mut next);
+        for case in 0..200 {
+            let unit = |v: u32| f64::from(v % 10_000) / 10_000.0;
+            let (s, th) = (0.2 + 2.8 * unit(next()), 6.3 * unit(next()));
+            let (tx, ty) = (-60.0 + 320.0 * unit(next()), -60.0 + 270.0 * unit(next()));
+            let inv = Affine([[s * th.cos(), -s * th.sin(), tx], [s * th.sin(), s * th.cos(), ty]]);
+            check(&img, &inv, if case % 3 == 0 { 37 } else { 112 }, 112);
+        }
+        for (w, h) in [(1, 9), (9, 1), (2, 2), (3, 3), (40, 30)] {
+            let img = image(w, h, &mut next);
+            for s in [0.05, 0.3, 1.0] {
+                let (tx, ty) = (f64::from(w) - 3.0, f64::from(h) - 3.0);
+                check(&img, &Affine([[s, 0.01, tx], [-0.01, s, ty]]), 16, 16);
+            }
+        }
+    }
+
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn avx2_warp_is_bit_identical_to_scalar() {
@@ -456,82 +505,15 @@ mod tests {
             eprintln!("notice: no AVX2 on this CPU; the scalar warp is the only one used");
             return;
         }
-        let mut state = 0x9e37_79b9u32;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            state
-        };
-        let (w, h) = (203, 151);
-        let mut img = RgbImage::new(w, h);
-        for v in img.as_bytes_mut() {
-            *v = next() as u8;
-        }
-        for case in 0..200 {
-            // Scales from 0.2 to 3, any rotation, offsets that put parts of the crop outside
-            // the frame (and across its last pixels).
-            let unit = |v: u32| f64::from(v % 10_000) / 10_000.0;
-            let (s, th) = (0.2 + 2.8 * unit(next()), 6.3 * unit(next()));
-            let (tx, ty) = (-60.0 + 320.0 * unit(next()), -60.0 + 270.0 * unit(next()));
-            let inv = Affine([[s * th.cos(), -s * th.sin(), tx], [s * th.sin(), s * th.cos(), ty]]);
-            let (ow, oh) = (if case % 3 == 0 { 37 } else { 112 }, 112);
-            let mut scalar = vec![1u8; ow * oh * 3];
-            let mut simd = vec![2u8; ow * oh * 3];
-            warp(img.view(), &inv, &mut scalar, ow, oh);
-            // SAFETY: AVX2 checked above.
-            unsafe { warp_avx2(img.view(), &inv, &mut simd, ow, oh) };
-            assert!(scalar == simd, "case {case}: {inv:?}");
-        }
+        // SAFETY: AVX2 checked above, the only requirement of `warp_avx2`.
+        assert_warp_matches(&|s, i, o, w, h| unsafe { warp_avx2(s, i, o, w, h) });
     }
 
     /// Run in CI under `qemu-aarch64`.
     #[cfg(target_arch = "aarch64")]
     #[test]
     fn neon_warp_is_bit_identical_to_scalar() {
-        let mut state = 0x9e37_79b9u32;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            state
-        };
-        let (w, h) = (203, 151);
-        let mut img = RgbImage::new(w, h);
-        for v in img.as_bytes_mut() {
-            *v = next() as u8;
-        }
-        for case in 0..200 {
-            // As the AVX2 test: scales from 0.2 to 3, any rotation, parts of the crop outside
-            // the frame and across its last pixels; odd widths end rows with one pixel.
-            let unit = |v: u32| f64::from(v % 10_000) / 10_000.0;
-            let (s, th) = (0.2 + 2.8 * unit(next()), 6.3 * unit(next()));
-            let (tx, ty) = (-60.0 + 320.0 * unit(next()), -60.0 + 270.0 * unit(next()));
-            let inv = Affine([[s * th.cos(), -s * th.sin(), tx], [s * th.sin(), s * th.cos(), ty]]);
-            let (ow, oh) = (if case % 3 == 0 { 37 } else { 112 }, 112);
-            let mut scalar = vec![1u8; ow * oh * 3];
-            let mut neon = vec![2u8; ow * oh * 3];
-            warp(img.view(), &inv, &mut scalar, ow, oh);
-            warp_neon(img.view(), &inv, &mut neon, ow, oh);
-            assert!(scalar == neon, "case {case}: {inv:?}");
-        }
-        // Frames of one row, one column and 2x2 (every neighbourhood clamped or at the last
-        // bytes), and a crop over a frame's bottom-right corner.
-        for (w, h) in [(1, 9), (9, 1), (2, 2), (3, 3), (40, 30)] {
-            let mut img = RgbImage::new(w, h);
-            for v in img.as_bytes_mut() {
-                *v = next() as u8;
-            }
-            for s in [0.05, 0.3, 1.0] {
-                let (tx, ty) = (f64::from(w) - 2.0, f64::from(h) - 2.0);
-                let inv = Affine([[s, 0.01, tx - 1.0], [-0.01, s, ty - 1.0]]);
-                let mut scalar = vec![1u8; 16 * 16 * 3];
-                let mut neon = vec![2u8; 16 * 16 * 3];
-                warp(img.view(), &inv, &mut scalar, 16, 16);
-                warp_neon(img.view(), &inv, &mut neon, 16, 16);
-                assert!(scalar == neon, "{w}x{h} at scale {s}");
-            }
-        }
+        assert_warp_matches(&warp_neon);
     }
 
     #[test]
